@@ -1,0 +1,218 @@
+"""Typed, validated configuration: one kw-only dataclass per component.
+
+This package imports nothing from the rest of wan_dist. Every dataclass validates itself in
+``__post_init__`` and raises ``ValueError`` naming the field and the reason. A function receives
+its own sub-config, never the root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "DiTConfig",
+    "VAEConfig",
+    "TextEncoderConfig",
+    "SamplingConfig",
+    "ParallelConfig",
+    "OutputConfig",
+    "from_dict",
+]
+
+
+def _require(condition: bool, owner: str, field_name: str, reason: str) -> None:
+    if not condition:
+        raise ValueError(f"{owner}.{field_name}: {reason}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiTConfig:
+    """Architecture of one Wan 2.2 diffusion transformer (one expert)."""
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_channels: int
+    out_channels: int
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    rope_max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        name = "DiTConfig"
+        for f in ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels",
+                  "freq_dim", "text_dim", "text_len", "rope_max_seq_len"):
+            _require(int(getattr(self, f)) > 0, name, f, f"must be a positive integer, got {getattr(self, f)!r}")
+        _require(self.dim % self.num_heads == 0, name, "num_heads",
+                 f"must divide dim={self.dim}, got {self.num_heads}")
+        _require(self.head_dim % 2 == 0 and self.head_dim >= 6, name, "dim",
+                 f"head_dim {self.head_dim} must be even and >= 6 for the 3-axis RoPE")
+        _require(self.freq_dim % 2 == 0, name, "freq_dim", "must be even")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        _require(len(self.patch_size) == 3 and all(p > 0 for p in self.patch_size), name, "patch_size",
+                 f"must be three positive integers (t, h, w), got {self.patch_size!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        """Head-dim channels given to the (t, h, w) RoPE axes: 44/42/42 for head_dim 128."""
+        hw = 2 * (self.head_dim // 6)
+        return (self.head_dim - 2 * hw, hw, hw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VAEConfig:
+    """Wan 2.1 (z16, 4x8x8) or Wan 2.2 (z48, 4x16x16) VAE, in diffusers' AutoencoderKLWan terms."""
+
+    version: Literal["2.1", "2.2"]
+    z_dim: int
+    base_dim: int
+    decoder_base_dim: int | None = None
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    patch_size: int | None = None
+    is_residual: bool = False
+    latents_mean: tuple[float, ...] = ()
+    latents_std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        name = "VAEConfig"
+        _require(self.version in ("2.1", "2.2"), name, "version", f"must be '2.1' or '2.2', got {self.version!r}")
+        _require(self.z_dim > 0 and self.base_dim > 0, name, "z_dim", "z_dim and base_dim must be positive")
+        for f in ("dim_mult", "temporal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        _require(len(self.latents_mean) == self.z_dim, name, "latents_mean",
+                 f"needs z_dim={self.z_dim} values, got {len(self.latents_mean)}")
+        _require(len(self.latents_std) == self.z_dim, name, "latents_std",
+                 f"needs z_dim={self.z_dim} values, got {len(self.latents_std)}")
+        _require(all(s > 0 for s in self.latents_std), name, "latents_std", "must be positive")
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1) * (self.patch_size or 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextEncoderConfig:
+    """UMT5 encoder, in transformers' UMT5Config terms."""
+
+    vocab_size: int = 256384
+    d_model: int = 4096
+    d_ff: int = 10240
+    d_kv: int = 64
+    num_heads: int = 64
+    num_layers: int = 24
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    text_len: int = 512
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "d_model", "d_ff", "d_kv", "num_heads", "num_layers", "text_len"):
+            _require(getattr(self, f) > 0, "TextEncoderConfig", f, "must be positive")
+
+
+Schedule = Literal["reference", "diffusers"]
+Solver = Literal["unipc", "dpm++", "euler"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """How to denoise. ``None`` fields take the variant's default (see models.presets)."""
+
+    solver: Solver = "unipc"
+    schedule: Schedule | None = None  # None: chosen by the checkpoint layout
+    num_inference_steps: int | None = None
+    shift: float | None = None
+    guidance_scale: float | None = None  # high-noise expert (diffusers' `transformer`)
+    guidance_scale_2: float | None = None  # low-noise expert (diffusers' `transformer_2`)
+    boundary_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        name = "SamplingConfig"
+        _require(self.solver in ("unipc", "dpm++", "euler"), name, "solver",
+                 f"must be one of unipc, dpm++, euler; got {self.solver!r}")
+        _require(self.schedule in (None, "reference", "diffusers"), name, "schedule",
+                 f"must be 'reference' or 'diffusers', got {self.schedule!r}")
+        if self.num_inference_steps is not None:
+            _require(int(self.num_inference_steps) >= 1, name, "num_inference_steps",
+                     f"must be >= 1, got {self.num_inference_steps}")
+        if self.shift is not None:
+            _require(self.shift > 0, name, "shift", f"must be > 0, got {self.shift}")
+        for f in ("guidance_scale", "guidance_scale_2"):
+            value = getattr(self, f)
+            _require(value is None or value >= 0, name, f, f"must be >= 0, got {value}")
+        if self.boundary_ratio is not None:
+            _require(0.0 <= self.boundary_ratio <= 1.0, name, "boundary_ratio",
+                     f"must be in [0, 1], got {self.boundary_ratio}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """Degrees of each parallel axis; their product is the render group size."""
+
+    data: int = 1
+    cfg: int = 1
+    ulysses: int = 1
+    ring: int = 1
+    placement: Literal["colocated", "disaggregated"] = "colocated"
+    fsdp: bool = False
+    vae_parallel: bool = False
+    attention: str = "auto"
+    ulysses_backend: Literal["native", "deepspeed"] = "native"
+
+    def __post_init__(self) -> None:
+        name = "ParallelConfig"
+        for f in ("data", "cfg", "ulysses", "ring"):
+            _require(int(getattr(self, f)) >= 1, name, f, f"degree must be >= 1, got {getattr(self, f)}")
+        _require(self.cfg in (1, 2), name, "cfg", f"must be 1 or 2 (cond/uncond), got {self.cfg}")
+        _require(self.placement in ("colocated", "disaggregated"), name, "placement",
+                 f"must be 'colocated' or 'disaggregated', got {self.placement!r}")
+        _require(self.ulysses_backend in ("native", "deepspeed"), name, "ulysses_backend",
+                 f"must be 'native' or 'deepspeed', got {self.ulysses_backend!r}")
+
+    @property
+    def world_size(self) -> int:
+        return self.data * self.cfg * self.ulysses * self.ring
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    """Where and how a clip is written."""
+
+    uri: str = "outputs"
+    fps: int | None = None  # None: the variant's default
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "medium"
+    write_sidecar: bool = True
+
+    def __post_init__(self) -> None:
+        _require(bool(self.uri), "OutputConfig", "uri", "must not be empty")
+        if self.fps is not None:
+            _require(self.fps > 0, "OutputConfig", "fps", f"must be > 0, got {self.fps}")
+        _require(0 <= self.crf <= 51, "OutputConfig", "crf", f"must be in [0, 51], got {self.crf}")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None):
+    """Build dataclass ``cls`` from a plain dict, naming unknown fields in the error."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
