@@ -1,2 +1,42 @@
+"""Shared fixtures. Tests never touch the network and use one thread per process (2-core machines)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 # S3 fixtures (s3_endpoint, s3_server): a real moto S3 server on 127.0.0.1, see conftest_s3.py.
-from conftest_s3 import s3_endpoint, s3_server  # noqa: F401
+from conftest_s3 import s3_endpoint, s3_server  # noqa: E402,F401
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """``make(variant, layout, seed=0, shard_bytes=...) -> Path``: a random checkpoint in a real layout,
+    written once per session per argument set."""
+    from wan_dist.models.make_checkpoint import make_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    made: dict[tuple, object] = {}
+
+    def make(variant: str, layout: str, *, seed: int = 0, shard_bytes: int = 2 * 1024 * 1024):
+        key = (variant, layout, seed, shard_bytes)
+        if key not in made:
+            made[key] = make_checkpoint(variant, root / f"{variant}-{layout}-{seed}-{shard_bytes}", layout=layout,
+                                        seed=seed, shard_bytes=shard_bytes)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Embedded presets are written into a per-session cache, never the user's ~/.cache."""
+    os.environ["WAN_DIST_CACHE"] = str(tmp_path_factory.mktemp("wan-dist-cache"))
+    yield
