@@ -278,9 +278,12 @@ def load_dit(folder: str | Path, config: DiTConfig, *, layout: Layout, device: s
                     if shape != tuple(expected[name]):
                         raise CheckpointError(f"{path}: key {raw_key!r} has shape {list(shape)}, the config in "
                                               f"{folder / 'config.json'} needs {list(expected[name])}")
-                    tensor = handle.get_tensor(raw_key)
                     target = torch.float32 if name in fp32 else dtype
-                    _assign(model, name, tensor.to(device=device, dtype=target))
+                    # Copy into memory we own: a view of the mmapped shard would keep every shard
+                    # mapped for the model's lifetime (a second, file-backed copy of the weights).
+                    param = torch.empty(shape, dtype=target, device=device)
+                    param.copy_(handle.get_tensor(raw_key))
+                    _assign(model, name, param)
         except CheckpointError:
             raise
         except Exception as error:  # safetensors raises its own error types for truncated/corrupt files

@@ -108,6 +108,9 @@ def _write_vae(spec: VariantSpec, root: Path, layout: Layout, seed: int) -> None
     torch.manual_seed(seed)
     vae = build_vae(spec.vae)
     if layout == "diffusers":
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # a one-shard bar per write is noise
         vae.save_pretrained(str(root / "vae"), safe_serialization=True)
     else:
         state = vae_state_dict_to_reference(vae.state_dict(), version=spec.vae.version)

@@ -1,0 +1,15 @@
+# The two commands of README.md. Both set up .venv first (idempotent).
+.PHONY: setup render test bench
+
+setup:
+	bash scripts/setup.sh
+
+# Main job: render a clip with the tiny model (random weights in the real checkpoint layout) to ./outputs.
+render: setup
+	HF_HUB_OFFLINE=1 .venv/bin/wan-dist render $(ARGS)
+
+test: setup
+	bash scripts/test.sh $(ARGS)
+
+bench: setup
+	.venv/bin/python benchmarks/pipeline_vs_diffusers.py $(ARGS)

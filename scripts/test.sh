@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the test suite in .venv. pytest's exit code 5 ("no tests collected") is an error here:
+# a suite that silently runs nothing must not pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

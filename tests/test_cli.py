@@ -1,0 +1,114 @@
+"""The command line as a user runs it: real processes, real MP4s, sidecars that reproduce a render."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wan_dist.cli.main import rewrite_overrides
+from wan_dist.video.mp4 import decode_mp4, probe_mp4
+
+pytestmark = pytest.mark.slow
+
+
+def wan_dist(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WAN_DIST_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.run([sys.executable, "-m", "wan_dist.cli.main", *args], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One CLI render of the tiny model with explicit size, frames and fps."""
+    root = tmp_path_factory.mktemp("cli")
+    cache = root / "cache"
+    out = root / "out"
+    wan_dist("render", "model=tiny", "prompt=a paper boat drifting on a canal", "seed=7", f"output={out}",
+             "height=48", "width=80", "num_frames=13", "output.fps=12", "sampling.num_inference_steps=3",
+             "name=boat", "progress=false", cwd=root, cache=cache)
+    return root, cache, out / "boat"
+
+
+def test_render_writes_an_mp4_with_the_requested_frames_size_and_fps(rendered):
+    _, _, clip = rendered
+    data = (clip / "clip.mp4").read_bytes()
+    info = probe_mp4(data)
+    assert (info["frames"], info["width"], info["height"], info["fps"]) == (13, 80, 48, 12)
+    assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
+    frames, fps = decode_mp4(data)
+    assert frames.shape == (13, 48, 80, 3) and fps == 12
+    assert frames.std() > 1.0  # an image, not a constant
+
+
+def test_sidecar_records_every_resolved_setting(rendered):
+    _, _, clip = rendered
+    sidecar = json.loads((clip / "clip.json").read_text())
+    settings = sidecar["settings"]
+    assert settings["prompts"] == ["a paper boat drifting on a canal"]
+    assert (settings["seed"], settings["num_frames"], settings["height"], settings["width"]) == (7, 13, 48, 80)
+    assert (settings["num_inference_steps"], settings["guidance_scale"], settings["guidance_scale_2"]) == (3, 4.0, 3.0)
+    assert settings["boundary_ratio"] == 0.875 and settings["schedule"] == "diffusers"
+    assert sidecar["fps"] == 12 and sidecar["model"]["source"] == "tiny"
+    assert set(sidecar["timings"]) >= {"denoise_s", "decode_s", "total_s"}
+    assert "torch" in sidecar["versions"] and "diffusers" in sidecar["versions"]
+
+
+def test_sidecar_fed_back_reproduces_the_clip(rendered):
+    root, cache, clip = rendered
+    again = root / "again"
+    wan_dist("render", f"sidecar={clip / 'clip.json'}", f"output={again}", "progress=false", cwd=root, cache=cache)
+    [folder] = list(again.iterdir())
+    first, _ = decode_mp4((clip / "clip.mp4").read_bytes())
+    second, _ = decode_mp4((folder / "clip.mp4").read_bytes())
+    assert np.array_equal(first, second)
+    a = json.loads((clip / "clip.json").read_text())["settings"]
+    b = json.loads((folder / "clip.json").read_text())["settings"]
+    assert a == b
+
+
+def test_another_seed_gives_another_clip(rendered):
+    root, cache, clip = rendered
+    other = root / "other"
+    wan_dist("render", "model=tiny", "prompt=a paper boat drifting on a canal", "seed=8", f"output={other}",
+             "height=48", "width=80", "num_frames=13", "sampling.num_inference_steps=3", "name=boat",
+             "progress=false", cwd=root, cache=cache)
+    first, _ = decode_mp4((clip / "clip.mp4").read_bytes())
+    second, _ = decode_mp4((other / "boat" / "clip.mp4").read_bytes())
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 1.0
+
+
+def test_make_checkpoint_then_render_from_the_folder(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    wan_dist("make-checkpoint", "variant=tiny-ti2v", "layout=reference", f"out={ckpt}", "seed=3",
+             cwd=tmp_path, cache=tmp_path / "cache")
+    assert (ckpt / "config.json").exists() and (ckpt / "Wan2.2_VAE.pth").exists()
+    assert (ckpt / "google" / "umt5-xxl" / "tokenizer_config.json").exists()
+    wan_dist("render", f"model={ckpt}", "prompt=waves", "seed=1", f"output={tmp_path / 'out'}", "name=waves",
+             "num_frames=5", "sampling.num_inference_steps=2", "progress=false", cwd=tmp_path, cache=tmp_path / "cache")
+    sidecar = json.loads((tmp_path / "out" / "waves" / "clip.json").read_text())
+    assert sidecar["model"]["layout"] == "reference" and sidecar["settings"]["schedule"] == "reference"
+    assert probe_mp4((tmp_path / "out" / "waves" / "clip.mp4").read_bytes())["frames"] == 5
+
+
+def test_bad_field_fails_with_its_name(tmp_path):
+    env = {**os.environ, "WAN_DIST_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.run([sys.executable, "-m", "wan_dist.cli.main", "render", "num_frames=10",
+                              f"output={tmp_path}", "progress=false"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert process.returncode != 0
+    assert "num_frames: must be 4k+1" in process.stderr
+    assert not list(tmp_path.glob("clip-*"))
+
+
+def test_free_form_model_and_output_values_become_field_overrides():
+    assert rewrite_overrides(["model=tiny", "output=local"]) == ["model=tiny", "output=local"]
+    assert rewrite_overrides(["model=/ckpt/wan", "output=s3://bucket/run", "seed=3"]) == [
+        "model=custom", "model.source=/ckpt/wan", "output=local", "output.uri=s3://bucket/run", "seed=3"]

@@ -1,0 +1,70 @@
+"""``wan-dist <verb> [hydra overrides]``: compose config -> typed dataclasses -> library call.
+
+This package is the only one that imports hydra/omegaconf.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["main", "conf_dir", "rewrite_overrides"]
+
+log = logging.getLogger("wan_dist")
+VERBS = ("render", "make-checkpoint")
+LATER = {"plan": "the distributed engine", "serve": "the HTTP API", "batch": "batch jobs"}
+# Groups whose value may also be a free-form string: `model=/ckpt` means `model=custom model.source=/ckpt`.
+_FREE_GROUPS = {"model": ("custom", "source"), "output": ("local", "uri")}
+
+
+def conf_dir() -> Path:
+    """The Hydra config folder: conf/ at the repository root."""
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def rewrite_overrides(overrides: list[str]) -> list[str]:
+    """Turn ``model=<path|url|repo>`` / ``output=<uri>`` into group option + field overrides."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in _FREE_GROUPS and not (conf_dir() / key / f"{value}.yaml").exists():
+            option, field_name = _FREE_GROUPS[key]
+            out += [f"{key}={option}", f"{key}.{field_name}={value}"]
+        else:
+            out.append(item)
+    return out
+
+
+def _run_hydra(verb: str, task: Callable, overrides: list[str]) -> None:
+    import hydra
+
+    wrapped = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(task)
+    saved = sys.argv
+    sys.argv = [f"wan-dist {verb}", *rewrite_overrides(overrides)]
+    try:
+        wrapped()
+    finally:
+        sys.argv = saved
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: wan-dist {{{'|'.join(VERBS)}}} [key=value ...]   (Hydra overrides; see conf/)")
+        return
+    verb, overrides = argv[0], argv[1:]
+    if verb in LATER:
+        raise SystemExit(f"wan-dist {verb}: not available yet (comes with {LATER[verb]})")
+    if verb == "render":
+        from wan_dist.cli.render import render_main as task
+    elif verb == "make-checkpoint":
+        from wan_dist.cli.render import make_checkpoint_main as task
+    else:
+        raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)}")
+    _run_hydra(verb, task, overrides)
+
+
+if __name__ == "__main__":
+    main()

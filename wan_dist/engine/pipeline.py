@@ -1,0 +1,195 @@
+"""Single-process Wan 2.2 pipeline: ``load_pipeline(source).generate(...)``.
+
+Argument names follow diffusers' Wan pipelines. Defaults come from the variant (WAN22_FACTS.md) and
+the checkpoint layout decides the default schedule: a reference-layout checkpoint reproduces the
+reference schedule and shift, a diffusers-layout one diffusers' pipeline.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from wan_dist.models.checkpoint import CheckpointInfo, detect_checkpoint, load_dit, load_text_encoder, load_vae
+from wan_dist.sampling import conditioning as cond
+from wan_dist.sampling.denoise import FirstFrameToVideo, ImageToVideo, TextToVideo, denoise, plan_steps
+from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
+from wan_dist.sampling.solvers import make_solver
+from wan_dist.engine.images import image_size, prepare_image
+from wan_dist.engine.settings import RenderSettings, resolve_settings
+
+__all__ = ["WanPipeline", "WanOutput", "load_pipeline"]
+
+
+@dataclass
+class WanOutput:
+    """``frames``: uint8 [B, F, H, W, 3] for output_type "np", latents [B, C, f, h, w] for "latent"."""
+
+    frames: Any
+    settings: RenderSettings
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+
+class WanPipeline:
+    """Text encoder, one or two DiT experts (high-noise first) and the VAE of one checkpoint."""
+
+    def __init__(self, *, info: CheckpointInfo, experts: list[torch.nn.Module], vae, text_encoder,
+                 device: torch.device, dtype: torch.dtype):
+        self.info = info
+        self.spec = info.spec
+        self.experts = experts
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @classmethod
+    def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16) -> "WanPipeline":
+        info = detect_checkpoint(folder)
+        experts = [load_dit(d, info.spec.dit, layout=info.layout, device=device, dtype=dtype)
+                   for d in info.expert_dirs]
+        vae = load_vae(info, device=device)
+        text_encoder = load_text_encoder(info, device=device, dtype=dtype)
+        return cls(info=info, experts=experts, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """[B, text_len, text_dim] embeddings, trimmed to true length and zero padded."""
+        if self.text_encoder is None:
+            raise ValueError("prompt: this pipeline has no text encoder; pass prompt_embeds")
+        return self.text_encoder.encode(prompts, device=self.device, dtype=self.dtype)
+
+    def _contexts(self, settings: RenderSettings, batch: int, prompt_embeds, negative_prompt_embeds):
+        if prompt_embeds is None:
+            prompt_embeds = self.encode_prompt(settings.prompts)
+        if negative_prompt_embeds is None:
+            negative_prompt_embeds = self.encode_prompt(settings.negative_prompts)
+        if prompt_embeds.shape[0] != batch or negative_prompt_embeds.shape[0] != batch:
+            raise ValueError(f"negative_prompt_embeds: batch {negative_prompt_embeds.shape[0]} does not match "
+                             f"prompt_embeds batch {prompt_embeds.shape[0]}")
+        return prompt_embeds.to(self.device, self.dtype), negative_prompt_embeds.to(self.device, self.dtype)
+
+    def _schedule(self, settings: RenderSettings):
+        if settings.schedule == "reference":
+            return reference_schedule(settings.num_inference_steps, settings.shift, solver=settings.solver)
+        return diffusers_schedule(settings.num_inference_steps, settings.shift, solver=settings.solver)
+
+    def _conditioning(self, settings: RenderSettings, image, latent_shape, batch: int):
+        z, f, h, w = latent_shape
+        if self.spec.task == "t2v":
+            return TextToVideo()
+        if self.spec.task == "i2v":
+            pixels = prepare_image(image, width=settings.width, height=settings.height, mode="i2v", batch=batch)
+            video = torch.cat([pixels.unsqueeze(2), pixels.new_zeros(batch, 3, settings.num_frames - 1,
+                                                                      settings.height, settings.width)], dim=2)
+            image_latents = self.vae.encode(video.to(self.device))
+            mask = cond.i2v_mask(f, h, w, temporal_stride=self.vae.temporal_stride).to(self.device)
+            return ImageToVideo(condition=cond.i2v_condition(image_latents, mask))
+        if image is None:  # text-only TI2V: every token gets t (diffusers' expand_timesteps)
+            return FirstFrameToVideo(mask=torch.ones(1, 1, f, h, w, device=self.device), image_latents=None,
+                                     patch_size=self.spec.dit.patch_size)
+        pixels = prepare_image(image, width=settings.width, height=settings.height, mode="ti2v", batch=batch)
+        image_latents = self.vae.encode(pixels.unsqueeze(2).to(self.device))
+        mask = cond.ti2v_first_frame_mask((1, 1, f, h, w), device=self.device)
+        return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size)
+
+    def _expert_fn(self, model: torch.nn.Module):
+        def expert(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            return model(x, t, context).float()
+
+        return expert
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None, *,
+                 image=None, height: int | None = None, width: int | None = None, num_frames: int | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 guidance_scale_2: float | None = None, boundary_ratio: float | None = None,
+                 shift: float | None = None, seed: int | None = None, solver: str | None = None,
+                 schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "np", callback: Callable[[int, int, torch.Tensor], None] | None = None,
+                 ) -> WanOutput:
+        """Render a batch of clips. See INTERFACES.md for the arguments.
+
+        ``callback(step_index, num_steps, latents)`` runs after every denoising step.
+        Returns WanOutput with frames uint8 [B, F, H, W, 3] ("np") or latents [B, C, f, h, w] ("latent").
+        """
+        started = time.perf_counter()
+        if seed is None:
+            seed = random.randrange(2**31)
+        settings = resolve_settings(
+            self.spec, layout=self.info.layout, prompt=prompt, negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, shift=shift, seed=seed,
+            solver=solver, schedule=schedule, output_type=output_type, has_image=image is not None,
+            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image))
+        batch = settings.batch_size
+        timings: dict[str, float] = {}
+        context, negative_context = self._contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
+        timings["text_encode_s"] = time.perf_counter() - started
+
+        shape = cond.latent_shape(settings.num_frames, settings.height, settings.width, z_dim=self.spec.vae.z_dim,
+                                  temporal_stride=self.vae.temporal_stride, spatial_stride=self.vae.spatial_stride)
+        if latents is None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+            latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != (batch, *shape):
+            raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
+        latents = latents.to(self.device, torch.float32)
+        tick = time.perf_counter()
+        conditioning = self._conditioning(settings, image, shape, batch)
+        latents = conditioning.after_step(latents)
+        timings["image_encode_s"] = time.perf_counter() - tick
+
+        schedule_ = self._schedule(settings)
+        steps = plan_steps(schedule_.timesteps, boundary_ratio=settings.boundary_ratio,
+                           guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
+        num_steps = len(steps)
+        on_step = None if callback is None else (lambda plan, x: callback(plan.index, num_steps, x))
+        tick = time.perf_counter()
+        latents = denoise(latents, steps=steps, solver=make_solver(settings.solver, schedule_),
+                          experts=[self._expert_fn(m) for m in self.experts], context=context,
+                          negative_context=negative_context if settings.use_cfg else None,
+                          conditioning=conditioning, model_dtype=self.dtype, on_step=on_step)
+        timings["denoise_s"] = time.perf_counter() - tick
+        if output_type == "latent":
+            timings["total_s"] = time.perf_counter() - started
+            return WanOutput(frames=latents, settings=settings, timings=timings)
+        tick = time.perf_counter()
+        video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
+        frames = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+        timings["decode_s"] = time.perf_counter() - tick
+        timings["total_s"] = time.perf_counter() - started
+        return WanOutput(frames=np.ascontiguousarray(frames), settings=settings, timings=timings)
+
+
+def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                  parallel=None, cache_dir=None, layout: str = "diffusers") -> WanPipeline:
+    """Load a pipeline from a preset name, a local folder, an fsspec URL or a Hugging Face repo id.
+
+    ``layout`` chooses the layout an embedded preset (``tiny``) is written in on first use.
+    ``parallel``: None or degrees all 1 for one device; larger groups come with the distributed engine.
+    """
+    from wan_dist.engine.sources import resolve_source
+
+    if parallel is not None:
+        from wan_dist.config import ParallelConfig, from_dict
+
+        config = parallel if isinstance(parallel, ParallelConfig) else from_dict(ParallelConfig, parallel)
+        if config.world_size != 1:
+            raise NotImplementedError("parallel: render groups larger than one device are not available yet "
+                                      f"(asked for {config.world_size})")
+    folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
+    return WanPipeline.from_folder(folder, device=device, dtype=dtype)

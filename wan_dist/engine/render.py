@@ -1,0 +1,135 @@
+"""One render request in, one clip + sidecar in object storage out.
+
+``RenderRequest`` is the typed request every front door builds (CLI, manifest row, HTTP job);
+``RenderResult`` is what comes back. A sidecar records every resolved setting, so
+``RenderRequest.from_sidecar`` reproduces the clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from wan_dist.config import OutputConfig, SamplingConfig
+
+__all__ = ["RenderRequest", "RenderResult", "render", "versions"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderRequest:
+    prompt: str
+    negative_prompt: str | None = None
+    image: str | None = None  # local path or fsspec URL of the input image (I2V / TI2V)
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    seed: int | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    name: str | None = None  # clip folder under the output URI; derived from seed and prompt when None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt: must be a string, got {type(self.prompt).__name__}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"name: must be a non-empty folder name without '/' or a leading '.', got {self.name!r}")
+
+    def clip_name(self, seed: int) -> str:
+        if self.name:
+            return self.name
+        digest = hashlib.sha256(self.prompt.encode()).hexdigest()[:10]
+        return f"clip-{seed}-{digest}"
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict) -> "RenderRequest":
+        """The request that reproduces the clip described by ``sidecar`` (same seed, same frames)."""
+        s = sidecar["settings"]
+        sampling = SamplingConfig(solver=s["solver"], schedule=s["schedule"],
+                                  num_inference_steps=s["num_inference_steps"], shift=s["shift"],
+                                  guidance_scale=s["guidance_scale"], guidance_scale_2=s["guidance_scale_2"],
+                                  boundary_ratio=s["boundary_ratio"])
+        request = sidecar.get("request", {})
+        return cls(prompt=s["prompts"][0], negative_prompt=s["negative_prompts"][0], image=request.get("image"),
+                   height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
+                   seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderResult:
+    status: str  # "completed" | "failed"
+    seed: int | None = None
+    clip_uri: str | None = None
+    sidecar_uri: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    import wan_dist
+
+    return {"wan_dist": wan_dist.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _load_image(uri: str | None):
+    if uri is None:
+        return None
+    import io
+
+    from PIL import Image
+
+    from wan_dist.storage.objects import read_bytes
+
+    return Image.open(io.BytesIO(read_bytes(uri))).convert("RGB")
+
+
+def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
+           callback: Callable[[int, int, Any], None] | None = None) -> RenderResult:
+    """Render ``request`` with ``pipe`` and publish ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
+
+    Bad input raises ValueError naming the field (before anything is written); failures while
+    writing are returned as a failed RenderResult with the error.
+    """
+    from wan_dist.storage.objects import join
+    from wan_dist.video.clip import write_clip
+
+    s = request.sampling
+    out = pipe.generate(request.prompt, request.negative_prompt, image=_load_image(request.image),
+                        height=request.height, width=request.width, num_frames=request.num_frames,
+                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                        guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
+                        seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback)
+    fps = request.fps or output.fps or pipe.spec.defaults.fps
+    prefix = join(output.uri, request.clip_name(out.seed))
+    sidecar = {
+        "request": {**{k: v for k, v in dataclasses.asdict(request).items() if k != "sampling"},
+                    "sampling": dataclasses.asdict(s)},
+        "settings": out.settings.to_dict(),
+        "model": {"source": model_source, "checkpoint_id": pipe.info.checkpoint_id, "variant": pipe.spec.name,
+                  "layout": pipe.info.layout, "dtype": str(pipe.dtype).replace("torch.", ""),
+                  "device": str(pipe.device)},
+        "fps": fps,
+        "timings": dict(out.timings),
+        "versions": versions(),
+        "created_at": time.time(),
+    }
+    tick = time.perf_counter()
+    try:
+        uris = write_clip(out.frames[0], fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
+                          crf=output.crf, preset=output.preset)
+    except Exception as error:  # storage failures are results, not crashes: the caller may retry
+        return RenderResult(status="failed", seed=out.seed, timings=out.timings,
+                            error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
+    timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
+    return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
+                        timings=timings)

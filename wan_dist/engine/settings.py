@@ -1,0 +1,157 @@
+"""Resolve and validate the settings of one render: defaults per variant and layout, clear errors.
+
+The resolved object is what the sidecar records: feeding it back reproduces the render.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from wan_dist.models.presets import VariantSpec
+
+__all__ = ["RenderSettings", "resolve_settings", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS", "SCHEDULES"]
+
+# The reference's default negative prompt (Wan 2.2 shared config).
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+SOLVERS = ("unipc", "dpm++", "euler")
+SCHEDULES = ("reference", "diffusers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderSettings:
+    variant: str
+    task: str
+    layout: str
+    checkpoint_id: str
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    guidance_scale_2: float | None
+    boundary_ratio: float | None
+    shift: float
+    schedule: str
+    solver: str
+    seed: int
+    output_type: str
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def use_cfg(self) -> bool:
+        scales = {self.guidance_scale, self.guidance_scale if self.guidance_scale_2 is None else self.guidance_scale_2}
+        return scales != {1.0}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["prompts"], data["negative_prompts"] = list(self.prompts), list(self.negative_prompts)
+        return data
+
+
+def _fail(field_name: str, reason: str):
+    raise ValueError(f"{field_name}: {reason}")
+
+
+def _as_list(value, name: str, batch: int | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    if not items or not all(isinstance(v, str) for v in items):
+        _fail(name, "must be a string or a non-empty list of strings")
+    if batch is not None and len(items) == 1 and batch > 1:
+        items = items * batch
+    if batch is not None and len(items) != batch:
+        _fail(name, f"has {len(items)} entries for a batch of {batch}")
+    return items
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        _fail(name, f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _number(value, name: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(name, f"must be a finite number, got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        _fail(name, f"must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+    return float(value)
+
+
+def image_size_for_area(image_width: int, image_height: int, *, area: int, multiple: int) -> tuple[int, int]:
+    """(width, height) with the image's aspect, about ``area`` pixels, multiples of ``multiple``."""
+    aspect = image_height / image_width
+    height = int(math.sqrt(area * aspect) // multiple * multiple)
+    width = int(math.sqrt(area / aspect) // multiple * multiple)
+    return max(width, multiple), max(height, multiple)
+
+
+def resolve_settings(spec: VariantSpec, *, layout: str, prompt, negative_prompt, prompt_embeds, height, width,
+                     num_frames, num_inference_steps, guidance_scale, guidance_scale_2, boundary_ratio, shift,
+                     seed, solver, schedule, output_type, has_image: bool, checkpoint_id: str,
+                     image_size: tuple[int, int] | None = None) -> RenderSettings:
+    """Fill defaults from ``spec`` and validate every field, raising ValueError('<field>: <reason>')."""
+    d = spec.defaults
+    batch = None if prompt_embeds is None else int(prompt_embeds.shape[0])
+    prompts = _as_list(prompt, "prompt", batch)
+    if prompts is None:
+        if prompt_embeds is None:
+            _fail("prompt", "give a prompt or prompt_embeds")
+        prompts = [""] * batch
+    batch = len(prompts)
+    negatives = _as_list(negative_prompt, "negative_prompt", batch) or [DEFAULT_NEGATIVE_PROMPT] * batch
+    if spec.task == "i2v" and not has_image:
+        _fail("image", f"the {spec.task} variant {spec.name} needs an input image")
+    multiple = spec.vae.spatial_stride * spec.dit.patch_size[1]
+    if (height is None or width is None) and spec.task == "i2v" and image_size is not None:
+        width, height = image_size_for_area(*image_size, area=d.width * d.height, multiple=multiple)
+    height = _positive_int(d.height if height is None else height, "height")
+    width = _positive_int(d.width if width is None else width, "width")
+    for name, value in (("height", height), ("width", width)):
+        if value % multiple:
+            _fail(name, f"must be a multiple of {multiple} for {spec.name} (VAE stride x patch), got {value}")
+    num_frames = _positive_int(d.num_frames if num_frames is None else num_frames, "num_frames")
+    stride = spec.vae.temporal_stride
+    if (num_frames - 1) % stride:
+        _fail("num_frames", f"must be {stride}k+1 (1, 5, 9, ..., 81, 121), got {num_frames}")
+    steps = _positive_int(d.num_inference_steps if num_inference_steps is None else num_inference_steps,
+                          "num_inference_steps")
+    guidance = _number(d.guidance_scale if guidance_scale is None else guidance_scale, "guidance_scale", low=0)
+    if spec.two_experts:
+        g2 = d.guidance_scale_2 if guidance_scale_2 is None else guidance_scale_2
+        guidance_2 = _number(guidance if g2 is None else g2, "guidance_scale_2", low=0)
+        boundary = _number(d.boundary_ratio if boundary_ratio is None else boundary_ratio, "boundary_ratio",
+                           low=0, high=1)
+    else:
+        for name, value in (("guidance_scale_2", guidance_scale_2), ("boundary_ratio", boundary_ratio)):
+            if value is not None:
+                _fail(name, f"{spec.name} has one expert; {name} does not apply")
+        guidance_2, boundary = None, None
+    schedule = schedule or layout
+    if schedule not in SCHEDULES:
+        _fail("schedule", f"must be one of {SCHEDULES}, got {schedule!r}")
+    default_shift = d.shift if schedule == "reference" else d.diffusers_shift
+    shift = _number(default_shift if shift is None else shift, "shift", low=0, low_open=True)
+    solver = solver or "unipc"
+    if solver not in SOLVERS:
+        _fail("solver", f"must be one of {SOLVERS}, got {solver!r}")
+    if output_type not in ("np", "latent"):
+        _fail("output_type", f"must be 'np' or 'latent', got {output_type!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        _fail("seed", f"must be an integer in [0, 2^63), got {seed!r}")
+    return RenderSettings(
+        variant=spec.name, task=spec.task, layout=layout, checkpoint_id=checkpoint_id, prompts=tuple(prompts),
+        negative_prompts=tuple(negatives), height=height, width=width, num_frames=num_frames,
+        num_inference_steps=steps, guidance_scale=guidance, guidance_scale_2=guidance_2, boundary_ratio=boundary,
+        shift=shift, schedule=schedule, solver=solver, seed=seed, output_type=output_type)
