@@ -4,6 +4,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Ray: never token auth in tests (RUNTIME_NOTES); deepspeed builds its ops into the venv, not ~/.cache.
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

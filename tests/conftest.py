@@ -40,3 +40,14 @@ def _isolated_cache(tmp_path_factory):
     """Embedded presets are written into a per-session cache, never the user's ~/.cache."""
     os.environ["WAN_DIST_CACHE"] = str(tmp_path_factory.mktemp("wan-dist-cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def ray_local(_isolated_cache):
+    """A local Ray instance this test session starts (never an existing cluster) and stops."""
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, object_store_memory=200 * 2**20,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from wan_dist.config import OutputConfig, SamplingConfig
 
-__all__ = ["RenderRequest", "RenderResult", "render", "versions"]
+__all__ = ["RenderRequest", "RenderResult", "render", "generate_for", "publish", "versions"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,27 +93,31 @@ def _load_image(uri: str | None):
     return Image.open(io.BytesIO(read_bytes(uri))).convert("RGB")
 
 
-def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
-           callback: Callable[[int, int, Any], None] | None = None) -> RenderResult:
-    """Render ``request`` with ``pipe`` and publish ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
+def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
+    """Run ``request`` through ``generate`` (default ``pipe.generate``; a render group passes its SPMD one)."""
+    s = request.sampling
+    generate = generate or pipe.generate
+    return generate(request.prompt, request.negative_prompt, image=_load_image(request.image),
+                    height=request.height, width=request.width, num_frames=request.num_frames,
+                    num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                    guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
+                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback)
 
-    Bad input raises ValueError naming the field (before anything is written); failures while
-    writing are returned as a failed RenderResult with the error.
+
+def publish(pipe, request: RenderRequest, out, output: OutputConfig, *, model_source: str | None = None
+            ) -> RenderResult:
+    """Write ``out`` (a WanOutput of ``request``) as ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
+
+    Failures while writing are returned as a failed RenderResult with the error (the caller may retry).
     """
     from wan_dist.storage.objects import join
     from wan_dist.video.clip import write_clip
 
-    s = request.sampling
-    out = pipe.generate(request.prompt, request.negative_prompt, image=_load_image(request.image),
-                        height=request.height, width=request.width, num_frames=request.num_frames,
-                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                        guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
-                        seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback)
     fps = request.fps or output.fps or pipe.spec.defaults.fps
     prefix = join(output.uri, request.clip_name(out.seed))
     sidecar = {
         "request": {**{k: v for k, v in dataclasses.asdict(request).items() if k != "sampling"},
-                    "sampling": dataclasses.asdict(s)},
+                    "sampling": dataclasses.asdict(request.sampling)},
         "settings": out.settings.to_dict(),
         "model": {"source": model_source, "checkpoint_id": pipe.info.checkpoint_id, "variant": pipe.spec.name,
                   "layout": pipe.info.layout, "dtype": str(pipe.dtype).replace("torch.", ""),
@@ -133,3 +137,13 @@ def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: 
     timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
                         timings=timings)
+
+
+def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
+           callback: Callable[[int, int, Any], None] | None = None) -> RenderResult:
+    """Render ``request`` with ``pipe`` and publish ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
+
+    Bad input raises ValueError naming the field (before anything is written).
+    """
+    out = generate_for(pipe, request, callback=callback)
+    return publish(pipe, request, out, output, model_source=model_source)

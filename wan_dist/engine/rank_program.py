@@ -1,0 +1,49 @@
+"""What each rank of a render group runs for one request (SPMD): generate together, rank 0 publishes."""
+
+from __future__ import annotations
+
+from wan_dist.config import OutputConfig, ParallelConfig
+from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, publish
+
+__all__ = ["RankProgram"]
+
+
+class RankProgram:
+    """Binds a loaded pipeline to this rank's place in the group.
+
+    One rank: the single-device pipeline. More: ``wan_dist.parallel``'s SPMD generate, with the same
+    signature and results as ``WanPipeline.generate``.
+    """
+
+    def __init__(self, pipe, parallel: ParallelConfig, *, rank: int, world_size: int):
+        if parallel.world_size != world_size:
+            raise ValueError(f"parallel: degrees multiply to {parallel.world_size}, the group has {world_size} ranks")
+        self.pipe = pipe
+        self.rank = rank
+        self.world_size = world_size
+        self.generate = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel)
+
+    def warmup(self) -> None:
+        """One tiny step so first-request costs (allocations, collectives' first use) are paid at start."""
+        spec = self.pipe.spec
+        stride = spec.vae.spatial_stride * spec.dit.patch_size[1]
+        image = None
+        if spec.task == "i2v":
+            import torch
+
+            image = torch.zeros(3, stride, stride)
+        self.generate("warmup", image=image, height=stride, width=stride, num_frames=1, num_inference_steps=1,
+                      seed=0, output_type="latent")
+
+    def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None
+               ) -> RenderResult | None:
+        out = generate_for(self.pipe, request, generate=self.generate)
+        if self.rank != 0:
+            return None
+        return publish(self.pipe, request, out, output, model_source=model_source)
+
+
+def _parallel_generate(pipe, parallel: ParallelConfig):
+    from wan_dist.parallel.runtime import make_parallel_generate
+
+    return make_parallel_generate(pipe, parallel)
