@@ -13,8 +13,8 @@ from typing import Callable
 __all__ = ["main", "conf_dir", "rewrite_overrides"]
 
 log = logging.getLogger("wan_dist")
-VERBS = ("render", "make-checkpoint")
-LATER = {"plan": "the distributed engine", "serve": "the HTTP API", "batch": "batch jobs"}
+VERBS = ("render", "make-checkpoint", "plan")
+LATER = {"serve": "the HTTP API", "batch": "batch jobs"}
 # Groups whose value may also be a free-form string: `model=/ckpt` means `model=custom model.source=/ckpt`.
 _FREE_GROUPS = {"model": ("custom", "source"), "output": ("local", "uri")}
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.render import render_main as task
     elif verb == "make-checkpoint":
         from wan_dist.cli.render import make_checkpoint_main as task
+    elif verb == "plan":
+        from wan_dist.cli.plan import plan_main as task
     else:
         raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)}")
     _run_hydra(verb, task, overrides)
