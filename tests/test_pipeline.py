@@ -186,3 +186,19 @@ def test_callback_sees_every_step(checkpoint_factory):
     pipe.generate("x", num_inference_steps=3, seed=0, output_type="latent",
                   callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))))
     assert [s[:2] for s in seen] == [(0, 3), (1, 3), (2, 3)]
+
+
+@torch.no_grad()
+def test_text_context_is_prepared_once_per_expert_per_render(checkpoint_factory):
+    pipe = load_pipeline(str(checkpoint_factory("tiny", "diffusers")), dtype=torch.float32)
+    context, negative, latents = _inputs(pipe)
+    calls = []
+    for index, model in enumerate(pipe.experts):
+        original = model.prepare_context
+        model.prepare_context = (lambda c, _i=index, _f=original: calls.append((_i, c.shape[0])) or _f(c))
+    common = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=8, guidance_scale=4.0,
+                  guidance_scale_2=3.0, prompt_embeds=context, negative_prompt_embeds=negative, output_type="latent")
+    pipe.generate(latents=latents.clone(), seed=0, **common)
+    assert calls == [(0, 4), (1, 4)]  # 8 steps over both experts, [cond; uncond] of a batch of 2
+    pipe.generate(latents=latents.clone(), seed=0, **common)
+    assert len(calls) == 4  # a new render prepares again

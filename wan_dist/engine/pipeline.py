@@ -17,7 +17,8 @@ import torch
 
 from wan_dist.models.checkpoint import CheckpointInfo, detect_checkpoint, load_dit, load_text_encoder, load_vae
 from wan_dist.sampling import conditioning as cond
-from wan_dist.sampling.denoise import FirstFrameToVideo, ImageToVideo, TextToVideo, denoise, plan_steps
+from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, TextToVideo, denoise, guided_prediction,
+                                       plan_steps)
 from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
 from wan_dist.sampling.solvers import make_solver
 from wan_dist.engine.images import image_size, prepare_image
@@ -103,7 +104,21 @@ class WanPipeline:
         return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size)
 
     def _expert_fn(self, model: torch.nn.Module):
+        """``expert(x, t, context) -> fp32 v`` for one generate call.
+
+        The text context is fixed for a render and denoise passes the same tensor at every step, so
+        the model's text embedding and cross-attention keys and values are prepared on first use
+        of each context tensor and reused; they live as long as this closure (one generate call).
+        """
+        prepare = getattr(model, "prepare_context", None)
+        prepared: dict[int, tuple[torch.Tensor, Any]] = {}  # id(context) -> (context, prepared)
+
         def expert(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            if prepare is not None:
+                entry = prepared.get(id(context))
+                if entry is None or entry[0] is not context:  # holding context keeps its id unique
+                    entry = prepared[id(context)] = (context, prepare(context))
+                context = entry[1]
             return model(x, t, context).float()
 
         return expert
@@ -118,11 +133,19 @@ class WanPipeline:
                  schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
                  negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "np", callback: Callable[[int, int, torch.Tensor], None] | None = None,
-                 ) -> WanOutput:
+                 experts: list[Callable] | None = None, predict: Callable | None = None,
+                 data_shard: tuple[int, int] | None = None) -> WanOutput:
         """Render a batch of clips. See INTERFACES.md for the arguments.
 
         ``callback(step_index, num_steps, latents)`` runs after every denoising step.
         Returns WanOutput with frames uint8 [B, F, H, W, 3] ("np") or latents [B, C, f, h, w] ("latent").
+
+        Hooks for a rank of a render group (wan_dist.engine.parallel_generate): ``experts`` replace
+        the local expert callables (``expert(x, t, context) -> v``, high-noise first), ``predict`` the
+        guided prediction of :func:`~wan_dist.sampling.denoise.denoise`, and ``data_shard=(index, count)``
+        renders only rows ``[index * B / count, (index + 1) * B / count)`` of the batch (B must divide
+        evenly; the initial latents are still drawn for the whole batch, so a row gets the same noise
+        wherever it is rendered).
         """
         started = time.perf_counter()
         if seed is None:
@@ -137,6 +160,7 @@ class WanPipeline:
         batch = settings.batch_size
         timings: dict[str, float] = {}
         context, negative_context = self._contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
+        rows = _rows_of(batch, data_shard)
         timings["text_encode_s"] = time.perf_counter() - started
 
         shape = cond.latent_shape(settings.num_frames, settings.height, settings.width, z_dim=self.spec.vae.z_dim,
@@ -146,7 +170,9 @@ class WanPipeline:
             latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != (batch, *shape):
             raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
-        latents = latents.to(self.device, torch.float32)
+        latents = latents[rows].to(self.device, torch.float32)
+        context, negative_context = context[rows], negative_context[rows]
+        batch = latents.shape[0]
         tick = time.perf_counter()
         conditioning = self._conditioning(settings, image, shape, batch)
         latents = conditioning.after_step(latents)
@@ -159,9 +185,10 @@ class WanPipeline:
         on_step = None if callback is None else (lambda plan, x: callback(plan.index, num_steps, x))
         tick = time.perf_counter()
         latents = denoise(latents, steps=steps, solver=make_solver(settings.solver, schedule_),
-                          experts=[self._expert_fn(m) for m in self.experts], context=context,
+                          experts=experts or [self._expert_fn(m) for m in self.experts], context=context,
                           negative_context=negative_context if settings.use_cfg else None,
-                          conditioning=conditioning, model_dtype=self.dtype, on_step=on_step)
+                          conditioning=conditioning, model_dtype=self.dtype, on_step=on_step,
+                          predict=predict or guided_prediction)
         timings["denoise_s"] = time.perf_counter() - tick
         if output_type == "latent":
             timings["total_s"] = time.perf_counter() - started
@@ -173,6 +200,18 @@ class WanPipeline:
         timings["decode_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - started
         return WanOutput(frames=np.ascontiguousarray(frames), settings=settings, timings=timings)
+
+
+def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
+    """Rows of a batch of ``batch`` that data shard ``(index, count)`` renders."""
+    if data_shard is None:
+        return slice(0, batch)
+    index, count = data_shard
+    if batch % count or not 0 <= index < count:
+        raise ValueError(f"data_shard: a batch of {batch} does not split into {count} equal shards "
+                         f"(shard {index}); use a batch divisible by the data degree")
+    size = batch // count
+    return slice(index * size, (index + 1) * size)
 
 
 def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,

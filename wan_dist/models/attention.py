@@ -8,7 +8,8 @@ same as dropping it, so every backend slices ``k``/``v`` instead of building a m
 
 The model's self-attention takes such a function by injection (``WanDiT.attention_fn``), so
 ``wan_dist.parallel`` can substitute a sequence-parallel one; cross-attention always calls
-:func:`local_attention`. flash-attn and xformers are imported lazily, on first use.
+:func:`local_attention` (or :func:`biased_attention` over a compressed text context).
+flash-attn and xformers are imported lazily, on first use.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "xformers_attention",
     "auto_attention",
     "local_attention",
+    "biased_attention",
     "default_attention",
     "get_attention",
     "available_backends",
@@ -141,6 +143,24 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                     key_length: int | None = None) -> torch.Tensor:
     """The attention cross-attention uses: always local, never replaced by a parallel one."""
     return auto_attention(q, k, v, key_length=key_length)
+
+
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Attention with an additive logit bias: softmax(q k^T / sqrt(head_dim) + bias) v.
+
+    q [B, Lq, heads, head_dim], k/v [B, Lk, heads, head_dim], bias fp32 broadcastable to
+    [B, heads, Lq, Lk]. Returns [B, Lq, heads, head_dim] in q's dtype. Used by cross-attention over a
+    compressed text context, whose bias holds log(n) for a key standing for n identical padding keys:
+    in bf16, log(n) ~ 6 would be off by up to 1.6e-2 (that key group's weight by 1.6%), so half
+    inputs are computed in fp32. Lk is small there (true prompt length + 1), so this stays cheap.
+    """
+    _check_shapes(q, k, v)
+    dtype = q.dtype
+    if dtype in _HALF_DTYPES:
+        q, k, v = q.float(), k.float(), v.float()
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=bias.to(device=q.device, dtype=q.dtype))
+    return out.transpose(1, 2).to(dtype)
 
 
 def default_attention() -> AttentionFn:

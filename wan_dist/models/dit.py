@@ -10,6 +10,13 @@ forking it::
     x = model.run_blocks(state.tokens, state.e0, state.context, state.rope)
     out = model.unpatchify(model.head(x, state.e), state.grid)
 
+The text is the same at every step of a render, so ``model.prepare_context(context)`` computes the
+text embedding and every block's cross-attention keys and values once; ``forward``/``embed`` accept
+the resulting :class:`TextContext` wherever they accept a raw context. It also compresses the
+zero padding: all padded rows of a prompt embed to the same vector, and attention over n identical
+(k, v) pairs equals attention over one with a logit bias of log(n), so cross-attention runs over the
+true prompt rows plus one padding slot per sample (exact up to summation order).
+
 A sequence-parallel wrapper slices ``state.tokens``, ``state.rope`` (or calls :func:`rope_cos_sin`
 for its token range) and a per-token ``state.e0``/``state.e`` along the token axis, swaps
 ``model.attention_fn`` for a distributed one and passes ``key_length`` when it padded the sequence.
@@ -30,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from wan_dist.config import DiTConfig
-from wan_dist.models.attention import AttentionFn, default_attention, local_attention
+from wan_dist.models.attention import AttentionFn, biased_attention, default_attention, local_attention
+from wan_dist.models.text_context import CrossKV, TextContext, padding_bias, text_lengths
 
-__all__ = ["WanDiT", "DiTState", "WanBlock", "rope_cos_sin", "apply_rope", "sinusoidal_embedding"]
+__all__ = ["WanDiT", "DiTState", "WanBlock", "TextContext", "CrossKV", "rope_cos_sin", "apply_rope",
+           "sinusoidal_embedding", "text_lengths"]
 
 ROPE_THETA = 10000.0
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -84,15 +93,22 @@ def rope_cos_sin(grid: tuple[int, int, int], rope_split: tuple[int, int, int], s
     return torch.cos(angles).float(), torch.sin(angles).float()
 
 
-def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, rope: Rope, *, inplace: bool = False) -> torch.Tensor:
     """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by rope (cos, sin) [L, head_dim/2].
 
-    Computed in fp32, returned in x's dtype.
+    Computed in fp32, returned in x's dtype. A pair (even, odd) times cos + i sin is one complex
+    multiply: one fused kernel instead of six strided ones, same products. ``inplace=True``
+    overwrites a contiguous fp32 x (no autograd) instead of allocating the result.
     """
-    cos, sin = (t.unsqueeze(1) for t in rope)  # [L, 1, head_dim/2]: broadcast over heads
-    even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    freqs = torch.complex(*rope).unsqueeze(1)  # [L, 1, head_dim/2]: broadcast over heads
+    x32 = x.float()
+    # x itself when fp32 and the caller gives it up, or the fp32 copy just made (ours) when not
+    own = inplace or (x32 is not x and not torch.is_grad_enabled())
+    if own and x32.is_contiguous():
+        torch.view_as_complex(x32.unflatten(-1, (-1, 2))).mul_(freqs)
+        return x32.to(x.dtype)
+    rotated = torch.view_as_complex(x32.contiguous().unflatten(-1, (-1, 2))) * freqs
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
 def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -115,10 +131,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """x * rsqrt(mean(x^2) + eps) * weight; ``inplace``: x is the caller's to overwrite (no autograd)."""
         x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).to(x.dtype)
+        if torch.is_grad_enabled() or not (inplace or x32 is not x):
+            return F.rms_norm(x32, x.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
+        # F.rms_norm's CPU path materialises x^2 and x * rstd; here the sum of squares is a reduction
+        # (vector_norm) and the scaling runs in place on a tensor of our own: no x-sized temporaries.
+        rstd = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        return x32.mul_(rstd.add_(self.eps).rsqrt_()).mul_(self.weight.float()).to(x.dtype)
 
 
 class WanAttention(nn.Module):
@@ -134,32 +155,57 @@ class WanAttention(nn.Module):
     def _project(self, x: torch.Tensor, source: torch.Tensor):
         """q from x [B, Lq, dim], k and v from source [B, Lk, dim]; each [B, L, heads, head_dim]."""
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)
-        k = self.norm_k(self.k(source)).unflatten(-1, heads)
+        q = self.norm_q(self.q(x), inplace=True).unflatten(-1, heads)  # the projections are ours
+        k = self.norm_k(self.k(source), inplace=True).unflatten(-1, heads)
         v = self.v(source).unflatten(-1, heads)
         return q, k, v
 
     def self_attention(self, x: torch.Tensor, rope: Rope, attention_fn: AttentionFn,
                        key_length: int | None = None) -> torch.Tensor:
-        """x [B, L, dim] in the weights' dtype, rope [L, head_dim/2] x2 -> [B, L, dim]."""
-        q, k, v = self._project(x, x)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = attention_fn(q, k, v, key_length=key_length)
-        return self.o(out.flatten(2))
+        """x [B, L, dim] in the weights' dtype, rope [L, head_dim/2] x2 -> [B, L, dim].
 
-    def cross_attention(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x [B, L, dim] attends all positions of context [B, text_len, dim] -> [B, L, dim]."""
-        q, k, v = self._project(x, context)
-        return self.o(local_attention(q, k, v).flatten(2))
+        Each activation is dropped as soon as it is used (a caller that passes x without keeping a
+        reference frees it before the attention runs): peak memory here is x's size times ~5.
+        """
+        q, k, v = self._project(x, x)
+        del x
+        inplace = not torch.is_grad_enabled()  # q and k are ours: rotate them without a copy
+        q, k = apply_rope(q, rope, inplace=inplace), apply_rope(k, rope, inplace=inplace)
+        out = attention_fn(q, k, v, key_length=key_length).flatten(2)
+        del q, k, v
+        return self.o(out)
+
+    def prepare_kv(self, text: torch.Tensor, bias: torch.Tensor | None = None) -> CrossKV:
+        """Keys and values of embedded text [B, S, dim] (weights' dtype) for :meth:`cross_attention`."""
+        heads = (self.num_heads, -1)
+        return CrossKV(key=self.norm_k(self.k(text), inplace=True).unflatten(-1, heads),
+                       value=self.v(text).unflatten(-1, heads), bias=bias)
+
+    def cross_attention(self, x: torch.Tensor, context: torch.Tensor | CrossKV) -> torch.Tensor:
+        """x [B, L, dim] attends embedded text [B, text_len, dim] or its prepared keys and values -> [B, L, dim]."""
+        kv = context if isinstance(context, CrossKV) else self.prepare_kv(context)
+        q = self.norm_q(self.q(x), inplace=True).unflatten(-1, (self.num_heads, -1))
+        del x  # as in self_attention
+        if kv.bias is None:
+            out = local_attention(q, kv.key, kv.value).flatten(2)
+        else:
+            out = biased_attention(q, kv.key, kv.value, kv.bias).flatten(2)
+        del q
+        return self.o(out)
 
 
 class WanBlock(nn.Module):
-    """One DiT block: modulated self-attention, cross-attention, modulated FFN."""
+    """One DiT block: modulated self-attention, cross-attention, modulated FFN.
 
-    def __init__(self, config: DiTConfig):
+    ``index`` is the block's position in the model: it picks this block's keys and values out of a
+    :class:`TextContext`.
+    """
+
+    def __init__(self, config: DiTConfig, index: int = 0):
         super().__init__()
         dim, eps = config.dim, config.eps
         self.eps = eps
+        self.index = index
         self.self_attn = WanAttention(dim, config.num_heads, eps)
         self.cross_attn = WanAttention(dim, config.num_heads, eps)
         self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
@@ -168,30 +214,57 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.attention_fn: AttentionFn = default_attention()
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: Rope,
-                key_length: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor | TextContext, rope: Rope,
+                key_length: int | None = None, *, inplace: bool = False) -> torch.Tensor:
         """One block on the tokens this rank holds.
 
         x: fp32 [B, L, dim] residual stream. e0: fp32 [B, L or 1, 6, dim] (per token or per sample).
-        context: [B, text_len, dim] embedded text. rope: (cos, sin) fp32 [L, head_dim/2] of exactly
-        these tokens. key_length: valid tokens when x carries sequence padding (passed on to
-        ``self.attention_fn``). Returns fp32 [B, L, dim].
+        context: embedded text [B, text_len, dim], or a :class:`TextContext` (this block's prepared
+        keys and values). rope: (cos, sin) fp32 [L, head_dim/2] of exactly these tokens.
+        key_length: valid tokens when x carries sequence padding (passed on to ``self.attention_fn``).
+        inplace: x may be overwritten and returned (honoured only without autograd); otherwise x is
+        never written. Returns fp32 [B, L, dim].
         """
         dtype = self.ffn[0].weight.dtype
         mod = (self.modulation.float().unsqueeze(0) + e0.float()).unbind(2)  # 6 x [B, L or 1, dim]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod
+        # Without autograd the residual stream is updated in place (once it is a tensor of our own):
+        # no second copy of it lives through the block. With autograd every op stays out of place.
+        no_grad = not torch.is_grad_enabled()
         x = x.float()
+        # The normed inputs go straight into the calls, which free them once projected.
+        y = self.self_attn.self_attention(torch.addcmul(shift1, _layer_norm(x, self.eps), 1 + scale1).to(dtype),
+                                          rope, self.attention_fn, key_length).float()
+        x = x.addcmul_(y, gate1) if no_grad and inplace else torch.addcmul(x, y, gate1)
+        del y
 
-        h = _layer_norm(x, self.eps) * (1 + scale1) + shift1
-        y = self.self_attn.self_attention(h.to(dtype), rope, self.attention_fn, key_length)
-        x = x + y.float() * gate1
+        kv = context.layers[self.index] if isinstance(context, TextContext) else context.to(dtype)
+        norm3 = self.norm3
+        y = self.cross_attn.cross_attention(
+            F.layer_norm(x, x.shape[-1:], norm3.weight.float(), norm3.bias.float(), self.eps).to(dtype), kv).float()
+        x = x.add_(y) if no_grad else x + y
+        del y
+        return self._ffn_residual(x, shift2, scale2, gate2, no_grad)
 
-        h = F.layer_norm(x, x.shape[-1:], self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
-        x = x + self.cross_attn.cross_attention(h.to(dtype), context.to(dtype)).float()
+    def _ffn_residual(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor,
+                      inplace: bool) -> torch.Tensor:
+        """x + FFN(LN2(x) * (1 + scale) + shift) * gate; shift, scale, gate fp32 [B, L or 1, dim].
 
-        h = _layer_norm(x, self.eps) * (1 + scale2) + shift2
-        y = self.ffn(h.to(dtype))
-        return x + y.float() * gate2
+        In place, the tokens go through in chunks sized so that the [B, chunk, ffn_dim] intermediate
+        is no larger than x itself: it would otherwise be the largest activation of the block.
+        """
+        dtype = self.ffn[0].weight.dtype
+        if not inplace:
+            h = torch.addcmul(shift, _layer_norm(x, self.eps), 1 + scale)
+            return torch.addcmul(x, self.ffn(h.to(dtype)).float(), gate)
+        num_tokens, scale = x.shape[1], 1 + scale
+        chunk = max(1, -(-num_tokens * x.shape[-1] // self.ffn[0].out_features))
+        for start in range(0, num_tokens, chunk):
+            part = slice(start, start + chunk)
+            s, c, g = (m[:, part] if m.shape[1] > 1 else m for m in (shift, scale, gate))
+            h = torch.addcmul(s, _layer_norm(x[:, part], self.eps), c).to(dtype)
+            x[:, part].addcmul_(self.ffn(h).float(), g)
+        return x
 
 
 class WanHead(nn.Module):
@@ -206,7 +279,7 @@ class WanHead(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x [B, L, dim], e fp32 [B, L or 1, dim] -> fp32 [B, L, prod(patch) * out_channels]."""
         shift, scale = (self.modulation.float().unsqueeze(0) + e.float().unsqueeze(2)).unbind(2)
-        return _linear_fp32(self.head, _layer_norm(x, self.eps) * (1 + scale) + shift)
+        return _linear_fp32(self.head, torch.addcmul(shift, _layer_norm(x, self.eps), 1 + scale))
 
 
 @dataclass
@@ -216,7 +289,8 @@ class DiTState:
     tokens: fp32 [B, L, dim], token order frame, row, column. grid: (f, h, w) token grid, L = f*h*w.
     rope: (cos, sin) fp32 [L, head_dim/2]. e0: fp32 [B, L or 1, 6, dim] block modulation input.
     e: fp32 [B, L or 1, dim] head modulation input (L when the timestep was per token).
-    context: [B, text_len, dim] embedded text, in the weights' dtype.
+    context: the prepared text (:class:`TextContext`), or embedded text [B, text_len, dim] in the
+    weights' dtype when a caller builds a state by hand.
     """
 
     tokens: torch.Tensor
@@ -224,7 +298,7 @@ class DiTState:
     rope: Rope
     e0: torch.Tensor
     e: torch.Tensor
-    context: torch.Tensor
+    context: torch.Tensor | TextContext
 
     @property
     def num_tokens(self) -> int:
@@ -255,7 +329,7 @@ class WanDiT(nn.Module):
                                             nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(WanBlock(config, index) for index in range(config.num_layers))
         self.head = WanHead(config)
         self.attention_fn = default_attention()
         # "float64": the reference; "float32": diffusers. The loader sets it from the checkpoint layout.
@@ -318,37 +392,71 @@ class WanDiT(nn.Module):
         e0 = _linear_fp32(self.time_projection[1], F.silu(e)).unflatten(-1, (6, self.config.dim))
         return e, e0
 
+    def _check_context(self, context: torch.Tensor) -> None:
+        text_len = self.config.text_len
+        if context.ndim != 3 or context.shape[1] > text_len or context.shape[2] != self.config.text_dim:
+            raise ValueError(f"WanDiT: context must be [B, <= {text_len}, {self.config.text_dim}], "
+                             f"got {tuple(context.shape)}")
+
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """context [B, text_len, text_dim] -> [B, text_len, dim] in the weights' dtype.
 
         A shorter context is zero padded to text_len, as the reference pads every prompt.
         """
-        text_len = self.config.text_len
-        if context.ndim != 3 or context.shape[1] > text_len or context.shape[2] != self.config.text_dim:
-            raise ValueError(f"WanDiT: context must be [B, <= {text_len}, {self.config.text_dim}], "
-                             f"got {tuple(context.shape)}")
+        self._check_context(context)
         weight = self.text_embedding[0].weight
-        context = F.pad(context.to(device=weight.device, dtype=weight.dtype), (0, 0, 0, text_len - context.shape[1]))
-        return self.text_embedding(context)
+        context = context.to(device=weight.device, dtype=weight.dtype)
+        return self.text_embedding(F.pad(context, (0, 0, 0, self.config.text_len - context.shape[1])))
 
-    def embed(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> DiTState:
-        """Patchify, embed time and text, and compute RoPE for all tokens. Shapes: see :class:`DiTState`."""
+    def prepare_context(self, context: torch.Tensor, *, compress: bool = True) -> TextContext:
+        """Text embedding and every block's cross-attention keys and values, once per render.
+
+        context: [B, <= text_len, text_dim] text encoder output, zero padded after each prompt's true
+        length. With ``compress`` only the first ``max(length) + 1`` rows are embedded and attended,
+        the padding rows kept carrying a log-count logit bias (exact up to summation order; a prompt
+        of text_len rows disables it). ``compress=False`` keeps all text_len rows (the reference's
+        computation). The result is valid for this model's weights and a batch of B samples.
+        """
+        self._check_context(context)
+        weight = self.text_embedding[0].weight
+        context = context.to(device=weight.device, dtype=weight.dtype)
+        text_len = self.config.text_len
+        lengths = text_lengths(context)
+        window = min(int(lengths.max()) + 1, text_len) if compress else text_len
+        rows = context[:, :window]
+        text = self.text_embedding(F.pad(rows, (0, 0, 0, window - rows.shape[1])))
+        bias = padding_bias(lengths, window, text_len) if window < text_len else None
+        layers = tuple(block.cross_attn.prepare_kv(text, bias) for block in self.blocks)
+        return TextContext(lengths=lengths, layers=layers)
+
+    def embed(self, latents: torch.Tensor, timestep: torch.Tensor,
+              context: torch.Tensor | TextContext) -> DiTState:
+        """Patchify, embed time, prepare the text (unless given a :class:`TextContext`) and compute
+        RoPE for all tokens. Shapes: see :class:`DiTState` and :meth:`forward`."""
         tokens, grid = self.embed_latents(latents)
-        if timestep.shape[0] != tokens.shape[0] or context.shape[0] != tokens.shape[0]:
+        batch = context.batch_size if isinstance(context, TextContext) else context.shape[0]
+        if timestep.shape[0] != tokens.shape[0] or batch != tokens.shape[0]:
             raise ValueError(f"WanDiT: batch sizes differ: latents {tokens.shape[0]}, "
-                             f"timestep {timestep.shape[0]}, context {context.shape[0]}")
+                             f"timestep {timestep.shape[0]}, context {batch}")
+        if not isinstance(context, TextContext):
+            context = self.prepare_context(context)
+        elif len(context.layers) != len(self.blocks):
+            raise ValueError(f"WanDiT: TextContext has {len(context.layers)} layers, model {len(self.blocks)}")
         e, e0 = self.embed_time(timestep, tokens.shape[1])
         rope = self.rope(grid, device=tokens.device)
-        return DiTState(tokens=tokens, grid=grid, rope=rope, e0=e0, e=e, context=self.embed_text(context))
+        return DiTState(tokens=tokens, grid=grid, rope=rope, e0=e0, e=e, context=context)
 
     # -- blocks, head, output --------------------------------------------------------------
 
-    def run_blocks(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: Rope,
-                   key_length: int | None = None) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor | TextContext, rope: Rope,
+                   key_length: int | None = None, *, inplace: bool = False) -> torch.Tensor:
         """All blocks in order. x fp32 [B, L, dim] (any slice of the tokens, with its rope and its
-        e0 rows when e0 is per token) -> fp32 [B, L, dim]. See :meth:`WanBlock.forward`."""
+        e0 rows when e0 is per token) -> fp32 [B, L, dim]. context: a :class:`TextContext` or
+        embedded text [B, text_len, dim]. inplace: x may be overwritten (without autograd); else
+        the first block copies it. See :meth:`WanBlock.forward`."""
+        first = x
         for block in self.blocks:
-            x = block(x, e0, context, rope, key_length=key_length)
+            x = block(x, e0, context, rope, key_length=key_length, inplace=inplace or x is not first)
         return x
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -358,13 +466,15 @@ class WanDiT(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(tokens.shape[0], self.config.out_channels, f * pt, h * ph, w * pw)
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor,
+                context: torch.Tensor | TextContext) -> torch.Tensor:
         """Velocity prediction.
 
         latents: [B, C_in, F, H, W]. timestep: [B] or per token [B, L] with L = F/pt * H/ph * W/pw,
-        float or int. context: [B, text_len, text_dim] text encoder output, zero padded.
-        Returns fp32 [B, C_out, F, H, W].
+        float or int. context: [B, text_len, text_dim] text encoder output, zero padded, or the
+        :class:`TextContext` that :meth:`prepare_context` made of it (the same result, computed once
+        for all steps of a render). Returns fp32 [B, C_out, F, H, W].
         """
         state = self.embed(latents, timestep, context)
-        x = self.run_blocks(state.tokens, state.e0, state.context, state.rope)
+        x = self.run_blocks(state.tokens, state.e0, state.context, state.rope, inplace=True)  # tokens are ours
         return self.unpatchify(self.head(x, state.e), state.grid)

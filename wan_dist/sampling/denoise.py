@@ -4,6 +4,10 @@ Nothing here knows about devices, processes or checkpoints. An expert is any cal
 ``expert(latent_model_input, timestep, context) -> v`` (the DiT, or a sequence-parallel wrapper of it).
 How a guided prediction is computed is injectable too: the default batches cond and uncond in one
 forward; a CFG-parallel group supplies one that splits them across ranks.
+
+The text context is the same at every step, so :func:`denoise` builds the batched [cond; uncond]
+context once and hands every step the same tensor object: an expert may prepare what it derives
+from a context (text embedding, cross-attention keys and values) once per context it is given.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from wan_dist.sampling.conditioning import ti2v_impose_first_frame, ti2v_token_t
 from wan_dist.sampling.guidance import guidance_scale_for, select_expert
 
 __all__ = ["StepPlan", "plan_steps", "Conditioning", "TextToVideo", "ImageToVideo", "FirstFrameToVideo",
-           "guided_prediction", "denoise"]
+           "batch_contexts", "guided_prediction", "denoise"]
 
 Expert = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -100,16 +104,25 @@ class FirstFrameToVideo:
         return ti2v_impose_first_frame(latents, self.image_latents, self.mask)
 
 
+def batch_contexts(context: torch.Tensor, negative_context: torch.Tensor | None) -> torch.Tensor | None:
+    """[context; negative_context] along the batch (what one batched CFG forward sees), or None."""
+    return None if negative_context is None else torch.cat([context, negative_context])
+
+
 def guided_prediction(expert: Expert, model_input: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                      negative_context: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+                      negative_context: torch.Tensor | None, guidance_scale: float, *,
+                      batched_context: torch.Tensor | None = None) -> torch.Tensor:
     """v = v_uncond + g (v_cond - v_uncond), cond and uncond batched in one forward [cond; uncond].
 
     Without a negative context, or at g == 1 (where the formula is v_cond), only the cond half runs.
+    ``batched_context``: :func:`batch_contexts` of the two, made once by the caller so the expert
+    sees the same tensor at every step; concatenated here when None.
     """
     if negative_context is None or guidance_scale == 1.0:
         return expert(model_input, timestep, context)
-    both = expert(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]),
-                  torch.cat([context, negative_context]))
+    if batched_context is None:
+        batched_context = batch_contexts(context, negative_context)
+    both = expert(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]), batched_context)
     cond, uncond = both.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 
@@ -127,15 +140,18 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
     The solver holds the multistep history, so a caller may stop after any step and hand latents plus
     ``solver`` state to another process, which continues with the remaining steps.
     ``on_step(plan, latents)`` runs after each step (progress, cancellation, previews).
+    ``predict`` is called as ``predict(expert, model_input, timestep, context, negative_context,
+    guidance_scale, batched_context=...)`` (see :func:`guided_prediction`).
     """
     batch = latents.shape[0]
+    batched_context = batch_contexts(context, negative_context)  # once per call, not per step
     for plan in steps:
         model_input = conditioning.model_input(latents)
         if model_dtype is not None:
             model_input = model_input.to(model_dtype)
         timestep = conditioning.model_timestep(plan.timestep, batch)
         velocity = predict(experts[plan.expert], model_input, timestep, context, negative_context,
-                           plan.guidance_scale)
+                           plan.guidance_scale, batched_context=batched_context)
         latents = solver.step(velocity, plan.index, latents)
         latents = conditioning.after_step(latents)
         if on_step is not None:
