@@ -26,11 +26,13 @@ def _frames(uri: str) -> np.ndarray:
         return decode_mp4(handle.read())[0]
 
 
-@pytest.mark.parametrize("parallel", [ParallelConfig()], ids=["single-rank"])
+@pytest.mark.parametrize("parallel", [ParallelConfig(), ParallelConfig(ulysses=2), ParallelConfig(cfg=2)],
+                         ids=["single-rank", "ulysses2", "cfg2"])
 def test_group_renders_the_same_clip_as_the_pipeline(ray_local, tmp_path, parallel):
+    # Lossless H.264 (crf 0): a difference in the decoded frames is a difference in the rendered ones.
     group = RenderGroup(GroupConfig(source="tiny", parallel=parallel, cpus_per_rank=0.5)).start()
     try:
-        result = group.render(REQUEST, OutputConfig(uri=str(tmp_path / "group")), model_source="tiny")
+        result = group.render(REQUEST, OutputConfig(uri=str(tmp_path / "group"), crf=0), model_source="tiny")
     finally:
         group.shutdown()
     assert result.status == "completed", result.error
@@ -38,15 +40,19 @@ def test_group_renders_the_same_clip_as_the_pipeline(ray_local, tmp_path, parall
     expected = pipe.generate(REQUEST.prompt, height=48, width=80, num_frames=9, num_inference_steps=3, seed=11)
     from wan_dist.engine.render import render
 
-    local = render(pipe, REQUEST, OutputConfig(uri=str(tmp_path / "local")))
-    assert np.array_equal(_frames(result.clip_uri), _frames(local.clip_uri))
+    local = render(pipe, REQUEST, OutputConfig(uri=str(tmp_path / "local"), crf=0))
+    # CFG-parallel runs cond and uncond as two batch-1 forwards instead of one batch-2 forward: fp32
+    # rounding (~1e-6 in the latents) can move a pixel across a uint8 rounding edge, nothing more.
+    difference = np.abs(_frames(result.clip_uri).astype(int) - _frames(local.clip_uri).astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.01
     assert expected.frames.shape == (1, 9, 48, 80, 3)
 
 
 def test_a_killed_rank_fails_the_request_then_the_rebuilt_group_renders(ray_local, tmp_path):
     import ray
 
-    group = RenderGroup(GroupConfig(source="tiny", cpus_per_rank=0.5)).start()
+    group = RenderGroup(GroupConfig(source="tiny", parallel=ParallelConfig(ring=2), cpus_per_rank=0.5,
+                                    collective_timeout_s=60)).start()
     slow = RenderRequest(prompt="a storm at sea", seed=2, height=64, width=64, num_frames=9,
                          sampling=SamplingConfig(num_inference_steps=2000), name="storm")  # ~20 s: killed at 3 s
     try:

@@ -1,0 +1,95 @@
+"""SPMD generate for one rank of a render group.
+
+``generate = make_parallel_generate(pipe, parallel_config)`` (collective: every rank calls it, after
+``torch.distributed`` is initialised) returns a function with the signature and results of
+``pipe.generate`` (a loaded :class:`~wan_dist.engine.pipeline.WanPipeline`, duck-typed here so this
+layer does not import the engine). Every rank calls it with the same arguments:
+
+- the data axis splits the batch: data rank d renders rows ``[d * B / D, (d + 1) * B / D)`` (B must
+  divide evenly) and the finished rows are all-gathered, so every rank returns the whole batch;
+- the cfg axis runs cond and uncond on different ranks (:func:`cfg_parallel_prediction`);
+- ring x ulysses shard the sequence inside each expert (:func:`parallelize_dit`).
+
+Text encoding and the VAE run replicated on every rank for now. The seed, when not given, is drawn
+on rank 0 and broadcast so every rank draws the same initial noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from wan_dist.config import ParallelConfig
+from wan_dist.parallel.cfg import cfg_parallel_prediction
+from wan_dist.parallel.comm import all_gather_cat
+from wan_dist.parallel.dit import parallelize_dit
+from wan_dist.parallel.mesh import ParallelMesh
+
+__all__ = ["make_parallel_generate", "parallel_generate", "parallel_experts"]
+
+
+def parallel_experts(pipe, mesh: ParallelMesh) -> list:
+    """``expert(x, t, context) -> fp32 v`` for each of ``pipe.experts`` (high-noise first), over ``mesh``."""
+    experts = []
+    for model in pipe.experts:
+        wrapped = parallelize_dit(model, mesh)
+
+        def expert(x, t, context, _wrapped=wrapped):
+            return _wrapped(x, t, context).float()
+
+        experts.append(expert)
+    return experts
+
+
+def _shared_seed(seed: int | None) -> int:
+    """``seed``, or one drawn on rank 0 and broadcast to every rank."""
+    if seed is not None:
+        return seed
+    value = torch.tensor([random.randrange(2**31)], dtype=torch.int64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(value, src=0)
+    return int(value.item())
+
+
+def _gather_rows(frames, mesh: ParallelMesh):
+    """This data rank's rows (tensor or numpy) -> the whole batch, in data-rank order, on every rank."""
+    axis = mesh.axis("data")
+    if axis.size == 1:
+        return frames
+    is_numpy = isinstance(frames, np.ndarray)
+    tensor = torch.from_numpy(frames) if is_numpy else frames
+    full = all_gather_cat(tensor, axis.group, axis.size, dim=0, counter=mesh.counter, op="data_gather")
+    return full.numpy() if is_numpy else full
+
+
+def parallel_generate(pipe, mesh: ParallelMesh, *args, experts: list | None = None, **kwargs):
+    """One SPMD ``pipe.generate(*args, **kwargs)`` over ``mesh``; every rank returns the same WanOutput.
+
+    ``experts``: from :func:`parallel_experts` (made here when None; pass them to reuse across calls).
+    """
+    kwargs["seed"] = _shared_seed(kwargs.get("seed"))
+    experts = experts if experts is not None else parallel_experts(pipe, mesh)
+    data = mesh.axis("data")
+    out = pipe.generate(*args, experts=experts, predict=cfg_parallel_prediction(mesh),
+                        data_shard=(data.index, data.size), **kwargs)
+    return dataclasses.replace(out, frames=_gather_rows(out.frames, mesh))
+
+
+def make_parallel_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None):
+    """Build this rank's mesh and parallel experts once; return ``generate(*args, **kwargs)``.
+
+    Collective (new process groups): every rank of the default group calls it together.
+    """
+    mesh = ParallelMesh.build(parallel, num_heads=pipe.spec.dit.num_heads, timeout=timeout)
+    experts = parallel_experts(pipe, mesh)
+
+    def generate(*args, **kwargs):
+        return parallel_generate(pipe, mesh, *args, experts=experts, **kwargs)
+
+    generate.mesh = mesh
+    return generate
