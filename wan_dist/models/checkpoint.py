@@ -27,7 +27,8 @@ from wan_dist.config import DiTConfig, TextEncoderConfig, VAEConfig
 from wan_dist.models.presets import PRESETS, SamplingDefaults, VariantSpec
 
 __all__ = ["CheckpointError", "CheckpointInfo", "detect_checkpoint", "load_dit", "load_vae",
-           "load_text_encoder", "read_json", "DIT_WEIGHTS", "DIT_INDEX"]
+           "load_text_encoder", "read_json", "visit_dit_tensors", "fp32_param_names", "dit_timestep_precision",
+           "DIT_WEIGHTS", "DIT_INDEX"]
 
 Layout = Literal["reference", "diffusers"]
 DIT_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -248,17 +249,54 @@ def load_dit(folder: str | Path, config: DiTConfig, *, layout: Layout, device: s
     Raises CheckpointError naming the file and key for a missing, unexpected or misshapen tensor, or a
     truncated shard. Nothing half-loaded is returned.
     """
+    from wan_dist.models.dit import WanDiT
+
+    with torch.device("meta"):
+        model = WanDiT(config)
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    fp32 = fp32_param_names(model)
+
+    def read(handle, raw_key: str, name: str) -> None:
+        if keep is not None and not keep(name):
+            return
+        # Copy into memory we own: a view of the mmapped shard would keep every shard
+        # mapped for the model's lifetime (a second, file-backed copy of the weights).
+        param = torch.empty(expected[name], dtype=torch.float32 if name in fp32 else dtype, device=device)
+        param.copy_(handle.get_tensor(raw_key))
+        _assign(model, name, param)
+
+    visit_dit_tensors(folder, expected, layout=layout, visit=read)
+    model.timestep_precision = dit_timestep_precision(layout)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def dit_timestep_precision(layout: Layout) -> str:
+    """Each layout reproduces its own implementation: diffusers computes the time sinusoid in fp32."""
+    return "float32" if layout == "diffusers" else "float64"
+
+
+def fp32_param_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters ``model`` keeps in fp32 whatever the load dtype (``fp32_param_patterns``)."""
+    return _fp32_names(model)
+
+
+def visit_dit_tensors(folder: str | Path, expected: dict[str, torch.Size], *, layout: Layout, visit) -> None:
+    """Check every tensor of the expert in ``folder`` and call ``visit(handle, raw_key, name)`` on it.
+
+    Shard by shard: ``handle`` is the open safetensors shard (``handle.get_slice(raw_key)[a:b]`` reads
+    rows ``a:b`` only), ``raw_key`` the stored key, ``name`` its reference name, a key of ``expected``
+    (reference name -> shape). A tensor is visited only after its key (known, stored once, as the
+    index says) and its stored shape were checked; after the last shard no key of ``expected`` may be
+    missing. Raises CheckpointError naming the file and key; what ``visit`` raises while reading a
+    shard is reported the same way.
+    """
     from safetensors import safe_open
 
-    from wan_dist.models.dit import WanDiT
     from wan_dist.models.keymap import dit_key_from_diffusers
 
     folder = Path(folder)
     rename = dit_key_from_diffusers if layout == "diffusers" else (lambda name: name)
-    with torch.device("meta"):
-        model = WanDiT(config)
-    expected = {name: p.shape for name, p in model.named_parameters()}
-    fp32 = _fp32_names(model)
     seen: dict[str, str] = {}
     for shard, index_keys in _shard_map(folder).items():
         path = folder / shard
@@ -272,18 +310,11 @@ def load_dit(folder: str | Path, config: DiTConfig, *, layout: Layout, device: s
                     name = rename(raw_key)
                     _check_key(path, raw_key, name, expected, seen)
                     seen[name] = str(path)
-                    if keep is not None and not keep(name):
-                        continue
                     shape = tuple(handle.get_slice(raw_key).get_shape())
                     if shape != tuple(expected[name]):
                         raise CheckpointError(f"{path}: key {raw_key!r} has shape {list(shape)}, the config in "
                                               f"{folder / 'config.json'} needs {list(expected[name])}")
-                    target = torch.float32 if name in fp32 else dtype
-                    # Copy into memory we own: a view of the mmapped shard would keep every shard
-                    # mapped for the model's lifetime (a second, file-backed copy of the weights).
-                    param = torch.empty(shape, dtype=target, device=device)
-                    param.copy_(handle.get_tensor(raw_key))
-                    _assign(model, name, param)
+                    visit(handle, raw_key, name)
         except CheckpointError:
             raise
         except Exception as error:  # safetensors raises its own error types for truncated/corrupt files
@@ -292,10 +323,6 @@ def load_dit(folder: str | Path, config: DiTConfig, *, layout: Layout, device: s
     if missing:
         raise CheckpointError(f"{folder}: missing key(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                               f"({len(missing)} of {len(expected)})")
-    # Each layout reproduces its own implementation: diffusers computes the time sinusoid in fp32.
-    model.timestep_precision = "float32" if layout == "diffusers" else "float64"
-    model.eval().requires_grad_(False)
-    return model
 
 
 def _check_index_agrees(path: Path, index_keys: list[str], file_keys: list[str]) -> None:

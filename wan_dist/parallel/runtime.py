@@ -34,7 +34,15 @@ __all__ = ["make_parallel_generate", "parallel_generate", "parallel_experts"]
 
 
 def parallel_experts(pipe, mesh: ParallelMesh) -> list:
-    """``expert(x, t, context) -> fp32 v`` for each of ``pipe.experts`` (high-noise first), over ``mesh``."""
+    """``expert(x, t, context) -> fp32 v`` for each of ``pipe.experts`` (high-noise first), over ``mesh``.
+
+    ``mesh.config.fsdp``: each expert is FSDP2-sharded over the whole group (collective; experts that
+    :func:`wan_dist.parallel.fsdp.load_dit_sharded` loaded already are) and gathered block by block.
+    """
+    if mesh.config.fsdp:
+        from wan_dist.parallel.fsdp import parallelize_sharded_dit
+
+        return [parallelize_sharded_dit(model, mesh) for model in pipe.experts]
     experts = []
     for model in pipe.experts:
         wrapped = parallelize_dit(model, mesh)
@@ -84,7 +92,14 @@ def make_parallel_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta
     """Build this rank's mesh and parallel experts once; return ``generate(*args, **kwargs)``.
 
     Collective (new process groups): every rank of the default group calls it together.
+    ``parallel.placement == "disaggregated"``: the group splits into a high-noise and a low-noise
+    stage, one expert each (:func:`wan_dist.parallel.stages.make_disaggregated_generate`; every
+    rank returns the same WanOutput).
     """
+    if parallel.placement == "disaggregated":
+        from wan_dist.parallel.stages import make_disaggregated_generate
+
+        return make_disaggregated_generate(pipe, parallel, timeout=timeout)
     mesh = ParallelMesh.build(parallel, num_heads=pipe.spec.dit.num_heads, timeout=timeout)
     experts = parallel_experts(pipe, mesh)
 
