@@ -62,10 +62,11 @@ def child(which: str, folder: str, steps: int, height: int, width: int, frames: 
     kwargs = dict(height=height, width=width, num_frames=frames, num_inference_steps=steps, guidance_scale=4.0,
                   guidance_scale_2=3.0, prompt_embeds=context, negative_prompt_embeds=negative,
                   output_type="latent")
-    if which == "ours":
+    if which.startswith("ours"):
         from wan_dist import load_pipeline
 
-        pipe = load_pipeline(folder, dtype=torch.float32)
+        pipe = load_pipeline(folder, dtype=torch.float32,
+                             cfg_mode="sequential" if which == "ours-sequential" else "batched")
         run = lambda: pipe.generate(latents=latents.clone(), seed=0, **kwargs).frames  # noqa: E731
     else:
         from diffusers import WanPipeline
@@ -116,26 +117,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(make_checkpoint(args.preset, Path(tmp) / "ckpt", layout="diffusers", seed=0))
-        runs = {"ours": [], "diffusers": []}
+        runs = {"ours": [], "ours-sequential": [], "diffusers": []}
         for index in range(args.repeats):
-            for which in ("ours", "diffusers"):  # alternate so drift in machine load hits both
+            for which in runs:  # alternate so drift in machine load hits all
                 runs[which].append(_run_child(which, args, folder, tmp, index))
         difference = (torch.load(runs["ours"][0]["latents"]) - torch.load(runs["diffusers"][0]["latents"])).abs().max()
         best = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
         peak = {k: max(r["peak_bytes"] for r in v) for k, v in runs.items()}
-    speedup = best["diffusers"] / best["ours"]
-    memory = peak["ours"] / max(peak["diffusers"], 1)
+    speedup = {k: best["diffusers"] / best[k] for k in ("ours", "ours-sequential")}
+    memory = {k: peak[k] / max(peak["diffusers"], 1) for k in ("ours", "ours-sequential")}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; torch {torch.__version__}"
     lines = [
         f"### Pipeline vs diffusers WanPipeline: preset `{args.preset}`, {args.width}x{args.height}x{args.frames}, "
         f"{args.steps} steps, CFG, fp32, {args.threads} threads ({time.strftime('%Y-%m-%d')})",
         f"Machine: {machine}. Best of {args.repeats} alternating runs, each in its own process.",
         "",
-        "| | wall (s) | peak RSS during generate (MiB) |",
-        "|---|---|---|",
-        f"| wan-dist | {best['ours']:.2f} | {peak['ours'] / 2**20:.0f} |",
-        f"| diffusers | {best['diffusers']:.2f} | {peak['diffusers'] / 2**20:.0f} |",
-        f"| ratio | **{speedup:.2f}x faster** | **{memory:.2f}x** of diffusers' |",
+        "| | wall (s) | speed vs diffusers | peak RSS during generate (MiB) | memory vs diffusers |",
+        "|---|---|---|---|---|",
+        f"| wan-dist, batched CFG (default) | {best['ours']:.2f} | **{speedup['ours']:.2f}x** | "
+        f"{peak['ours'] / 2**20:.0f} | {memory['ours']:.2f}x |",
+        f"| wan-dist, sequential CFG | {best['ours-sequential']:.2f} | **{speedup['ours-sequential']:.2f}x** | "
+        f"{peak['ours-sequential'] / 2**20:.0f} | {memory['ours-sequential']:.2f}x |",
+        f"| diffusers WanPipeline | {best['diffusers']:.2f} | 1.00x | {peak['diffusers'] / 2**20:.0f} | 1.00x |",
         "",
         f"Max |difference| of final latents: {difference.item():.2e}.",
         "",

@@ -202,3 +202,18 @@ def test_text_context_is_prepared_once_per_expert_per_render(checkpoint_factory)
     assert calls == [(0, 4), (1, 4)]  # 8 steps over both experts, [cond; uncond] of a batch of 2
     pipe.generate(latents=latents.clone(), seed=0, **common)
     assert len(calls) == 4  # a new render prepares again
+
+
+@torch.no_grad()
+def test_sequential_cfg_mode_gives_the_same_latents(checkpoint_factory):
+    folder = checkpoint_factory("tiny", "diffusers")
+    batched = load_pipeline(str(folder), dtype=torch.float32)
+    sequential = load_pipeline(str(folder), dtype=torch.float32, cfg_mode="sequential")
+    context, negative, latents = _inputs(batched)
+    common = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=4, prompt_embeds=context,
+                  negative_prompt_embeds=negative, output_type="latent", seed=0)
+    a = batched.generate(latents=latents.clone(), **common).frames
+    b = sequential.generate(latents=latents.clone(), **common).frames
+    assert (a - b).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="^cfg_mode: "):
+        load_pipeline(str(folder), dtype=torch.float32, cfg_mode="parallel")

@@ -18,6 +18,7 @@ import torch
 from wan_dist.models.checkpoint import CheckpointInfo, detect_checkpoint, load_dit, load_text_encoder, load_vae
 from wan_dist.sampling import conditioning as cond
 from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, TextToVideo, denoise, guided_prediction,
+                                       sequential_guided_prediction,
                                        plan_steps)
 from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
 from wan_dist.sampling.solvers import make_solver
@@ -52,6 +53,9 @@ class WanPipeline:
         self.text_encoder = text_encoder
         self.device = torch.device(device)
         self.dtype = dtype
+        # "batched": cond and uncond in one forward (fewer, larger kernels); "sequential": two forwards,
+        # half the activation memory (the reference's way). Same math; see benchmarks/RESULTS.md.
+        self.cfg_mode = "batched"
 
     @classmethod
     def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16) -> "WanPipeline":
@@ -102,6 +106,11 @@ class WanPipeline:
         image_latents = self.vae.encode(pixels.unsqueeze(2).to(self.device))
         mask = cond.ti2v_first_frame_mask((1, 1, f, h, w), device=self.device)
         return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size)
+
+    def _default_predict(self):
+        if self.cfg_mode not in ("batched", "sequential"):
+            raise ValueError(f"cfg_mode: must be 'batched' or 'sequential', got {self.cfg_mode!r}")
+        return guided_prediction if self.cfg_mode == "batched" else sequential_guided_prediction
 
     def _expert_fn(self, model: torch.nn.Module):
         """``expert(x, t, context) -> fp32 v`` for one generate call.
@@ -188,7 +197,7 @@ class WanPipeline:
                           experts=experts or [self._expert_fn(m) for m in self.experts], context=context,
                           negative_context=negative_context if settings.use_cfg else None,
                           conditioning=conditioning, model_dtype=self.dtype, on_step=on_step,
-                          predict=predict or guided_prediction)
+                          predict=predict or self._default_predict())
         timings["denoise_s"] = time.perf_counter() - tick
         if output_type == "latent":
             timings["total_s"] = time.perf_counter() - started
@@ -215,10 +224,12 @@ def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
 
 
 def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                  parallel=None, cache_dir=None, layout: str = "diffusers") -> WanPipeline:
+                  parallel=None, cache_dir=None, layout: str = "diffusers", cfg_mode: str = "batched") -> WanPipeline:
     """Load a pipeline from a preset name, a local folder, an fsspec URL or a Hugging Face repo id.
 
     ``layout`` chooses the layout an embedded preset (``tiny``) is written in on first use.
+    ``cfg_mode``: "batched" (cond and uncond in one forward) or "sequential" (two forwards, half the
+    activation memory).
     ``parallel``: None or degrees all 1 for one device; larger groups come with the distributed engine.
     """
     from wan_dist.engine.sources import resolve_source
@@ -231,4 +242,7 @@ def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dt
             raise NotImplementedError("parallel: render groups larger than one device are not available yet "
                                       f"(asked for {config.world_size})")
     folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
-    return WanPipeline.from_folder(folder, device=device, dtype=dtype)
+    pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype)
+    pipe.cfg_mode = cfg_mode
+    pipe._default_predict()  # validates cfg_mode now rather than at the first generate
+    return pipe

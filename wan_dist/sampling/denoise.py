@@ -20,7 +20,7 @@ import torch
 from wan_dist.sampling.conditioning import ti2v_impose_first_frame, ti2v_token_timesteps
 from wan_dist.sampling.guidance import guidance_scale_for, select_expert
 
-__all__ = ["StepPlan", "plan_steps", "Conditioning", "TextToVideo", "ImageToVideo", "FirstFrameToVideo",
+__all__ = ["sequential_guided_prediction", "StepPlan", "plan_steps", "Conditioning", "TextToVideo", "ImageToVideo", "FirstFrameToVideo",
            "batch_contexts", "guided_prediction", "denoise"]
 
 Expert = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -124,6 +124,23 @@ def guided_prediction(expert: Expert, model_input: torch.Tensor, timestep: torch
         batched_context = batch_contexts(context, negative_context)
     both = expert(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]), batched_context)
     cond, uncond = both.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def sequential_guided_prediction(expert: Expert, model_input: torch.Tensor, timestep: torch.Tensor,
+                                 context: torch.Tensor, negative_context: torch.Tensor | None,
+                                 guidance_scale: float, *, batched_context: torch.Tensor | None = None
+                                 ) -> torch.Tensor:
+    """The same guided v as :func:`guided_prediction`, cond then uncond as two forwards (the reference).
+
+    Half the activation memory of the batched forward at the same FLOPs: at 720p one sample already
+    fills the device, so batching buys nothing there and costs a second copy of every activation.
+    """
+    del batched_context  # each half sees its own context tensor (prepared once per render by the expert)
+    cond = expert(model_input, timestep, context)
+    if negative_context is None or guidance_scale == 1.0:
+        return cond
+    uncond = expert(model_input, timestep, negative_context)
     return uncond + guidance_scale * (cond - uncond)
 
 
