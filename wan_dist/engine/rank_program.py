@@ -37,7 +37,14 @@ class RankProgram:
 
     def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None
                ) -> RenderResult | None:
+        counter = getattr(getattr(self.generate, "mesh", None), "counter", None)
+        if counter is not None:
+            counter.reset()
         out = generate_for(self.pipe, request, generate=self.generate)
+        if counter is not None:  # rank 0's traffic; the layouts are symmetric (see parallel/comm.py)
+            steps = out.settings.num_inference_steps
+            out.timings.update({"comm_bytes": float(counter.total), "comm_bytes_per_step": counter.total / steps,
+                                **{f"comm_bytes.{op}": float(n) for op, n in counter.snapshot().items()}})
         if self.rank != 0:
             return None
         return publish(self.pipe, request, out, output, model_source=model_source)
