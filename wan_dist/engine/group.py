@@ -86,10 +86,25 @@ class RankWorker:
         from wan_dist.engine.rank_program import RankProgram
 
         device = "cuda" if config.use_gpus and torch.cuda.is_available() else "cpu"
-        self.pipe = load_pipeline(config.source, device=device, dtype=torch_dtype(config.dtype, device),
-                                  layout=config.layout)
+        dtype = torch_dtype(config.dtype, device)
+        self.pipe = load_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
+                                  expert_loader=self._sharded_loader(config, device, dtype))
         self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size)
         return {"rank": self.rank, "variant": self.pipe.spec.name, "device": device}
+
+    def _sharded_loader(self, config: GroupConfig, device, dtype):
+        """With FSDP each rank reads only its rows of each expert tensor (never a full expert)."""
+        if not config.parallel.fsdp or self.world_size == 1:
+            return None
+        from wan_dist.parallel.fsdp import load_dit_sharded
+        from wan_dist.parallel.mesh import ParallelMesh
+
+        mesh = ParallelMesh.build(config.parallel)
+
+        def load(folder, info):
+            return load_dit_sharded(folder, info.spec.dit, layout=info.layout, mesh=mesh, device=device, dtype=dtype)
+
+        return load
 
     def warmup(self) -> None:
         self.program.warmup()

@@ -58,10 +58,14 @@ class WanPipeline:
         self.cfg_mode = "batched"
 
     @classmethod
-    def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16) -> "WanPipeline":
+    def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None) -> "WanPipeline":
+        """``expert_loader(expert_dir, info) -> module`` replaces the plain ``load_dit`` (e.g. FSDP shards)."""
         info = detect_checkpoint(folder)
-        experts = [load_dit(d, info.spec.dit, layout=info.layout, device=device, dtype=dtype)
-                   for d in info.expert_dirs]
+        if expert_loader is None:
+            experts = [load_dit(d, info.spec.dit, layout=info.layout, device=device, dtype=dtype)
+                       for d in info.expert_dirs]
+        else:
+            experts = [expert_loader(d, info) for d in info.expert_dirs]
         vae = load_vae(info, device=device)
         text_encoder = load_text_encoder(info, device=device, dtype=dtype)
         return cls(info=info, experts=experts, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype)
@@ -224,7 +228,8 @@ def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
 
 
 def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                  parallel=None, cache_dir=None, layout: str = "diffusers", cfg_mode: str = "batched") -> WanPipeline:
+                  parallel=None, cache_dir=None, layout: str = "diffusers", cfg_mode: str = "batched",
+                  expert_loader=None) -> WanPipeline:
     """Load a pipeline from a preset name, a local folder, an fsspec URL or a Hugging Face repo id.
 
     ``layout`` chooses the layout an embedded preset (``tiny``) is written in on first use.
@@ -242,7 +247,7 @@ def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dt
             raise NotImplementedError("parallel: render groups larger than one device are not available yet "
                                       f"(asked for {config.world_size})")
     folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
-    pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype)
+    pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype, expert_loader=expert_loader)
     pipe.cfg_mode = cfg_mode
     pipe._default_predict()  # validates cfg_mode now rather than at the first generate
     return pipe

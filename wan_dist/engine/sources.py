@@ -61,7 +61,7 @@ def _embedded(name: str, cache: Path, layout: str) -> Path:
     if not folder.exists():
         from wan_dist.models.make_checkpoint import make_checkpoint
 
-        make_checkpoint(name, folder, layout=layout, seed=0)
+        make_checkpoint(name, folder, layout=layout, seed=0, replace=False)  # ranks may race here
     return folder
 
 

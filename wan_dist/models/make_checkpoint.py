@@ -158,11 +158,15 @@ def _write_diffusers_index(spec: VariantSpec, root: Path) -> None:
 
 
 def make_checkpoint(variant: str, out_dir: str | Path, *, layout: Layout = "diffusers", seed: int = 0,
-                    dtype: torch.dtype = torch.float32, shard_bytes: int = 2 * 1024 * 1024) -> Path:
+                    dtype: torch.dtype = torch.float32, shard_bytes: int = 2 * 1024 * 1024,
+                    replace: bool = True) -> Path:
     """Write a random checkpoint of preset ``variant`` in ``layout`` to ``out_dir``; returns the folder.
 
     The folder is assembled beside ``out_dir`` and renamed into place, so a reader never sees half a
     checkpoint. Expert i uses seed ``seed + i``; VAE and text encoder ``seed + 100`` and ``seed + 200``.
+    ``replace=False``: a folder that appears at ``out_dir`` meanwhile (another process writing the same
+    deterministic checkpoint) wins and ours is discarded, so concurrent writers never pull it from
+    under a reader.
     """
     if layout not in ("reference", "diffusers"):
         raise ValueError(f"layout: must be 'reference' or 'diffusers', got {layout!r}")
@@ -181,9 +185,14 @@ def make_checkpoint(variant: str, out_dir: str | Path, *, layout: Layout = "diff
         _write_text_encoder(spec, staging, layout, seed + 200)
         if layout == "diffusers":
             _write_diffusers_index(spec, staging)
-        if out_dir.exists():
+        if out_dir.exists() and replace:
             shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        try:
+            staging.rename(out_dir)
+        except OSError:
+            if replace or not out_dir.exists():
+                raise
+            shutil.rmtree(staging)  # another writer published the same checkpoint first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
