@@ -1,0 +1,550 @@
+"""Disaggregated expert stages: a render group split into a high-noise and a low-noise stage.
+
+Global ranks ``[0, a)`` form stage 0, which holds only the high-noise expert (``expert_dirs[0]``);
+ranks ``[a, a + b)`` form stage 1, which holds only the low-noise expert. A request runs its
+high-noise steps on stage 0; at the boundary, stage 0's leader (its first rank) sends a
+:class:`HandOff` (latents, solver state, text contexts, seed) point-to-point to stage 1's leader,
+which broadcasts it inside stage 1; stage 1 runs the remaining steps and decodes. Over a queue
+(:meth:`DisaggregatedRunner.run`) stage 0 starts request i + 1 as soon as it has handed request i
+over, so both stages are busy and each GPU holds one expert.
+
+Inside a stage every rank holds the whole batch; the stage's own ``cfg`` x ``ring`` x ``ulysses``
+mesh applies (any combination :class:`~wan_dist.parallel.mesh.ParallelMesh` supports; its groups
+name global ranks). A ``data`` axis inside a stage is not supported (replicate the whole group
+instead). Text encoding runs on stage 0 only (stage 1 gets the contexts in the hand-off); the I2V
+condition is recomputed on stage 1 from the request's image; the VAE decode runs on stage 1.
+
+Layering: the pipeline is duck-typed as in :mod:`wan_dist.parallel.runtime`, but a stage runs part
+of ``WanPipeline.generate``, so it uses the pipeline's step helpers (``_contexts``,
+``_conditioning``, ``_schedule``) and the engine's ``resolve_settings`` / ``WanOutput`` (imported
+lazily). A public prepare / denoise-slice / decode split of the pipeline would remove that.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from wan_dist.config import ParallelConfig
+from wan_dist.models import checkpoint
+from wan_dist.parallel.cfg import cfg_parallel_prediction
+from wan_dist.parallel.dit import parallelize_dit
+from wan_dist.parallel.mesh import AXES, AxisGroup, ParallelMesh, coords_of, rank_of
+from wan_dist.sampling import conditioning as cond
+from wan_dist.sampling.denoise import denoise, plan_steps
+from wan_dist.sampling.solvers import SolverState, make_solver
+
+__all__ = ["StageLayout", "plan_stages", "stage_sizes_by_steps", "load_stage_expert", "stage_expert_loader",
+           "HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff", "StageEvent",
+           "DisaggregatedRunner", "make_disaggregated_generate"]
+
+GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
+                           "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
+                           "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
+                           "output_type"})
+
+
+# ----------------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class StageLayout:
+    """Stage sizes ``(a, b)`` and each stage's inner degrees (``configs[s].world_size == sizes[s]``)."""
+
+    sizes: tuple[int, int]
+    configs: tuple[ParallelConfig, ParallelConfig]
+
+    def __post_init__(self) -> None:
+        if len(self.sizes) != 2 or min(self.sizes) < 1:
+            raise ValueError(f"stage_sizes: two stages of at least one rank each, got {self.sizes}")
+        for stage, (size, config) in enumerate(zip(self.sizes, self.configs)):
+            if config.world_size != size:
+                raise ValueError(f"stage {stage}: degrees multiply to {config.world_size}, the stage has {size} ranks")
+            if config.data != 1:
+                raise ValueError(f"stage {stage}: a data axis inside a stage is not supported (data={config.data})")
+
+    @property
+    def world_size(self) -> int:
+        return sum(self.sizes)
+
+    def ranks(self, stage: int) -> range:
+        """Global ranks of ``stage``; the first is its leader."""
+        start = 0 if stage == 0 else self.sizes[0]
+        return range(start, start + self.sizes[stage])
+
+    def leader(self, stage: int) -> int:
+        return self.ranks(stage)[0]
+
+    def stage_of(self, rank: int) -> int:
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank {rank} outside a group of {self.world_size}")
+        return 0 if rank < self.sizes[0] else 1
+
+
+def stage_sizes_by_steps(world_size: int, stage_steps: Sequence[int]) -> tuple[int, int]:
+    """Ranks per stage in proportion to its steps (T2V 26:14, I2V 15:25), at least one each."""
+    if world_size < 2:
+        raise ValueError(f"disaggregated stages need at least 2 ranks, got {world_size}")
+    high, low = stage_steps
+    first = min(max(round(world_size * high / (high + low)), 1), world_size - 1)
+    return first, world_size - first
+
+
+def _stage_degrees(parallel: ParallelConfig, world_size: int, size: int, num_heads: int | None) -> ParallelConfig:
+    degrees = {axis: int(getattr(parallel, axis)) for axis in AXES}
+    if parallel.world_size != size:
+        if parallel.world_size == world_size and world_size % size == 0:
+            factor = world_size // size  # the stage axis takes the place of the outermost degrees
+            for axis in AXES:
+                common = math.gcd(degrees[axis], factor)
+                degrees[axis], factor = degrees[axis] // common, factor // common
+        else:
+            ulysses = math.gcd(size, num_heads or size)
+            degrees = dict(ulysses=ulysses, ring=size // ulysses)
+    return ParallelConfig(attention=parallel.attention, ulysses_backend=parallel.ulysses_backend, **degrees)
+
+
+def plan_stages(parallel: ParallelConfig, world_size: int, *, stage_sizes: Sequence[int] | None = None,
+                stage_parallel: Sequence[ParallelConfig] | None = None,
+                num_heads: int | None = None) -> StageLayout:
+    """This group's :class:`StageLayout`.
+
+    ``stage_sizes``: default an even split. ``stage_parallel``: each stage's degrees, explicit. Otherwise,
+    per stage of n ranks: ``parallel``'s degrees when they multiply to n (they describe one stage); when
+    they multiply to ``world_size`` (they describe the group) and n divides it, those degrees divided by
+    ``world_size / n``, outermost (data, cfg, ring) first; else Ulysses over gcd(n, heads) and a ring for
+    the rest. Raises ValueError for a group that cannot split.
+    """
+    if stage_sizes is None:
+        if world_size < 2 or world_size % 2:
+            raise ValueError(f"stage_sizes: an even split needs an even group of >= 2 ranks, got {world_size}; "
+                             "pass stage_sizes")
+        stage_sizes = (world_size // 2, world_size // 2)
+    sizes = tuple(int(s) for s in stage_sizes)
+    if sum(sizes) != world_size:
+        raise ValueError(f"stage_sizes: {sizes} add up to {sum(sizes)}, the group has {world_size} ranks")
+    configs = tuple(stage_parallel) if stage_parallel is not None else tuple(
+        _stage_degrees(parallel, world_size, size, num_heads) for size in sizes)
+    layout = StageLayout(sizes=sizes, configs=configs)  # type: ignore[arg-type]
+    for config in layout.configs:
+        ParallelMesh.validate(config, num_heads=num_heads)
+    return layout
+
+
+def load_stage_expert(info, stage: int, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load only ``stage``'s expert (``info.expert_dirs[stage]``, a CheckpointInfo); the other is never read."""
+    if len(info.expert_dirs) != 2:
+        raise ValueError(f"{info.root}: {len(info.expert_dirs)} expert(s); disaggregated stages need two")
+    return checkpoint.load_dit(info.expert_dirs[stage], info.spec.dit, layout=info.layout, device=device, dtype=dtype)
+
+
+def stage_expert_loader(stage: int, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """An ``expert_loader(expert_dir, info)`` for ``load_pipeline`` / ``WanPipeline.from_folder``: loads
+    ``stage``'s expert and returns None for the other, whose folder is never read."""
+    def loader(expert_dir, info):
+        if Path(expert_dir) != Path(info.expert_dirs[stage]):
+            return None
+        return load_stage_expert(info, stage, device=device, dtype=dtype)
+
+    return loader
+
+
+def _stage_mesh(layout: StageLayout, rank: int, timeout: timedelta | None) -> tuple[ParallelMesh, Any]:
+    """This rank's mesh inside its stage, and the stage's process group (None for one rank).
+
+    Collective over the default group: every rank creates every group of both stages, in order.
+    The mesh's ``rank`` and ``coords`` are stage-local; its axis groups list global ranks.
+    """
+    mine = layout.stage_of(rank)
+    spans = {axis: (axis,) for axis in AXES}
+    spans["sequence"] = ("ring", "ulysses")
+    groups: dict[str, AxisGroup] = {}
+    stage_group = None
+    for stage in (0, 1):
+        config, offset = layout.configs[stage], layout.ranks(stage)[0]
+        degrees = {axis: int(getattr(config, axis)) for axis in AXES}
+        local = rank - offset
+        for name, axes in spans.items():
+            size, seen, own_group = math.prod(degrees[a] for a in axes), [], None
+            own = _axis_ranks(local, degrees, axes, offset) if stage == mine else None
+            for other in range(config.world_size if size > 1 else 0):
+                ranks = _axis_ranks(other, degrees, axes, offset)
+                if ranks not in seen:
+                    seen.append(ranks)
+                    group = dist.new_group(list(ranks), timeout=timeout)
+                    own_group = group if ranks == own else own_group
+            if stage == mine:
+                groups[name] = AxisGroup(name=name, size=size, index=own.index(rank), ranks=own, group=own_group)
+        if layout.sizes[stage] > 1:
+            group = dist.new_group(list(layout.ranks(stage)), timeout=timeout)
+            stage_group = group if stage == mine else stage_group
+    return ParallelMesh(layout.configs[mine], rank - layout.ranks(mine)[0], groups), stage_group
+
+
+def _axis_ranks(local: int, degrees: dict[str, int], axes: tuple[str, ...], offset: int) -> tuple[int, ...]:
+    """Global ranks sharing every coordinate of stage-local rank ``local`` except those along ``axes``."""
+    coords, ranks = coords_of(local, degrees), []
+    for values in np.ndindex(*(degrees[a] for a in axes)):
+        ranks.append(offset + rank_of({**coords, **dict(zip(axes, values))}, degrees))
+    return tuple(sorted(ranks))
+
+
+# ----------------------------------------------------------------------------- hand-off
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_HEADER = 16  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
+#               B, C, f, h, w (latent shape), T, D (context shape)
+
+
+@dataclass(eq=False)
+class HandOff:
+    """What stage 1 needs to continue a request: latents [B, C, f, h, w] after the high-noise steps,
+    the solver state (tensors shaped like the latents, same dtype), contexts [B, T, D] and the seed."""
+
+    request: int
+    seed: int
+    latents: torch.Tensor
+    state: SolverState
+    context: torch.Tensor
+    negative_context: torch.Tensor | None
+
+    def header(self) -> torch.Tensor:
+        state, ctx = self.state, self.context
+        for tensor in (*state.history, *(() if state.last_sample is None else (state.last_sample,))):
+            if tensor.shape != self.latents.shape or tensor.dtype != self.latents.dtype:
+                raise ValueError("HandOff: solver state tensors must match the latents' shape and dtype")
+        values = [self.request, self.seed, state.step_index, state.last_order, len(state.history),
+                  int(state.last_sample is not None), int(self.negative_context is not None),
+                  _DTYPES.index(self.latents.dtype), _DTYPES.index(ctx.dtype), *self.latents.shape, *ctx.shape[1:]]
+        return torch.tensor(values, dtype=torch.int64)
+
+    def payloads(self) -> list[torch.Tensor]:
+        """Two byte tensors: [latents, *history, last_sample] stacked, and [context, negative] stacked."""
+        state = self.state
+        stacked = torch.stack([self.latents, *state.history, *(() if state.last_sample is None else
+                                                                (state.last_sample,))])
+        contexts = torch.stack([self.context] + ([] if self.negative_context is None else [self.negative_context]))
+        return [_as_bytes(stacked), _as_bytes(contexts)]
+
+    @classmethod
+    def empty_payloads(cls, header: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        h = [int(v) for v in header]
+        batch, shape, text = h[9], h[9:14], h[14:16]
+        state_dtype, ctx_dtype = _DTYPES[h[7]], _DTYPES[h[8]]
+        stacked = torch.empty(1 + h[4] + h[5], *shape, dtype=state_dtype, device=device)
+        contexts = torch.empty(1 + h[6], batch, *text, dtype=ctx_dtype, device=device)
+        return [_as_bytes(stacked), _as_bytes(contexts)]
+
+    @classmethod
+    def from_wire(cls, header: torch.Tensor, payloads: list[torch.Tensor]) -> HandOff:
+        h = [int(v) for v in header]
+        stacked = payloads[0].view(_DTYPES[h[7]]).reshape(1 + h[4] + h[5], *h[9:14])
+        contexts = payloads[1].view(_DTYPES[h[8]]).reshape(1 + h[6], h[9], *h[14:16])
+        history = tuple(stacked[1:1 + h[4]])
+        last = stacked[1 + h[4]] if h[5] else None
+        state = SolverState(step_index=h[2], history=history, last_sample=last, last_order=h[3])
+        return cls(request=h[0], seed=h[1], latents=stacked[0], state=state, context=contexts[0],
+                   negative_context=contexts[1] if h[6] else None)
+
+
+def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view (gloo moves bytes of any dtype, bfloat16 included)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+@dataclass(eq=False)
+class PendingSend:
+    """Sends in flight: ``wait()`` before dropping them (they hold the send buffers alive)."""
+
+    works: list
+    buffers: list[torch.Tensor]
+
+    def wait(self) -> None:
+        for work in self.works:
+            work.wait()
+        self.works, self.buffers = [], []
+
+
+def send_handoff(handoff: HandOff, dst: int, *, group=None) -> PendingSend:
+    """Start sending ``handoff`` to global rank ``dst`` (non-blocking). Three messages: an int64 header,
+    the state bytes, the context bytes."""
+    buffers = [handoff.header().to(handoff.latents.device), *handoff.payloads()]
+    return PendingSend(works=[dist.isend(buffer, dst, group=group) for buffer in buffers], buffers=buffers)
+
+
+def recv_handoff(src: int, *, group=None, device: torch.device | str = "cpu") -> HandOff:
+    """Receive a :func:`send_handoff` from global rank ``src`` (blocking) into tensors on ``device``."""
+    header = torch.empty(_HEADER, dtype=torch.int64, device=device)
+    dist.recv(header, src, group=group)
+    payloads = HandOff.empty_payloads(header, device)
+    for payload in payloads:
+        dist.recv(payload, src, group=group)
+    return HandOff.from_wire(header, payloads)
+
+
+def broadcast_handoff(handoff: HandOff | None, src: int, group, *, device: torch.device | str = "cpu") -> HandOff:
+    """``handoff`` from global rank ``src`` (where it is given) to every rank of ``group`` (on ``device``)."""
+    header = handoff.header().to(device) if handoff is not None else torch.empty(_HEADER, dtype=torch.int64,
+                                                                                   device=device)
+    dist.broadcast(header, src, group=group)
+    payloads = handoff.payloads() if handoff is not None else HandOff.empty_payloads(header, device)
+    for payload in payloads:
+        dist.broadcast(payload, src, group=group)
+    return handoff if handoff is not None else HandOff.from_wire(header, payloads)
+
+
+# ----------------------------------------------------------------------------- stages at work
+
+@dataclass(frozen=True)
+class StageEvent:
+    """One denoising step as a rank ran it: ``start`` / ``end`` from ``time.monotonic()`` (one clock for
+    every process of a machine), so events of different ranks can be ordered in real time."""
+
+    stage: int
+    request: int
+    step: int
+    start: float
+    end: float
+
+
+def _settings(pipe, kwargs: dict, seed: int):
+    from wan_dist.engine.images import image_size
+    from wan_dist.engine.settings import resolve_settings
+
+    image = kwargs.get("image")
+    names = ("prompt", "negative_prompt", "prompt_embeds", "height", "width", "num_frames", "num_inference_steps",
+             "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule")
+    return resolve_settings(pipe.spec, layout=pipe.info.layout, seed=seed, has_image=image is not None,
+                            output_type=kwargs.get("output_type", "np"), checkpoint_id=pipe.info.checkpoint_id,
+                            image_size=image_size(image), **{name: kwargs.get(name) for name in names})
+
+
+def _absent_expert(expert: int, stage: int):
+    def expert_fn(*_):
+        raise RuntimeError(f"stage {stage} does not hold expert {expert}: the step plan crossed the boundary")
+    return expert_fn
+
+
+class DisaggregatedRunner:
+    """This rank's part of a disaggregated group. Collective to build (every rank, after
+    ``torch.distributed`` is initialised); then every rank calls :meth:`run` with the same requests.
+
+    ``pipe``: a WanPipeline whose ``experts[stage]`` is this stage's expert (load it with
+    :func:`load_stage_expert`; the other entry may be None). With ``release_other_expert`` the other
+    entry is set to None, so a pipeline loaded whole still ends up with one expert per rank.
+    ``send_depth``: hand-offs stage 0 may have in flight before it waits for stage 1 to take one.
+    ``events``: a :class:`StageEvent` per step this rank ran, in order.
+    """
+
+    def __init__(self, pipe, layout: StageLayout, *, timeout: timedelta | None = None,
+                 release_other_expert: bool = True, send_depth: int = 1):
+        if not pipe.spec.two_experts:
+            raise ValueError(f"disaggregated placement: {pipe.spec.name} has one expert; use 'colocated'")
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if layout.world_size != world:
+            raise ValueError(f"stages of {layout.sizes} need {layout.world_size} ranks, the group has {world}")
+        self.pipe, self.layout, self.send_depth = pipe, layout, max(int(send_depth), 1)
+        self.rank = dist.get_rank()
+        self.stage = layout.stage_of(self.rank)
+        self.mesh, self.stage_group = _stage_mesh(layout, self.rank, timeout)
+        model = pipe.experts[self.stage]
+        if model is None:
+            raise ValueError(f"stage {self.stage} (rank {self.rank}): the pipeline holds no expert {self.stage}")
+        if release_other_expert:
+            pipe.experts = [m if i == self.stage else None for i, m in enumerate(pipe.experts)]
+        wrapped = parallelize_dit(model, self.mesh)
+        self.experts = [_absent_expert(0, self.stage), _absent_expert(1, self.stage)]
+        self.experts[self.stage] = lambda x, t, context: wrapped(x, t, context).float()
+        default = getattr(pipe, "_default_predict", None)  # the pipeline's cfg_mode when cfg is not split
+        split = self.mesh.axis("cfg").size > 1
+        self.predict = cfg_parallel_prediction(self.mesh) if split or default is None else default()
+        self.events: list[StageEvent] = []
+
+    def run(self, requests: Sequence[dict], *, results_on: str = "all") -> list:
+        """Render ``requests`` (``pipe.generate`` keyword dicts) in order, pipelined over the stages.
+
+        Returns one WanOutput per request: on every rank with ``results_on="all"`` (one broadcast from
+        stage 1's leader after the whole queue), on stage 1's ranks only with ``"last_stage"`` (stage 0
+        ranks get None per request).
+        """
+        if results_on not in ("all", "last_stage"):
+            raise ValueError(f"results_on: 'all' or 'last_stage', got {results_on!r}")
+        requests = [_checked(kwargs) for kwargs in requests]
+        results = self._run_high(requests) if self.stage == 0 else self._run_low(requests)
+        if results_on == "all" and self.layout.world_size > 1:
+            box = [results]
+            dist.broadcast_object_list(box, src=self.layout.leader(1))
+            results = box[0]
+        return results
+
+    # stage 0 ----------------------------------------------------------------------------------
+    def _run_high(self, requests: list[dict]) -> list[None]:
+        pending: list[PendingSend] = []
+        for index, kwargs in enumerate(requests):
+            handoff = self._high(index, kwargs)
+            if self.rank == self.layout.leader(0):
+                while len(pending) >= self.send_depth:
+                    pending.pop(0).wait()
+                pending.append(send_handoff(_to_wire(handoff, _wire_device(self.pipe)), self.layout.leader(1)))
+        for send in pending:
+            send.wait()
+        return [None] * len(requests)
+
+    @torch.no_grad()
+    def _high(self, index: int, kwargs: dict) -> HandOff:
+        pipe = self.pipe
+        seed = self._stage_seed(kwargs.get("seed"))
+        settings = _settings(pipe, kwargs, seed)
+        batch = settings.batch_size
+        context, negative = pipe._contexts(settings, batch, kwargs.get("prompt_embeds"),
+                                           kwargs.get("negative_prompt_embeds"))
+        shape = self._latent_shape(settings)
+        latents = kwargs.get("latents")
+        if latents is None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+            latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != (batch, *shape):
+            raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
+        conditioning = pipe._conditioning(settings, kwargs.get("image"), shape, batch)
+        latents = conditioning.after_step(latents.to(pipe.device, torch.float32))
+        steps, schedule, boundary = self._plan(settings)
+        solver = make_solver(settings.solver, schedule)
+        latents = self._denoise(index, latents, steps[:boundary], solver, context, negative, settings, conditioning)
+        return HandOff(request=index, seed=seed, latents=latents, state=solver.get_state(), context=context,
+                       negative_context=negative)
+
+    def _stage_seed(self, seed: int | None) -> int:
+        """``seed``, or one drawn on this stage's leader and broadcast inside the stage (stage 1 gets
+        it in the hand-off: no collective spans both stages, so they never wait on each other)."""
+        if seed is not None:
+            return seed
+        value = torch.tensor([random.randrange(2**31)], dtype=torch.int64)
+        if self.stage_group is not None:
+            dist.broadcast(value, self.layout.leader(self.stage), group=self.stage_group)
+        return int(value.item())
+
+    # stage 1 ----------------------------------------------------------------------------------
+    def _run_low(self, requests: list[dict]) -> list:
+        results = []
+        for index, kwargs in enumerate(requests):
+            waited = time.perf_counter()
+            device = _wire_device(self.pipe)
+            leader = self.rank == self.layout.leader(1)
+            handoff = recv_handoff(self.layout.leader(0), device=device) if leader else None
+            if self.stage_group is not None:
+                handoff = broadcast_handoff(handoff, self.layout.leader(1), self.stage_group, device=device)
+            if handoff.request != index:
+                raise RuntimeError(f"stage 1: expected the hand-off of request {index}, got {handoff.request}")
+            results.append(self._low(index, kwargs, handoff, waited=time.perf_counter() - waited))
+        return results
+
+    @torch.no_grad()
+    def _low(self, index: int, kwargs: dict, handoff: HandOff, *, waited: float):
+        pipe, started = self.pipe, time.perf_counter()
+        settings = _settings(pipe, kwargs, handoff.seed)
+        shape = self._latent_shape(settings)
+        conditioning = pipe._conditioning(settings, kwargs.get("image"), shape, settings.batch_size)
+        steps, schedule, boundary = self._plan(settings)
+        solver = make_solver(settings.solver, schedule)
+        solver.set_state(handoff.state.to(pipe.device))
+        context = handoff.context.to(pipe.device, pipe.dtype)
+        negative = None if handoff.negative_context is None else handoff.negative_context.to(pipe.device, pipe.dtype)
+        latents = self._denoise(index, handoff.latents.to(pipe.device, torch.float32), steps[boundary:], solver,
+                                context, negative, settings, conditioning)
+        timings = {"handoff_wait_s": waited, "denoise_s": time.perf_counter() - started}
+        return _finish(pipe, settings, latents, timings, started)
+
+    # both -------------------------------------------------------------------------------------
+    def _latent_shape(self, settings) -> tuple[int, int, int, int]:
+        vae = self.pipe.vae
+        return cond.latent_shape(settings.num_frames, settings.height, settings.width, z_dim=self.pipe.spec.vae.z_dim,
+                                 temporal_stride=vae.temporal_stride, spatial_stride=vae.spatial_stride)
+
+    def _plan(self, settings):
+        """(step plans, schedule, boundary): steps ``[:boundary]`` use the high-noise expert."""
+        schedule = self.pipe._schedule(settings)
+        steps = plan_steps(schedule.timesteps, boundary_ratio=settings.boundary_ratio,
+                           guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
+        experts = [plan.expert for plan in steps]
+        if experts != sorted(experts):
+            raise ValueError(f"disaggregated placement: expert plan {experts} is not high-noise then low-noise")
+        return steps, schedule, experts.count(0)
+
+    def _denoise(self, index, latents, steps, solver, context, negative, settings, conditioning):
+        last = [time.monotonic()]
+
+        def on_step(plan, _latents):
+            now = time.monotonic()
+            self.events.append(StageEvent(stage=self.stage, request=index, step=plan.index, start=last[0], end=now))
+            last[0] = now
+
+        return denoise(latents, steps=steps, solver=solver, experts=self.experts, context=context,
+                       negative_context=negative if settings.use_cfg else None, conditioning=conditioning,
+                       predict=self.predict, model_dtype=self.pipe.dtype, on_step=on_step)
+
+
+def _checked(kwargs: dict) -> dict:
+    unknown = sorted(set(kwargs) - GENERATE_KEYS)
+    if unknown:
+        raise TypeError(f"disaggregated generate: unsupported argument(s) {unknown}")
+    return dict(kwargs)
+
+
+def _wire_device(pipe) -> torch.device:
+    """Where hand-off tensors travel from: CPU for gloo, the pipeline's device otherwise (NCCL)."""
+    return torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(pipe.device)
+
+
+def _to_wire(handoff: HandOff, device: torch.device) -> HandOff:
+    """The hand-off with its tensors on ``device``."""
+    negative = None if handoff.negative_context is None else handoff.negative_context.to(device)
+    return HandOff(request=handoff.request, seed=handoff.seed, latents=handoff.latents.to(device),
+                   state=handoff.state.to(device), context=handoff.context.to(device), negative_context=negative)
+
+
+def _finish(pipe, settings, latents: torch.Tensor, timings: dict, started: float):
+    """Decode as ``WanPipeline.generate`` does; a WanOutput of stage 1's part of the request."""
+    from wan_dist.engine.pipeline import WanOutput
+
+    if settings.output_type != "latent":
+        tick = time.perf_counter()
+        video = pipe.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
+        frames = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        latents = np.ascontiguousarray(frames.permute(0, 2, 3, 4, 1).cpu().numpy())
+        timings["decode_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - started
+    return WanOutput(frames=latents, settings=settings, timings=timings)
+
+
+def make_disaggregated_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None,
+                                stage_sizes: Sequence[int] | None = None,
+                                stage_parallel: Sequence[ParallelConfig] | None = None):
+    """``generate(*args, **kwargs)`` with ``pipe.generate``'s signature over a disaggregated group.
+
+    Collective to build and to call. Stages from :func:`plan_stages` (default: an even split of the
+    default group). Every rank returns the same WanOutput (broadcast from stage 1's leader).
+    ``generate.runner`` is the :class:`DisaggregatedRunner` (``runner.run(requests)`` for a queue);
+    ``generate.mesh`` this rank's mesh inside its stage.
+    """
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    layout = plan_stages(parallel, world, stage_sizes=stage_sizes, stage_parallel=stage_parallel,
+                         num_heads=pipe.spec.dit.num_heads)
+    runner = DisaggregatedRunner(pipe, layout, timeout=timeout)
+
+    def generate(*args, **kwargs):
+        if len(args) > 2:
+            raise TypeError("generate: at most prompt and negative_prompt are positional")
+        kwargs.update(zip(("prompt", "negative_prompt"), args))
+        return runner.run([kwargs])[0]
+
+    generate.mesh = runner.mesh
+    generate.runner = runner
+    return generate
