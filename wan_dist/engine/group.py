@@ -11,10 +11,11 @@ and the request can be retried.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wan_dist.config import OutputConfig, ParallelConfig
+from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
 
 __all__ = ["GroupConfig", "RenderGroup", "RenderGroupFailed", "RankWorker"]
 
@@ -93,7 +94,13 @@ class RankWorker:
         return {"rank": self.rank, "variant": self.pipe.spec.name, "device": device}
 
     def _sharded_loader(self, config: GroupConfig, device, dtype):
-        """With FSDP each rank reads only its rows of each expert tensor (never a full expert)."""
+        """What this rank reads of the experts: its stage's expert only (disaggregated placement), or
+        with FSDP only its rows of each expert tensor; never a full copy it does not need."""
+        if config.parallel.placement == "disaggregated":
+            from wan_dist.parallel.stages import plan_stages, stage_expert_loader
+
+            layout = plan_stages(config.parallel, self.world_size)
+            return stage_expert_loader(layout.stage_of(self.rank), device=device, dtype=dtype)
         if not config.parallel.fsdp or self.world_size == 1:
             return None
         from wan_dist.parallel.fsdp import load_dit_sharded
@@ -136,6 +143,8 @@ class RenderGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         config = self.config
+        if config.source in EMBEDDED_PRESETS:  # written once here, not raced by every rank (local Ray only)
+            config = replace(config, source=str(resolve_source(config.source, layout=config.layout)))
         bundle = {"CPU": config.cpus_per_rank, **({"GPU": 1} if config.use_gpus else {})}
         self.placement_group = placement_group([dict(bundle) for _ in range(config.world_size)],
                                                strategy="STRICT_PACK")

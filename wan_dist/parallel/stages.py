@@ -492,6 +492,8 @@ class DisaggregatedRunner:
 
 
 def _checked(kwargs: dict) -> dict:
+    if kwargs.get("callback", 0) is None:  # no per-step callback asked for: nothing to drop
+        kwargs = {k: v for k, v in kwargs.items() if k != "callback"}
     unknown = sorted(set(kwargs) - GENERATE_KEYS)
     if unknown:
         raise TypeError(f"disaggregated generate: unsupported argument(s) {unknown}")
