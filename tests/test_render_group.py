@@ -28,8 +28,9 @@ def _frames(uri: str) -> np.ndarray:
 
 @pytest.mark.parametrize("parallel", [ParallelConfig(), ParallelConfig(ulysses=2), ParallelConfig(cfg=2),
                                       ParallelConfig(ring=2, fsdp=True),
-                                      ParallelConfig(ulysses=2, placement="disaggregated")],
-                         ids=["single-rank", "ulysses2", "cfg2", "ring2-fsdp", "disaggregated-1+1"])
+                                      ParallelConfig(ulysses=2, placement="disaggregated"),
+                                      ParallelConfig(ulysses=2, vae_parallel=True)],
+                         ids=["single-rank", "ulysses2", "cfg2", "ring2-fsdp", "disaggregated-1+1", "ulysses2-vae"])
 def test_group_renders_the_same_clip_as_the_pipeline(ray_local, tmp_path, parallel):
     # Lossless H.264 (crf 0): a difference in the decoded frames is a difference in the rendered ones.
     group = RenderGroup(GroupConfig(source="tiny", parallel=parallel, cpus_per_rank=0.5)).start()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from wan_dist.models.vae import video_to_frames
 from wan_dist.models.checkpoint import CheckpointInfo, detect_checkpoint, load_dit, load_text_encoder, load_vae
 from wan_dist.sampling import conditioning as cond
 from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, TextToVideo, denoise, guided_prediction,
@@ -207,9 +208,7 @@ class WanPipeline:
             timings["total_s"] = time.perf_counter() - started
             return WanOutput(frames=latents, settings=settings, timings=timings)
         tick = time.perf_counter()
-        video = self.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
-        frames = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        frames = frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+        frames = video_to_frames(self.vae.decode(latents))
         timings["decode_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - started
         return WanOutput(frames=np.ascontiguousarray(frames), settings=settings, timings=timings)

@@ -198,3 +198,11 @@ class WanVAE:
         z = self.denormalize(latents.to(self.device, self.dtype))
         video = self.model.decode(z, return_dict=False)[0]
         return video.float().clamp_(-1.0, 1.0)
+
+
+def video_to_frames(video: torch.Tensor):
+    """Decoded video [B, 3, F, H, W] in [-1, 1] -> uint8 numpy frames [B, F, H, W, 3] (diffusers' rounding)."""
+    import numpy as np
+
+    frames = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(frames.permute(0, 2, 3, 4, 1).cpu().numpy())

@@ -10,7 +10,8 @@ layer does not import the engine). Every rank calls it with the same arguments:
 - the cfg axis runs cond and uncond on different ranks (:func:`cfg_parallel_prediction`);
 - ring x ulysses shard the sequence inside each expert (:func:`parallelize_dit`).
 
-Text encoding and the VAE run replicated on every rank for now. The seed, when not given, is drawn
+Text encoding runs replicated on every rank; the VAE decode too, unless ``vae_parallel`` is set, in
+which case every rank decodes a band of latent rows (:func:`wan_dist.parallel.vae.decode_distributed`). The seed, when not given, is drawn
 on rank 0 and broadcast so every rank draws the same initial noise.
 """
 
@@ -83,9 +84,27 @@ def parallel_generate(pipe, mesh: ParallelMesh, *args, experts: list | None = No
     kwargs["seed"] = _shared_seed(kwargs.get("seed"))
     experts = experts if experts is not None else parallel_experts(pipe, mesh)
     data = mesh.axis("data")
+    split_decode = mesh.config.vae_parallel and kwargs.get("output_type", "np") == "np"
+    if split_decode:  # denoise to latents here, then decode row bands across the whole group
+        kwargs["output_type"] = "latent"
     out = pipe.generate(*args, experts=experts, predict=cfg_parallel_prediction(mesh),
                         data_shard=(data.index, data.size), **kwargs)
-    return dataclasses.replace(out, frames=_gather_rows(out.frames, mesh))
+    out = dataclasses.replace(out, frames=_gather_rows(out.frames, mesh))
+    return _decode_across_group(pipe, out) if split_decode else out
+
+
+def _decode_across_group(pipe, out):
+    """Every rank holds the whole batch's latents; each decodes its band of rows, all get the video."""
+    import time
+
+    from wan_dist.models.vae import video_to_frames
+    from wan_dist.parallel.vae import decode_distributed
+
+    tick = time.perf_counter()
+    frames = video_to_frames(decode_distributed(pipe.vae, out.frames))
+    timings = {**out.timings, "decode_s": time.perf_counter() - tick}
+    return dataclasses.replace(out, frames=frames, settings=dataclasses.replace(out.settings, output_type="np"),
+                               timings=timings)
 
 
 def make_parallel_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None):
