@@ -172,9 +172,12 @@ def test_stages_overlap_across_requests(world2):
     assert [(e.request, e.step) for e in low] == [(r, s) for r in range(3) for s in (2, 3)]
     for request in range(3):  # causality: the hand-off of a request follows its high-noise steps
         assert max(e.end for e in high if e.request == request) <= min(e.start for e in low if e.request == request)
-    overlapping = {(h.request, l.request) for h in high for l in low
-                   if h.request == l.request + 1 and h.start < l.end and l.start < h.end}
-    assert overlapping, "stage 0 never worked on request i + 1 while stage 1 worked on request i"
+    # Pipelining: stage 0 does not wait for stage 1. It starts request i + 1 before stage 1 has finished
+    # request i (a strict overlap of two steps also needs the OS to run both ranks at that moment, which
+    # a loaded 2-core machine does not promise).
+    started_early = [i for i in range(2) if min(e.start for e in high if e.request == i + 1)
+                     < max(e.end for e in low if e.request == i)]
+    assert started_early, "stage 0 waited for stage 1 to finish request i before starting request i + 1"
 
 
 def test_stage_layouts_without_a_group():

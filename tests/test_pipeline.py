@@ -189,8 +189,10 @@ def test_callback_sees_every_step(checkpoint_factory):
 
 
 @torch.no_grad()
-def test_text_context_is_prepared_once_per_expert_per_render(checkpoint_factory):
-    pipe = load_pipeline(str(checkpoint_factory("tiny", "diffusers")), dtype=torch.float32)
+@pytest.mark.parametrize("cfg_mode,prepared", [("batched", [(0, 4), (1, 4)]),
+                                               ("sequential", [(0, 2), (0, 2), (1, 2), (1, 2)])])
+def test_text_context_is_prepared_once_per_expert_per_render(checkpoint_factory, cfg_mode, prepared):
+    pipe = load_pipeline(str(checkpoint_factory("tiny", "diffusers")), dtype=torch.float32, cfg_mode=cfg_mode)
     context, negative, latents = _inputs(pipe)
     calls = []
     for index, model in enumerate(pipe.experts):
@@ -199,16 +201,18 @@ def test_text_context_is_prepared_once_per_expert_per_render(checkpoint_factory)
     common = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=8, guidance_scale=4.0,
                   guidance_scale_2=3.0, prompt_embeds=context, negative_prompt_embeds=negative, output_type="latent")
     pipe.generate(latents=latents.clone(), seed=0, **common)
-    assert calls == [(0, 4), (1, 4)]  # 8 steps over both experts, [cond; uncond] of a batch of 2
+    # 8 steps over both experts: [cond; uncond] of a batch of 2 once (batched), or cond and uncond once each
+    assert calls == prepared
     pipe.generate(latents=latents.clone(), seed=0, **common)
-    assert len(calls) == 4  # a new render prepares again
+    assert len(calls) == 2 * len(prepared)  # a new render prepares again
 
 
 @torch.no_grad()
 def test_sequential_cfg_mode_gives_the_same_latents(checkpoint_factory):
     folder = checkpoint_factory("tiny", "diffusers")
-    batched = load_pipeline(str(folder), dtype=torch.float32)
-    sequential = load_pipeline(str(folder), dtype=torch.float32, cfg_mode="sequential")
+    batched = load_pipeline(str(folder), dtype=torch.float32, cfg_mode="batched")
+    sequential = load_pipeline(str(folder), dtype=torch.float32)
+    assert sequential.cfg_mode == "sequential"
     context, negative, latents = _inputs(batched)
     common = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=4, prompt_embeds=context,
                   negative_prompt_embeds=negative, output_type="latent", seed=0)

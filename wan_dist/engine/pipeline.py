@@ -54,9 +54,11 @@ class WanPipeline:
         self.text_encoder = text_encoder
         self.device = torch.device(device)
         self.dtype = dtype
-        # "batched": cond and uncond in one forward (fewer, larger kernels); "sequential": two forwards,
-        # half the activation memory (the reference's way). Same math; see benchmarks/RESULTS.md.
-        self.cfg_mode = "batched"
+        # "sequential" (default): cond then uncond, two forwards, half the activation memory (the
+        # reference's way); "batched": one forward of both (fewer, larger kernels). Same math. Measured on
+        # CPU (benchmarks/RESULTS.md) sequential is as fast and 0.6x the peak; batching can pay off where
+        # one sample leaves the device idle (small sizes on a GPU).
+        self.cfg_mode = "sequential"
 
     @classmethod
     def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None) -> "WanPipeline":
@@ -227,13 +229,13 @@ def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
 
 
 def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                  parallel=None, cache_dir=None, layout: str = "diffusers", cfg_mode: str = "batched",
+                  parallel=None, cache_dir=None, layout: str = "diffusers", cfg_mode: str = "sequential",
                   expert_loader=None) -> WanPipeline:
     """Load a pipeline from a preset name, a local folder, an fsspec URL or a Hugging Face repo id.
 
     ``layout`` chooses the layout an embedded preset (``tiny``) is written in on first use.
-    ``cfg_mode``: "batched" (cond and uncond in one forward) or "sequential" (two forwards, half the
-    activation memory).
+    ``cfg_mode``: "sequential" (cond then uncond: two forwards, half the activation memory; default) or
+    "batched" (both in one forward).
     ``parallel``: None or degrees all 1 for one device; larger groups come with the distributed engine.
     """
     from wan_dist.engine.sources import resolve_source
