@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from wan_dist.models.vae import video_to_frames
@@ -213,7 +212,7 @@ class WanPipeline:
         frames = video_to_frames(self.vae.decode(latents))
         timings["decode_s"] = time.perf_counter() - tick
         timings["total_s"] = time.perf_counter() - started
-        return WanOutput(frames=np.ascontiguousarray(frames), settings=settings, timings=timings)
+        return WanOutput(frames=frames, settings=settings, timings=timings)  # already contiguous uint8
 
 
 def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
