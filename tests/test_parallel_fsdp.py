@@ -6,11 +6,13 @@ multi-shard diffusers checkpoint) with ``load_dit_sharded``, reading through a c
 sequence degree; 4 steps crossing the expert boundary with CFG) under several layouts. Checks:
 final latents within 1e-5 of the single-process pipeline; each rank read exactly the bytes of its
 own shards and never a whole tensor; each holds ~1/P of an expert; at most one block (of one expert)
-is gathered at any time. One spawn per world size.
+is gathered at any time; the bytes each rank sends per op (FSDP2's parameter all-gathers included)
+equal the analytic formulas of :mod:`wan_dist.parallel.comm`. One spawn per world size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from parallel_cases import FRAMES, HEIGHT, STEPS, WIDTH, LatentOnlyVAE, generate_kwargs, load, make_inputs, single_process
+from parallel_cases import (FRAMES, HEIGHT, NUM_TOKENS, STEPS, WIDTH, LatentOnlyVAE, generate_kwargs, load,
+                            make_inputs, single_process)
+from wan_dist.parallel.comm import expected_fsdp_bytes, expected_step_bytes
 from wan_dist.parallel.local import run_local_group
 
 TOLERANCE = 1e-5
 TEST_DIT = dict(dim=64, ffn_dim=128, num_heads=4)  # parallel_cases.use_test_dit's DiT (seed 10 + expert)
+EXPERT_STEPS = (2, 2)  # parallel_cases.STEPS: t = 999, 900 on the high-noise expert, 750, 500 on the low-noise one
 
 WORLD2 = {
     "fsdp_ulysses2": dict(ulysses=2, fsdp=True),
@@ -147,7 +152,7 @@ def fsdp_rank_program(rank: int, world_size: int, tiny: str, experts_root: str, 
 
     timeout = timedelta(seconds=60)
     info, spec = detect_checkpoint(tiny), _test_spec(tiny)
-    results: dict = {"reads": {}, "gathered": {}, "cases": {}}
+    results: dict = {"reads": {}, "gathered": {}, "cases": {}, "sent": {}}
     pipes: dict = {}
     for case in cases:
         mesh = ParallelMesh.build(ParallelConfig(**case["parallel"]), num_heads=4, timeout=timeout)
@@ -164,8 +169,10 @@ def fsdp_rank_program(rank: int, world_size: int, tiny: str, experts_root: str, 
             results["gathered"][over] = stats = {"blocks": 0, "roots": 0}
             _watch_gathers(experts, stats)
             pipes[over] = pipe
+        mesh.counter.reset()
         out = parallel_generate(pipes[over], mesh, **generate_kwargs(case))
         results["cases"][case["name"]] = out.frames
+        results["sent"][case["name"]] = mesh.counter.snapshot()
     results["after"] = {over: [local_shard_bytes(m) for m in pipe.experts] for over, pipe in pipes.items()}
     if world_size == 2:
         results.update(_world2_extras(tiny, experts_root, spec, timeout))
@@ -202,11 +209,67 @@ def _world2_extras(tiny: str, experts_root: str, spec, timeout) -> dict:
         message = None
     except CheckpointError as raised:
         message = str(raised)
-    return {"error": message, "entry": entry, "bf16": dict(error=error.item(), dtypes_match=all(dtypes.values()),
+    return {"error": message, "entry": entry, "tiny_sent": _tiny_sent(tiny, timeout), "bf16": dict(error=error.item(), dtypes_match=all(dtypes.values()),
                                          modulation=str(dict(sharded.named_parameters())["blocks.0.modulation"].dtype))}
 
 
+def _tiny_sent(tiny: str, timeout) -> dict:
+    """Bytes sent per op by the render-group entry point (the counter RankProgram reports) over
+    Ulysses 2 on the tiny preset, with FSDP on and off; and with FSDP and sequential CFG."""
+    from wan_dist.config import ParallelConfig
+    from wan_dist.parallel.runtime import make_parallel_generate, parallel_experts
+    from wan_dist.sampling.denoise import sequential_guided_prediction
+
+    sent, runs = {}, {}
+    for fsdp in (True, False):
+        pipe = load(tiny, None)
+        generate = make_parallel_generate(pipe, ParallelConfig(ulysses=2, fsdp=fsdp), timeout=timeout)
+        generate(**_kwargs())
+        sent[fsdp], runs[fsdp] = generate.mesh.counter.snapshot(), (pipe, generate.mesh)
+    pipe, mesh = runs[True]  # its experts are sharded already
+    mesh.counter.reset()
+    pipe.generate(**_kwargs(), experts=parallel_experts(pipe, mesh), predict=sequential_guided_prediction)
+    sent["sequential"] = mesh.counter.snapshot()
+    return sent
+
+
 # ----------------------------------------------------------------------------------- test side
+
+def _fsdp_formula(dit, shard: int, forwards_per_step: int = 1) -> dict:
+    from wan_dist.models.dit import WanDiT
+    from wan_dist.parallel.fsdp import gather_unit_bytes
+
+    with torch.device("meta"):
+        units = gather_unit_bytes(WanDiT(dit), shard)
+    return expected_fsdp_bytes(**units, shard=shard, expert_steps=EXPERT_STEPS, forwards_per_step=forwards_per_step)
+
+
+def _expected_sent(parallel: dict, dit, *, shard: int) -> dict:
+    """Bytes one rank sends in the render of :func:`_kwargs` (batch 2, fp32) under ``parallel``."""
+    degrees = {axis: parallel.get(axis, 1) for axis in ("data", "cfg", "ulysses", "ring")}
+    latents = _kwargs()["latents"]
+    rows = latents.shape[0] // degrees["data"]
+    latent_numel = rows * latents[0].numel()
+    per_step = expected_step_bytes(batch=rows * (1 if degrees["cfg"] == 2 else 2), num_tokens=NUM_TOKENS,
+                                   dim=dit.dim, num_layers=dit.num_layers,
+                                   out_dim=dit.out_channels * math.prod(dit.patch_size), latent_numel=latent_numel,
+                                   ulysses=degrees["ulysses"], ring=degrees["ring"], cfg=degrees["cfg"], itemsize=4,
+                                   cfg_split=True)
+    expected = {op: STEPS * value for op, value in per_step.items()}
+    if degrees["data"] > 1:
+        expected["data_gather"] = (degrees["data"] - 1) * latent_numel * 4
+    return {**expected, **_fsdp_formula(dit, shard)}
+
+
+def _check_sent(cases, results, name: str, tiny: str):
+    case = next(c for c in cases if c["name"] == name)
+    parallel = case["parallel"]
+    shard = len(results) if case["over"] == "world" else parallel.get("ulysses", 1) * parallel.get("ring", 1)
+    expected = _expected_sent(parallel, _test_spec(tiny).dit, shard=shard)
+    assert expected["fsdp_all_gather"] > 0
+    for rank, per_rank in enumerate(results):
+        assert per_rank["sent"][name] == expected, f"{name}: rank {rank} sent {per_rank['sent'][name]}"
+
 
 @pytest.fixture(scope="module")
 def world2(sharded_checkpoint):
@@ -267,6 +330,30 @@ def test_entry_point_shards_replicated_experts(world2):
         assert sum(r["entry"]["local_bytes"][0] for r in results) == entry["full_bytes"][0]
 
 
+@pytest.mark.parametrize("name", list(WORLD2))
+def test_two_ranks_fsdp_bytes_match_formula(world2, sharded_checkpoint, name):
+    _check_sent(*world2, name, sharded_checkpoint[0])
+
+
+def test_tiny_fsdp_all_gathers_counted_per_step(world2, sharded_checkpoint):
+    """Tiny preset, Ulysses 2, batch 2, fp32: bytes per step (as RankProgram reports them) equal the
+    formula, and FSDP on minus FSDP off is exactly the FSDP formula (fails if gathers go uncounted)."""
+    from wan_dist.models.checkpoint import detect_checkpoint
+
+    dit = detect_checkpoint(sharded_checkpoint[0]).spec.dit
+    fsdp = _fsdp_formula(dit, shard=2)
+    expected_on = _expected_sent(dict(ulysses=2), dit, shard=2)
+    for per_rank in world2[1]:
+        on, off = per_rank["tiny_sent"][True], per_rank["tiny_sent"][False]
+        assert on == expected_on
+        assert sum(on.values()) / STEPS == sum(expected_on.values()) / STEPS
+        assert sum(on.values()) - sum(off.values()) == fsdp["fsdp_all_gather"] > 0
+        assert {op: n for op, n in on.items() if op != "fsdp_all_gather"} == off
+        # sequential CFG: two expert calls per step, each with its own context
+        sequential = per_rank["tiny_sent"]["sequential"]["fsdp_all_gather"]
+        assert sequential == _fsdp_formula(dit, shard=2, forwards_per_step=2)["fsdp_all_gather"]
+
+
 def test_bf16_sharded_expert_keeps_fp32_parts_and_matches(world2):
     for per_rank in world2[1]:
         bf16 = per_rank["bf16"]
@@ -282,6 +369,11 @@ def test_sharded_load_reports_misshapen_tensors(world2):
 @pytest.mark.parametrize("name", list(WORLD4))
 def test_four_ranks_fsdp_match_single_process(world4, name):
     _check_latents(*world4, name)
+
+
+@pytest.mark.parametrize("name", list(WORLD4))
+def test_four_ranks_fsdp_bytes_match_formula(world4, sharded_checkpoint, name):
+    _check_sent(*world4, name, sharded_checkpoint[0])
 
 
 def test_four_ranks_read_only_their_rows(world4):

@@ -22,6 +22,9 @@ Units (what is gathered at once):
 - each block without its ``cross_attn`` (self-attention, norm3, FFN, modulation),
 - the root: patch, text and time embeddings and the head, gathered for the whole expert call.
 So at any moment a rank holds at most one block (of one expert) unsharded, plus the small root.
+Traffic: every all-gather is counted into the mesh's :class:`~wan_dist.parallel.comm.CommCounter` as
+``fsdp_all_gather`` (:class:`~wan_dist.parallel.comm.CountedAllGather`); its analytic value is
+:func:`~wan_dist.parallel.comm.expected_fsdp_bytes` of :func:`gather_unit_bytes`.
 Mixed dtypes are fine: parameters never require grad (FSDP2 only asks trainable parameters for a
 uniform dtype) and it all-gathers mixed-dtype groups as bytes, so a bf16 expert keeps
 ``WanDiT.fp32_param_patterns`` in fp32.
@@ -30,6 +33,7 @@ uniform dtype) and it all-gathers mixed-dtype groups as bytes, so a bf16 expert 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,14 +43,17 @@ from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forwar
 from torch.distributed.tensor import DTensor
 
 from wan_dist.models.checkpoint import dit_timestep_precision, fp32_param_names, visit_dit_tensors
+from wan_dist.parallel.comm import CountedAllGather
 from wan_dist.parallel.dit import parallelize_dit
 from wan_dist.parallel.mesh import ParallelMesh
 
 __all__ = ["shard_expert", "load_dit_sharded", "ShardedExpert", "parallelize_sharded_dit", "is_sharded",
-           "shard_rows", "local_shard_bytes"]
+           "shard_rows", "local_shard_bytes", "gather_unit_bytes"]
 
 # The root's forward method that runs a whole expert call with the root unit gathered.
 _RUN = "run_unsharded"
+# The root's attribute holding the CountedAllGather that every unit of the expert all-gathers with.
+_COMM = "fsdp_all_gather_comm"
 
 
 def _device_mesh(mesh: ParallelMesh, over: str, device_type: str) -> DeviceMesh:
@@ -94,6 +101,15 @@ def shard_expert(model: torch.nn.Module, mesh: ParallelMesh, *, over: str = "wor
     fully_shard(model, mesh=device_mesh, reshard_after_forward=True)
     object.__setattr__(model, _RUN, _run_unsharded.__get__(model, type(model)))
     register_fsdp_forward_method(model, _RUN)
+    comm = CountedAllGather()  # counts into the calling ShardedExpert's mesh counter
+    if hasattr(model, "set_custom_all_gather"):  # torch >= 2.9
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_custom_all_gather(comm)
+    else:
+        warnings.warn("shard_expert: this torch lacks FSDPModule.set_custom_all_gather; FSDP all-gathers "
+                      "are not counted in the communication counter", RuntimeWarning, stacklevel=2)
+    object.__setattr__(model, _COMM, comm)
     return model
 
 
@@ -113,9 +129,12 @@ class ShardedExpert:
         self.parallel = parallelize_dit(model, mesh)
 
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, context) -> torch.Tensor:
+        comm = getattr(self.model, _COMM)
+        outer, comm.counter = comm.counter, self.parallel.mesh.counter  # one model may serve several meshes
         try:
             return getattr(self.model, _RUN)(self.parallel, latents, timestep, context).float()
         finally:
+            comm.counter = outer
             # FSDP2 keeps per-iteration bookkeeping for backward prefetch; without a backward it would
             # grow by one entry per unit per call. Public since torch 2.12; older versions lack it.
             reset = getattr(self.model, "reset_iter_state", None)
@@ -145,6 +164,26 @@ def local_shard_bytes(model: torch.nn.Module) -> int:
         local = param.to_local() if isinstance(param, DTensor) else param
         total += local.numel() * local.element_size()
     return total
+
+
+def gather_unit_bytes(model: torch.nn.Module, shard: int) -> dict[str, int]:
+    """Bytes of one rank's all-gather input per kind of unit of a WanDiT sharded over ``shard`` ranks.
+
+    ``{"root": ..., "blocks": ..., "cross": ...}``: the root unit; all blocks without their
+    cross-attention; all cross-attention units (the inputs of
+    :func:`~wan_dist.parallel.comm.expected_fsdp_bytes`). FSDP2 all-gathers every parameter [N, ...]
+    as its dim-0 shard padded to ``ceil(N / shard)`` rows, the same size on every rank. ``model``
+    may be sharded or not (only global shapes and dtypes are read).
+    """
+    def padded(params) -> int:
+        return sum(math.ceil(p.shape[0] / shard) * math.prod(p.shape[1:]) * p.dtype.itemsize for p in params)
+
+    cross = [p for block in model.blocks for p in block.cross_attn.parameters()]
+    in_blocks = {id(p) for p in model.blocks.parameters()}
+    in_cross = {id(p) for p in cross}
+    return {"root": padded(p for p in model.parameters() if id(p) not in in_blocks),
+            "blocks": padded(p for p in model.blocks.parameters() if id(p) not in in_cross),
+            "cross": padded(cross)}
 
 
 def load_dit_sharded(folder: str | Path, config, *, layout: str, mesh: ParallelMesh,
