@@ -11,19 +11,55 @@ and the request can be retried.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wan_dist.config import OutputConfig, ParallelConfig
 from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
 
-__all__ = ["GroupConfig", "RenderGroup", "RenderGroupFailed", "RankWorker"]
+__all__ = ["GroupConfig", "GroupCall", "RenderGroup", "RenderGroupFailed", "RequestFailed", "RankWorker"]
 
 log = logging.getLogger(__name__)
+_RESOLVE_LOCK = threading.Lock()  # groups may start from several threads; one writes an embedded preset
 
 
 class RenderGroupFailed(RuntimeError):
     """A rank of the group died or raised; the group must be rebuilt before it renders again."""
+
+
+class RequestFailed(RuntimeError):
+    """Every rank raised the same error for one request and the group is still healthy.
+
+    ``cause`` is rank 0's exception; ``permanent`` is True for bad input (ValueError, a missing object),
+    which a retry cannot fix.
+    """
+
+    def __init__(self, message: str, *, cause: BaseException | None = None, permanent: bool = False):
+        super().__init__(message)
+        self.cause = cause
+        self.permanent = permanent
+
+    def __reduce__(self):
+        return (_request_failed, (str(self), self.cause, self.permanent))
+
+
+def _request_failed(message, cause, permanent):
+    return RequestFailed(message, cause=cause, permanent=permanent)
+
+
+@dataclass(frozen=True)
+class GroupCall:
+    """One request in flight on every rank of a group (see ``RenderGroup.submit``)."""
+
+    refs: tuple
+    generation: int
+
+    @property
+    def leader(self):
+        """Rank 0's object ref: what ``ray.wait`` on many groups' calls should watch."""
+        return self.refs[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +156,15 @@ class RankWorker:
         """Every rank runs the request; rank 0 returns the RenderResult, the others None."""
         return self.program.render(request, output, model_source=model_source)
 
+    def generate(self, request):
+        """Every rank runs the request; rank 0 returns the WanOutput (frames to publish elsewhere)."""
+        return self.program.generate(request)
+
+    def model_record(self, source: str | None) -> dict[str, Any]:
+        from wan_dist.engine.render import model_record
+
+        return model_record(self.pipe, source)
+
     def shutdown(self) -> None:
         import torch.distributed as dist
 
@@ -144,7 +189,8 @@ class RenderGroup:
 
         config = self.config
         if config.source in EMBEDDED_PRESETS:  # written once here, not raced by every rank (local Ray only)
-            config = replace(config, source=str(resolve_source(config.source, layout=config.layout)))
+            with _RESOLVE_LOCK:
+                config = replace(config, source=str(resolve_source(config.source, layout=config.layout)))
         bundle = {"CPU": config.cpus_per_rank, **({"GPU": 1} if config.use_gpus else {})}
         self.placement_group = placement_group([dict(bundle) for _ in range(config.world_size)],
                                                strategy="STRICT_PACK")
@@ -187,15 +233,64 @@ class RenderGroup:
 
     # -- work ---------------------------------------------------------------------------------
     def render(self, request, output: OutputConfig, *, model_source: str | None = None):
-        """Render ``request`` on every rank; returns rank 0's RenderResult.
+        """Render and publish ``request`` on every rank; returns rank 0's RenderResult.
 
-        Raises RenderGroupFailed (and tears the gang down) if any rank dies or raises: the
-        survivors would otherwise wait in a collective for their dead peer.
+        Raises RenderGroupFailed (and tears the gang down) if a rank dies, RequestFailed if every
+        rank rejected the request (the group stays up).
         """
+        return self.wait(self.submit("render", request, output, model_source))
+
+    def submit(self, method: str, *args) -> GroupCall:
+        """Send one call to every rank without waiting. Calls run in submission order on each rank, so a
+        driver can queue the next request while the current one renders (the group never idles)."""
         if not self.workers:
             raise RenderGroupFailed("render group is not running (start or rebuild it)")
-        results = self._all(lambda w: w.render.remote(request, output, model_source))
-        return results[0]
+        return GroupCall(tuple(getattr(w, method).remote(*args) for w in self.workers), self.generation)
+
+    def wait(self, call: GroupCall, *, timeout_s: float | None = None, fetch: bool = True):
+        """Rank 0's return value of ``call`` (its object ref with ``fetch=False``, e.g. frames to hand to
+        another task without pulling them here); see ``render`` for the errors.
+
+        The first failure surfaces at once: a dead rank fails the call without waiting for the survivors
+        (stuck in a collective with it). If a rank raised, the others get one collective timeout to
+        raise the same error (bad input fails every rank before any collective) before the group is
+        declared broken.
+        """
+        import ray
+
+        if call.generation != self.generation or not self.workers:
+            raise RenderGroupFailed(f"render group {call.generation} is gone (rebuilt or shut down)")
+        pending, errors = list(call.refs), []
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not done:
+                self._broken(f"no answer within {timeout_s} s")
+            try:
+                ray.get(done[0])
+            except ray.exceptions.RayTaskError as error:
+                errors.append(getattr(error, "cause", None) or error)
+                if deadline is None or deadline - time.monotonic() > self.config.collective_timeout_s:
+                    deadline = time.monotonic() + self.config.collective_timeout_s + 10
+                timeout_s = self.config.collective_timeout_s
+            except ray.exceptions.RayError as error:  # a dead actor: the gang cannot go on
+                self._broken(f"a rank failed: {type(error).__name__}: {str(error).splitlines()[0]}", error)
+        if errors:
+            cause = errors[0]
+            if len(errors) < len(call.refs) or len({type(e) for e in errors}) > 1:
+                self._broken(f"a rank failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", cause)
+            permanent = isinstance(cause, (ValueError, FileNotFoundError))  # bad input: a retry cannot help
+            raise RequestFailed(f"{type(cause).__name__}: {cause}", cause=cause, permanent=permanent)
+        return ray.get(call.refs[0]) if fetch else call.refs[0]
+
+    def _broken(self, reason: str, cause: BaseException | None = None):
+        self.shutdown()
+        raise RenderGroupFailed(f"render group {self.generation}: {reason}") from cause
+
+    def model_record(self, source: str | None = None) -> dict[str, Any]:
+        """The sidecar's model section for clips this group renders (see ``engine.render.model_record``)."""
+        return self.wait(self.submit("model_record", source))
 
     def _all(self, call) -> list:
         import ray

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wan_dist.config import OutputConfig, ParallelConfig
-from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, publish
+from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, model_record, publish
 
 __all__ = ["RankProgram"]
 
@@ -21,7 +21,7 @@ class RankProgram:
         self.pipe = pipe
         self.rank = rank
         self.world_size = world_size
-        self.generate = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel)
+        self.generate_fn = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel)
 
     def warmup(self) -> None:
         """One tiny step so first-request costs (allocations, collectives' first use) are paid at start."""
@@ -32,22 +32,28 @@ class RankProgram:
             import torch
 
             image = torch.zeros(3, stride, stride)
-        self.generate("warmup", image=image, height=stride, width=stride, num_frames=1, num_inference_steps=1,
-                      seed=0, output_type="latent")
+        self.generate_fn("warmup", image=image, height=stride, width=stride, num_frames=1, num_inference_steps=1,
+                         seed=0, output_type="latent")
 
-    def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None
-               ) -> RenderResult | None:
-        counter = getattr(getattr(self.generate, "mesh", None), "counter", None)
+    def generate(self, request: RenderRequest):
+        """Every rank runs the request; rank 0 returns the WanOutput (frames, settings, timings), the others None."""
+        counter = getattr(getattr(self.generate_fn, "mesh", None), "counter", None)
         if counter is not None:
             counter.reset()
-        out = generate_for(self.pipe, request, generate=self.generate)
+        out = generate_for(self.pipe, request, generate=self.generate_fn)
         if counter is not None:  # rank 0's traffic; the layouts are symmetric (see parallel/comm.py)
             steps = out.settings.num_inference_steps
             out.timings.update({"comm_bytes": float(counter.total), "comm_bytes_per_step": counter.total / steps,
                                 **{f"comm_bytes.{op}": float(n) for op, n in counter.snapshot().items()}})
-        if self.rank != 0:
+        return out if self.rank == 0 else None
+
+    def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None
+               ) -> RenderResult | None:
+        """Generate, then rank 0 publishes the clip and returns the RenderResult (the others None)."""
+        out = self.generate(request)
+        if out is None:
             return None
-        return publish(self.pipe, request, out, output, model_source=model_source)
+        return publish(model_record(self.pipe, model_source), request, out, output)
 
 
 def _parallel_generate(pipe, parallel: ParallelConfig):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from wan_dist.config import OutputConfig, SamplingConfig
 
-__all__ = ["RenderRequest", "RenderResult", "render", "generate_for", "publish", "versions"]
+__all__ = ["RenderRequest", "RenderResult", "render", "generate_for", "publish", "model_record", "versions"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,24 +104,30 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
                     seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback)
 
 
-def publish(pipe, request: RenderRequest, out, output: OutputConfig, *, model_source: str | None = None
-            ) -> RenderResult:
+def model_record(pipe, source: str | None = None) -> dict[str, Any]:
+    """What a sidecar records about the model that rendered a clip (plain data: it travels between processes)."""
+    return {"source": source, "checkpoint_id": pipe.info.checkpoint_id, "variant": pipe.spec.name,
+            "layout": pipe.info.layout, "dtype": str(pipe.dtype).replace("torch.", ""), "device": str(pipe.device),
+            "default_fps": pipe.spec.defaults.fps}
+
+
+def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputConfig) -> RenderResult:
     """Write ``out`` (a WanOutput of ``request``) as ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
 
-    Failures while writing are returned as a failed RenderResult with the error (the caller may retry).
+    ``model`` is ``model_record(pipe, source)``: publishing needs no pipeline, so it can run in another
+    process than the render. Failures while writing are returned as a failed RenderResult with the
+    error (the caller may retry).
     """
     from wan_dist.storage.objects import join
     from wan_dist.video.clip import write_clip
 
-    fps = request.fps or output.fps or pipe.spec.defaults.fps
+    fps = request.fps or output.fps or model["default_fps"]
     prefix = join(output.uri, request.clip_name(out.seed))
     sidecar = {
         "request": {**{k: v for k, v in dataclasses.asdict(request).items() if k != "sampling"},
                     "sampling": dataclasses.asdict(request.sampling)},
         "settings": out.settings.to_dict(),
-        "model": {"source": model_source, "checkpoint_id": pipe.info.checkpoint_id, "variant": pipe.spec.name,
-                  "layout": pipe.info.layout, "dtype": str(pipe.dtype).replace("torch.", ""),
-                  "device": str(pipe.device)},
+        "model": {k: v for k, v in model.items() if k != "default_fps"},
         "fps": fps,
         "timings": dict(out.timings),
         "versions": versions(),
@@ -146,4 +152,4 @@ def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: 
     Bad input raises ValueError naming the field (before anything is written).
     """
     out = generate_for(pipe, request, callback=callback)
-    return publish(pipe, request, out, output, model_source=model_source)
+    return publish(model_record(pipe, model_source), request, out, output)
