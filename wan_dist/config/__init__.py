@@ -18,6 +18,7 @@ __all__ = [
     "SamplingConfig",
     "ParallelConfig",
     "OutputConfig",
+    "BatchConfig",
     "from_dict",
 ]
 
@@ -205,6 +206,50 @@ class OutputConfig:
         if self.fps is not None:
             _require(self.fps > 0, "OutputConfig", "fps", f"must be > 0, got {self.fps}")
         _require(0 <= self.crf <= 51, "OutputConfig", "crf", f"must be in [0, 51], got {self.crf}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchConfig:
+    """How a batch job runs a manifest (the rendering itself is configured by ParallelConfig / OutputConfig).
+
+    ``groups``: render groups to start (None: as many as the cluster's GPUs, or CPUs, hold).
+    ``queue_depth``: requests queued on each group, so the next one starts the moment the current one ends.
+    ``publishers``: clips encoded and uploaded at once, outside the groups, while they render on.
+    ``max_attempts`` / ``retry_backoff_s``: transient failures (a rank died, storage failed) retry with
+    exponential backoff and jitter; a row still failing after ``max_attempts`` is recorded failed.
+    """
+
+    manifest: str
+    default_model: str = "tiny"
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> checkpoint source
+    layout: str = "diffusers"
+    groups: int | None = None
+    use_gpus: bool | None = None  # None: when the cluster has GPUs
+    cpus_per_rank: float = 1.0
+    threads_per_rank: int = 1
+    dtype: str = "auto"
+    queue_depth: int = 2
+    publishers: int = 2
+    publish_cpus: float = 0.0
+    max_attempts: int = 3
+    retry_backoff_s: float = 2.0
+    resume: bool = True
+    results_flush_rows: int = 25
+    results_flush_s: float = 15.0
+    presign_expires_s: int = 7 * 24 * 3600
+    progress_interval_s: float = 10.0
+    group_ready_timeout_s: float = 600.0
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        name = "BatchConfig"
+        _require(bool(self.manifest), name, "manifest", "must name a Parquet file (path or URL)")
+        _require(self.groups is None or self.groups >= 1, name, "groups", f"must be >= 1, got {self.groups}")
+        for f in ("queue_depth", "publishers", "max_attempts", "results_flush_rows", "threads_per_rank"):
+            _require(int(getattr(self, f)) >= 1, name, f, f"must be >= 1, got {getattr(self, f)}")
+        for f in ("retry_backoff_s", "publish_cpus", "results_flush_s", "progress_interval_s"):
+            _require(float(getattr(self, f)) >= 0, name, f, f"must be >= 0, got {getattr(self, f)}")
+        _require(self.cpus_per_rank > 0, name, "cpus_per_rank", f"must be > 0, got {self.cpus_per_rank}")
 
 
 def from_dict(cls: type, data: dict[str, Any] | None):

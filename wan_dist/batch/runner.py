@@ -1,0 +1,449 @@
+"""Run a manifest: K render groups fed from one queue, clips published beside them, results appended.
+
+The driver is one event loop around ``ray.wait``:
+
+* **groups** (``RenderGroup``): each is loaded with one model; ``queue_depth`` requests are queued on it
+  (Ray runs an actor's calls in order), so the next clip starts denoising the moment the current one
+  is decoded. Rows of one model share a group's loaded weights; when a model's queue runs dry, its
+  group reloads the model with the most rows left (mixed manifests).
+* **publishers**: rank 0 hands the decoded frames back as an object ref; a separate Ray task encodes
+  the MP4 and uploads clip + sidecar while the group renders on.
+* **failures**: a rank that dies fails its group's queued calls; their rows go back to the queue and
+  the group is rebuilt in the background. Bad input that every rank rejects fails the row at once; other
+  errors (storage, timeouts) retry with exponential backoff and jitter up to ``max_attempts``.
+* **resume**: rows whose sidecar is already published (``{output}/{prefix}/{id}/clip.json``; the sidecar
+  is written last) are skipped. A stop (SIGTERM from ``ray job stop``) flushes the results and leaves
+  every published clip whole: clip and sidecar are each written to a temporary key and published atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from wan_dist.batch.manifest import ManifestRow, read_manifest
+from wan_dist.batch.progress import Progress
+from wan_dist.batch.results import ResultsWriter, write_summary
+from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
+from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
+from wan_dist.storage.objects import join, list_prefix, presigned_url
+from wan_dist.video.clip import SIDECAR_NAME
+
+__all__ = ["BatchRunner", "run_batch", "published_rows", "group_count", "planned_layout"]
+
+log = logging.getLogger("wan_dist.batch")
+
+
+def published_rows(output_uri: str, *, storage_options=None) -> set[str]:
+    """Relative clip folders under ``output_uri`` that hold a published sidecar (one listing)."""
+    base = output_uri.rstrip("/") + "/"
+    found = set()
+    for uri in list_prefix(output_uri, storage_options=storage_options):
+        if uri.endswith("/" + SIDECAR_NAME) and uri.startswith(base):
+            found.add(uri[len(base):-len(SIDECAR_NAME) - 1])
+    return found
+
+
+def group_count(config: BatchConfig, parallel: ParallelConfig, resources: dict[str, float]) -> tuple[int, bool]:
+    """(number of groups, on GPUs?) for the cluster's ``resources``: as many groups as fit, at least one."""
+    use_gpus = config.use_gpus if config.use_gpus is not None else resources.get("GPU", 0) >= 1
+    if config.groups is not None:
+        return config.groups, use_gpus
+    if use_gpus:
+        return max(1, int(resources.get("GPU", 0) // parallel.world_size)), True
+    return max(1, int(resources.get("CPU", 1) // (parallel.world_size * config.cpus_per_rank))), False
+
+
+def planned_layout(model: str, *, gpus: int, gpu_memory_gb: float, resolution: str = "720p",
+                   frames: int | None = None, objective: str = "throughput") -> tuple[ParallelConfig, int, str]:
+    """(layout of one group, groups per node, the planner's table) for nodes of ``gpus`` GPUs.
+
+    The planner's data-parallel replicas become separate render groups: rows are independent, so a
+    replica needs no collective with the others, and a dead GPU stops one group only.
+    """
+    from wan_dist.parallel.planner import plan
+
+    chosen = plan(model, gpus=gpus, gpu_memory_gb=gpu_memory_gb, resolution=resolution, frames=frames,
+                  objective=objective)
+    return replace(chosen.parallel, data=1), chosen.parallel.data, chosen.table()
+
+
+def _publish(model: dict, request, out, output: OutputConfig):
+    from wan_dist.engine.render import publish
+
+    return publish(model, request, out, output)
+
+
+@dataclass
+class _Task:
+    row: ManifestRow
+    attempts: int = 0  # renders tried
+    publish_attempts: int = 0
+    first_submit: float | None = None
+    not_before: float = 0.0
+    error: str | None = None
+    render_s: float | None = None
+    out_ref: Any = None  # rank 0's WanOutput, kept until published
+    record: dict | None = None  # the model section of its sidecar
+
+
+@dataclass
+class _Slot:
+    index: int
+    model: str | None = None
+    group: RenderGroup | None = None
+    record: dict | None = None  # the sidecar's model section
+    starting: Future | None = None
+    start_failures: int = 0
+    calls: list = field(default_factory=list)  # [(GroupCall, _Task, set of pending refs)], in order
+    first_submit: float | None = None
+    last_done: float | None = None
+
+
+class BatchRunner:
+    """Runs ``config.manifest`` into ``output.uri`` with render groups of layout ``parallel``."""
+
+    def __init__(self, config: BatchConfig, output: OutputConfig, parallel: ParallelConfig | None = None, *,
+                 storage_options: dict | None = None, install_signal_handlers: bool = False):
+        self.config = config
+        self.output = output
+        self.parallel = parallel or ParallelConfig()
+        self.storage_options = storage_options
+        self.run_id = config.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.stop_requested = threading.Event()
+        self._install_signals = install_signal_handlers
+        self._queues: dict[str, deque[_Task]] = {}
+        self._publishing: dict[Any, _Task] = {}
+        self._to_publish: deque[_Task] = deque()
+        self._ref_owner: dict[Any, _Slot] = {}
+        self._failed_models: dict[str, str] = {}
+        self.busy_s = 0.0  # seconds the groups spent rendering (rank 0's generate time)
+        self.use_gpus = False
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="group-start")
+
+    # -- entry --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        import ray
+
+        started = time.time()
+        cfg = self.config
+        manifest = read_manifest(cfg.manifest, default_model=cfg.default_model, layout=cfg.layout,
+                                 storage_options=self.storage_options)  # duplicate ids raise here
+        self.results = ResultsWriter(self.output.uri, self.run_id, flush_rows=cfg.results_flush_rows,
+                                     flush_s=cfg.results_flush_s, storage_options=self.storage_options)
+        total = len(manifest.rows) + len(manifest.invalid)
+        self.progress = Progress(total, run_id=self.run_id, interval_s=cfg.progress_interval_s)
+        log.info("run %s: %d rows (%d invalid) from %s into %s", self.run_id, total, len(manifest.invalid),
+                 cfg.manifest, self.output.uri)
+        for bad in manifest.invalid:
+            self._finish(None, "failed", model="?", row_id=bad.id, index=bad.index, error=bad.reason,
+                         error_column=bad.column)
+        todo = self._skip_published(manifest.rows)
+        for row in todo:
+            self._queues.setdefault(row.model, deque()).append(_Task(row))
+        if self._install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        self.slots = slots = []
+        try:
+            if todo:
+                count, use_gpus = group_count(cfg, self.parallel, ray.cluster_resources())
+                self.use_gpus = use_gpus
+                slots.extend(_Slot(i) for i in range(min(count, len(todo))))
+                log.info("starting %d render group(s) of %d rank(s) on %s", len(slots), self.parallel.world_size,
+                         "GPUs" if use_gpus else "CPUs")
+                self._loop(slots)
+        finally:
+            for slot in slots:
+                if slot.starting is not None:
+                    slot.starting.cancel()
+                if slot.group is not None:
+                    slot.group.shutdown()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.results.close()
+            self.progress.maybe_log(force=True)
+            summary = self._summary(slots, started)
+            summary["summary_uri"] = write_summary(self.output.uri, self.run_id, summary,
+                                                   storage_options=self.storage_options)
+        return summary
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _loop(self, slots: list[_Slot]) -> None:
+        import ray
+
+        while not self.stop_requested.is_set():
+            for slot in slots:
+                self._tend(slot, slots)
+            self._start_publishes()
+            busy = any(s.calls or s.starting for s in slots) or self._publishing or self._to_publish
+            if not busy and not any(self._queues.values()):
+                break
+            if not busy and all(s.model is None for s in slots):  # nothing can render what is left
+                for model, queue in self._queues.items():
+                    while queue:
+                        task = queue.popleft()
+                        self._fail(task, self._failed_models.get(model, "no render group could serve it"))
+                break
+            refs = [r for s in slots for (_, _, pending) in s.calls for r in pending] + list(self._publishing)
+            if refs:
+                done, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+                for ref in done:
+                    if ref in self._publishing:
+                        self._published(ref)
+                    elif ref in self._ref_owner:
+                        self._call_progressed(self._ref_owner[ref], ref)
+            else:
+                time.sleep(0.1)
+            self.progress.maybe_log()
+        if self.stop_requested.is_set():
+            log.warning("stop requested: %d row(s) left for a rerun", sum(len(q) for q in self._queues.values()))
+
+    def _tend(self, slot: _Slot, slots: list[_Slot]) -> None:
+        """Start, finish starting, reassign or feed one slot."""
+        if slot.starting is not None:
+            if not slot.starting.done():
+                return
+            self._started(slot)
+        if slot.group is None and slot.starting is None:
+            model = self._pick_model(slot, slots)
+            if model is not None:
+                self._start(slot, model)
+            return
+        queue = self._queues.get(slot.model)
+        if not slot.calls and not self._ready(queue):
+            if not queue:  # this model is done: serve another
+                other = self._pick_model(slot, slots)
+                if other is not None and other != slot.model:
+                    slot.group.shutdown()
+                    slot.group = None
+                    self._start(slot, other)
+            return
+        while len(slot.calls) < self.config.queue_depth and self._ready(queue):
+            self._submit(slot, queue.popleft())
+
+    @staticmethod
+    def _ready(queue: deque | None) -> bool:
+        return bool(queue) and queue[0].not_before <= time.monotonic()
+
+    def _pick_model(self, slot: _Slot, slots: list[_Slot]) -> str | None:
+        """The model with the most queued rows per group serving it (the slot's own first)."""
+        def load(model: str) -> float:
+            serving = sum(1 for s in slots if s.model == model and s is not slot)
+            return len(self._queues[model]) / (serving + 1)
+
+        candidates = [m for m, q in self._queues.items() if q and m not in self._failed_models]
+        if slot.model in candidates:
+            return slot.model
+        return max(candidates, key=load, default=None)
+
+    def _start(self, slot: _Slot, model: str) -> None:
+        cfg = self.config
+        group = RenderGroup(GroupConfig(source=cfg.sources.get(model, model), parallel=self.parallel,
+                                        use_gpus=self.use_gpus, cpus_per_rank=cfg.cpus_per_rank, dtype=cfg.dtype,
+                                        layout=cfg.layout, threads_per_rank=cfg.threads_per_rank))
+        slot.model, slot.group = model, None
+
+        def start():
+            group.start(ready_timeout_s=cfg.group_ready_timeout_s)
+            return group, group.model_record(cfg.sources.get(model, model))
+
+        slot.starting = self._pool.submit(start)
+
+    def _started(self, slot: _Slot) -> None:
+        future, slot.starting = slot.starting, None
+        try:
+            slot.group, slot.record = future.result()
+            slot.start_failures = 0
+            log.info("group %d: %s loaded (generation %d)", slot.index, slot.model, slot.group.generation)
+        except Exception as error:  # noqa: BLE001 - a group that cannot start is reported, not fatal
+            slot.start_failures += 1
+            reason = f"render group for model {slot.model!r} failed to start: {type(error).__name__}: {error}"
+            log.error("group %d: %s", slot.index, reason)
+            if slot.start_failures >= self.config.max_attempts or isinstance(error, ValueError):
+                self._failed_models[slot.model] = reason
+                queue = self._queues.get(slot.model, deque())
+                while queue:
+                    self._fail(queue.popleft(), reason)
+                slot.start_failures = 0
+            slot.model = None
+
+    def _submit(self, slot: _Slot, task: _Task) -> None:
+        now = time.monotonic()
+        task.first_submit = task.first_submit or now
+        slot.first_submit = slot.first_submit or now
+        self.progress.rendering_started()
+        call = slot.group.submit("generate", task.row.request)
+        slot.calls.append((call, task, set(call.refs)))
+        for ref in call.refs:
+            self._ref_owner[ref] = slot
+
+    def _call_progressed(self, slot: _Slot, ref) -> None:
+        import ray
+
+        index = next(i for i, (_, _, pending) in enumerate(slot.calls) if ref in pending)
+        call, task, pending = slot.calls[index]
+        pending.discard(ref)
+        del self._ref_owner[ref]
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayError:
+            pending.clear()  # the group decides what the error means
+        if pending:
+            return
+        try:
+            task.out_ref = slot.group.wait(call, fetch=False)
+        except RequestFailed as error:
+            slot.calls.pop(index)
+            self._retry(task, str(error), permanent=error.permanent)
+            return
+        except RenderGroupFailed as error:
+            self._group_failed(slot, str(error))
+            return
+        slot.calls.pop(index)
+        slot.last_done = time.monotonic()
+        task.attempts += 1
+        task.record = slot.record
+        self._to_publish.append(task)
+
+    def _group_failed(self, slot: _Slot, reason: str) -> None:
+        """Every call queued on the group goes back to the front of its queue; the group is rebuilt."""
+        log.error("group %d: %s; rebuilding", slot.index, reason)
+        queue = self._queues.setdefault(slot.model, deque())
+        for position, (call, task, pending) in reversed(list(enumerate(slot.calls))):
+            for ref in pending:
+                self._ref_owner.pop(ref, None)
+            if position == 0:  # the request that was running when the group broke
+                task.attempts += 1
+                if task.attempts >= self.config.max_attempts:
+                    self._fail(task, reason)
+                    continue
+            task.error = reason
+            queue.appendleft(task)
+        slot.calls = []
+        group, slot.group = slot.group, None
+        slot.starting = self._pool.submit(lambda: (group.rebuild(), group.model_record(
+            self.config.sources.get(slot.model, slot.model))))
+
+    def _retry(self, task: _Task, error: str, *, permanent: bool = False) -> None:
+        task.attempts += 1
+        task.error = error
+        if permanent or task.attempts >= self.config.max_attempts:
+            self._fail(task, error)
+            return
+        task.not_before = time.monotonic() + self._backoff(task.attempts)
+        log.warning("row %s: attempt %d failed (%s); retrying", task.row.id, task.attempts, error.splitlines()[0])
+        self._queues[task.row.model].appendleft(task)
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.config.retry_backoff_s * 2 ** (attempt - 1)
+        return base * random.uniform(0.5, 1.5)  # jitter: retries of many rows do not march in step
+
+    # -- publishing ---------------------------------------------------------------------------
+    def _start_publishes(self) -> None:
+        import ray
+
+        remote = ray.remote(num_cpus=self.config.publish_cpus, max_retries=1)(_publish)
+        now = time.monotonic()
+        waiting = deque()
+        while self._to_publish and len(self._publishing) < self.config.publishers:
+            task = self._to_publish.popleft()
+            if task.not_before > now:
+                waiting.append(task)
+                continue
+            ref = remote.remote(task.record, task.row.request, task.out_ref, self._row_output(task.row))
+            self._publishing[ref] = task
+        self._to_publish.extendleft(reversed(waiting))
+
+    def _published(self, ref) -> None:
+        import ray
+
+        task = self._publishing.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            result = None
+            error_text = f"publisher failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+        else:
+            error_text = result.error
+        if result is not None and result.status == "completed":
+            task.out_ref = None
+            self._complete(task, result)
+            return
+        task.publish_attempts += 1
+        if task.publish_attempts >= self.config.max_attempts:
+            self._fail(task, error_text or "publishing failed")
+            return
+        log.warning("row %s: publishing failed (%s); retrying", task.row.id, (error_text or "").splitlines()[0])
+        task.not_before = time.monotonic() + self._backoff(task.publish_attempts)
+        self._to_publish.append(task)
+
+    def _row_output(self, row: ManifestRow) -> OutputConfig:
+        if not row.output_prefix:
+            return self.output
+        return replace(self.output, uri=join(self.output.uri, row.output_prefix))
+
+    # -- records ------------------------------------------------------------------------------
+    def _skip_published(self, rows: list[ManifestRow]) -> list[ManifestRow]:
+        if not self.config.resume:
+            return list(rows)
+        published = published_rows(self.output.uri, storage_options=self.storage_options)
+        todo = []
+        for row in rows:
+            folder = "/".join(p for p in (row.output_prefix.strip("/"), row.id) if p)
+            if folder in published:
+                prefix = join(self.output.uri, folder)
+                self._finish(row, "skipped", clip_uri=join(prefix, "clip.mp4"), sidecar_uri=join(prefix, SIDECAR_NAME),
+                             clip_url=self._presign(join(prefix, "clip.mp4")))
+            else:
+                todo.append(row)
+        return todo
+
+    def _presign(self, uri: str) -> str | None:
+        try:
+            return presigned_url(uri, expires_s=self.config.presign_expires_s, storage_options=self.storage_options)
+        except Exception:  # noqa: BLE001 - a URL is a convenience; the URI is the result
+            return None
+
+    def _complete(self, task: _Task, result) -> None:
+        timings = dict(result.timings)
+        self.busy_s += timings.get("total_s", 0.0)
+        self._finish(task.row, "completed", attempts=task.attempts, clip_uri=result.clip_uri,
+                     sidecar_uri=result.sidecar_uri, clip_url=self._presign(result.clip_uri), seed=result.seed,
+                     render_s=timings.get("total_s"), publish_s=timings.get("encode_upload_s"),
+                     wall_s=time.monotonic() - task.first_submit, timings=json.dumps(timings, sort_keys=True))
+
+    def _fail(self, task: _Task, error: str) -> None:
+        self._finish(task.row, "failed", attempts=max(task.attempts, 1), error=error)
+
+    def _finish(self, row: ManifestRow | None, status: str, *, model: str | None = None, row_id: str | None = None,
+                index: int | None = None, **fields) -> None:
+        model = model or row.model
+        self.results.add({"id": row_id if row is None else row.id, "index": index if row is None else row.index,
+                          "model": model, "status": status, **fields})
+        self.progress.row_finished(status, model, fields.get("render_s"))
+
+    def _summary(self, slots: list[_Slot], started: float) -> dict[str, Any]:
+        counts = dict(self.progress.counts)
+        spans = [(s.first_submit, s.last_done) for s in slots if s.first_submit and s.last_done]
+        render_span = sum(end - start for start, end in spans)
+        return {"run_id": self.run_id, "manifest": self.config.manifest, "output": self.output.uri,
+                "rows": self.progress.total, **counts,
+                "stopped": self.stop_requested.is_set(), "groups": len(slots),
+                "group_size": self.parallel.world_size, "parallel": dataclasses.asdict(self.parallel),
+                "wall_s": time.time() - started, "render_s": self.busy_s,
+                "group_busy_share": (self.busy_s / render_span) if render_span else None,
+                "clips_per_hour": self.progress.clips_per_hour(), "result_parts": list(self.results.parts)}
+
+
+def run_batch(config: BatchConfig, output: OutputConfig, parallel: ParallelConfig | None = None, **kwargs):
+    """Run a manifest to the end (or until SIGTERM); returns the run summary."""
+    return BatchRunner(config, output, parallel, **kwargs).run()
