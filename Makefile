@@ -13,3 +13,16 @@ test: setup
 
 bench: setup
 	.venv/bin/python benchmarks/pipeline_vs_diffusers.py $(ARGS)
+
+# Local Ray head for development (cluster/ray-head.sh; env RAY_HEAD_DIR, RAY_DASHBOARD_PORT, ... see cluster/README.md).
+# Stops by PID, never `ray stop`.
+.PHONY: ray-up ray-down ray-status
+
+ray-up: setup
+	bash cluster/ray-head.sh start
+
+ray-down:
+	bash cluster/ray-head.sh stop
+
+ray-status:
+	bash cluster/ray-head.sh status
