@@ -220,3 +220,12 @@ def test_filesystem_resolution_and_errors(tmp_path):
         write_bytes_atomic(f"memory://dir-{uuid.uuid4().hex}/", b"x")
     with pytest.raises(TypeError):
         write_bytes_atomic(str(tmp_path / "s.txt"), "not bytes")
+
+
+def test_s3_listing_and_exists_see_objects_written_by_another_client(s3_server):
+    import boto3
+
+    prefix = s3_server.uri("fresh")
+    assert list_prefix(prefix) == [] and not exists(f"{prefix}/a.bin")  # s3fs would cache these answers
+    boto3.client("s3").put_object(Bucket=s3_server.bucket, Key="fresh/a.bin", Body=b"x")
+    assert list_prefix(prefix) == [f"{prefix}/a.bin"] and exists(f"{prefix}/a.bin")

@@ -158,6 +158,7 @@ def exists(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> boo
     """Whether an object (or a non-empty prefix / directory) exists at ``uri``."""
     fs, path = filesystem(uri, storage_options=storage_options)
     try:
+        fs.invalidate_cache(path)  # s3fs caches listings: answer what is there now
         return bool(fs.exists(path))
     except Exception as error:
         raise StorageError(uri, f"existence check failed: {_describe(error)}") from error
@@ -201,6 +202,7 @@ def list_prefix(
     fs, path = filesystem(uri, storage_options=storage_options)
     base = path.rstrip("/")
     try:
+        fs.invalidate_cache(base)  # s3fs caches listings: list what is there now
         found = fs.find(base)
     except FileNotFoundError:
         return []
