@@ -4,9 +4,10 @@
 setup:
 	bash scripts/setup.sh
 
-# Main job: render a clip with the tiny model (random weights in the real checkpoint layout) to ./outputs.
+# Main job: a batch render of jobs/examples/tiny.parquet (8 rows) with the tiny model (random weights in the
+# real checkpoint layout) on a local Ray, into ./outputs/batch (clips, sidecars, results table under _results/).
 render: setup
-	HF_HUB_OFFLINE=1 .venv/bin/wan-dist render $(ARGS)
+	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0 .venv/bin/wan-dist batch $(ARGS)
 
 test: setup
 	bash scripts/test.sh $(ARGS)

@@ -46,7 +46,7 @@ def ray_head():
         started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stderr
         address = f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}"
-        yield {"address": address, "env": env}
+        yield {"address": address, "env": env, "metrics": f"http://127.0.0.1:{ports['RAY_METRICS_PORT']}/metrics"}
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(head_dir, ignore_errors=True)
@@ -102,6 +102,28 @@ def test_ray_job_submit_renders_a_manifest_from_s3_to_s3(ray_head, s3_server, tm
     summary_uri = [u for u in list_prefix(f"{output}/_results") if u.endswith("summary.json")]
     summary = json.loads(read_bytes(summary_uri[0]))
     assert (summary["completed"], summary["failed"], summary["skipped"]) == (7, 3, 0)
+    # the row counters reached Ray's metrics (what the dashboard's Prometheus scrapes)
+    counted = _scrape(ray_head["metrics"], "ray_wan_dist_batch_rows_total", summary["run_id"])
+    assert counted == {"completed": 7.0, "failed": 3.0}, counted
+
+
+def _scrape(url: str, name: str, run_id: str, timeout_s: float = 60) -> dict[str, float]:
+    """{status: value} of counter ``name`` for ``run_id`` once the metrics agent exports it."""
+    import re
+    import urllib.request
+
+    deadline, found = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        found = {}
+        for line in text.splitlines():
+            if line.startswith(name + "{") and f'run_id="{run_id}"' in line:
+                status = re.search(r'status="(\w+)"', line).group(1)
+                found[status] = found.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
+        if sum(found.values()) >= 10:
+            return found
+        time.sleep(2)
+    return found
 
 
 def test_a_stopped_job_reruns_without_rendering_twice_or_missing_a_clip(ray_head, s3_server, tmp_path):

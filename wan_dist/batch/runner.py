@@ -128,6 +128,8 @@ class BatchRunner:
         self._ref_owner: dict[Any, _Slot] = {}
         self._failed_models: dict[str, str] = {}
         self.busy_s = 0.0  # seconds the groups spent rendering (rank 0's generate time)
+        self._first_submit: float | None = None
+        self._last_publish: float | None = None
         self.use_gpus = False
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="group-start")
 
@@ -279,6 +281,7 @@ class BatchRunner:
     def _submit(self, slot: _Slot, task: _Task) -> None:
         now = time.monotonic()
         task.first_submit = task.first_submit or now
+        self._first_submit = self._first_submit or now
         slot.first_submit = slot.first_submit or now
         self.progress.rendering_started()
         call = slot.group.submit("generate", task.row.request)
@@ -416,6 +419,7 @@ class BatchRunner:
     def _complete(self, task: _Task, result) -> None:
         timings = dict(result.timings)
         self.busy_s += timings.get("total_s", 0.0)
+        self._last_publish = time.monotonic()
         self._finish(task.row, "completed", attempts=task.attempts, clip_uri=result.clip_uri,
                      sidecar_uri=result.sidecar_uri, clip_url=self._presign(result.clip_uri), seed=result.seed,
                      render_s=timings.get("total_s"), publish_s=timings.get("encode_upload_s"),
@@ -435,12 +439,15 @@ class BatchRunner:
         counts = dict(self.progress.counts)
         spans = [(s.first_submit, s.last_done) for s in slots if s.first_submit and s.last_done]
         render_span = sum(end - start for start, end in spans)
+        active = (self._last_publish - self._first_submit) if self._last_publish and self._first_submit else None
         return {"run_id": self.run_id, "manifest": self.config.manifest, "output": self.output.uri,
                 "rows": self.progress.total, **counts,
                 "stopped": self.stop_requested.is_set(), "groups": len(slots),
                 "group_size": self.parallel.world_size, "parallel": dataclasses.asdict(self.parallel),
                 "wall_s": time.time() - started, "render_s": self.busy_s,
+                # per group: rendering time / (first request submitted .. last one rendered); 1.0 = never idle
                 "group_busy_share": (self.busy_s / render_span) if render_span else None,
+                "active_s": active,  # first request submitted .. last clip published
                 "clips_per_hour": self.progress.clips_per_hour(), "result_parts": list(self.results.parts)}
 
 
