@@ -58,6 +58,7 @@ class WanPipeline:
         # CPU (benchmarks/RESULTS.md) sequential is as fast and 0.6x the peak; batching can pay off where
         # one sample leaves the device idle (small sizes on a GPU).
         self.cfg_mode = "sequential"
+        self.prompt_cache = None  # a PromptCache (engine/prompt_cache.py) where prompts are encoded ahead
 
     @classmethod
     def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None) -> "WanPipeline":
@@ -77,6 +78,11 @@ class WanPipeline:
         """[B, text_len, text_dim] embeddings, trimmed to true length and zero padded."""
         if self.text_encoder is None:
             raise ValueError("prompt: this pipeline has no text encoder; pass prompt_embeds")
+        if self.prompt_cache is not None:
+            return self.prompt_cache.get(list(prompts))
+        return self.encode_prompt_uncached(prompts)
+
+    def encode_prompt_uncached(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder.encode(prompts, device=self.device, dtype=self.dtype)
 
     def _contexts(self, settings: RenderSettings, batch: int, prompt_embeds, negative_prompt_embeds):
