@@ -3,9 +3,11 @@
 A group is a placement group (STRICT_PACK; one GPU per bundle on GPU clusters, CPU bundles otherwise)
 plus one ``RankWorker`` actor per bundle. Rank 0's node address and a free port found there are the
 rendezvous (never a fixed port); the ranks join one torch.distributed group (NCCL on GPUs, gloo on CPU).
-The driver sends a request once; the whole denoising loop runs inside the ranks; rank 0 returns the
-result. A rank that dies fails the request with ``RenderGroupFailed``; ``rebuild()`` starts a new gang
-and the request can be retried.
+The driver sends a request once; the whole denoising loop runs inside the ranks; the group's result
+rank returns the result: rank 0, or with disaggregated placement the leader of the low-noise stage
+(the high-noise stage returns right after its hand-off and starts the next queued call). A rank
+that dies fails the request with ``RenderGroupFailed``; ``rebuild()`` starts a new gang and the
+request can be retried.
 """
 
 from __future__ import annotations
@@ -51,15 +53,21 @@ def _request_failed(message, cause, permanent):
 
 @dataclass(frozen=True)
 class GroupCall:
-    """One request in flight on every rank of a group (see ``RenderGroup.submit``)."""
+    """One request in flight on every rank of a group (see ``RenderGroup.submit``).
+
+    ``refs``: one object ref per rank, in rank order; ``result_index``: the rank whose ref holds the
+    call's value (``RenderGroup.result_rank`` when submitted).
+    """
 
     refs: tuple
     generation: int
+    result_index: int = 0
 
     @property
     def leader(self):
-        """Rank 0's object ref: what ``ray.wait`` on many groups' calls should watch."""
-        return self.refs[0]
+        """The result rank's object ref: what ``ray.wait`` on many groups' calls should watch. With
+        disaggregated placement other ranks' refs may be ready earlier (stage 0 hands off and returns)."""
+        return self.refs[self.result_index]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +82,10 @@ class GroupConfig:
     layout: str = "diffusers"  # layout an embedded preset is written in
     threads_per_rank: int = 1
     collective_timeout_s: float = 120.0
+    # disaggregated placement: the stage leaders' hand-off waits for the other stage to finish its
+    # previous request (denoise, decode, publish), so this must exceed one stage's time per request;
+    # it has its own process group, so collective_timeout_s can stay short
+    handoff_timeout_s: float = 1800.0
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the rank processes
 
     def __post_init__(self) -> None:
@@ -81,6 +93,9 @@ class GroupConfig:
             raise ValueError(f"cpus_per_rank: must be > 0, got {self.cpus_per_rank}")
         if self.threads_per_rank < 1:
             raise ValueError(f"threads_per_rank: must be >= 1, got {self.threads_per_rank}")
+        for name in ("collective_timeout_s", "handoff_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
 
     @property
     def world_size(self) -> int:
@@ -126,8 +141,10 @@ class RankWorker:
         dtype = torch_dtype(config.dtype, device)
         self.pipe = load_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
                                   expert_loader=self._sharded_loader(config, device, dtype))
-        self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size)
-        return {"rank": self.rank, "variant": self.pipe.spec.name, "device": device}
+        self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size,
+                                   handoff_timeout_s=config.handoff_timeout_s)
+        return {"rank": self.rank, "variant": self.pipe.spec.name, "device": device,
+                "result_rank": self.program.result_rank}
 
     def _sharded_loader(self, config: GroupConfig, device, dtype):
         """What this rank reads of the experts: its stage's expert only (disaggregated placement), or
@@ -153,12 +170,18 @@ class RankWorker:
         self.program.warmup()
 
     def render(self, request, output: OutputConfig, model_source: str | None):
-        """Every rank runs the request; rank 0 returns the RenderResult, the others None."""
+        """Every rank runs the request; the result rank returns the RenderResult, the others None."""
         return self.program.render(request, output, model_source=model_source)
 
     def generate(self, request):
-        """Every rank runs the request; rank 0 returns the WanOutput (frames to publish elsewhere)."""
+        """Every rank runs the request; the result rank returns the WanOutput (frames to publish
+        elsewhere), the others None."""
         return self.program.generate(request)
+
+    def stage_events(self) -> list:
+        """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty).
+        Times are ``time.monotonic()``: comparable between ranks of one machine only."""
+        return self.program.stage_events()
 
     def model_record(self, source: str | None) -> dict[str, Any]:
         from wan_dist.engine.render import model_record
@@ -180,6 +203,7 @@ class RenderGroup:
         self.placement_group = None
         self.workers: list = []
         self.generation = 0
+        self.result_rank = 0  # the rank whose calls return the result (see RankProgram.result_rank)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, *, ready_timeout_s: float = 300) -> "RenderGroup":
@@ -207,7 +231,12 @@ class RenderGroup:
         backend = "nccl" if config.use_gpus else "gloo"
         self._all(lambda w: w.setup.remote(address, port, backend=backend, threads=config.threads_per_rank,
                                            timeout_s=config.collective_timeout_s))
-        self._all(lambda w: w.load.remote(config))
+        infos = self._all(lambda w: w.load.remote(config))
+        result_ranks = {info["result_rank"] for info in infos}
+        if len(result_ranks) != 1:
+            self.shutdown()
+            raise RenderGroupFailed(f"render group: ranks disagree on the result rank: {sorted(result_ranks)}")
+        self.result_rank = result_ranks.pop()
         self._all(lambda w: w.warmup.remote())
         self.generation += 1
         log.info("render group %d ready: %d ranks on %s", self.generation, config.world_size, address)
@@ -233,7 +262,7 @@ class RenderGroup:
 
     # -- work ---------------------------------------------------------------------------------
     def render(self, request, output: OutputConfig, *, model_source: str | None = None):
-        """Render and publish ``request`` on every rank; returns rank 0's RenderResult.
+        """Render and publish ``request`` on every rank; returns the result rank's RenderResult.
 
         Raises RenderGroupFailed (and tears the gang down) if a rank dies, RequestFailed if every
         rank rejected the request (the group stays up).
@@ -245,11 +274,13 @@ class RenderGroup:
         driver can queue the next request while the current one renders (the group never idles)."""
         if not self.workers:
             raise RenderGroupFailed("render group is not running (start or rebuild it)")
-        return GroupCall(tuple(getattr(w, method).remote(*args) for w in self.workers), self.generation)
+        return GroupCall(tuple(getattr(w, method).remote(*args) for w in self.workers), self.generation,
+                         self.result_rank)
 
     def wait(self, call: GroupCall, *, timeout_s: float | None = None, fetch: bool = True):
-        """Rank 0's return value of ``call`` (its object ref with ``fetch=False``, e.g. frames to hand to
-        another task without pulling them here); see ``render`` for the errors.
+        """The result rank's return value of ``call`` (its object ref with ``fetch=False``, e.g. frames
+        to hand to another task without pulling them here); see ``render`` for the errors. Waits for
+        every rank's part of the call (a disaggregated group's high-noise stage ends its part first).
 
         The first failure surfaces at once: a dead rank fails the call without waiting for the survivors
         (stuck in a collective with it). If a rank raised, the others get one collective timeout to
@@ -282,7 +313,7 @@ class RenderGroup:
                 self._broken(f"a rank failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", cause)
             permanent = isinstance(cause, (ValueError, FileNotFoundError))  # bad input: a retry cannot help
             raise RequestFailed(f"{type(cause).__name__}: {cause}", cause=cause, permanent=permanent)
-        return ray.get(call.refs[0]) if fetch else call.refs[0]
+        return ray.get(call.leader) if fetch else call.leader
 
     def _broken(self, reason: str, cause: BaseException | None = None):
         self.shutdown()
@@ -291,6 +322,11 @@ class RenderGroup:
     def model_record(self, source: str | None = None) -> dict[str, Any]:
         """The sidecar's model section for clips this group renders (see ``engine.render.model_record``)."""
         return self.wait(self.submit("model_record", source))
+
+    def stage_events(self) -> list[list]:
+        """Each rank's ``StageEvent`` list so far (disaggregated placement; empty lists otherwise).
+        Runs after the calls already queued on the ranks."""
+        return self._all(lambda w: w.stage_events.remote())
 
     def _all(self, call) -> list:
         import ray

@@ -1,6 +1,8 @@
-"""What each rank of a render group runs for one request (SPMD): generate together, rank 0 publishes."""
+"""What each rank of a render group runs for one request (SPMD): generate together, the result rank publishes."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from wan_dist.config import OutputConfig, ParallelConfig
 from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, model_record, publish
@@ -12,16 +14,23 @@ class RankProgram:
     """Binds a loaded pipeline to this rank's place in the group.
 
     One rank: the single-device pipeline. More: ``wan_dist.parallel``'s SPMD generate, with the same
-    signature and results as ``WanPipeline.generate``.
+    signature and results as ``WanPipeline.generate``. ``result_rank``: the rank whose ``generate``
+    returns the WanOutput (and whose ``render`` publishes): rank 0, or for disaggregated placement
+    stage 1's leader. There stage 0's ranks return as soon as stage 1 has taken their hand-off, so
+    the next queued call starts on stage 0 while stage 1 finishes this one.
+    ``handoff_timeout_s``: how long a disaggregated hand-off may wait for the other stage (more than
+    one stage's time per request; see ``DisaggregatedRunner``).
     """
 
-    def __init__(self, pipe, parallel: ParallelConfig, *, rank: int, world_size: int):
+    def __init__(self, pipe, parallel: ParallelConfig, *, rank: int, world_size: int,
+                 handoff_timeout_s: float | None = None):
         if parallel.world_size != world_size:
             raise ValueError(f"parallel: degrees multiply to {parallel.world_size}, the group has {world_size} ranks")
         self.pipe = pipe
         self.rank = rank
         self.world_size = world_size
-        self.generate_fn = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel)
+        self.generate_fn = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel, handoff_timeout_s)
+        self.result_rank: int = getattr(self.generate_fn, "result_rank", 0)
 
     def warmup(self) -> None:
         """One tiny step so first-request costs (allocations, collectives' first use) are paid at start."""
@@ -36,27 +45,41 @@ class RankProgram:
                          seed=0, output_type="latent")
 
     def generate(self, request: RenderRequest):
-        """Every rank runs the request; rank 0 returns the WanOutput (frames, settings, timings), the others None."""
+        """Every rank runs the request; the result rank returns the WanOutput (frames, settings, timings),
+        the others None."""
         counter = getattr(getattr(self.generate_fn, "mesh", None), "counter", None)
         if counter is not None:
             counter.reset()
         out = generate_for(self.pipe, request, generate=self.generate_fn)
-        if counter is not None:  # rank 0's traffic; the layouts are symmetric (see parallel/comm.py)
+        if self.rank != self.result_rank:
+            return None
+        if counter is not None:  # the result rank's traffic; the layouts are symmetric (see parallel/comm.py)
             steps = out.settings.num_inference_steps
             out.timings.update({"comm_bytes": float(counter.total), "comm_bytes_per_step": counter.total / steps,
                                 **{f"comm_bytes.{op}": float(n) for op, n in counter.snapshot().items()}})
-        return out if self.rank == 0 else None
+        return out
 
     def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None
                ) -> RenderResult | None:
-        """Generate, then rank 0 publishes the clip and returns the RenderResult (the others None)."""
+        """Generate, then the result rank publishes the clip and returns the RenderResult (the others None)."""
         out = self.generate(request)
         if out is None:
             return None
         return publish(model_record(self.pipe, model_source), request, out, output)
 
+    def stage_events(self) -> list:
+        """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty)."""
+        runner = getattr(self.generate_fn, "runner", None)
+        return list(runner.events) if runner is not None else []
 
-def _parallel_generate(pipe, parallel: ParallelConfig):
+
+def _parallel_generate(pipe, parallel: ParallelConfig, handoff_timeout_s: float | None):
+    if parallel.placement == "disaggregated":
+        from wan_dist.parallel.stages import make_disaggregated_generate
+
+        # last_stage: stage 0 does not wait for stage 1's result, so queued calls pipeline over the stages
+        timeout = None if handoff_timeout_s is None else timedelta(seconds=handoff_timeout_s)
+        return make_disaggregated_generate(pipe, parallel, results_on="last_stage", handoff_timeout=timeout)
     from wan_dist.parallel.runtime import make_parallel_generate
 
     return make_parallel_generate(pipe, parallel)

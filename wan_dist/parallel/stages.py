@@ -341,11 +341,20 @@ class DisaggregatedRunner:
     :func:`load_stage_expert`; the other entry may be None). With ``release_other_expert`` the other
     entry is set to None, so a pipeline loaded whole still ends up with one expert per rank.
     ``send_depth``: hand-offs stage 0 may have in flight before it waits for stage 1 to take one.
-    ``events``: a :class:`StageEvent` per step this rank ran, in order.
+    ``handoff_timeout``: how long the leaders' hand-off may wait (None: the default group's timeout).
+    A send completes only once stage 1's leader posts its receive, i.e. after stage 1 has finished its
+    previous request (denoise, decode and whatever its caller does before the next call); a receive
+    waits for stage 0's high-noise steps. So it must exceed one stage's time per request. Given, the
+    hand-off runs on its own two-rank group and the default group's timeout can stay short. A stage's
+    other ranks wait as long for their leader in the stage's collectives: with several ranks per
+    stage, ``timeout`` (the stage groups', torch's default when None) must be as long.
+    ``events``: a :class:`StageEvent` per step this rank ran, in order; requests are numbered over
+    every :meth:`run` of this runner (both stages count the same calls).
     """
 
     def __init__(self, pipe, layout: StageLayout, *, timeout: timedelta | None = None,
-                 release_other_expert: bool = True, send_depth: int = 1):
+                 release_other_expert: bool = True, send_depth: int = 1,
+                 handoff_timeout: timedelta | None = None):
         if not pipe.spec.two_experts:
             raise ValueError(f"disaggregated placement: {pipe.spec.name} has one expert; use 'colocated'")
         world = dist.get_world_size() if dist.is_initialized() else 1
@@ -355,6 +364,9 @@ class DisaggregatedRunner:
         self.rank = dist.get_rank()
         self.stage = layout.stage_of(self.rank)
         self.mesh, self.stage_group = _stage_mesh(layout, self.rank, timeout)
+        self.handoff_group = None if handoff_timeout is None else dist.new_group(
+            [layout.leader(0), layout.leader(1)], timeout=handoff_timeout)  # collective: every rank
+        self.next_request = 0
         model = pipe.experts[self.stage]
         if model is None:
             raise ValueError(f"stage {self.stage} (rank {self.rank}): the pipeline holds no expert {self.stage}")
@@ -378,7 +390,8 @@ class DisaggregatedRunner:
         if results_on not in ("all", "last_stage"):
             raise ValueError(f"results_on: 'all' or 'last_stage', got {results_on!r}")
         requests = [_checked(kwargs) for kwargs in requests]
-        results = self._run_high(requests) if self.stage == 0 else self._run_low(requests)
+        first, self.next_request = self.next_request, self.next_request + len(requests)
+        results = self._run_high(requests, first) if self.stage == 0 else self._run_low(requests, first)
         if results_on == "all" and self.layout.world_size > 1:
             box = [results]
             dist.broadcast_object_list(box, src=self.layout.leader(1))
@@ -386,14 +399,15 @@ class DisaggregatedRunner:
         return results
 
     # stage 0 ----------------------------------------------------------------------------------
-    def _run_high(self, requests: list[dict]) -> list[None]:
+    def _run_high(self, requests: list[dict], first: int) -> list[None]:
         pending: list[PendingSend] = []
-        for index, kwargs in enumerate(requests):
+        for index, kwargs in enumerate(requests, start=first):
             handoff = self._high(index, kwargs)
             if self.rank == self.layout.leader(0):
                 while len(pending) >= self.send_depth:
                     pending.pop(0).wait()
-                pending.append(send_handoff(_to_wire(handoff, _wire_device(self.pipe)), self.layout.leader(1)))
+                pending.append(send_handoff(_to_wire(handoff, _wire_device(self.pipe)), self.layout.leader(1),
+                                            group=self.handoff_group))
         for send in pending:
             send.wait()
         return [None] * len(requests)
@@ -432,13 +446,16 @@ class DisaggregatedRunner:
         return int(value.item())
 
     # stage 1 ----------------------------------------------------------------------------------
-    def _run_low(self, requests: list[dict]) -> list:
+    def _run_low(self, requests: list[dict], first: int) -> list:
         results = []
-        for index, kwargs in enumerate(requests):
+        for index, kwargs in enumerate(requests, start=first):
+            # bad input fails here as on stage 0, before any message: not as a hand-off that never comes
+            self._plan(_settings(self.pipe, kwargs, kwargs.get("seed") or 0))
             waited = time.perf_counter()
             device = _wire_device(self.pipe)
             leader = self.rank == self.layout.leader(1)
-            handoff = recv_handoff(self.layout.leader(0), device=device) if leader else None
+            handoff = (recv_handoff(self.layout.leader(0), group=self.handoff_group, device=device) if leader
+                       else None)
             if self.stage_group is not None:
                 handoff = broadcast_handoff(handoff, self.layout.leader(1), self.stage_group, device=device)
             if handoff.request != index:
@@ -528,25 +545,35 @@ def _finish(pipe, settings, latents: torch.Tensor, timings: dict, started: float
 
 def make_disaggregated_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None,
                                 stage_sizes: Sequence[int] | None = None,
-                                stage_parallel: Sequence[ParallelConfig] | None = None):
+                                stage_parallel: Sequence[ParallelConfig] | None = None,
+                                results_on: str = "all", handoff_timeout: timedelta | None = None):
     """``generate(*args, **kwargs)`` with ``pipe.generate``'s signature over a disaggregated group.
 
     Collective to build and to call. Stages from :func:`plan_stages` (default: an even split of the
-    default group). Every rank returns the same WanOutput (broadcast from stage 1's leader).
-    ``generate.runner`` is the :class:`DisaggregatedRunner` (``runner.run(requests)`` for a queue);
-    ``generate.mesh`` this rank's mesh inside its stage.
+    default group). ``results_on="all"``: every rank returns the same WanOutput (broadcast from stage
+    1's leader, so stage 0 waits for stage 1's part). ``"last_stage"``: stage 0's ranks return None as
+    soon as their hand-off is taken, so consecutive calls pipeline (stage 0 renders call i + 1 while
+    stage 1 renders call i); stage 1's ranks return the WanOutput. ``generate.result_rank``: a rank
+    that holds the result (0, or stage 1's leader). ``generate.runner`` is the
+    :class:`DisaggregatedRunner` (``runner.run(requests)`` for a queue); ``generate.mesh`` this rank's
+    mesh inside its stage; ``generate.layout`` the :class:`StageLayout`. ``handoff_timeout``: see
+    :class:`DisaggregatedRunner`.
     """
+    if results_on not in ("all", "last_stage"):
+        raise ValueError(f"results_on: 'all' or 'last_stage', got {results_on!r}")
     world = dist.get_world_size() if dist.is_initialized() else 1
     layout = plan_stages(parallel, world, stage_sizes=stage_sizes, stage_parallel=stage_parallel,
                          num_heads=pipe.spec.dit.num_heads)
-    runner = DisaggregatedRunner(pipe, layout, timeout=timeout)
+    runner = DisaggregatedRunner(pipe, layout, timeout=timeout, handoff_timeout=handoff_timeout)
 
     def generate(*args, **kwargs):
         if len(args) > 2:
             raise TypeError("generate: at most prompt and negative_prompt are positional")
         kwargs.update(zip(("prompt", "negative_prompt"), args))
-        return runner.run([kwargs])[0]
+        return runner.run([kwargs], results_on=results_on)[0]
 
     generate.mesh = runner.mesh
     generate.runner = runner
+    generate.layout = layout
+    generate.result_rank = 0 if results_on == "all" else layout.leader(1)
     return generate
