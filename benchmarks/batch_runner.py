@@ -54,6 +54,8 @@ def _run(cfg: DictConfig) -> dict:
     finally:
         ray.shutdown()
     records = [r for r in read_results(str(out / "clips")).to_pylist() if r["status"] == "completed"]
+    if len(records) != cfg.rows:
+        raise SystemExit(f"only {len(records)} of {cfg.rows} rows completed: see {out / 'clips'}/_results")
     render = sum(r["render_s"] for r in records) / len(records)
     publish = sum(r["publish_s"] for r in records) / len(records)
     per_clip = summary["active_s"] / len(records) * cfg.groups

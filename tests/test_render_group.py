@@ -124,6 +124,21 @@ def test_bad_input_fails_on_both_stages_and_the_disaggregated_group_stays_up(dis
     assert group.wait(group.submit("generate", QUEUED[1])).frames.shape == (1, 9, 48, 80, 3)
 
 
+def test_prefetched_prompts_are_used_by_the_stage_that_encodes_text(disaggregated_group):
+    import ray
+
+    group = disaggregated_group
+    before = [ray.get(w.prompt_cache_stats.remote()) for w in group.workers]
+    request = RenderRequest(prompt="a prefetched lighthouse", seed=4, height=48, width=80, num_frames=9,
+                            sampling=SamplingConfig(num_inference_steps=2))
+    ray.get(group.prefetch(request))
+    assert group.wait(group.submit("generate", request)).frames.shape == (1, 9, 48, 80, 3)
+    after = [ray.get(w.prompt_cache_stats.remote()) for w in group.workers]
+    # stage 0 found prompt and negative prompt encoded already; stage 1 gets contexts in the hand-off
+    assert after[0]["hits"] - before[0]["hits"] == 2 and after[0]["misses"] == before[0]["misses"]
+    assert after[1] == before[1]
+
+
 def test_stage_0_starts_the_next_queued_request_while_stage_1_finishes_one(disaggregated_group):
     group = disaggregated_group
     seen = [len(events) for events in group.stage_events()]

@@ -285,6 +285,7 @@ class BatchRunner:
         slot.first_submit = slot.first_submit or now
         self.progress.rendering_started()
         call = slot.group.submit("generate", task.row.request)
+        slot.group.prefetch(task.row.request)  # its prompts are encoded while the call before it renders
         slot.calls.append((call, task, set(call.refs)))
         for ref in call.refs:
             self._ref_owner[ref] = slot

@@ -143,6 +143,10 @@ class RankWorker:
                                   expert_loader=self._sharded_loader(config, device, dtype))
         self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size,
                                    handoff_timeout_s=config.handoff_timeout_s)
+        if self.pipe.text_encoder is not None:
+            from wan_dist.engine.prompt_cache import PromptCache
+
+            self.pipe.prompt_cache = PromptCache(self.pipe.encode_prompt_uncached, size=8)
         return {"rank": self.rank, "variant": self.pipe.spec.name, "device": device,
                 "result_rank": self.program.result_rank}
 
@@ -177,6 +181,24 @@ class RankWorker:
         """Every rank runs the request; the result rank returns the WanOutput (frames to publish
         elsewhere), the others None."""
         return self.program.generate(request)
+
+    def prefetch_text(self, request) -> None:
+        """Encode ``request``'s prompts into the pipeline's PromptCache. Runs in the "prefetch" concurrency
+        group, beside the render in progress; a failure here only means the render encodes them itself."""
+        cache = self.pipe.prompt_cache
+        if cache is None or not self.program.encodes_text:
+            return
+        from wan_dist.engine.settings import DEFAULT_NEGATIVE_PROMPT
+
+        try:
+            cache.prefetch([request.prompt])
+            cache.prefetch([request.negative_prompt or DEFAULT_NEGATIVE_PROMPT])
+        except Exception:  # noqa: BLE001
+            log.warning("rank %d: prefetching a prompt failed", self.rank, exc_info=True)
+
+    def prompt_cache_stats(self) -> dict[str, int] | None:
+        cache = self.pipe.prompt_cache
+        return None if cache is None else {"hits": cache.hits, "misses": cache.misses}
 
     def stage_events(self) -> list:
         """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty).
@@ -219,7 +241,7 @@ class RenderGroup:
         self.placement_group = placement_group([dict(bundle) for _ in range(config.world_size)],
                                                strategy="STRICT_PACK")
         ray.get(self.placement_group.ready(), timeout=ready_timeout_s)
-        actor = ray.remote(RankWorker)
+        actor = ray.remote(concurrency_groups={"prefetch": 1})(RankWorker)
         env = {"OMP_NUM_THREADS": str(config.threads_per_rank), **config.env}
         self.workers = [
             actor.options(num_cpus=config.cpus_per_rank, num_gpus=1 if config.use_gpus else 0,
@@ -322,6 +344,11 @@ class RenderGroup:
     def model_record(self, source: str | None = None) -> dict[str, Any]:
         """The sidecar's model section for clips this group renders (see ``engine.render.model_record``)."""
         return self.wait(self.submit("model_record", source))
+
+    def prefetch(self, request) -> list:
+        """Encode ``request``'s prompts on every rank beside the render in progress: queue it with the
+        request so text encoding leaves the critical path. Returns the refs (nothing needs to wait on them)."""
+        return [worker.prefetch_text.options(concurrency_group="prefetch").remote(request) for worker in self.workers]
 
     def stage_events(self) -> list[list]:
         """Each rank's ``StageEvent`` list so far (disaggregated placement; empty lists otherwise).

@@ -31,6 +31,8 @@ class RankProgram:
         self.world_size = world_size
         self.generate_fn = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel, handoff_timeout_s)
         self.result_rank: int = getattr(self.generate_fn, "result_rank", 0)
+        runner = getattr(self.generate_fn, "runner", None)  # disaggregated: stage 1 gets contexts in the hand-off
+        self.encodes_text: bool = runner is None or runner.stage == 0
 
     def warmup(self) -> None:
         """One tiny step so first-request costs (allocations, collectives' first use) are paid at start."""
