@@ -1,0 +1,448 @@
+"""The two :class:`~wan_dist.serve.jobs.JobStore` backends; pick one with :func:`~wan_dist.serve.jobs.open_store`.
+
+``SQLiteJobStore`` (default): one table, the job as JSON plus the columns that queries filter on. WAL mode,
+``synchronous=FULL`` (a committed job survives a power cut, not only a crash), one connection per thread
+(and per process: a forked child opens its own), every write a ``BEGIN IMMEDIATE`` transaction, so creates,
+claims and updates are atomic across threads and processes on one machine. ``seq`` is the AUTOINCREMENT
+row id: creation order, never reused after a delete, so cursor paging stays stable.
+
+``ObjectJobStore``: ``{prefix}/jobs/{id}.json`` per job and ``{prefix}/idempotency/{owner}/{sha256(key)}.json``
+per idempotency key, each written with ``write_bytes_atomic`` (readers see the old or the new object, never a
+torn one). Object stores have no transactions: mutations hold a lock shared by every store on the same prefix
+*in this process*, and a claim re-reads its job and compares versions just before writing. Limits: run one
+process that mutates (the dispatcher: claims, leases, deadlines, cancels); other processes may create and read,
+but two processes creating with one idempotency key at the same instant can both succeed. Listing, counting and
+claiming read every job object (O(jobs) requests): fine for thousands of jobs, not millions; prune finished
+jobs with ``delete``. ``seq`` is a microsecond timestamp, strictly increasing within a process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterable
+
+from wan_dist.serve.jobs import (
+    IdempotencyConflict, Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_cancel,
+    apply_claim, apply_deadline, apply_release, apply_renew, apply_update, check_page, claimable, clock,
+    deadline_passed, lease_expired, statuses,
+)
+from wan_dist.storage import ObjectNotFoundError, delete, join, list_prefix, read_bytes, write_bytes_atomic
+
+__all__ = ["ObjectJobStore", "SQLiteJobStore"]
+
+
+def _conflict(existing: Job, key: str) -> IdempotencyConflict:
+    message = f"Idempotency-Key {key!r} was already used with a different body (job {existing.id})"
+    return IdempotencyConflict(message, existing.id)
+
+
+# ---------------------------------------------------------------- SQLite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, model TEXT NOT NULL, kind TEXT NOT NULL,
+    owner TEXT NOT NULL, status TEXT NOT NULL, cancel_requested INTEGER NOT NULL, deadline_at REAL,
+    lease_until REAL, idempotency_key TEXT, version INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(model, status, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+"""
+_COLUMNS = ("id", "model", "kind", "owner", "status", "cancel_requested", "deadline_at", "lease_until",
+            "idempotency_key", "version", "data")
+_SELECT = "SELECT seq, version, data FROM jobs"
+_INSERT = f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_UPDATE = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in _COLUMNS)} WHERE id = ?"
+
+
+def _row_values(job: Job) -> tuple:
+    # seq and version live in their columns; the JSON keeps everything else.
+    data = {key: value for key, value in job.to_dict().items() if key not in ("seq", "version")}
+    return (job.id, job.model, job.kind, job.owner, job.status, int(job.cancel_requested), job.deadline_at,
+            job.lease_until, job.idempotency_key, job.version, json.dumps(data, separators=(",", ":")))
+
+
+def _from_row(row) -> Job:
+    seq, version, data = row
+    return Job.from_dict({**json.loads(data), "seq": seq, "version": version})
+
+
+class SQLiteJobStore(JobStore):
+    """Jobs in an SQLite file (see the module docstring). ``busy_timeout_s``: how long a writer waits for another."""
+
+    def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 30.0, synchronous: str = "FULL"):
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._busy_timeout_s = busy_timeout_s
+        self._synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening pid, connection)
+        self._guard = threading.Lock()
+        self._closed = False
+        self._connection().execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
+        with self._transaction() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"SQLiteJobStore({self.path!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise JobStoreError(f"{self!r} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._guard:
+                self._connections.append((os.getpid(), conn))
+        return conn
+
+    @contextmanager
+    def _transaction(self):
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no read-then-upgrade deadlocks
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _write_row(conn: sqlite3.Connection, job: Job) -> None:
+        conn.execute(_UPDATE, (*_row_values(job), job.id))
+
+    def _fetch(self, conn: sqlite3.Connection, job_id: str) -> Job:
+        row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}", job_id)
+        return _from_row(row)
+
+    def _mutate(self, job_id: str, change) -> Job:
+        with self._transaction() as conn:
+            job = self._fetch(conn, job_id)
+            changed = change(job)
+            if changed is not job:
+                self._write_row(conn, changed)
+            return changed
+
+    def _mutate_where(self, where: str, params: tuple, change) -> list[Job]:
+        with self._transaction() as conn:
+            changed = [change(_from_row(row)) for row in conn.execute(f"{_SELECT} WHERE {where} ORDER BY seq", params)]
+            for job in changed:
+                self._write_row(conn, job)
+            return changed
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        with self._transaction() as conn:
+            if job.idempotency_key is not None:
+                row = conn.execute(f"{_SELECT} WHERE owner = ? AND idempotency_key = ?",
+                                   (job.owner, job.idempotency_key)).fetchone()
+                if row is not None:
+                    existing = _from_row(row)
+                    if existing.body_hash != job.body_hash:
+                        raise _conflict(existing, job.idempotency_key)
+                    return existing, False
+            stored = dataclasses.replace(job, version=1, seq=0)
+            try:
+                cursor = conn.execute(_INSERT, _row_values(stored))
+            except sqlite3.IntegrityError as error:
+                raise JobExists(f"job {job.id!r} already exists", job.id) from error
+            return dataclasses.replace(stored, seq=cursor.lastrowid), True
+
+    def get(self, job_id: str) -> Job:
+        return self._fetch(self._connection(), job_id)
+
+    @staticmethod
+    def _filters(*, owner=None, model=None, kind=None, status=None) -> tuple[list[str], list]:
+        where, params = [], []
+        for name, value in (("owner", owner), ("model", model), ("kind", kind)):
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        wanted = statuses(status)
+        if wanted is not None:
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            params.extend(wanted)
+        return where, params
+
+    def list(self, *, owner=None, model=None, kind=None, status=None, limit=20, after=None, order="desc"):
+        check_page(limit, order)
+        conn = self._connection()
+        where, params = self._filters(owner=owner, model=model, kind=kind, status=status)
+        if after is not None:
+            row = conn.execute("SELECT seq, owner FROM jobs WHERE id = ?", (after,)).fetchone()
+            if row is None or (owner is not None and row[1] != owner):
+                raise JobNotFound(f"no job {after!r} to page after", after)
+            where.append("seq < ?" if order == "desc" else "seq > ?")
+            params.append(row[0])
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = conn.execute(f"{_SELECT}{clause} ORDER BY seq {order.upper()} LIMIT ?", (*params, limit + 1)).fetchall()
+        return [_from_row(row) for row in rows[:limit]], len(rows) > limit
+
+    def update(self, job_id: str, *, expected_version: int | None = None, **fields) -> Job:
+        now = time.time()
+        return self._mutate(job_id, lambda job: apply_update(job, fields, expected_version=expected_version, now=now))
+
+    def claim(self, model: str, *, worker: str, lease_s: float, now: float | None = None) -> Job | None:
+        now = clock(now)
+        with self._transaction() as conn:
+            row = conn.execute(f"{_SELECT} WHERE model = ? AND status = ? AND cancel_requested = 0 "
+                               "AND (deadline_at IS NULL OR deadline_at > ?) ORDER BY seq LIMIT 1",
+                               (model, JobStatus.QUEUED, now)).fetchone()
+            if row is None:
+                return None
+            job = apply_claim(_from_row(row), worker, lease_s, now)
+            self._write_row(conn, job)
+            return job
+
+    def renew(self, job_id: str, worker: str, lease_s: float, *, now: float | None = None) -> Job:
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_renew(job, worker, lease_s, now))
+
+    def release_expired(self, now: float | None = None) -> list[Job]:
+        now = clock(now)
+        return self._mutate_where("status = ? AND lease_until <= ?", (JobStatus.IN_PROGRESS, now),
+                                  lambda job: apply_release(job, now))
+
+    def queue_position(self, job_id: str) -> int | None:
+        row = self._connection().execute(
+            "SELECT j.status, (SELECT COUNT(*) FROM jobs q WHERE q.model = j.model AND q.status = ? AND q.seq < j.seq) "
+            "FROM jobs j WHERE j.id = ?", (JobStatus.QUEUED, job_id)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}", job_id)
+        return row[1] if row[0] == JobStatus.QUEUED else None
+
+    def count(self, *, model=None, status=None, owner=None) -> int:
+        where, params = self._filters(owner=owner, model=model, status=status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self._connection().execute(f"SELECT COUNT(*) FROM jobs{clause}", params).fetchone()[0]
+
+    def request_cancel(self, job_id: str, *, now: float | None = None) -> Job:
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_cancel(job, now))
+
+    def expire_deadlines(self, now: float | None = None) -> list[Job]:
+        now = clock(now)
+        return self._mutate_where("status IN (?, ?) AND deadline_at <= ?",
+                                  (JobStatus.QUEUED, JobStatus.IN_PROGRESS, now), lambda job: apply_deadline(job, now))
+
+    def delete(self, job_id: str) -> Job:
+        with self._transaction() as conn:
+            job = self._fetch(conn, job_id)
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return job
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for pid, conn in connections:
+            if pid == os.getpid():  # a forked child must not close (and checkpoint through) its parent's connections
+                conn.close()
+
+
+# ---------------------------------------------------------------- object storage
+
+_PREFIX_LOCKS: dict[str, threading.RLock] = {}
+_PREFIX_LOCKS_GUARD = threading.Lock()
+_SEQ_GUARD = threading.Lock()
+_last_seq = 0
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _prefix_lock(uri: str) -> threading.RLock:
+    with _PREFIX_LOCKS_GUARD:
+        return _PREFIX_LOCKS.setdefault(uri.rstrip("/"), threading.RLock())
+
+
+def _next_seq() -> int:
+    global _last_seq
+    with _SEQ_GUARD:
+        _last_seq = max(time.time_ns() // 1000, _last_seq + 1)
+        return _last_seq
+
+
+def _segment(owner: str) -> str:
+    # Owners are key ids (hex) in practice; anything else is hashed so it cannot shape the key path.
+    return owner if _SAFE_SEGMENT.fullmatch(owner) else "h-" + hashlib.sha256(owner.encode()).hexdigest()
+
+
+class ObjectJobStore(JobStore):
+    """Jobs as JSON objects under an fsspec prefix (see the module docstring for the one-mutator limit)."""
+
+    def __init__(self, uri: str, *, storage_options: dict | None = None):
+        self.uri = uri
+        self._options = storage_options
+        self._lock = _prefix_lock(uri)
+
+    def __repr__(self) -> str:
+        return f"ObjectJobStore({self.uri!r})"
+
+    def _job_uri(self, job_id: str) -> str:
+        if not _SAFE_SEGMENT.fullmatch(job_id):
+            raise JobNotFound(f"no job {job_id!r}", job_id)
+        return join(self.uri, "jobs", f"{job_id}.json")
+
+    def _index_uri(self, owner: str, key: str) -> str:
+        return join(self.uri, "idempotency", _segment(owner), hashlib.sha256(key.encode()).hexdigest() + ".json")
+
+    def _read(self, job_id: str) -> Job:
+        try:
+            return Job.from_json(read_bytes(self._job_uri(job_id), storage_options=self._options))
+        except ObjectNotFoundError as error:
+            raise JobNotFound(f"no job {job_id!r}", job_id) from error
+
+    def _write(self, job: Job) -> None:
+        write_bytes_atomic(self._job_uri(job.id), job.to_json().encode(), content_type="application/json",
+                           storage_options=self._options)
+
+    def _all(self) -> list[Job]:
+        jobs = []
+        for uri in list_prefix(join(self.uri, "jobs"), storage_options=self._options):
+            if not uri.endswith(".json"):
+                continue
+            try:
+                jobs.append(Job.from_json(read_bytes(uri, storage_options=self._options)))
+            except ObjectNotFoundError:  # deleted between the listing and the read
+                continue
+        return sorted(jobs, key=lambda job: (job.seq, job.id))
+
+    def _mutate(self, job_id: str, change) -> Job:
+        with self._lock:
+            job = self._read(job_id)
+            changed = change(job)
+            if changed is not job:
+                self._write(changed)
+            return changed
+
+    def _mutate_matching(self, predicate, change) -> list[Job]:
+        with self._lock:
+            changed = [change(job) for job in self._all() if predicate(job)]
+            for job in changed:
+                self._write(job)
+            return changed
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        with self._lock:
+            key = job.idempotency_key
+            if key is not None:
+                try:
+                    entry = json.loads(read_bytes(self._index_uri(job.owner, key), storage_options=self._options))
+                    existing = self._read(entry["job_id"])
+                except (ObjectNotFoundError, JobNotFound):
+                    existing = None  # no entry, or one left by a create that died before writing its job
+                if existing is not None:
+                    if existing.body_hash != job.body_hash:
+                        raise _conflict(existing, key)
+                    return existing, False
+            try:
+                self._read(job.id)
+                raise JobExists(f"job {job.id!r} already exists", job.id)
+            except JobNotFound:
+                pass
+            stored = dataclasses.replace(job, seq=_next_seq(), version=1)
+            if key is not None:  # index first: a crash in between leaves a dangling entry, never a duplicate job
+                entry = {"job_id": stored.id, "body_hash": stored.body_hash, "created_at": stored.created_at}
+                write_bytes_atomic(self._index_uri(job.owner, key), json.dumps(entry).encode(),
+                                   content_type="application/json", storage_options=self._options)
+            self._write(stored)
+            return stored, True
+
+    def get(self, job_id: str) -> Job:
+        return self._read(job_id)
+
+    @staticmethod
+    def _matching(jobs: Iterable[Job], *, owner=None, model=None, kind=None, status=None) -> list[Job]:
+        wanted = statuses(status)
+        return [job for job in jobs
+                if (owner is None or job.owner == owner) and (model is None or job.model == model)
+                and (kind is None or job.kind == kind) and (wanted is None or job.status in wanted)]
+
+    def list(self, *, owner=None, model=None, kind=None, status=None, limit=20, after=None, order="desc"):
+        check_page(limit, order)
+        jobs = self._all()
+        if after is not None:
+            anchor = next((job for job in jobs if job.id == after), None)
+            if anchor is None or (owner is not None and anchor.owner != owner):
+                raise JobNotFound(f"no job {after!r} to page after", after)
+            mark = (anchor.seq, anchor.id)
+            jobs = [job for job in jobs if ((job.seq, job.id) < mark if order == "desc" else (job.seq, job.id) > mark)]
+        jobs = self._matching(jobs, owner=owner, model=model, kind=kind, status=status)
+        if order == "desc":
+            jobs.reverse()
+        return jobs[:limit], len(jobs) > limit
+
+    def update(self, job_id: str, *, expected_version: int | None = None, **fields) -> Job:
+        now = time.time()
+        return self._mutate(job_id, lambda job: apply_update(job, fields, expected_version=expected_version, now=now))
+
+    def claim(self, model: str, *, worker: str, lease_s: float, now: float | None = None) -> Job | None:
+        now = clock(now)
+        with self._lock:
+            for candidate in self._all():
+                if not claimable(candidate, model, now):
+                    continue
+                try:
+                    fresh = self._read(candidate.id)  # compare versions: skip a job changed since the listing
+                except JobNotFound:
+                    continue
+                if fresh.version == candidate.version:
+                    job = apply_claim(fresh, worker, lease_s, now)
+                    self._write(job)
+                    return job
+            return None
+
+    def renew(self, job_id: str, worker: str, lease_s: float, *, now: float | None = None) -> Job:
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_renew(job, worker, lease_s, now))
+
+    def release_expired(self, now: float | None = None) -> list[Job]:
+        now = clock(now)
+        return self._mutate_matching(lambda job: lease_expired(job, now), lambda job: apply_release(job, now))
+
+    def queue_position(self, job_id: str) -> int | None:
+        job = self._read(job_id)
+        if job.status != JobStatus.QUEUED:
+            return None
+        mark = (job.seq, job.id)
+        return sum(1 for other in self._all()
+                   if other.model == job.model and other.status == JobStatus.QUEUED and (other.seq, other.id) < mark)
+
+    def count(self, *, model=None, status=None, owner=None) -> int:
+        return len(self._matching(self._all(), owner=owner, model=model, status=status))
+
+    def request_cancel(self, job_id: str, *, now: float | None = None) -> Job:
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_cancel(job, now))
+
+    def expire_deadlines(self, now: float | None = None) -> list[Job]:
+        now = clock(now)
+        return self._mutate_matching(lambda job: deadline_passed(job, now), lambda job: apply_deadline(job, now))
+
+    def delete(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._read(job_id)
+            delete(self._job_uri(job_id), storage_options=self._options)
+            if job.idempotency_key is not None:
+                index = self._index_uri(job.owner, job.idempotency_key)
+                try:
+                    if json.loads(read_bytes(index, storage_options=self._options)).get("job_id") == job_id:
+                        delete(index, storage_options=self._options)
+                except ObjectNotFoundError:
+                    pass
+            return job
