@@ -1,0 +1,399 @@
+"""Request and response shapes of the HTTP API: validation into a ``RenderRequest``, OpenAI objects, errors.
+
+The app parses the body (JSON, or a form through ``serve.forms``), stores an uploaded image, then calls
+:func:`validate_job_request` (``POST /v1/models/{model}/jobs``) or :func:`validate_video_request`
+(``POST /v1/videos``). Refusals are :class:`RequestError`; :func:`error_body` gives OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``, ``param`` naming the field (``metadata.foo``):
+
+- 400 ``invalid_body``: the body is not an object at all (no field to name).
+- 404 ``model_not_found``: unknown model, or one this server does not run (OpenAI answers 404 here too).
+- 422 for a missing (``missing_required_parameter``), unknown (``unknown_parameter``) or invalid
+  (``invalid_value``, ``unsupported_size``, ``image_too_large``) field, on both front doors (FastAPI's
+  own validation errors are 422 too: one code for bad fields in the OpenAPI schema).
+
+Rules beyond ``resolve_settings`` (4k+1 frames, size multiples, experts, i2v needs an image):
+
+- Size: ``size`` ("1280x720"), or ``width`` + ``height``, or ``resolution`` ("480p"/"720p") +
+  ``aspect_ratio`` ("16:9"/"9:16"/"1:1"), which pick the variant's supported size within 10% of the short
+  side and 5% of the aspect (a missing one: the default size's). A size outside the variant's
+  ``defaults.sizes`` is refused (``strict_sizes=False``: any multiple). No size on i2v: the image decides.
+- Length: ``num_frames``, or ``seconds`` (alias ``duration``) through the manifest's ``frames_for_duration``
+  at ``fps`` (default: the variant's); at most :data:`MAX_NUM_FRAMES` frames.
+- ``seed`` absent: drawn now and written into the request, so a retried job renders the same clip; the
+  ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
+- ``image``: an http(s)/s3 URL or a ``data:image/...;base64`` URI up to :data:`MAX_IMAGE_BYTES`; never a
+  local path from a client (the app passes its stored upload as ``uploaded_image``). SSRF is ``serve.urls``'.
+
+:func:`video_object` and :func:`job_view` read job dicts shaped like ``serve.jobs.Job.to_dict()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import math
+import re
+import secrets
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wan_dist.batch.manifest import frames_for_duration
+from wan_dist.config import SamplingConfig
+from wan_dist.engine.render import RenderRequest
+from wan_dist.engine.settings import resolve_settings
+from wan_dist.models.presets import PRESETS, VariantSpec
+
+__all__ = ["MODEL_NAMES", "MAX_NUM_FRAMES", "MAX_IMAGE_BYTES", "RequestError", "error_body", "resolve_model",
+           "public_model_name", "JobCreate", "VideoCreate", "ValidatedRequest", "validate_job_request",
+           "validate_video_request", "render_request", "size_for_resolution", "video_object", "job_view"]
+
+_PREFIX = "wan2.2-"
+_RELEASED = ("t2v-a14b", "i2v-a14b", "ti2v-5b")
+MODEL_NAMES: dict[str, str] = {**{_PREFIX + name: name for name in _RELEASED}, **{name: name for name in PRESETS}}
+"""Public model name (body ``model`` or path segment) -> variant (preset) name."""
+MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_PROMPT_CHARS = 10_000
+METADATA_MAX_KEYS, METADATA_MAX_KEY_CHARS, METADATA_MAX_VALUE_CHARS = 16, 64, 512  # OpenAI's metadata limits
+_RESOLUTIONS, _ASPECTS = {"480p": 480, "720p": 720}, {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0}
+_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
+_URL = re.compile(r"(https?|s3)://[^/\s?#]+\S*", re.IGNORECASE)
+_DATA_URI = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.DOTALL)
+_SIZES = {name: ", ".join(f"{w}x{h}" for w, h in spec.defaults.sizes) for name, spec in PRESETS.items()}
+
+
+class RequestError(Exception):
+    """A request the API refuses: HTTP ``status``, a ``message`` safe to show, the field in ``param``."""
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+
+def error_body(err: RequestError) -> dict:
+    """The OpenAI error shape of ``err``."""
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def _invalid(param: str, reason: str, code: str = "invalid_value") -> RequestError:
+    return RequestError(422, f"{param}: {reason}", param=param, code=code)
+
+
+def resolve_model(name: Any, served: Iterable[str]) -> str:
+    """The variant behind public model ``name`` (``wan2.2-t2v-a14b``, ``t2v-a14b``, ``tiny``); 404 if not run here."""
+    served = sorted(set(served))
+    variant = MODEL_NAMES.get(name) if isinstance(name, str) else None
+    runs = ", ".join(public_model_name(v) for v in served) or "none"
+    if variant is None or variant not in served:
+        reason = "unknown model" if variant is None else "not served here:"
+        raise RequestError(404, f"model: {reason} {name!r}; this server runs: {runs}", param="model",
+                           code="model_not_found")
+    return variant
+
+
+def public_model_name(variant: str) -> str:
+    """``t2v-a14b`` -> ``wan2.2-t2v-a14b``; other presets keep their own name."""
+    return _PREFIX + variant if variant in _RELEASED else variant
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/models/{model}/jobs`` (unknown fields are refused)."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    image: str | None = None
+    size: str | None = None
+    width: Annotated[int, Field(ge=1)] | None = None
+    height: Annotated[int, Field(ge=1)] | None = None
+    resolution: Literal["480p", "720p"] | None = None
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None
+    num_frames: Annotated[int, Field(ge=1, le=MAX_NUM_FRAMES)] | None = None
+    seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    duration: Annotated[float, Field(gt=0, le=3600)] | None = None  # alias of seconds
+    fps: Annotated[int, Field(ge=1, le=120)] | None = None
+    num_inference_steps: Annotated[int, Field(ge=1, le=200)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0)] | None = None
+    guidance_scale_2: Annotated[float, Field(ge=0)] | None = None
+    boundary_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+    shift: Annotated[float, Field(gt=0)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    solver: Literal["unipc", "dpm++", "euler"] | None = None
+    schedule: Literal["reference", "diffusers"] | None = None
+    webhook_url: Annotated[str, Field(max_length=2048)] | None = None
+    metadata: dict[str, Any] | None = None
+    progress_webhooks: bool = False
+    deadline_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+
+
+class VideoCreate(JobCreate):
+    """Body of ``POST /v1/videos``: OpenAI's fields, with every Wan field of :class:`JobCreate` riding along.
+
+    Other unknown fields are refused like on the model endpoints: a misspelt Wan field must not be ignored."""
+    model: str | None = None
+    input_reference: str | dict[str, str] | None = None  # a URL, or OpenAI's {"image_url": ...}
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidatedRequest:
+    """A create request that passed validation: what to render and what to do around it."""
+    variant: str
+    request: RenderRequest
+    settings: dict  # resolved settings (RenderSettings.to_dict() without checkpoint_id, plus fps)
+    seconds: str  # clip length, (num_frames - 1) / fps, as the videos API spells it
+    size: str | None  # "1280x720"; None when an i2v image's aspect decides at render time
+    webhook_url: str | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    progress_webhooks: bool = False
+    deadline_s: float | None = None
+
+    def record(self) -> dict:
+        """Plain data for the job record (``job["request"]``): what the videos API shows (prompt, seconds,
+        size) and, under ``render``, the whole RenderRequest (:func:`render_request` rebuilds it)."""
+        render = dataclasses.asdict(self.request)
+        return {"prompt": self.request.prompt, "seconds": self.seconds, "size": self.size, "render": render}
+
+
+def render_request(record: dict) -> RenderRequest:
+    """The RenderRequest of a job record's ``request`` (from :meth:`ValidatedRequest.record`)."""
+    render = dict(record["render"])
+    return RenderRequest(**{**render, "sampling": SamplingConfig(**render["sampling"])})
+
+
+def _parse(model: type[BaseModel], body: Any) -> Any:
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be an object of fields", code="invalid_body")
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        problems = error.errors(include_url=False)
+        params = [_loc(p["loc"]) for p in problems]
+        code = {"extra_forbidden": "unknown_parameter", "missing": "missing_required_parameter"}.get(
+            problems[0]["type"], "invalid_value")
+        message = "; ".join(f"{param}: {p['msg']}" for param, p in zip(params, problems))
+        raise RequestError(422, message, param=params[0], code=code) from None
+
+
+def _loc(loc: tuple) -> str:
+    """A pydantic location as a field path: ``("metadata", "foo")`` -> ``metadata.foo``, indices as ``[0]``."""
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc if p not in ("str", "dict[str,str]"))
+    return path.lstrip(".") or "body"
+
+
+def _check_metadata(metadata: dict | None) -> dict:
+    metadata = metadata or {}
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise _invalid("metadata", f"at most {METADATA_MAX_KEYS} keys, got {len(metadata)}")
+    for key, value in metadata.items():
+        if len(key) > METADATA_MAX_KEY_CHARS:
+            raise _invalid("metadata", f"keys are at most {METADATA_MAX_KEY_CHARS} characters, got {key[:80]!r}")
+        if not isinstance(value, str | int | float | bool) or (isinstance(value, float) and not math.isfinite(value)):
+            raise _invalid(f"metadata.{key}", f"must be a string, number or boolean, got {type(value).__name__}")
+        if isinstance(value, str) and len(value) > METADATA_MAX_VALUE_CHARS:
+            raise _invalid(f"metadata.{key}", f"at most {METADATA_MAX_VALUE_CHARS} characters, got {len(value)}")
+    return dict(metadata)
+
+
+def _check_image(value: str | None, param: str) -> str | None:
+    match = None if value is None else _DATA_URI.fullmatch(value)
+    if match and len(match.group(1)) * 3 // 4 > MAX_IMAGE_BYTES:
+        raise _invalid(param, f"the image is larger than {MAX_IMAGE_BYTES} bytes", "image_too_large")
+    try:
+        if match:
+            base64.b64decode(match.group(1), validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid(param, "the data URI is not valid base64") from None
+    if value is not None and not match and not _URL.fullmatch(value):
+        raise _invalid(param, "must be an http(s) or s3 URL or a data:image/...;base64 URI")
+    return value
+
+
+def size_for_resolution(spec: VariantSpec, resolution: str | None, aspect_ratio: str | None) -> tuple[int, int]:
+    """(width, height): the variant's supported size nearest ``resolution`` + ``aspect_ratio`` (see module doc)."""
+    d = spec.defaults
+    short = _RESOLUTIONS[resolution] if resolution else min(d.width, d.height)
+    ratio = _ASPECTS[aspect_ratio] if aspect_ratio else d.width / d.height
+    off = {(w, h): (abs(math.log(w / h / ratio)), abs(math.log(min(w, h) / short))) for w, h in d.sizes}
+    candidates = [(sum(o), size) for size, o in off.items() if o[0] < 0.05 and o[1] < 0.1]
+    if not candidates:
+        param = "resolution" if resolution else "aspect_ratio"
+        asked = " ".join(x for x in (resolution, aspect_ratio) if x)
+        raise _invalid(param, f"{spec.name} has no {asked} size; supported sizes: {_SIZES[spec.name]}")
+    return min(candidates)[1]
+
+
+def _size(job: JobCreate, spec: VariantSpec, strict: bool) -> tuple[int | None, int | None, str | None]:
+    """(width, height, the param that chose them: None for width/height); None, None: default / image aspect."""
+    by_size, by_dims = job.size is not None, job.width is not None or job.height is not None
+    by_resolution = job.resolution is not None or job.aspect_ratio is not None
+    if by_size and by_dims:
+        raise _invalid("size", "give size or width and height, not both")
+    if by_resolution and (by_size or by_dims):
+        raise _invalid("resolution" if job.resolution else "aspect_ratio",
+                       "give size (or width and height) or resolution and aspect_ratio, not both")
+    if by_resolution:
+        return (*size_for_resolution(spec, job.resolution, job.aspect_ratio),
+                "resolution" if job.resolution else "aspect_ratio")
+    if by_size:
+        match = _SIZE.fullmatch(job.size)
+        if not match:
+            raise _invalid("size", f"must be WIDTHxHEIGHT like 1280x720, got {job.size!r}")
+        width, height, param = int(match.group(1)), int(match.group(2)), "size"
+    elif by_dims:
+        if job.width is None or job.height is None:
+            raise _invalid("height" if job.height is None else "width", "give width and height together")
+        width, height, param = job.width, job.height, None
+    else:
+        return None, None, "size"
+    if strict and (width, height) not in spec.defaults.sizes:
+        raise _invalid(param or "width", f"{width}x{height} is not a supported size for {spec.name}; "
+                              f"supported sizes: {_SIZES[spec.name]}", "unsupported_size")
+    if not strict and max(width, height) > 4096:
+        raise _invalid(param or "width", f"at most 4096 pixels a side, got {width}x{height}")
+    return width, height, param
+
+
+def _frames(job: JobCreate, spec: VariantSpec, fps: int) -> tuple[int | None, str]:
+    given = [name for name in ("num_frames", "seconds", "duration") if getattr(job, name) is not None]
+    if len(given) > 1:
+        raise _invalid(given[1], f"give one of num_frames, seconds or duration, not {' and '.join(given)}")
+    if not given or given[0] == "num_frames":
+        return job.num_frames, "num_frames"
+    frames = frames_for_duration(getattr(job, given[0]), fps, spec.vae.temporal_stride)
+    if frames > MAX_NUM_FRAMES:
+        raise _invalid(given[0], f"at most {(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps ({MAX_NUM_FRAMES} frames)")
+    return frames, given[0]
+
+
+def _build(job: JobCreate, spec: VariantSpec, *, layout: str, image: str | None, image_param: str,
+           default_seed: int | None, name: str | None, strict_sizes: bool) -> ValidatedRequest:
+    if job.prompt.strip() == "":
+        raise _invalid("prompt", "must not be blank")
+    if spec.task == "t2v" and image is not None:
+        raise _invalid(image_param, f"the t2v variant {spec.name} takes no input image")
+    if job.webhook_url is not None and not re.fullmatch(r"https?://[^/\s?#]+\S*", job.webhook_url, re.I):
+        raise _invalid("webhook_url", "must be an http(s) URL")
+    metadata = _check_metadata(job.metadata)
+    width, height, size_param = _size(job, spec, strict_sizes)
+    fps = job.fps or spec.defaults.fps
+    num_frames, frames_param = _frames(job, spec, fps)
+    seed = job.seed if job.seed is not None else secrets.randbelow(2**53) if default_seed is None else default_seed
+    params = {"num_frames": frames_param, "image": image_param, **dict.fromkeys(("height", "width"), size_param)}
+    try:
+        s = resolve_settings(
+            spec, layout=layout, prompt=job.prompt, negative_prompt=job.negative_prompt, prompt_embeds=None,
+            height=height, width=width, num_frames=num_frames, num_inference_steps=job.num_inference_steps,
+            guidance_scale=job.guidance_scale, guidance_scale_2=job.guidance_scale_2,
+            boundary_ratio=job.boundary_ratio, shift=job.shift, seed=seed, solver=job.solver,
+            schedule=job.schedule, output_type="np", has_image=image is not None, checkpoint_id="http")
+    except ValueError as error:
+        column, _, reason = str(error).partition(": ")
+        raise _invalid(params.get(column) or column, reason) from None
+    by_image = spec.task == "i2v" and width is None
+    sampling = SamplingConfig(**{k: getattr(s, k) for k in (
+        "solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2", "boundary_ratio")})
+    request = RenderRequest(
+        prompt=job.prompt, negative_prompt=job.negative_prompt, image=image,
+        height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
+        fps=fps, seed=s.seed, sampling=sampling, name=name, metadata=metadata)
+    settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
+    del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
+    return ValidatedRequest(
+        variant=spec.name, request=request, settings=settings, seconds=f"{(s.num_frames - 1) / fps:g}",
+        size=None if by_image else f"{s.width}x{s.height}", webhook_url=job.webhook_url, metadata=metadata,
+        progress_webhooks=job.progress_webhooks, deadline_s=job.deadline_s)
+
+
+def _one_image(sources: list[tuple[str, str | None]]) -> tuple[str | None, str]:
+    given = [(param, value) for param, value in sources if value is not None] or [(sources[0][0], None)]
+    if len(given) > 1:
+        raise _invalid(given[1][0], f"give one image, got {' and '.join(p for p, _ in given)}")
+    return given[0][1], given[0][0]
+
+
+def validate_job_request(body: Any, *, variant: str, layout: str = "diffusers", uploaded_image: str | None = None,
+                         default_seed: int | None = None, name: str | None = None,
+                         strict_sizes: bool = True) -> ValidatedRequest:
+    """Validate the body of ``POST /v1/models/{model}/jobs`` for ``variant`` (from :func:`resolve_model`).
+    ``uploaded_image``: where the app stored an uploaded ``image`` (trusted, may be a local path);
+    ``default_seed``: the seed when the body has none (else random); ``name``: the clip folder."""
+    job = _parse(JobCreate, body)
+    image, image_param = _one_image([("image", _check_image(job.image, "image")), ("image", uploaded_image)])
+    return _build(job, PRESETS[variant], layout=layout, image=image, image_param=image_param,
+                  default_seed=default_seed, name=name, strict_sizes=strict_sizes)
+
+
+def validate_video_request(body: Any, *, served: Iterable[str], default_model: str | None = None,
+                           layout: str = "diffusers", uploaded_image: str | None = None,
+                           default_seed: int | None = None, name: str | None = None,
+                           strict_sizes: bool = True) -> ValidatedRequest:
+    """Validate the body of ``POST /v1/videos`` (after ``parse_form``/``coerce_scalars`` for forms).
+    ``model`` absent: ``default_model``, or the one model when the server runs one. ``input_reference``:
+    a URL / data URI or ``{"image_url": ...}``; an uploaded file arrives as ``uploaded_image``."""
+    video = _parse(VideoCreate, body)
+    served = list(served)
+    model = video.model or default_model or (public_model_name(served[0]) if len(served) == 1 else None)
+    if model is None:
+        raise _invalid("model", f"required: this server runs {', '.join(map(public_model_name, served))}",
+                       "missing_required_parameter")
+    variant = resolve_model(model, served)
+    reference = video.input_reference
+    if isinstance(reference, dict):
+        for key in sorted(set(reference) - {"image_url"}):
+            raise _invalid(f"input_reference.{key}", "not supported: give image_url or upload a file",
+                           "unknown_parameter" if key != "file_id" else "invalid_value")
+        reference = reference.get("image_url")
+    image, image_param = _one_image([
+        ("input_reference", _check_image(reference, "input_reference")),
+        ("image", _check_image(video.image, "image")), ("input_reference", uploaded_image)])
+    return _build(video, PRESETS[variant], layout=layout, image=image, image_param=image_param,
+                  default_seed=default_seed, name=name, strict_sizes=strict_sizes)
+
+
+_VIDEO_STATUS = {"queued": "queued", "in_progress": "in_progress", "completed": "completed", "failed": "failed",
+                 "cancelled": "failed"}  # the SDK's Video.status Literal has no "cancelled"
+
+
+def _percent(job: dict) -> int:
+    return 100 if job["status"] == "completed" else max(0, min(100, int(job.get("progress") or 0)))
+
+
+def _error(job: dict) -> dict | None:
+    error, status = job.get("error") or {}, job["status"]
+    if status == "cancelled":
+        return {"code": "cancelled", "message": error.get("message") or "the job was cancelled"}
+    if error or status == "failed":
+        return {"code": str(error.get("code") or "failed"), "message": str(error.get("message") or "the job failed")}
+    return None
+
+
+def video_object(job: dict) -> dict:
+    """The OpenAI Video object of ``job``; ``cancelled`` is ``failed`` with error code ``cancelled``."""
+    if job["status"] not in _VIDEO_STATUS:
+        raise ValueError(f"status: unknown job status {job['status']!r}")
+    request, stamp = job.get("request") or {}, (lambda key: None if job.get(key) is None else int(job[key]))
+    return {"id": job["id"], "object": "video", "model": public_model_name(job.get("model") or ""),
+            "status": _VIDEO_STATUS[job["status"]], "progress": _percent(job),
+            "created_at": int(job["created_at"]), "completed_at": stamp("completed_at"),
+            "expires_at": stamp("expires_at"), "prompt": request.get("prompt"),
+            "seconds": str(request.get("seconds") or ""),
+            "size": str(request.get("size") or "auto"),  # auto: an i2v size the image decides, not rendered yet
+            "remixed_from_video_id": None, "error": _error(job)}
+
+
+def job_view(job: dict, *, queue_position: int | None) -> dict:
+    """The body of ``GET /v1/jobs/{id}``: status, queue position (queued jobs only), progress in percent,
+    times, timings, result URLs, error, webhook delivery state and metadata (never owner, lease or keys)."""
+    status, request = job["status"], dict(job.get("request") or {})
+    if str((request.get("render") or {}).get("image") or "").startswith("data:"):  # no megabytes in every poll
+        request["render"] = {**request["render"], "image": "data:(inline image)"}
+    return {"id": job["id"], "object": "job", "model": public_model_name(job.get("model") or ""),
+            "status": status, "queue_position": queue_position if status == "queued" else None,
+            "progress": _percent(job), "created_at": job.get("created_at"), "started_at": job.get("started_at"),
+            "completed_at": job.get("completed_at"), "deadline_at": job.get("deadline_at"),
+            "expires_at": job.get("expires_at"), "request": request, "timings": dict(job.get("timings") or {}),
+            "result": job.get("result"), "error": _error(job),
+            "webhook": job.get("webhook"), "metadata": dict(job.get("metadata") or {})}
