@@ -1,0 +1,331 @@
+"""The FastAPI app of the HTTP API (the Serve ingress), and ``build_app`` for Serve config files.
+
+Every route but ``/healthz``, ``/readyz`` and the OpenAPI schema needs ``Authorization: Bearer <key>``;
+``Wan-Version`` selects the API generation (absent: the current one). A job is persisted before the
+answer; renderers (``wan_dist.serve.renderer``) take it from the store. Errors use OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``; no input produces a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+
+from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
+from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
+from wan_dist.serve.jobs import IdempotencyConflict, JobNotFound, JobStatus, body_hash, open_store
+from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, JobCreate, RequestError, VideoCreate, error_body,
+                                    public_model_name, resolve_model, validate_job_request,
+                                    validate_video_request)
+from wan_dist.serve.service import API_VERSIONS, JobService, Notifier, QueueFull, ServeSettings, settings_from_dict
+from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
+
+__all__ = ["create_app", "ServeState", "build_app"]
+
+log = logging.getLogger("wan_dist.serve")
+_OPEN = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
+
+
+class ServeState:
+    """What one API process holds: store, keys, rules, webhook notifier."""
+
+    def __init__(self, settings: ServeSettings, *, ready: Callable[[], bool] = lambda: True, notify: bool = True):
+        from wan_dist.serve.webhooks import WebhookDispatcher, WebhookSigner, secret_from_env
+
+        self.settings = settings
+        self.store = open_store(settings.store)
+        self.keys = ApiKeys.from_sources(list(settings.api_keys), allow_anonymous=settings.allow_anonymous)
+        self.service = JobService(settings, self.store)
+        self.ready = ready
+        dispatcher = WebhookDispatcher(WebhookSigner(secret_from_env()), allow_private=settings.allow_private_urls,
+                                       max_attempts=settings.webhook_max_attempts,
+                                       base_delay_s=settings.webhook_base_delay_s)
+        self.notifier = Notifier(self.service, dispatcher)
+        if notify:
+            self.notifier.start()
+
+    def close(self) -> None:
+        self.notifier.stop()
+        self.store.close()
+
+
+def _error(err: RequestError, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(err), status_code=err.status, headers=headers)
+
+
+def _request_body_schema(model) -> dict:
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}}}
+
+
+def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | None = None) -> FastAPI:
+    """The API. ``state()`` gives this process's ServeState (created on first use when not given)."""
+    app = FastAPI(title="wan-dist", version=API_VERSIONS[0],
+                  description="Wan 2.2 video generation: async jobs, OpenAI-compatible videos API.")
+    lock = threading.Lock()
+    holder: dict[str, ServeState] = {}
+
+    def get_state() -> ServeState:
+        if state is not None:
+            return state()
+        with lock:
+            if "state" not in holder:
+                holder["state"] = ServeState(settings)
+            return holder["state"]
+
+    app.state.get_state = get_state
+
+    @app.middleware("http")
+    async def gate(request: Request, call_next):
+        version = request.headers.get("wan-version")
+        if version is not None and version not in API_VERSIONS:
+            return _error(RequestError(400, f"Wan-Version {version!r} is not supported; supported: "
+                                            f"{', '.join(API_VERSIONS)}", param="Wan-Version",
+                                       code="unsupported_version"))
+        if request.url.path not in _OPEN:
+            try:
+                s = get_state()
+                request.state.owner = s.keys.authenticate(request.headers.get("authorization"))
+            except AuthError as err:
+                return JSONResponse({"error": {"message": err.message, "type": "authentication_error",
+                                               "param": None, "code": "invalid_api_key"}},
+                                    status_code=err.status, headers={"WWW-Authenticate": "Bearer"})
+        response = await call_next(request)
+        response.headers["Wan-Version"] = API_VERSIONS[0]
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request: Request, err: RequestError):
+        headers = retry_after_headers(err.retry_after_s) if isinstance(err, QueueFull) else None
+        return _error(err, headers)
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(_request: Request, err: JobNotFound):
+        return _error(RequestError(404, f"no job {err.job_id!r}", param="id", code="not_found"))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error(RequestError(422, f"{param}: {first.get('msg')}", param=param, code="invalid_value"))
+
+    # -- health -----------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        ready = await asyncio.to_thread(lambda: get_state().ready())
+        return JSONResponse({"status": "ready" if ready else "loading"}, status_code=200 if ready else 503)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": public_model_name(m), "object": "model", "owned_by": "wan-dist"}
+                                           for m in settings.models]}
+
+    # -- jobs -------------------------------------------------------------------------------
+    @app.post("/v1/models/{model}/jobs", status_code=202, openapi_extra=_request_body_schema(JobCreate))
+    async def create_job(model: str, request: Request):
+        s = get_state()
+        variant = resolve_model(model, settings.models)
+        body, uploaded, digest = await _read_body(request, JobCreate, s, "image")
+        validated = validate_job_request(body, variant=variant, layout=settings.layout, uploaded_image=uploaded)
+        job = await _create(s, request, variant, validated, "job", digest)
+        return JSONResponse(s.service.view(job), status_code=202, headers=_poll_headers(settings))
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, request: Request):
+        s = get_state()
+        job = await asyncio.to_thread(s.service.get, job_id, request.state.owner)
+        return JSONResponse(s.service.view(job), headers=_poll_headers(settings))
+
+    @app.get("/v1/jobs")
+    async def list_jobs(request: Request, limit: int = 20, after: str | None = None):
+        s = get_state()
+        jobs, more = await _page(s, request, limit, after, kind=None)
+        return {"object": "list", "data": [s.service.view(j) for j in jobs], "has_more": more,
+                "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str, request: Request):
+        s = get_state()
+        await asyncio.to_thread(s.service.get, job_id, request.state.owner)
+        job = await asyncio.to_thread(s.store.request_cancel, job_id)
+        return s.service.view(job)
+
+    @app.get("/v1/jobs/{job_id}/events")
+    async def job_events(job_id: str, request: Request):
+        s = get_state()
+        await asyncio.to_thread(s.service.get, job_id, request.state.owner)
+        return StreamingResponse(_events(s, job_id, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/jobs/{job_id}/content")
+    async def job_content(job_id: str, request: Request):
+        return await _content(get_state(), job_id, request.state.owner)
+
+    # -- OpenAI-compatible videos -----------------------------------------------------------
+    @app.post("/v1/videos", openapi_extra=_request_body_schema(VideoCreate))
+    async def create_video(request: Request):
+        s = get_state()
+        body, uploaded, digest = await _read_body(request, VideoCreate, s, "input_reference")
+        validated = validate_video_request(body, served=settings.models, layout=settings.layout,
+                                           uploaded_image=uploaded)
+        job = await _create(s, request, validated.variant, validated, "video", digest)
+        return JSONResponse(s.service.video(job), headers=_poll_headers(settings))
+
+    @app.get("/v1/videos/{video_id}")
+    async def get_video(video_id: str, request: Request):
+        s = get_state()
+        job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)
+        return JSONResponse(s.service.video(job), headers=_poll_headers(settings))
+
+    @app.get("/v1/videos")
+    async def list_videos(request: Request, limit: int = 20, after: str | None = None, order: str = "desc"):
+        s = get_state()
+        jobs, more = await _page(s, request, limit, after, kind="video", order=order)
+        return {"object": "list", "data": [s.service.video(j) for j in jobs], "has_more": more,
+                "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
+
+    @app.get("/v1/videos/{video_id}/content")
+    async def video_content(video_id: str, request: Request):
+        return await _content(get_state(), video_id, request.state.owner, redirect=False)
+
+    @app.delete("/v1/videos/{video_id}")
+    async def delete_video(video_id: str, request: Request):
+        s = get_state()
+        job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)
+        if not job.terminal:
+            await asyncio.to_thread(s.store.request_cancel, video_id)
+        await asyncio.to_thread(s.store.delete, video_id)
+        return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+    return app
+
+
+def _poll_headers(settings: ServeSettings) -> dict:
+    return {"openai-poll-after-ms": str(settings.poll_after_ms)}
+
+
+async def _read_body(request: Request, model, s: ServeState, file_field: str) -> tuple[dict, str | None, str]:
+    """(body, URI of an uploaded image or None, hash of the body for Idempotency-Key)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()
+        body = parse_form(list(form.multi_items()))
+        files = pop_files(body)
+        body = coerce_scalars(body, model)
+        unknown = sorted(set(files) - {file_field, "image", "input_reference"})
+        if unknown:
+            raise RequestError(422, f"{unknown[0]}: unexpected file", param=unknown[0], code="unknown_parameter")
+        uploaded, digest_parts = None, [json.dumps(body, sort_keys=True, default=str)]
+        for name, upload in files.items():
+            data = await upload.read(MAX_IMAGE_BYTES + 1)
+            if len(data) > MAX_IMAGE_BYTES:
+                raise RequestError(413, f"{name}: larger than {MAX_IMAGE_BYTES} bytes", param=name,
+                                   code="file_too_large")
+            uploaded = await asyncio.to_thread(_store_upload, s.settings.output, data, upload.filename or "")
+            digest_parts.append(body_hash(data))
+        return body, uploaded, body_hash("|".join(digest_parts))
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise RequestError(400, "the body is not valid JSON", param=None, code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise RequestError(422, "the body must be a JSON object", param=None, code="invalid_value")
+    for name in ("image", "input_reference"):
+        value = body.get(name)
+        url = value.get("image_url") if isinstance(value, dict) else value
+        if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
+            try:
+                await asyncio.to_thread(check_public_url, url, field=name, schemes=IMAGE_SCHEMES,
+                                        allow_private=s.settings.allow_private_urls)
+            except ValueError as err:
+                raise RequestError(422, str(err), param=name, code="unsafe_url") from None
+    return body, None, body_hash(body)
+
+
+def _store_upload(output: str, data: bytes, filename: str) -> str:
+    from wan_dist.storage.objects import join, write_bytes_atomic
+
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else "bin"
+    uri = join(output, "_uploads", f"{uuid.uuid4().hex}.{suffix[:8]}")
+    write_bytes_atomic(uri, data)
+    return uri
+
+
+async def _create(s: ServeState, request: Request, variant: str, validated, kind: str, digest: str):
+    owner = request.state.owner
+    s.service.check_rate(owner)
+    if validated.webhook_url:
+        try:
+            await asyncio.to_thread(check_public_url, validated.webhook_url, field="webhook_url",
+                                    allow_private=s.settings.allow_private_urls)
+        except ValueError as err:
+            raise RequestError(422, str(err), param="webhook_url", code="unsafe_url") from None
+    key = request.headers.get("idempotency-key")
+    try:
+        job, _created = await asyncio.to_thread(s.service.create, owner=owner, variant=variant, validated=validated,
+                                                kind=kind, idempotency_key=key, body_hash=digest if key else None)
+    except IdempotencyConflict as err:
+        raise RequestError(409, f"Idempotency-Key {key!r} was used for job {err.job_id} with a different body",
+                           param="Idempotency-Key", code="idempotency_conflict") from None
+    return job
+
+
+async def _page(s: ServeState, request: Request, limit: int, after: str | None, *, kind, order: str = "desc"):
+    if not 1 <= limit <= 100:
+        raise RequestError(422, "limit: must be between 1 and 100", param="limit", code="invalid_value")
+    if order not in ("asc", "desc"):
+        raise RequestError(422, "order: must be asc or desc", param="order", code="invalid_value")
+    return await asyncio.to_thread(s.store.list, owner=request.state.owner, kind=kind, limit=limit, after=after,
+                                   order=order)
+
+
+async def _events(s: ServeState, job_id: str, request: Request):
+    """Server-sent events: ``status`` on every status change, ``progress`` on every progress change,
+    ending with the terminal status."""
+    last: tuple | None = None
+    while True:
+        job = await asyncio.to_thread(s.store.get, job_id)
+        if last is None or job.status != last[0]:
+            yield f"event: status\ndata: {json.dumps(s.service.view(job))}\n\n"
+        elif job.progress != last[1]:
+            yield f"event: progress\ndata: {json.dumps({'id': job.id, 'progress': job.progress})}\n\n"
+        last = (job.status, job.progress)
+        if job.terminal or await request.is_disconnected():
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _content(s: ServeState, job_id: str, owner: str, *, redirect: bool = True) -> Response:
+    job = await asyncio.to_thread(s.service.get, job_id, owner)
+    if job.status != JobStatus.COMPLETED or not job.result:
+        raise RequestError(409, f"job {job_id} is {job.status}; its content exists once it is completed",
+                           param="id", code="not_ready")
+    uri = job.result["clip_uri"]
+    url = s.service.presign(uri)
+    if redirect and url and url.startswith(("http://", "https://")):
+        return RedirectResponse(url, status_code=307)  # the CDN / object store serves the bytes
+    from wan_dist.storage.objects import read_bytes
+
+    return Response(await asyncio.to_thread(read_bytes, uri), media_type="video/mp4")
+
+
+def build_app(args: dict[str, Any]):
+    """Serve application for config files (`serve run` / `serve deploy`, KubeRay RayService):
+    ``import_path: wan_dist.serve.app:build_app`` with ``args`` = the fields of ServeSettings."""
+    from wan_dist.serve.deploy import application
+
+    return application(settings_from_dict(dict(args)))

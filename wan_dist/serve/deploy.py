@@ -1,0 +1,73 @@
+"""The Serve application: an ``api`` ingress deployment (the FastAPI app) and one ``renderer-<model>``
+deployment per model served, each replica a RendererCore taking that model's jobs from the shared store.
+
+``application(settings)`` builds it for ``serve.run``; ``wan_dist.serve.app:build_app`` is the entry of
+Serve config files and KubeRay RayService manifests. The store is the only channel between them, so
+any number of renderer replicas (``renderer_replicas``) pull from one queue, and a restart of either side
+loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from ray import serve
+
+from wan_dist.serve.app import ServeState, create_app
+from wan_dist.serve.service import ServeSettings, settings_from_dict
+
+__all__ = ["application", "Renderer"]
+
+_STATE: dict[str, ServeState] = {}
+_LOCK = threading.Lock()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
+class Renderer:
+    def __init__(self, settings: dict, model: str):
+        from wan_dist.serve.renderer import RendererCore
+
+        self.core = RendererCore(settings_from_dict(settings), model).start()
+
+    def ready(self) -> bool:
+        return self.core.ready
+
+    def check_health(self) -> None:
+        if not self.core.ready:
+            raise RuntimeError(f"renderer of {self.core.model}: job loop not running")
+
+    def __del__(self):
+        core = getattr(self, "core", None)
+        if core is not None:
+            core.stop(timeout_s=5)
+
+
+def application(settings: ServeSettings):
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+    def state() -> ServeState:
+        with _LOCK:
+            if "state" not in _STATE:
+                _STATE["state"] = ServeState(settings)
+            return _STATE["state"]
+
+    api = create_app(settings, state=state)
+
+    @serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, renderers: dict):
+            self.renderers = renderers
+            with _LOCK:
+                _STATE["state"] = ServeState(settings, ready=self.ready)
+
+        def ready(self) -> bool:
+            try:
+                return all(handle.ready.remote().result(timeout_s=5) for handle in self.renderers.values())
+            except Exception:  # noqa: BLE001 - not answering is not ready
+                return False
+
+    renderers = {model: Renderer.options(name=f"renderer-{model}", num_replicas=settings.renderer_replicas)
+                 .bind(plain, model) for model in settings.models}
+    return Ingress.bind(renderers)

@@ -1,0 +1,132 @@
+"""A renderer's job loop: claim the oldest queued job of one model from the store, render it, record it.
+
+The store is the queue: a job is claimed under a lease, which the render renews at every denoising step;
+a renderer that dies stops renewing, ``release_expired`` (run by every worker) puts its job back in the
+queue, and another renderer (or this one after a restart) takes it: accepted jobs are never lost. At each
+step the worker also reads the job's ``cancel_requested`` flag (set by a cancel or a passed deadline) and
+stops between steps. Outcomes:
+
+* completed: ``result`` holds the clip / sidecar URIs, ``timings`` the render's;
+* cancelled: stopped between steps on request;
+* failed: ``error`` {"code", "message"}: ``invalid_request`` (bad input the validation could not see,
+  e.g. an image URL that does not load), ``render_failed`` after ``max_attempts`` tries, ``timeout``
+  (deadline, set by the store), ``worker_lost`` (lease expired too often, set by the store).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Callable
+
+from wan_dist.serve.jobs import Job, JobStatus, JobStore, LeaseLost
+
+__all__ = ["JobWorker", "JobCancelled", "Render"]
+
+log = logging.getLogger("wan_dist.serve")
+
+# render(job, on_step) -> RenderResult; on_step(step, total) is called after every denoising step
+Render = Callable[[Job, Callable[[int, int], None]], object]
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback to stop a render between two steps."""
+
+
+class JobWorker:
+    def __init__(self, store: JobStore, model: str, render: Render, *, worker_id: str | None = None,
+                 lease_s: float = 120.0, poll_s: float = 0.25, progress_every_s: float = 0.5,
+                 on_change: Callable[[Job], None] | None = None):
+        self.store = store
+        self.model = model
+        self.render = render
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:8]}"
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.progress_every_s = progress_every_s
+        self.on_change = on_change or (lambda job: None)
+        self.current: str | None = None  # id of the job being rendered
+
+    # -- loop ---------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set (checked between jobs; a running job finishes or is cancelled)."""
+        while not stop.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # noqa: BLE001 - a broken store must not kill the loop; it retries
+                log.exception("%s: job loop error", self.worker_id)
+                worked = None
+            if worked is None:
+                stop.wait(self.poll_s)
+
+    def step(self) -> Job | None:
+        """Housekeeping, then claim and process one job; returns it (final state) or None when idle."""
+        for job in self.store.release_expired() + self.store.expire_deadlines():
+            self.on_change(job)
+        job = self.store.claim(self.model, worker=self.worker_id, lease_s=self.lease_s)
+        if job is None:
+            return None
+        self.on_change(job)
+        return self._process(job)
+
+    # -- one job ------------------------------------------------------------------------------
+    def _process(self, job: Job) -> Job:
+        self.current = job.id
+        last = [0.0]
+
+        def on_step(step: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < self.progress_every_s and step < total:
+                return
+            last[0] = now
+            current = self.store.renew(job.id, self.worker_id, self.lease_s)  # LeaseLost if taken back
+            if current.cancel_requested:
+                raise JobCancelled(job.id)
+            progress = min(99, int(100 * step / max(total, 1)))  # 100 once published
+            if progress != current.progress:
+                self.on_change(self.store.update(job.id, progress=progress))
+
+        try:
+            result = self.render(job, on_step)
+        except JobCancelled:
+            return self._finish(job, status=JobStatus.CANCELLED, error=None)
+        except LeaseLost:
+            log.warning("%s: lost the lease of %s (it was requeued or expired)", self.worker_id, job.id)
+            return self.store.get(job.id)
+        except ValueError as error:  # bad input the validation could not see (an image that does not load)
+            return self._finish(job, status=JobStatus.FAILED, error={"code": "invalid_request", "message": str(error)})
+        except Exception as error:  # noqa: BLE001 - an engine failure: retried up to max_attempts
+            return self._retry_or_fail(job, f"{type(error).__name__}: {error}")
+        finally:
+            self.current = None
+        if getattr(result, "status", None) != "completed":
+            return self._retry_or_fail(job, getattr(result, "error", None) or "publishing failed")
+        return self._finish(job, status=JobStatus.COMPLETED, error=None, progress=100,
+                            result={"clip_uri": result.clip_uri, "sidecar_uri": result.sidecar_uri,
+                                    "seed": result.seed},
+                            timings={k: float(v) for k, v in result.timings.items()})
+
+    def _retry_or_fail(self, job: Job, message: str) -> Job:
+        current = self.store.get(job.id)
+        if current.terminal:
+            return current
+        if current.attempts < current.max_attempts and not current.cancel_requested:
+            log.warning("%s: %s attempt %d failed (%s); requeued", self.worker_id, job.id, current.attempts,
+                        message.splitlines()[0])
+            job = self.store.update(job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None,
+                                    progress=0, error={"code": "render_failed", "message": message})
+        else:
+            job = self._finish(job, status=JobStatus.FAILED, error={"code": "render_failed", "message": message})
+        self.on_change(job)
+        return job
+
+    def _finish(self, job: Job, *, status: str, error: dict | None, **fields) -> Job:
+        current = self.store.get(job.id)
+        if current.terminal:  # a deadline or a delete got there first
+            return current
+        job = self.store.update(job.id, status=status, error=error, completed_at=time.time(), lease_owner=None,
+                                lease_until=None, **fields)
+        self.on_change(job)
+        return job
