@@ -577,3 +577,16 @@ def test_head_script_start_status_stop():
         st = _run_script("status", env, timeout=30)
         assert st.returncode == 3 and "not running" in st.stdout
         assert _run_script("stop", env, timeout=30).returncode == 0  # stopping twice is fine
+
+
+def test_rayservice_args_are_serve_settings():
+    """The RayService's build_app args parse into ServeSettings (the fields build_app really takes)."""
+    from wan_dist.serve.service import settings_from_dict
+
+    serve_config = yaml.safe_load(yaml.safe_load((REPO / "cluster" / "kuberay-rayservice.yaml").read_text())
+                                  ["spec"]["serveConfigV2"])
+    app = next(a for a in serve_config["applications"] if a.get("import_path") == SERVE_IMPORT_PATH)
+    settings = settings_from_dict(app["args"])
+    assert settings.models == ("t2v-a14b", "i2v-a14b") and settings.gpus_per_renderer == 1
+    with pytest.raises(ValueError, match="gpus_per_replica"):
+        settings_from_dict({**app["args"], "gpus_per_replica": 8})

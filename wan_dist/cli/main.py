@@ -13,8 +13,8 @@ from typing import Callable
 __all__ = ["main", "conf_dir", "rewrite_overrides"]
 
 log = logging.getLogger("wan_dist")
-VERBS = ("render", "make-checkpoint", "plan", "manifest", "batch")
-LATER = {"serve": "the HTTP API"}
+VERBS = ("render", "make-checkpoint", "plan", "manifest", "batch", "serve")
+LATER: dict[str, str] = {}
 # Groups whose value may also be a free-form string: `model=/ckpt` means `model=custom model.source=/ckpt`.
 _FREE_GROUPS = {"model": ("custom", "source"), "output": ("local", "uri")}
 
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.render import make_checkpoint_main as task
     elif verb == "plan":
         from wan_dist.cli.plan import plan_main as task
+    elif verb == "serve":
+        from wan_dist.cli.serve import serve_main as task
     elif verb == "batch":
         from wan_dist.cli.batch import batch_main as task
     elif verb == "manifest":

@@ -68,6 +68,7 @@ def application(settings: ServeSettings):
             except Exception:  # noqa: BLE001 - not answering is not ready
                 return False
 
-    renderers = {model: Renderer.options(name=f"renderer-{model}", num_replicas=settings.renderer_replicas)
-                 .bind(plain, model) for model in settings.models}
+    options = {"num_cpus": 0, "num_gpus": settings.gpus_per_renderer}
+    renderers = {model: Renderer.options(name=f"renderer-{model}", num_replicas=settings.renderer_replicas,
+                                         ray_actor_options=options).bind(plain, model) for model in settings.models}
     return Ingress.bind(renderers)

@@ -47,13 +47,16 @@ class ServeSettings:
     device: str = "cpu"
     dtype: str = "auto"
     renderer_replicas: int = 1
+    gpus_per_renderer: float = 0.0  # GPUs each renderer replica reserves (1 with device "cuda")
     webhook_max_attempts: int = 8
     webhook_base_delay_s: float = 1.0
+    webhook_secret: str | None = field(default=None, repr=False)  # whsec_...; None: $WAN_DIST_WEBHOOK_SECRET
+    lease_s: float = 60.0  # a renderer's lease on its job (renewed while rendering): a dead one's job reruns after it
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("serve.models: name at least one model")
-        for name in ("rate_per_s", "default_deadline_s"):
+        for name in ("rate_per_s", "default_deadline_s", "lease_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("burst", "max_active_per_key", "max_queue_per_model", "max_attempts", "renderer_replicas"):
@@ -235,4 +238,11 @@ def settings_from_dict(data: dict) -> ServeSettings:
     if unknown:
         raise ValueError(f"serve: unknown field(s) {unknown}; known: {sorted(names)}")
     data = {k: tuple(v) if k in ("models", "api_keys") else v for k, v in data.items()}
+    if "models" in data:  # public names (wan2.2-t2v-a14b) or variant names (t2v-a14b, tiny)
+        from wan_dist.serve.schemas import MODEL_NAMES
+
+        unknown = [m for m in data["models"] if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"serve.models: unknown model(s) {unknown}; known: {sorted(MODEL_NAMES)}")
+        data["models"] = tuple(MODEL_NAMES[m] for m in data["models"])
     return ServeSettings(**data)
