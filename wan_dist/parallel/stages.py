@@ -17,7 +17,9 @@ condition is recomputed on stage 1 from the request's image; the VAE decode runs
 Layering: the pipeline is duck-typed as in :mod:`wan_dist.parallel.runtime`, but a stage runs part
 of ``WanPipeline.generate``, so it uses the pipeline's step helpers (``_contexts``,
 ``_conditioning``, ``_schedule``) and the engine's ``resolve_settings`` / ``WanOutput`` (imported
-lazily). A public prepare / denoise-slice / decode split of the pipeline would remove that.
+lazily). A public prepare / denoise-slice / decode split of the pipeline would remove that. The
+hand-off's wire format and transport live in :mod:`wan_dist.parallel.handoff` (re-exported here),
+the pieces of ``WanPipeline.generate`` a stage reuses in :mod:`wan_dist.parallel.stage_pipeline`.
 """
 
 from __future__ import annotations
@@ -38,19 +40,17 @@ from wan_dist.config import ParallelConfig
 from wan_dist.models import checkpoint
 from wan_dist.parallel.cfg import cfg_parallel_prediction
 from wan_dist.parallel.dit import parallelize_dit
+from wan_dist.parallel.handoff import (HandOff, PendingSend, _to_wire, _wire_device, broadcast_handoff, recv_handoff,
+                                       send_handoff)
 from wan_dist.parallel.mesh import AXES, AxisGroup, ParallelMesh, coords_of, rank_of
+from wan_dist.parallel.stage_pipeline import GENERATE_KEYS, _checked, _finish, _settings
 from wan_dist.sampling import conditioning as cond
 from wan_dist.sampling.denoise import denoise, plan_steps
-from wan_dist.sampling.solvers import SolverState, make_solver
+from wan_dist.sampling.solvers import make_solver
 
 __all__ = ["StageLayout", "plan_stages", "stage_sizes_by_steps", "load_stage_expert", "stage_expert_loader",
            "HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff", "StageEvent",
            "DisaggregatedRunner", "make_disaggregated_generate"]
-
-GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
-                           "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
-                           "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
-                           "output_type"})
 
 
 # ----------------------------------------------------------------------------- layout
@@ -197,110 +197,6 @@ def _axis_ranks(local: int, degrees: dict[str, int], axes: tuple[str, ...], offs
     return tuple(sorted(ranks))
 
 
-# ----------------------------------------------------------------------------- hand-off
-
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_HEADER = 16  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
-#               B, C, f, h, w (latent shape), T, D (context shape)
-
-
-@dataclass(eq=False)
-class HandOff:
-    """What stage 1 needs to continue a request: latents [B, C, f, h, w] after the high-noise steps,
-    the solver state (tensors shaped like the latents, same dtype), contexts [B, T, D] and the seed."""
-
-    request: int
-    seed: int
-    latents: torch.Tensor
-    state: SolverState
-    context: torch.Tensor
-    negative_context: torch.Tensor | None
-
-    def header(self) -> torch.Tensor:
-        state, ctx = self.state, self.context
-        for tensor in (*state.history, *(() if state.last_sample is None else (state.last_sample,))):
-            if tensor.shape != self.latents.shape or tensor.dtype != self.latents.dtype:
-                raise ValueError("HandOff: solver state tensors must match the latents' shape and dtype")
-        values = [self.request, self.seed, state.step_index, state.last_order, len(state.history),
-                  int(state.last_sample is not None), int(self.negative_context is not None),
-                  _DTYPES.index(self.latents.dtype), _DTYPES.index(ctx.dtype), *self.latents.shape, *ctx.shape[1:]]
-        return torch.tensor(values, dtype=torch.int64)
-
-    def payloads(self) -> list[torch.Tensor]:
-        """Two byte tensors: [latents, *history, last_sample] stacked, and [context, negative] stacked."""
-        state = self.state
-        stacked = torch.stack([self.latents, *state.history, *(() if state.last_sample is None else
-                                                                (state.last_sample,))])
-        contexts = torch.stack([self.context] + ([] if self.negative_context is None else [self.negative_context]))
-        return [_as_bytes(stacked), _as_bytes(contexts)]
-
-    @classmethod
-    def empty_payloads(cls, header: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-        h = [int(v) for v in header]
-        batch, shape, text = h[9], h[9:14], h[14:16]
-        state_dtype, ctx_dtype = _DTYPES[h[7]], _DTYPES[h[8]]
-        stacked = torch.empty(1 + h[4] + h[5], *shape, dtype=state_dtype, device=device)
-        contexts = torch.empty(1 + h[6], batch, *text, dtype=ctx_dtype, device=device)
-        return [_as_bytes(stacked), _as_bytes(contexts)]
-
-    @classmethod
-    def from_wire(cls, header: torch.Tensor, payloads: list[torch.Tensor]) -> HandOff:
-        h = [int(v) for v in header]
-        stacked = payloads[0].view(_DTYPES[h[7]]).reshape(1 + h[4] + h[5], *h[9:14])
-        contexts = payloads[1].view(_DTYPES[h[8]]).reshape(1 + h[6], h[9], *h[14:16])
-        history = tuple(stacked[1:1 + h[4]])
-        last = stacked[1 + h[4]] if h[5] else None
-        state = SolverState(step_index=h[2], history=history, last_sample=last, last_order=h[3])
-        return cls(request=h[0], seed=h[1], latents=stacked[0], state=state, context=contexts[0],
-                   negative_context=contexts[1] if h[6] else None)
-
-
-def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    """A flat uint8 view (gloo moves bytes of any dtype, bfloat16 included)."""
-    return tensor.contiguous().reshape(-1).view(torch.uint8)
-
-
-@dataclass(eq=False)
-class PendingSend:
-    """Sends in flight: ``wait()`` before dropping them (they hold the send buffers alive)."""
-
-    works: list
-    buffers: list[torch.Tensor]
-
-    def wait(self) -> None:
-        for work in self.works:
-            work.wait()
-        self.works, self.buffers = [], []
-
-
-def send_handoff(handoff: HandOff, dst: int, *, group=None) -> PendingSend:
-    """Start sending ``handoff`` to global rank ``dst`` (non-blocking). Three messages: an int64 header,
-    the state bytes, the context bytes."""
-    buffers = [handoff.header().to(handoff.latents.device), *handoff.payloads()]
-    return PendingSend(works=[dist.isend(buffer, dst, group=group) for buffer in buffers], buffers=buffers)
-
-
-def recv_handoff(src: int, *, group=None, device: torch.device | str = "cpu") -> HandOff:
-    """Receive a :func:`send_handoff` from global rank ``src`` (blocking) into tensors on ``device``."""
-    header = torch.empty(_HEADER, dtype=torch.int64, device=device)
-    dist.recv(header, src, group=group)
-    payloads = HandOff.empty_payloads(header, device)
-    for payload in payloads:
-        dist.recv(payload, src, group=group)
-    return HandOff.from_wire(header, payloads)
-
-
-def broadcast_handoff(handoff: HandOff | None, src: int, group, *, device: torch.device | str = "cpu") -> HandOff:
-    """``handoff`` from global rank ``src`` (where it is given) to every rank of ``group`` (on ``device``)."""
-    header = handoff.header().to(device) if handoff is not None else torch.empty(_HEADER, dtype=torch.int64,
-                                                                                   device=device)
-    dist.broadcast(header, src, group=group)
-    payloads = handoff.payloads() if handoff is not None else HandOff.empty_payloads(header, device)
-    for payload in payloads:
-        dist.broadcast(payload, src, group=group)
-    return handoff if handoff is not None else HandOff.from_wire(header, payloads)
-
-
 # ----------------------------------------------------------------------------- stages at work
 
 @dataclass(frozen=True)
@@ -313,18 +209,6 @@ class StageEvent:
     step: int
     start: float
     end: float
-
-
-def _settings(pipe, kwargs: dict, seed: int):
-    from wan_dist.engine.images import image_size
-    from wan_dist.engine.settings import resolve_settings
-
-    image = kwargs.get("image")
-    names = ("prompt", "negative_prompt", "prompt_embeds", "height", "width", "num_frames", "num_inference_steps",
-             "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule")
-    return resolve_settings(pipe.spec, layout=pipe.info.layout, seed=seed, has_image=image is not None,
-                            output_type=kwargs.get("output_type", "np"), checkpoint_id=pipe.info.checkpoint_id,
-                            image_size=image_size(image), **{name: kwargs.get(name) for name in names})
 
 
 def _absent_expert(expert: int, stage: int):
@@ -506,41 +390,6 @@ class DisaggregatedRunner:
         return denoise(latents, steps=steps, solver=solver, experts=self.experts, context=context,
                        negative_context=negative if settings.use_cfg else None, conditioning=conditioning,
                        predict=self.predict, model_dtype=self.pipe.dtype, on_step=on_step)
-
-
-def _checked(kwargs: dict) -> dict:
-    if kwargs.get("callback", 0) is None:  # no per-step callback asked for: nothing to drop
-        kwargs = {k: v for k, v in kwargs.items() if k != "callback"}
-    unknown = sorted(set(kwargs) - GENERATE_KEYS)
-    if unknown:
-        raise TypeError(f"disaggregated generate: unsupported argument(s) {unknown}")
-    return dict(kwargs)
-
-
-def _wire_device(pipe) -> torch.device:
-    """Where hand-off tensors travel from: CPU for gloo, the pipeline's device otherwise (NCCL)."""
-    return torch.device("cpu") if dist.get_backend() == "gloo" else torch.device(pipe.device)
-
-
-def _to_wire(handoff: HandOff, device: torch.device) -> HandOff:
-    """The hand-off with its tensors on ``device``."""
-    negative = None if handoff.negative_context is None else handoff.negative_context.to(device)
-    return HandOff(request=handoff.request, seed=handoff.seed, latents=handoff.latents.to(device),
-                   state=handoff.state.to(device), context=handoff.context.to(device), negative_context=negative)
-
-
-def _finish(pipe, settings, latents: torch.Tensor, timings: dict, started: float):
-    """Decode as ``WanPipeline.generate`` does; a WanOutput of stage 1's part of the request."""
-    from wan_dist.engine.pipeline import WanOutput
-
-    if settings.output_type != "latent":
-        tick = time.perf_counter()
-        video = pipe.vae.decode(latents)  # [B, 3, F, H, W] in [-1, 1]
-        frames = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        latents = np.ascontiguousarray(frames.permute(0, 2, 3, 4, 1).cpu().numpy())
-        timings["decode_s"] = time.perf_counter() - tick
-    timings["total_s"] = time.perf_counter() - started
-    return WanOutput(frames=latents, settings=settings, timings=timings)
 
 
 def make_disaggregated_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None,
