@@ -23,6 +23,25 @@ _STATE: dict[str, ServeState] = {}
 _LOCK = threading.Lock()
 
 
+# The ServeState of this process (the ingress replica's, made in its __init__). Module-level functions on
+# purpose: Serve pickles the FastAPI app apart from the ingress class, so anything the routes and the class
+# share must be found by import in the replica (pickled by reference), never captured in a closure or a
+# dynamic function's globals (each pickle would carry its own copy: a second ServeState, with a second
+# webhook notifier delivering every event again and a /readyz that ignores the renderers).
+def _process_state(settings: ServeSettings) -> ServeState:
+    with _LOCK:
+        if "state" not in _STATE:
+            _STATE["state"] = ServeState(settings)
+        return _STATE["state"]
+
+
+def _install_state(state: ServeState) -> None:
+    with _LOCK:
+        old, _STATE["state"] = _STATE.get("state"), state
+    if old is not None:
+        old.close()
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
 class Renderer:
     def __init__(self, settings: dict, model: str):
@@ -46,21 +65,14 @@ class Renderer:
 def application(settings: ServeSettings):
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
 
-    def state() -> ServeState:
-        with _LOCK:
-            if "state" not in _STATE:
-                _STATE["state"] = ServeState(settings)
-            return _STATE["state"]
-
-    api = create_app(settings, state=state)
+    api = create_app(settings, state=lambda: _process_state(settings))
 
     @serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
     @serve.ingress(api)
     class Ingress:
         def __init__(self, renderers: dict):
             self.renderers = renderers
-            with _LOCK:
-                _STATE["state"] = ServeState(settings, ready=self.ready)
+            _install_state(ServeState(settings, ready=self.ready))
 
         def ready(self) -> bool:
             try:

@@ -24,13 +24,15 @@ log = logging.getLogger("wan_dist.serve")
 
 
 class RendererCore:
-    def __init__(self, settings: ServeSettings, model: str, *, poll_s: float = 0.2, lease_s: float = 60.0):
+    def __init__(self, settings: ServeSettings, model: str, *, poll_s: float = 0.2,
+                 lease_s: float | None = None):
         self.settings = settings
         self.model = model
         self.source = settings.sources.get(model, model)
         self.pipe = None
         self.store = open_store(settings.store)
-        self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s, lease_s=lease_s)
+        self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s,
+                                lease_s=settings.lease_s if lease_s is None else lease_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

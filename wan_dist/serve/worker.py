@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Callable
 
-from wan_dist.serve.jobs import Job, JobStatus, JobStore, LeaseLost
+from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost
 
 __all__ = ["JobWorker", "JobCancelled", "Render"]
 
@@ -69,7 +69,11 @@ class JobWorker:
         if job is None:
             return None
         self.on_change(job)
-        return self._process(job)
+        try:
+            return self._process(job)
+        except JobNotFound:  # deleted (DELETE /v1/videos/{id}) while it rendered: nothing left to record
+            log.info("%s: %s was deleted while it rendered", self.worker_id, job.id)
+            return None
 
     # -- one job ------------------------------------------------------------------------------
     def _process(self, job: Job) -> Job:

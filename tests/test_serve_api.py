@@ -1,0 +1,390 @@
+"""The HTTP API against a running Serve app on 127.0.0.1 (local Ray, the tiny model on the CPU).
+
+One Serve application per module (``serve_app``); the restart tests tear it down (or kill its renderer)
+and bring it back on the same store and output. Renders are tiny (64x64, 5 frames, 2 steps: well under a
+second); a "slow" job (200 steps) keeps the renderer busy for a few seconds so that others queue behind it.
+Nothing here leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import httpx
+import pytest
+
+from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, wait_for
+from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, open_store
+from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.webhooks import generate_secret
+from wan_dist.video.mp4 import decode_mp4
+
+pytestmark = pytest.mark.slow
+
+SECRET = generate_secret()  # the module's webhook signing secret, handed to the app and to the receiver
+KEYS = ("k1", "k2")
+FAST = {"prompt": "a fox in the snow", "num_frames": 5, "num_inference_steps": 2, "size": "64x64", "seed": 1}
+SLOW = {**FAST, "num_frames": 9, "num_inference_steps": 200}  # a few seconds of denoising on the CPU
+QUEUE_BOUND = 4
+
+
+def settings_for(root) -> ServeSettings:
+    return ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"), api_keys=KEYS,
+                         rate_per_s=1000.0, burst=1000, max_queue_per_model=QUEUE_BOUND, allow_private_urls=True,
+                         poll_after_ms=100, webhook_base_delay_s=0.05, webhook_secret=SECRET, lease_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def serve_app(ray_local, tmp_path_factory):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = ServeApp(port)
+    try:
+        app.start(settings_for(tmp_path_factory.mktemp("serve-api")))
+        yield app
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store(serve_app):
+    """The app's job store, opened from the test process (SQLite is shared between processes)."""
+    store = open_store(serve_app.settings.store)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def api(serve_app, store):
+    """An httpx client with key k1; afterwards every job still queued or running is cancelled and the
+    renderer is idle, so each test starts with an empty queue."""
+    with serve_app.client("k1") as client:
+        yield client
+    jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
+    for job in jobs:
+        store.request_cancel(job.id)
+    wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, 60, what="an idle renderer")
+
+
+def create(client: httpx.Client, body: dict, *, model: str = "tiny", **headers) -> dict:
+    response = client.post(f"/v1/models/{model}/jobs", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def get(client: httpx.Client, job_id: str) -> dict:
+    response = client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_status(client: httpx.Client, job_id: str, statuses, timeout_s: float = 60.0) -> dict:
+    statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+    return wait_for(lambda: (job := get(client, job_id))["status"] in statuses and job, timeout_s,
+                    what=f"job {job_id} to be {sorted(statuses)}")
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def assert_clip(data: bytes, frames: int = 5, size: tuple[int, int] = (64, 64)) -> None:
+    video, _fps = decode_mp4(data)
+    assert video.shape == (frames, size[1], size[0], 3)
+
+
+# ---- the official openai SDK ----------------------------------------------------------------------------
+
+def test_openai_sdk_videos_create_poll_download_list_delete(serve_app, api):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{serve_app.base_url}/v1", api_key="k1", max_retries=0, timeout=30)
+    wan = {"num_frames": 5, "num_inference_steps": 2, "seed": 7, "metadata": {"campaign": "sdk"}}
+    video = client.videos.create(model="tiny", prompt="a red kite over the sea", size="64x64", extra_body=wan)
+    assert (video.object, video.model, video.status, video.size) == ("video", "tiny", "queued", "64x64")
+    assert video.seconds == "0.25"  # (5 - 1) frames at 16 fps
+
+    polled: list = []  # the SDK's own poll loop, paced by openai-poll-after-ms
+    poller = threading.Thread(target=lambda: polled.append(client.videos.poll(video.id)), daemon=True)
+    poller.start()
+    poller.join(60)
+    assert polled, "client.videos.poll did not return within 60 s"
+    assert (polled[0].status, polled[0].progress, polled[0].error) == ("completed", 100, None)
+    assert client.videos.retrieve(video.id).status == "completed"
+
+    assert_clip(client.videos.download_content(video.id).read())
+
+    second = client.videos.create(model="tiny", prompt="a blue kite", size="64x64",
+                                  extra_body={**wan, "num_inference_steps": 3})
+    page = client.videos.list(limit=100)
+    assert [v.id for v in page.data][:2] == [second.id, video.id]  # newest first
+    assert [v.id for v in client.videos.list(limit=1, order="asc")][-2:] == [video.id, second.id]  # paged by after
+
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.videos.create(model="tiny", prompt="a kite", size="64x64", extra_body={"num_frames": 6})
+    assert info.value.param == "num_frames"
+    with pytest.raises(openai.NotFoundError):
+        client.videos.create(model="sora-2", prompt="a kite")
+
+    deleted = client.videos.delete(video.id)
+    assert (deleted.id, deleted.deleted) == (video.id, True)
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(video.id)
+    assert video.id not in [v.id for v in client.videos.list(limit=100)]
+    client.videos.delete(second.id)  # queued or running: cancelled, then removed
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(second.id)
+
+
+# ---- auth, versions, validation -------------------------------------------------------------------------
+
+def test_health_is_open_everything_else_needs_a_key(serve_app, api):
+    with serve_app.client(None) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200
+        assert anonymous.get("/readyz").json() == {"status": "ready"}
+        assert anonymous.get("/openapi.json").status_code == 200
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/models/tiny/jobs"), ("GET", "/v1/jobs"),
+                             ("GET", "/v1/videos")):
+            response = anonymous.request(method, path, json=FAST if method == "POST" else None)
+            assert_error(response, 401, None, "invalid_api_key")
+            assert response.headers["www-authenticate"] == "Bearer"
+    with serve_app.client("not-a-key") as wrong:
+        assert_error(wrong.post("/v1/models/tiny/jobs", json=FAST), 401, None, "invalid_api_key")
+        assert_error(wrong.get("/v1/jobs"), 401, None, "invalid_api_key")
+    with serve_app.client(None, Authorization="Basic azE6") as basic:
+        assert_error(basic.get("/v1/jobs"), 401, None)
+    assert api.get("/v1/models").json()["data"] == [{"id": "tiny", "object": "model", "owned_by": "wan-dist"}]
+
+    job = create(api, FAST)
+    with serve_app.client("k2") as other:  # another key's job does not exist for this key
+        assert_error(other.get(f"/v1/jobs/{job['id']}"), 404, "id", "not_found")
+        assert_error(other.post(f"/v1/jobs/{job['id']}/cancel"), 404, "id")
+        assert job["id"] not in [j["id"] for j in other.get("/v1/jobs").json()["data"]]
+    assert wait_status(api, job["id"], "completed")["progress"] == 100
+
+
+def test_wan_version_header(serve_app, api):
+    error = assert_error(api.get("/v1/models", headers={"Wan-Version": "9.9"}), 400, "Wan-Version",
+                         "unsupported_version")
+    assert "9.9" in error["message"] and "2.2" in error["message"]
+    assert_error(api.post("/v1/models/tiny/jobs", json=FAST, headers={"Wan-Version": "2.1"}), 400, "Wan-Version")
+    response = api.get("/v1/models", headers={"Wan-Version": "2.2"})
+    assert response.status_code == 200 and response.headers["wan-version"] == "2.2"
+    assert api.get("/v1/models").headers["wan-version"] == "2.2"  # absent: the current default
+    job = create(api, FAST, **{"Wan-Version": "2.2"})
+    assert wait_status(api, job["id"], "completed")["status"] == "completed"
+
+
+@pytest.mark.parametrize("fields, param, code", [
+    ({"num_frames": 6}, "num_frames", None),
+    ({"num_inference_steps": -1}, "num_inference_steps", None),
+    ({"num_inference_steps": 0}, "num_inference_steps", None),
+    ({"colour": "red"}, "colour", "unknown_parameter"),
+    ({"size": "640x480"}, "size", "unsupported_size"),
+    ({"size": "big"}, "size", None),
+    ({"prompt": None}, "prompt", None),
+    ({"seed": -3}, "seed", None),
+    ({"guidance_scale": "loud"}, "guidance_scale", None),
+    ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", None),
+    ({"metadata": {"nested": {"a": 1}}}, "metadata.nested", None),
+])
+def test_bad_fields_are_422_naming_the_field(serve_app, api, fields, param, code):
+    body = {k: v for k, v in {**FAST, **fields}.items() if v is not None}
+    assert_error(api.post("/v1/models/tiny/jobs", json=body), 422, param, code)
+
+
+def test_malformed_bodies_and_unknown_models(serve_app, api):
+    assert_error(api.post("/v1/models/sora-2/jobs", json=FAST), 404, "model", "model_not_found")
+    assert_error(api.post("/v1/models/t2v-a14b/jobs", json=FAST), 404, "model", "model_not_found")  # not run here
+    assert_error(api.get("/v1/jobs/job_doesnotexist"), 404, "id", "not_found")
+    response = api.post("/v1/models/tiny/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(response, 400, None, "invalid_json")
+    assert_error(api.post("/v1/models/tiny/jobs", json=[FAST]), 422, None)
+    assert api.get("/v1/jobs", params={"limit": 0}).status_code == 422
+    assert api.get("/v1/jobs", params={"limit": "many"}).status_code == 422
+
+
+# ---- jobs: idempotency, cancel, bounded queue, events ----------------------------------------------------
+
+def test_idempotency_key_same_job_or_409(serve_app, api):
+    first = create(api, FAST, **{"Idempotency-Key": "idem-1"})
+    again = create(api, FAST, **{"Idempotency-Key": "idem-1"})
+    assert again["id"] == first["id"]
+    conflict = api.post("/v1/models/tiny/jobs", json={**FAST, "seed": 2}, headers={"Idempotency-Key": "idem-1"})
+    assert_error(conflict, 409, "Idempotency-Key", "idempotency_conflict")
+    other = create(api, FAST, **{"Idempotency-Key": "idem-2"})
+    assert other["id"] != first["id"]
+    with serve_app.client("k2") as k2:  # keys are per API key
+        assert create(k2, FAST, **{"Idempotency-Key": "idem-1"})["id"] != first["id"]
+    wait_status(api, first["id"], "completed")
+    assert create(api, FAST, **{"Idempotency-Key": "idem-1"})["id"] == first["id"]  # also once it finished
+
+
+def test_cancel_queued_and_running_jobs(serve_app, api):
+    slow = create(api, SLOW)
+    wait_status(api, slow["id"], "in_progress")
+    queued = create(api, FAST)
+    assert (queued["status"], queued["queue_position"]) == ("queued", 0)
+
+    cancelled = api.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"  # at once
+    again = api.post(f"/v1/jobs/{queued['id']}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert get(api, queued["id"])["error"]["code"] == "cancelled"
+
+    wait_for(lambda: get(api, slow["id"])["progress"] > 0, 30, what="the slow job to make progress")
+    response = api.post(f"/v1/jobs/{slow['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] in ("in_progress", "cancelled")
+    done = wait_status(api, slow["id"], TERMINAL_STATUSES, timeout_s=30)
+    assert done["status"] == "cancelled" and done["progress"] < 100 and done["result"] is None
+    second = api.post(f"/v1/jobs/{slow['id']}/cancel")
+    assert second.status_code == 200 and (second.json()["status"], second.json()["progress"]) == (
+        "cancelled", done["progress"])
+    assert_error(api.get(f"/v1/jobs/{slow['id']}/content"), 409, "id", "not_ready")
+    assert not os.path.exists(os.path.join(serve_app.settings.output, slow["id"], "clip.mp4"))
+
+    after = create(api, FAST)  # the renderer goes on with the next job
+    assert wait_status(api, after["id"], "completed")["progress"] == 100
+
+
+def test_queue_full_is_429_with_retry_after(serve_app, api):
+    running = create(api, SLOW)
+    wait_status(api, running["id"], "in_progress")
+    queued = [create(api, {**SLOW, "seed": i}) for i in range(QUEUE_BOUND)]
+    assert [job["queue_position"] for job in queued] == list(range(QUEUE_BOUND))
+    full = api.post("/v1/models/tiny/jobs", json=FAST)
+    error = assert_error(full, 429, None, "queue_full")
+    assert error["type"] == "rate_limit_error"
+    assert float(full.headers["retry-after"]) > 0 and full.headers["x-should-retry"] == "true"
+    with serve_app.client("k2") as k2:  # the bound is the model's, whoever asks
+        assert_error(k2.post("/v1/models/tiny/jobs", json=FAST), 429, None, "queue_full")
+    for job in queued:
+        assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    accepted = create(api, FAST)  # room again
+    api.post(f"/v1/jobs/{running['id']}/cancel")
+    assert wait_status(api, accepted["id"], "completed")["status"] == "completed"
+    assert get(api, running["id"])["status"] == "cancelled"
+
+
+def test_events_stream_status_and_progress_in_order(serve_app, api):
+    ahead = create(api, {**FAST, "num_inference_steps": 60})
+    job = create(api, {**FAST, "num_inference_steps": 120})
+    events = read_sse(api, f"/v1/jobs/{job['id']}/events")
+    assert get(api, ahead["id"])["status"] == "completed"
+    kinds = [kind for kind, _ in events]
+    assert set(kinds) <= {"status", "progress"} and kinds[0] == kinds[-1] == "status"
+    statuses = [data["status"] for kind, data in events if kind == "status"]
+    assert statuses == ["queued", "in_progress", "completed"], statuses
+    progress = [data["progress"] for _, data in events]
+    assert progress == sorted(progress) and progress[-1] == 100
+    assert any(kind == "progress" and 0 < data["progress"] < 100 for kind, data in events), events
+    assert events[-1][1]["result"]["clip_uri"].endswith(f"{job['id']}/clip.mp4")
+    assert all(data["id"] == job["id"] for _, data in events)
+    assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content)
+
+
+# ---- webhooks --------------------------------------------------------------------------------------------
+
+def test_webhooks_are_signed_retried_and_recorded(serve_app, api):
+    with WebhookReceiver(SECRET) as receiver:
+        hook = {"webhook_url": receiver.url, "metadata": {"order": "42"}}
+        to_cancel = create(api, {**SLOW, **hook})
+        completed = create(api, {**FAST, **hook})
+        late = create(api, {**FAST, **hook, "deadline_s": 0.001})
+        assert api.post(f"/v1/jobs/{to_cancel['id']}/cancel").status_code == 200
+        expected = {to_cancel["id"]: "job.cancelled", completed["id"]: "job.completed", late["id"]: "job.failed"}
+
+        def delivered():  # each event: answered 500 once, then delivered again under the same webhook-id
+            return all(sorted(c for _, c, _ in receiver.events(j)) == [200, 500] for j in expected)
+
+        wait_for(delivered, 60, what="every event delivered after a 500")
+        assert receiver.errors == []  # every delivery verified with standardwebhooks
+        for job_id, event in expected.items():
+            attempts = receiver.events(job_id)
+            assert [(c, t) for _, c, t in attempts] == [(500, event), (200, event)]
+            assert attempts[0][0] == attempts[1][0]  # same webhook-id on the retry
+            payload = next(p for m, _, p in receiver.requests if p["data"]["id"] == job_id)
+            assert payload["data"]["metadata"] == {"order": "42"}
+            job = wait_for(lambda: (j := get(api, job_id))["webhook"].get("deliveries", {}).get(event, {})
+                           .get("status") == "delivered" and j, 10, what=f"{event} delivery state on {job_id}")
+            state = job["webhook"]["deliveries"][event]
+            assert (state["attempts"], state["last_status_code"], state["msg_id"]) == (2, 200, attempts[0][0])
+        assert get(api, late["id"])["error"]["code"] == "timeout"
+        assert get(api, completed["id"])["status"] == "completed"
+
+
+def test_private_webhook_urls_are_refused_unless_allowed(tmp_path):
+    """SSRF: the module's app allows private URLs (its receiver is on 127.0.0.1); a default app refuses them.
+    This one runs the same FastAPI app in process, without Serve or a renderer."""
+    from fastapi.testclient import TestClient
+
+    from wan_dist.serve.app import ServeState, create_app
+
+    settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
+                             api_keys=KEYS, webhook_secret=SECRET)
+    state = ServeState(settings, notify=False)
+    try:
+        with TestClient(create_app(settings, state=lambda: state), headers={"Authorization": "Bearer k1"}) as client:
+            for url in ("http://127.0.0.1:9/hook", "http://localhost:8080/hook", "http://10.1.2.3/hook",
+                        "http://169.254.169.254/latest/meta-data", "http://[::1]/hook"):
+                response = client.post("/v1/models/tiny/jobs", json={**FAST, "webhook_url": url})
+                assert_error(response, 422, "webhook_url", "unsafe_url")
+            image = client.post("/v1/videos", json={**FAST, "model": "tiny-i2v", "image": "http://127.0.0.1/a.png"})
+            assert_error(image, 422, "image", "unsafe_url")
+        assert state.store.count() == 0  # nothing refused was persisted
+    finally:
+        state.close()
+
+
+# ---- durability ------------------------------------------------------------------------------------------
+
+def test_killed_renderer_job_is_rerun_after_its_lease(serve_app, api, store):
+    import ray
+
+    job = create(api, {**FAST, "num_inference_steps": 150})
+    wait_for(lambda: get(api, job["id"])["progress"] > 0, 30, what="the job to make progress")
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "renderer-tiny" in a["name"]]
+    assert len(replicas) == 1, replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    done = wait_status(api, job["id"], TERMINAL_STATUSES, timeout_s=90)  # Serve starts a new replica
+    assert done["status"] == "completed", done
+    assert store.get(job["id"]).attempts == 2
+    assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content)
+    wait_for(lambda: api.get("/readyz").status_code == 200, 60, what="the new renderer to be ready")
+
+
+def test_restart_of_the_app_loses_no_job(serve_app, api, store):
+    settings = serve_app.settings
+    running = create(api, {**SLOW, "num_inference_steps": 120})
+    wait_status(api, running["id"], "in_progress")
+    ids = [running["id"]] + [create(api, {**FAST, "seed": 10 + i})["id"] for i in range(QUEUE_BOUND)]
+    before = store.count()
+
+    serve_app.stop()  # the Serve app is gone; its jobs are not
+    left = {job_id: store.get(job_id).status for job_id in ids}
+    assert any(status in ACTIVE_STATUSES for status in left.values()), left
+    serve_app.start(settings)
+
+    wait_for(lambda: all(store.get(job_id).terminal for job_id in ids), 120, interval_s=0.25,
+             what="every job accepted before the restart to finish")
+    assert store.count() == before  # none lost, none duplicated
+    for job_id in ids:
+        job = get(api, job_id)
+        assert job["status"] == "completed", job
+        if left[job_id] == "queued":  # rendered once, by the new renderer
+            assert store.get(job_id).attempts == 1
+        folder = os.path.join(settings.output, job_id)
+        assert sorted(os.listdir(folder)) == ["clip.json", "clip.mp4"], os.listdir(folder)  # published once
+        assert job["result"]["clip_uri"].endswith(f"{job_id}/clip.mp4")
+    assert_clip(api.get(f"/v1/jobs/{ids[-1]}/content").content)
+    listed = [j["id"] for j in api.get("/v1/jobs", params={"limit": 100}).json()["data"]]
+    assert len(listed) == len(set(listed)) and set(ids) <= set(listed)
