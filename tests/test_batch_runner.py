@@ -38,7 +38,7 @@ def _sidecar(out: Path, row_id: str) -> dict:
     return json.loads((out / row_id / "clip.json").read_text())
 
 
-def test_valid_rows_are_published_and_bad_rows_fail_alone(ray_local, tmp_path):
+def test_valid_rows_are_published_bad_rows_fail_alone_and_reruns_skip_published_rows(ray_local, tmp_path):
     rows = _rows(5)
     rows[1]["output_prefix"] = "lake/evening"
     bad = [{"id": "bad-frames", "prompt": "x", **{**FAST, "num_frames": 6}},
@@ -76,21 +76,16 @@ def test_valid_rows_are_published_and_bad_rows_fail_alone(ray_local, tmp_path):
     reference, _ = decode_mp4(encode_mp4(expected.frames[0], 16, crf=0))
     assert np.abs(got.astype(int) - reference.astype(int)).max() <= 2
 
-
-def test_a_rerun_skips_published_rows_and_renders_the_missing_ones(ray_local, tmp_path):
-    write_manifest(_rows(4), str(tmp_path / "m.parquet"))
-    out = tmp_path / "out"
-    _, first = _run(str(tmp_path / "m.parquet"), out, groups=1)
-    assert first["completed"] == 4
-    before = {i: _sidecar(out, f"row-{i:02d}")["created_at"] for i in range(4)}
-    (out / "row-02" / "clip.json").unlink()  # as if the first run had stopped before publishing row-02
-    _, second = _run(str(tmp_path / "m.parquet"), out, groups=1)
-    assert (second["completed"], second["skipped"], second["failed"]) == (1, 3, 0)
-    after = {i: _sidecar(out, f"row-{i:02d}")["created_at"] for i in range(4)}
-    assert {i for i in range(4) if after[i] != before[i]} == {2}
+    # a rerun skips what is published and renders what is missing (as if the run had stopped before row-02)
+    before = {r["id"]: _sidecar(out / r.get("output_prefix", ""), r["id"])["created_at"] for r in rows}
+    (out / "row-02" / "clip.json").unlink()
+    _, second = _run(str(tmp_path / "m.parquet"), out, crf=0)
+    assert (second["completed"], second["skipped"], second["failed"]) == (1, 4, 3)
+    after = {r["id"]: _sidecar(out / r.get("output_prefix", ""), r["id"])["created_at"] for r in rows}
+    assert {i for i in before if after[i] != before[i]} == {"row-02"}
     runs = read_results(str(out)).to_pylist()
-    assert len({r["run_id"] for r in runs}) == 2 and len(runs) == 8
-    assert published_rows(str(out)) == {f"row-{i:02d}" for i in range(4)}
+    assert len({r["run_id"] for r in runs}) == 2 and len(runs) == 16
+    assert published_rows(str(out)) == {"row-00", "lake/evening/row-01", "row-02", "row-03", "row-04"}
 
 
 def test_duplicate_ids_stop_the_run_before_anything_renders(ray_local, tmp_path):
