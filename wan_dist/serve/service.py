@@ -30,7 +30,7 @@ API_VERSIONS = ("2.2",)  # Wan-Version header values this server answers; the fi
 class ServeSettings:
     models: tuple[str, ...] = ("tiny",)  # variants (presets) served, one renderer deployment each
     sources: dict = field(default_factory=dict)  # variant -> checkpoint source (default: the name)
-    store: str = "sqlite:///wan-dist-jobs.db"
+    store: str = "sqlite:///outputs/serve/jobs.db"
     output: str = "outputs/serve"  # clips land at {output}/{job id}/clip.mp4
     api_keys: tuple[str, ...] = ()
     allow_anonymous: bool = False
