@@ -590,3 +590,16 @@ def test_rayservice_args_are_serve_settings():
     assert settings.models == ("t2v-a14b", "i2v-a14b") and settings.gpus_per_renderer == 1
     with pytest.raises(ValueError, match="gpus_per_replica"):
         settings_from_dict({**app["args"], "gpus_per_replica": 8})
+
+
+def test_serve_config_file_is_valid_for_serve_and_build_app():
+    """cluster/serve-config.yaml passes Ray Serve's own schema and its args parse into ServeSettings."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from wan_dist.serve.service import settings_from_dict
+
+    config = yaml.safe_load((REPO / "cluster" / "serve-config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == SERVE_IMPORT_PATH and config["http_options"]["host"] == "127.0.0.1"
+    assert settings_from_dict(app["args"]).models == ("tiny",)
