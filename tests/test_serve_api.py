@@ -364,9 +364,10 @@ def test_killed_renderer_job_is_rerun_after_its_lease(serve_app, api, store):
 
 def test_restart_of_the_app_loses_no_job(serve_app, api, store):
     settings = serve_app.settings
-    running = create(api, {**SLOW, "num_inference_steps": 120})
+    running = create(api, SLOW)
     wait_status(api, running["id"], "in_progress")
-    ids = [running["id"]] + [create(api, {**FAST, "seed": 10 + i})["id"] for i in range(QUEUE_BOUND)]
+    ids = [running["id"]] + [create(api, {**FAST, "num_inference_steps": 60, "seed": 10 + i})["id"]
+                             for i in range(QUEUE_BOUND)]
     before = store.count()
 
     serve_app.stop()  # the Serve app is gone; its jobs are not

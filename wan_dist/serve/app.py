@@ -13,16 +13,18 @@ import json
 import logging
 import threading
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.jobs import IdempotencyConflict, JobNotFound, JobStatus, body_hash, open_store
-from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, JobCreate, RequestError, VideoCreate, error_body,
+from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, error_body,
                                     public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
 from wan_dist.serve.service import API_VERSIONS, JobService, Notifier, QueueFull, ServeSettings, settings_from_dict
@@ -45,7 +47,8 @@ class ServeState:
         self.keys = ApiKeys.from_sources(list(settings.api_keys), allow_anonymous=settings.allow_anonymous)
         self.service = JobService(settings, self.store)
         self.ready = ready
-        dispatcher = WebhookDispatcher(WebhookSigner(secret_from_env()), allow_private=settings.allow_private_urls,
+        signer = WebhookSigner(settings.webhook_secret or secret_from_env())
+        dispatcher = WebhookDispatcher(signer, allow_private=settings.allow_private_urls,
                                        max_attempts=settings.webhook_max_attempts,
                                        base_delay_s=settings.webhook_base_delay_s)
         self.notifier = Notifier(self.service, dispatcher)
@@ -67,6 +70,120 @@ def _request_body_schema(model) -> dict:
         "application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}}}
 
 
+# -- documented responses (OpenAPI only: the routes build their bodies themselves) --------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, the body of every 4xx/5xx answer."""
+    error: ErrorDetail
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobObject(BaseModel):
+    """``GET /v1/jobs/{id}`` (``serve.schemas.job_view``)."""
+    id: str
+    object: Literal["job"]
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+    queue_position: int | None
+    progress: int
+    created_at: float | None
+    started_at: float | None
+    completed_at: float | None
+    deadline_at: float | None
+    expires_at: float | None
+    request: dict[str, Any]
+    timings: dict[str, Any]
+    result: dict[str, Any] | None
+    error: JobError | None
+    webhook: dict[str, Any] | None
+    metadata: dict[str, Any]
+
+
+class JobList(BaseModel):
+    object: Literal["list"]
+    data: list[JobObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class VideoObject(BaseModel):
+    """OpenAI's Video object (``serve.schemas.video_object``)."""
+    id: str
+    object: Literal["video"]
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    prompt: str | None
+    seconds: str
+    size: str
+    remixed_from_video_id: str | None
+    error: JobError | None
+
+
+class VideoList(BaseModel):
+    object: Literal["list"]
+    data: list[VideoObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"]
+    deleted: bool
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "ready", "loading"]
+
+
+_ERROR_TEXT = {400: "Malformed request (body not JSON, unsupported Wan-Version)", 401: "Missing or invalid API key",
+               404: "No such job, video or model (for this key)", 409: "Conflict (Idempotency-Key reuse, not ready)",
+               413: "Uploaded file too large", 422: "Invalid field", 429: "Rate limit, key quota or queue full"}
+
+
+def _responses(*statuses: int, ok: int = 200, model=None, content: dict | None = None) -> dict:
+    """``responses=`` of a route: the success body and the errors it can answer (all authenticated: 400, 401)."""
+    out: dict = {ok: {"model": model} if model is not None else {"content": content or {}}}
+    for status in sorted({400, 401, *statuses}):
+        out[status] = {"model": ErrorResponse, "description": _ERROR_TEXT[status]}
+    return out
+
+
+_CREATE_ERRORS = (404, 409, 413, 422, 429)
+_BAD_VERSION = {400: {"model": ErrorResponse, "description": _ERROR_TEXT[400]}}  # open routes too
+_CLIP = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+_SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": "One server-sent event; data is "
+              "the job object (status) or {id, progress} (progress), as JSON",
+              "properties": {"event": {"type": "string", "enum": ["status", "progress"]}, "data": {"type": "string"}}}
+
+
 def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | None = None) -> FastAPI:
     """The API. ``state()`` gives this process's ServeState (created on first use when not given)."""
     app = FastAPI(title="wan-dist", version=API_VERSIONS[0],
@@ -83,6 +200,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
             return holder["state"]
 
     app.state.get_state = get_state
+    served = sorted(name for name, variant in MODEL_NAMES.items() if variant in settings.models)  # documented
 
     @app.middleware("http")
     async def gate(request: Request, call_next):
@@ -112,6 +230,12 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     async def not_found(_request: Request, err: JobNotFound):
         return _error(RequestError(404, f"no job {err.job_id!r}", param="id", code="not_found"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, err: StarletteHTTPException):
+        """Starlette's own refusals (unknown route 404, 405, a malformed multipart body 400) in OpenAI's shape."""
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        return _error(RequestError(err.status_code, str(err.detail), code=code), dict(err.headers or {}) or None)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
@@ -119,23 +243,25 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         return _error(RequestError(422, f"{param}: {first.get('msg')}", param=param, code="invalid_value"))
 
     # -- health -----------------------------------------------------------------------------
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": HealthStatus}, **_BAD_VERSION})
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={200: {"model": HealthStatus}, **_BAD_VERSION,
+                                   503: {"model": HealthStatus, "description": "Renderers still loading"}})
     async def readyz():
         ready = await asyncio.to_thread(lambda: get_state().ready())
         return JSONResponse({"status": "ready" if ready else "loading"}, status_code=200 if ready else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_responses(model=ModelList))
     async def models():
         return {"object": "list", "data": [{"id": public_model_name(m), "object": "model", "owned_by": "wan-dist"}
                                            for m in settings.models]}
 
     # -- jobs -------------------------------------------------------------------------------
-    @app.post("/v1/models/{model}/jobs", status_code=202, openapi_extra=_request_body_schema(JobCreate))
-    async def create_job(model: str, request: Request):
+    @app.post("/v1/models/{model}/jobs", status_code=202, openapi_extra=_request_body_schema(JobCreate),
+              responses=_responses(*_CREATE_ERRORS, ok=202, model=JobObject))
+    async def create_job(request: Request, model: str = Path(json_schema_extra={"enum": served})):
         s = get_state()
         variant = resolve_model(model, settings.models)
         body, uploaded, digest = await _read_body(request, JobCreate, s, "image")
@@ -143,39 +269,43 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         job = await _create(s, request, variant, validated, "job", digest)
         return JSONResponse(s.service.view(job), status_code=202, headers=_poll_headers(settings))
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", responses=_responses(404, 422, model=JobObject))
     async def get_job(job_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         return JSONResponse(s.service.view(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/jobs")
+    @app.get("/v1/jobs", responses=_responses(404, 422, model=JobList))
     async def list_jobs(request: Request, limit: int = 20, after: str | None = None):
         s = get_state()
         jobs, more = await _page(s, request, limit, after, kind=None)
         return {"object": "list", "data": [s.service.view(j) for j in jobs], "has_more": more,
                 "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
 
-    @app.post("/v1/jobs/{job_id}/cancel")
+    @app.post("/v1/jobs/{job_id}/cancel", responses=_responses(404, 422, model=JobObject))
     async def cancel_job(job_id: str, request: Request):
         s = get_state()
         await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         job = await asyncio.to_thread(s.store.request_cancel, job_id)
         return s.service.view(job)
 
-    @app.get("/v1/jobs/{job_id}/events")
+    @app.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse,
+             responses=_responses(404, 422, content={"text/event-stream": {"schema": _SSE_EVENT}}))
     async def job_events(job_id: str, request: Request):
         s = get_state()
         await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         return StreamingResponse(_events(s, job_id, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/jobs/{job_id}/content")
+    @app.get("/v1/jobs/{job_id}/content", response_class=Response,
+             responses={**_responses(404, 409, 422, content=_CLIP),
+                        307: {"description": "Redirect to a presigned URL of the clip"}})
     async def job_content(job_id: str, request: Request):
         return await _content(get_state(), job_id, request.state.owner)
 
     # -- OpenAI-compatible videos -----------------------------------------------------------
-    @app.post("/v1/videos", openapi_extra=_request_body_schema(VideoCreate))
+    @app.post("/v1/videos", openapi_extra=_request_body_schema(VideoCreate),
+               responses=_responses(*_CREATE_ERRORS, model=VideoObject))
     async def create_video(request: Request):
         s = get_state()
         body, uploaded, digest = await _read_body(request, VideoCreate, s, "input_reference")
@@ -184,24 +314,25 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         job = await _create(s, request, validated.variant, validated, "video", digest)
         return JSONResponse(s.service.video(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/videos/{video_id}")
+    @app.get("/v1/videos/{video_id}", responses=_responses(404, 422, model=VideoObject))
     async def get_video(video_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)
         return JSONResponse(s.service.video(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/videos")
+    @app.get("/v1/videos", responses=_responses(404, 422, model=VideoList))
     async def list_videos(request: Request, limit: int = 20, after: str | None = None, order: str = "desc"):
         s = get_state()
         jobs, more = await _page(s, request, limit, after, kind="video", order=order)
         return {"object": "list", "data": [s.service.video(j) for j in jobs], "has_more": more,
                 "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
 
-    @app.get("/v1/videos/{video_id}/content")
+    @app.get("/v1/videos/{video_id}/content", response_class=Response,
+             responses=_responses(404, 409, 422, content=_CLIP))
     async def video_content(video_id: str, request: Request):
         return await _content(get_state(), video_id, request.state.owner, redirect=False)
 
-    @app.delete("/v1/videos/{video_id}")
+    @app.delete("/v1/videos/{video_id}", responses=_responses(404, 422, model=VideoDeleted))
     async def delete_video(video_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)
@@ -240,8 +371,11 @@ async def _read_body(request: Request, model, s: ServeState, file_field: str) ->
     raw = await request.body()
     try:
         body = json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RequestError(400, "the body is not valid JSON", param=None, code="invalid_json") from None
+    if _nested_deeper(body, MAX_JSON_DEPTH):  # json.dumps (body_hash) and pydantic would recurse past the stack
+        raise RequestError(400, f"the body is nested more than {MAX_JSON_DEPTH} levels deep", param=None,
+                           code="invalid_json")
     if not isinstance(body, dict):
         raise RequestError(422, "the body must be a JSON object", param=None, code="invalid_value")
     for name in ("image", "input_reference"):
@@ -254,6 +388,21 @@ async def _read_body(request: Request, model, s: ServeState, file_field: str) ->
             except ValueError as err:
                 raise RequestError(422, str(err), param=name, code="unsafe_url") from None
     return body, None, body_hash(body)
+
+
+MAX_JSON_DEPTH = 32  # a valid body nests 3 levels at most
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether lists/objects in ``value`` nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _store_upload(output: str, data: bytes, filename: str) -> str:

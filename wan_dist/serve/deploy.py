@@ -42,7 +42,10 @@ def _install_state(state: ServeState) -> None:
         old.close()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10)
+# Renderers answer no HTTP traffic (they pull jobs from the store): a short graceful shutdown is enough, a job
+# cut off is requeued when its lease expires.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10, graceful_shutdown_timeout_s=5,
+                  graceful_shutdown_wait_loop_s=1)
 class Renderer:
     def __init__(self, settings: dict, model: str):
         from wan_dist.serve.renderer import RendererCore
@@ -67,7 +70,9 @@ def application(settings: ServeSettings):
 
     api = create_app(settings, state=lambda: _process_state(settings))
 
-    @serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
+    # Serve's default of 5 ongoing requests per replica throttles the API 6x (benchmarks/RESULTS.md): creates are
+# short store writes, so the ingress takes many at once.
+@serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
     @serve.ingress(api)
     class Ingress:
         def __init__(self, renderers: dict):

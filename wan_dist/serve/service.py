@@ -135,7 +135,10 @@ _EVENTS = {JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed", JobStat
 class Notifier:
     """Delivers job events to webhooks, at least once, from a background task of the API process."""
 
-    def __init__(self, service: JobService, dispatcher: WebhookDispatcher, *, poll_s: float = 0.5):
+    def __init__(self, service: JobService, dispatcher: WebhookDispatcher, *, poll_s: float = 0.5,
+                 full_scan_s: float = 30.0):
+        self.full_scan_s = full_scan_s
+        self._last_full = float("-inf")
         self.service = service
         self.store = service.store
         self.dispatcher = dispatcher
@@ -188,6 +191,17 @@ class Notifier:
         return events
 
     def scan(self) -> None:
+        """The newest 200 jobs every poll; all of them every ``full_scan_s`` (older jobs finishing late, and
+        deliveries left pending by a restart). Reading the whole store every poll grows with its history."""
+        now = time.monotonic()
+        if now - self._last_full < self.full_scan_s:
+            jobs, _ = self.store.list(limit=200, order="desc")
+            for job in jobs:
+                if job.webhook_url:
+                    for event in self._events(job):
+                        self._maybe_deliver(job, event)
+            return
+        self._last_full = now
         after = None
         while True:
             jobs, more = self.store.list(limit=200, after=after, order="asc")
