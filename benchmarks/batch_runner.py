@@ -16,7 +16,6 @@ Both are ratios measured in the same run; the absolute times depend on the machi
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+from csv_rows import append_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,14 +72,7 @@ def _run(cfg: DictConfig) -> dict:
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_batch", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     row = _run(cfg)
-    path = ROOT / cfg.results
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_row(ROOT / cfg.results, row)
     print(row)
 
 

@@ -12,7 +12,6 @@ the relative cost of the layouts' communication on one machine.
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from csv_rows import append_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,14 +81,7 @@ def main(cfg: DictConfig) -> None:
            "tokens": ranks[0]["tokens"], "s_per_step": round(ranks[0]["s_per_step"], 3),
            "bytes_per_step_per_rank": int(max(r["bytes_per_step"] for r in ranks)),
            "peak_mib_per_rank": round(max(r["peak_mib"] for r in ranks), 1)}
-    path = ROOT / cfg.results
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_row(ROOT / cfg.results, row)
     print(row, file=sys.stderr)
 
 

@@ -19,7 +19,6 @@ busy the machine was (other processes share it).
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
 import os
 import platform
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+from csv_rows import append_row
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-bench"
@@ -233,14 +234,7 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request (the client shares the CPUs)
     row = _run(cfg)
-    path = ROOT / cfg.results
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_row(ROOT / cfg.results, row)
     print(row)
     print(f"{row['accepted']} creates from {row['clients']} clients: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
           f"{row['creates_per_s']} creates/s; non-2xx {row['non_2xx']}, errors {row['errors']}; "
