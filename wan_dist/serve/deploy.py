@@ -71,8 +71,8 @@ def application(settings: ServeSettings):
     api = create_app(settings, state=lambda: _process_state(settings))
 
     # Serve's default of 5 ongoing requests per replica throttles the API 6x (benchmarks/RESULTS.md): creates are
-# short store writes, so the ingress takes many at once.
-@serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+    # short store writes, so the ingress takes many at once.
+    @serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
     @serve.ingress(api)
     class Ingress:
         def __init__(self, renderers: dict):
