@@ -131,3 +131,13 @@ def test_group_count_and_planned_layout():
     assert group_count(BatchConfig(manifest="m", groups=5), ParallelConfig(), {"CPU": 2}) == (5, False)
     parallel, per_node, table = planned_layout("t2v-a14b", gpus=8, gpu_memory_gb=80)
     assert parallel.data == 1 and per_node * parallel.world_size <= 8 and "clips/h" in table
+
+
+def test_a_mixed_manifest_renders_each_model_on_a_group_that_loaded_it(ray_local, tmp_path):
+    rows = _rows(2) + [{**row, "id": f"ti2v-{i}", "model": "tiny-ti2v"} for i, row in enumerate(_rows(2))]
+    write_manifest(rows, str(tmp_path / "m.parquet"))
+    out = tmp_path / "out"
+    _, summary = _run(str(tmp_path / "m.parquet"), out, groups=1)  # one group: it reloads for the second model
+    assert (summary["completed"], summary["failed"]) == (4, 0)
+    for row in rows:
+        assert _sidecar(out, row["id"])["model"]["variant"] == row["model"]
