@@ -10,11 +10,11 @@ state lives on the job, so a restarted API resumes deliveries that were pending.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 
+from wan_dist.config import from_dict
 from wan_dist.serve.auth import RateLimiter
 from wan_dist.serve.jobs import ACTIVE_STATUSES, Job, JobStatus, JobStore, VersionConflict
 from wan_dist.serve.schemas import RequestError, ValidatedRequest, job_view, video_object
@@ -247,10 +247,7 @@ class Notifier:
 
 
 def settings_from_dict(data: dict) -> ServeSettings:
-    names = {f.name for f in dataclasses.fields(ServeSettings)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"serve: unknown field(s) {unknown}; known: {sorted(names)}")
+    """ServeSettings from plain config (Hydra, Serve `args`): lists become tuples, model names variants."""
     data = {k: tuple(v) if k in ("models", "api_keys") else v for k, v in data.items()}
     if "models" in data:  # public names (wan2.2-t2v-a14b) or variant names (t2v-a14b, tiny)
         from wan_dist.serve.schemas import MODEL_NAMES
@@ -259,4 +256,4 @@ def settings_from_dict(data: dict) -> ServeSettings:
         if unknown:
             raise ValueError(f"serve.models: unknown model(s) {unknown}; known: {sorted(MODEL_NAMES)}")
         data["models"] = tuple(MODEL_NAMES[m] for m in data["models"])
-    return ServeSettings(**data)
+    return from_dict(ServeSettings, data)  # names unknown fields
