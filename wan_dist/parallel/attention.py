@@ -32,18 +32,39 @@ __all__ = ["attention_with_lse", "ulysses_scatter_heads", "ulysses_gather_heads"
            "make_sequence_attention", "make_deepspeed_attention"]
 
 
+# CUDA kernels that return the log-sum-exp, in order of preference. cuDNN's is what SDPA itself picks on
+# Hopper and ran a ring rank's attention 1.6x faster than the flash kernel on an H200 (benchmarks/RESULTS.md);
+# a kernel that refuses the inputs (older cuDNN, other GPUs) falls through to the next.
+CUDA_LSE_KERNELS: tuple[str, ...] = ("cudnn", "flash")
+
+
+def _cuda_attention_with_lse(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor):
+    """(out [B, h, Lq, D], lse) from the first of CUDA_LSE_KERNELS that takes q, k, v [B, h, L, D]."""
+    error = None
+    for kernel in CUDA_LSE_KERNELS:
+        try:
+            if kernel == "cudnn":
+                return torch.ops.aten._scaled_dot_product_cudnn_attention(
+                    qt, kt, vt, None, True, 0.0, False, False)[:2]
+            return torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)[:2]
+        except RuntimeError as exc:
+            error = exc
+    raise RuntimeError(f"attention_with_lse: no CUDA kernel in {CUDA_LSE_KERNELS} took the inputs") from error
+
+
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention and its log-sum-exp.
 
     q [B, Lq, h, D], k/v [B, Lk, h, D] -> (out fp32 [B, Lq, h, D], lse fp32 [B, h, Lq]), scale 1/sqrt(D).
     CPU: ``_scaled_dot_product_flash_attention_for_cpu`` (SDPA's public CPU path returns no LSE);
-    CUDA fp16/bf16: the flash kernel; otherwise an explicit fp32 computation.
+    CUDA fp16/bf16: cuDNN's or the flash kernel (``CUDA_LSE_KERNELS``); otherwise an explicit fp32 computation.
     """
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
     elif q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)[:2]
+        out, lse = _cuda_attention_with_lse(qt, kt, vt)
+        lse = lse.reshape(q.shape[0], q.shape[2], q.shape[1])  # cuDNN's carries a trailing 1
     else:
         scores = torch.matmul(qt.float(), kt.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
         lse = torch.logsumexp(scores, dim=-1)

@@ -37,7 +37,8 @@ SELF_ATTENTION_SLABS = 7
 ULYSSES_SLABS = 4  # all-to-all receive buffers of q, k, v and of the output
 RING_SLABS = 2  # the next (k, v) block in flight while the current one is attended
 # Ring attention runs r shorter attention kernels per layer and merges them by log-sum-exp: assume it
-# reaches this share of one fused kernel's speed (USP reports Ulysses ahead of ring inside a node).
+# reaches this share of one fused kernel's speed (USP reports Ulysses ahead of ring inside a node). Measured
+# 0.92 for one rank's compute on an H200 with cuDNN's log-sum-exp kernel (benchmarks/RESULTS.md, no exchange).
 RING_ATTENTION_EFFICIENCY = 0.85
 # Measured on diffusers' AutoencoderKLWan (torch FlopCounterMode; parameters on the meta device).
 VAE_PARAMS = {"2.1": 126_892_531, "2.2": 704_688_668}
