@@ -7,7 +7,9 @@ The driver sends a request once; the whole denoising loop runs inside the ranks;
 rank returns the result: rank 0, or with disaggregated placement the leader of the low-noise stage
 (the high-noise stage returns right after its hand-off and starts the next queued call). A rank
 that dies fails the request with ``RenderGroupFailed``; ``rebuild()`` starts a new gang and the
-request can be retried.
+request can be retried. A step control (``wan_dist.engine.control``) passed with a request sees every
+denoising step on the result rank and can stop every rank between two steps: ``wait`` then raises
+``RequestFailed`` with the ``StopRender`` as its cause, and the group renders the next request.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wan_dist.config import OutputConfig, ParallelConfig
+from wan_dist.engine.control import check_control_supported
 from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
 
 __all__ = ["GroupConfig", "GroupCall", "RenderGroup", "RenderGroupFailed", "RequestFailed", "RankWorker"]
@@ -34,8 +37,9 @@ class RenderGroupFailed(RuntimeError):
 class RequestFailed(RuntimeError):
     """Every rank raised the same error for one request and the group is still healthy.
 
-    ``cause`` is rank 0's exception; ``permanent`` is True for bad input (ValueError, a missing object),
-    which a retry cannot fix.
+    ``cause`` is the result rank's exception (another rank's if it has none); ``permanent`` is True for
+    bad input (ValueError, a missing object), which a retry cannot fix. A render stopped by its step
+    control has a ``StopRender`` cause and is not permanent.
     """
 
     def __init__(self, message: str, *, cause: BaseException | None = None, permanent: bool = False):
@@ -87,12 +91,20 @@ class GroupConfig:
     # it has its own process group, so collective_timeout_s can stay short
     handoff_timeout_s: float = 1800.0
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the rank processes
+    # Place the ranks in the caller's placement group (rank i in bundle bundle_offset + i) instead of
+    # creating one, when the caller runs in one: a Ray Serve replica sits in bundle 0 of its
+    # placement_group_bundles and owns its render group this way. That group is not ours: shutdown()
+    # leaves it. Without a current placement group, one is created as usual.
+    reuse_placement_group: bool = False
+    bundle_offset: int = 1
 
     def __post_init__(self) -> None:
         if self.cpus_per_rank <= 0:
             raise ValueError(f"cpus_per_rank: must be > 0, got {self.cpus_per_rank}")
         if self.threads_per_rank < 1:
             raise ValueError(f"threads_per_rank: must be >= 1, got {self.threads_per_rank}")
+        if self.bundle_offset < 0:
+            raise ValueError(f"bundle_offset: must be >= 0, got {self.bundle_offset}")
         for name in ("collective_timeout_s", "handoff_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
@@ -173,14 +185,15 @@ class RankWorker:
     def warmup(self) -> None:
         self.program.warmup()
 
-    def render(self, request, output: OutputConfig, model_source: str | None):
-        """Every rank runs the request; the result rank returns the RenderResult, the others None."""
-        return self.program.render(request, output, model_source=model_source)
+    def render(self, request, output: OutputConfig, model_source: str | None, control=None):
+        """Every rank runs the request; the result rank returns the RenderResult, the others None.
+        ``control``: a step control run on the result rank after every step (see engine.control)."""
+        return self.program.render(request, output, model_source=model_source, control=control)
 
-    def generate(self, request):
+    def generate(self, request, control=None):
         """Every rank runs the request; the result rank returns the WanOutput (frames to publish
-        elsewhere), the others None."""
-        return self.program.generate(request)
+        elsewhere), the others None. ``control``: as in ``render``."""
+        return self.program.generate(request, control)
 
     def prefetch_text(self, request) -> None:
         """Encode ``request``'s prompts into the pipeline's PromptCache. Runs in the "prefetch" concurrency
@@ -217,12 +230,32 @@ class RankWorker:
             dist.destroy_process_group()
 
 
+def _control_of(method: str, args: tuple, kwargs: dict):
+    """The step control a ``RankWorker.<method>(*args, **kwargs)`` call carries (None if none)."""
+    import inspect
+
+    function = getattr(RankWorker, method, None)
+    if function is None or "control" not in inspect.signature(function).parameters:
+        return None
+    try:
+        return inspect.signature(function).bind(None, *args, **kwargs).arguments.get("control")
+    except TypeError:  # a wrong call: the rank reports it
+        return None
+
+
 class RenderGroup:
     """A gang of ``config.world_size`` RankWorker actors on one placement group."""
 
     def __init__(self, config: GroupConfig):
         self.config = config
         self.placement_group = None
+        self._owns_placement_group = False  # False: the caller's (reuse_placement_group), never removed here
+        self._bundle_offset = 0
+        # One call goes to every rank in a loop; a rank runs its calls in arrival order. Two threads
+        # submitting at once (a renderer's interactive jobs and batch rows) could interleave their loops
+        # so that rank 0 gets A then B and rank 1 B then A: the ranks of different requests would then
+        # meet in collectives and hang. The lock makes every rank see the calls in the same order.
+        self._submit_lock = threading.Lock()
         self.workers: list = []
         self.generation = 0
         self.result_rank = 0  # the rank whose calls return the result (see RankProgram.result_rank)
@@ -230,23 +263,20 @@ class RenderGroup:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, *, ready_timeout_s: float = 300) -> "RenderGroup":
         import ray
-        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         config = self.config
         if config.source in EMBEDDED_PRESETS:  # written once here, not raced by every rank (local Ray only)
             with _RESOLVE_LOCK:
                 config = replace(config, source=str(resolve_source(config.source, layout=config.layout)))
-        bundle = {"CPU": config.cpus_per_rank, **({"GPU": 1} if config.use_gpus else {})}
-        self.placement_group = placement_group([dict(bundle) for _ in range(config.world_size)],
-                                               strategy="STRICT_PACK")
-        ray.get(self.placement_group.ready(), timeout=ready_timeout_s)
+        self._place(ready_timeout_s)
         actor = ray.remote(concurrency_groups={"prefetch": 1})(RankWorker)
         env = {"OMP_NUM_THREADS": str(config.threads_per_rank), **config.env}
         self.workers = [
             actor.options(num_cpus=config.cpus_per_rank, num_gpus=1 if config.use_gpus else 0,
                           scheduling_strategy=PlacementGroupSchedulingStrategy(
-                              placement_group=self.placement_group, placement_group_bundle_index=rank),
+                              placement_group=self.placement_group,
+                              placement_group_bundle_index=self._bundle_offset + rank),
                           runtime_env={"env_vars": env}, max_restarts=0).remote(rank, config.world_size)
             for rank in range(config.world_size)]
         address, port = ray.get(self.workers[0].rendezvous_address.remote())
@@ -264,6 +294,27 @@ class RenderGroup:
         log.info("render group %d ready: %d ranks on %s", self.generation, config.world_size, address)
         return self
 
+    def _place(self, ready_timeout_s: float) -> None:
+        """The caller's placement group (``config.reuse_placement_group`` inside one) or a new one."""
+        import ray
+        from ray.util.placement_group import get_current_placement_group, placement_group
+
+        config = self.config
+        current = get_current_placement_group() if config.reuse_placement_group else None
+        if current is not None:
+            needed = config.bundle_offset + config.world_size
+            if current.bundle_count < needed:
+                raise ValueError(f"reuse_placement_group: the current placement group has {current.bundle_count} "
+                                 f"bundles; {config.world_size} ranks from bundle {config.bundle_offset} need {needed}")
+            # the caller runs in it, so it is ready already
+            self.placement_group, self._owns_placement_group, self._bundle_offset = current, False, config.bundle_offset
+            return
+        bundle = {"CPU": config.cpus_per_rank, **({"GPU": 1} if config.use_gpus else {})}
+        self.placement_group = placement_group([dict(bundle) for _ in range(config.world_size)],
+                                               strategy="STRICT_PACK")
+        self._owns_placement_group, self._bundle_offset = True, 0
+        ray.get(self.placement_group.ready(), timeout=ready_timeout_s)
+
     def shutdown(self) -> None:
         import ray
         from ray.util.placement_group import remove_placement_group
@@ -274,9 +325,9 @@ class RenderGroup:
             except Exception:  # noqa: BLE001 - already dead is fine
                 pass
         self.workers = []
-        if self.placement_group is not None:
+        if self.placement_group is not None and self._owns_placement_group:
             remove_placement_group(self.placement_group)
-            self.placement_group = None
+        self.placement_group = None
 
     def rebuild(self) -> "RenderGroup":
         self.shutdown()
@@ -291,13 +342,22 @@ class RenderGroup:
         """
         return self.wait(self.submit("render", request, output, model_source))
 
-    def submit(self, method: str, *args) -> GroupCall:
+    def submit(self, method: str, *args, **kwargs) -> GroupCall:
         """Send one call to every rank without waiting. Calls run in submission order on each rank, so a
-        driver can queue the next request while the current one renders (the group never idles)."""
-        if not self.workers:
-            raise RenderGroupFailed("render group is not running (start or rebuild it)")
-        return GroupCall(tuple(getattr(w, method).remote(*args) for w in self.workers), self.generation,
-                         self.result_rank)
+        driver can queue the next request while the current one renders (the group never idles).
+        Thread-safe: calls from several threads reach every rank in one order.
+
+        ``generate``/``render`` take a step control (``control=``, or positionally after their other
+        arguments; see :mod:`wan_dist.engine.control`); a control is refused (ValueError, nothing sent)
+        where the layout cannot stop every rank at one step (disaggregated placement).
+        """
+        if _control_of(method, args, kwargs) is not None:
+            check_control_supported(self.config.parallel)
+        with self._submit_lock:
+            if not self.workers:
+                raise RenderGroupFailed("render group is not running (start or rebuild it)")
+            refs = tuple(getattr(w, method).remote(*args, **kwargs) for w in self.workers)
+            return GroupCall(refs, self.generation, self.result_rank)
 
     def wait(self, call: GroupCall, *, timeout_s: float | None = None, fetch: bool = True):
         """The result rank's return value of ``call`` (its object ref with ``fetch=False``, e.g. frames
@@ -313,7 +373,7 @@ class RenderGroup:
 
         if call.generation != self.generation or not self.workers:
             raise RenderGroupFailed(f"render group {call.generation} is gone (rebuilt or shut down)")
-        pending, errors = list(call.refs), []
+        pending, errors = list(call.refs), {}  # errors: rank -> its exception, in the order they came
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -323,15 +383,16 @@ class RenderGroup:
             try:
                 ray.get(done[0])
             except ray.exceptions.RayTaskError as error:
-                errors.append(getattr(error, "cause", None) or error)
+                errors[call.refs.index(done[0])] = getattr(error, "cause", None) or error
                 if deadline is None or deadline - time.monotonic() > self.config.collective_timeout_s:
                     deadline = time.monotonic() + self.config.collective_timeout_s + 10
                 timeout_s = self.config.collective_timeout_s
             except ray.exceptions.RayError as error:  # a dead actor: the gang cannot go on
                 self._broken(f"a rank failed: {type(error).__name__}: {str(error).splitlines()[0]}", error)
         if errors:
-            cause = errors[0]
-            if len(errors) < len(call.refs) or len({type(e) for e in errors}) > 1:
+            # the result rank's error when it has one: with a step control it holds the exact stop reason
+            cause = errors.get(call.result_index, next(iter(errors.values())))
+            if len(errors) < len(call.refs) or len({type(e) for e in errors.values()}) > 1:
                 self._broken(f"a rank failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", cause)
             permanent = isinstance(cause, (ValueError, FileNotFoundError))  # bad input: a retry cannot help
             raise RequestFailed(f"{type(cause).__name__}: {cause}", cause=cause, permanent=permanent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from wan_dist.config import OutputConfig, ParallelConfig
+from wan_dist.engine.control import check_control_supported, make_step_callback
 from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, model_record, publish
 
 __all__ = ["RankProgram"]
@@ -27,6 +28,7 @@ class RankProgram:
         if parallel.world_size != world_size:
             raise ValueError(f"parallel: degrees multiply to {parallel.world_size}, the group has {world_size} ranks")
         self.pipe = pipe
+        self.parallel = parallel
         self.rank = rank
         self.world_size = world_size
         self.generate_fn = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel, handoff_timeout_s)
@@ -46,13 +48,20 @@ class RankProgram:
         self.generate_fn("warmup", image=image, height=stride, width=stride, num_frames=1, num_inference_steps=1,
                          seed=0, output_type="latent")
 
-    def generate(self, request: RenderRequest):
+    def generate(self, request: RenderRequest, control=None):
         """Every rank runs the request; the result rank returns the WanOutput (frames, settings, timings),
-        the others None."""
+        the others None.
+
+        ``control``: a step control (:mod:`wan_dist.engine.control`), called on the result rank after
+        every denoising step; a StopRender it raises stops every rank after that step (each raises it).
+        Every rank must get a control or none. Refused (ValueError) with disaggregated placement.
+        """
+        if control is not None:
+            check_control_supported(self.parallel)
         counter = getattr(getattr(self.generate_fn, "mesh", None), "counter", None)
         if counter is not None:
             counter.reset()
-        out = generate_for(self.pipe, request, generate=self.generate_fn)
+        out = generate_for(self.pipe, request, generate=self.generate_fn, callback=self._step_callback(control))
         if self.rank != self.result_rank:
             return None
         if counter is not None:  # the result rank's traffic; the layouts are symmetric (see parallel/comm.py)
@@ -61,13 +70,26 @@ class RankProgram:
                                 **{f"comm_bytes.{op}": float(n) for op, n in counter.snapshot().items()}})
         return out
 
-    def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None
-               ) -> RenderResult | None:
-        """Generate, then the result rank publishes the clip and returns the RenderResult (the others None)."""
-        out = self.generate(request)
+    def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
+               control=None) -> RenderResult | None:
+        """Generate, then the result rank publishes the clip and returns the RenderResult (the others None).
+        ``control``: as in :meth:`generate` (a stopped render publishes nothing)."""
+        out = self.generate(request, control)
         if out is None:
             return None
         return publish(model_record(self.pipe, model_source), request, out, output)
+
+    def _step_callback(self, control):
+        if control is None:
+            return None
+        device = "cpu"  # gloo broadcasts CPU tensors, NCCL only CUDA ones
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.get_backend() == "nccl":
+                device = self.pipe.device
+        return make_step_callback(control, rank=self.rank, result_rank=self.result_rank,
+                                  world_size=self.world_size, device=device)
 
     def stage_events(self) -> list:
         """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty)."""

@@ -1,0 +1,231 @@
+"""Step controls on Ray render groups: observe every denoising step on the result rank, stop every rank
+between two steps, keep the group usable; render groups inside the caller's placement group."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from wan_dist.config import OutputConfig, ParallelConfig, SamplingConfig
+from wan_dist.engine.control import STOP_CODES, StopRender, make_step_callback, stop_code, stop_reason
+from wan_dist.engine.group import GroupConfig, RenderGroup, RequestFailed
+from wan_dist.engine.render import RenderRequest
+
+STEPS = 4
+REQUEST = RenderRequest(prompt="a kite over a beach", seed=11, height=48, width=80, num_frames=9,
+                        sampling=SamplingConfig(num_inference_steps=STEPS), name="kite")
+NEXT = RenderRequest(prompt="a red fox in snow", seed=12, height=48, width=80, num_frames=9,
+                     sampling=SamplingConfig(num_inference_steps=2), name="fox")
+
+
+@dataclass(frozen=True)
+class RecordingControl:
+    """Appends ``"<actor id> <step> <total>"`` to ``path`` per call (it runs in a rank's process) and
+    raises StopRender(reason) at step ``stop_at``."""
+
+    path: str
+    stop_at: int | None = None
+    reason: str = "cancelled"
+
+    def __call__(self, step: int, total: int) -> None:
+        import ray
+
+        with open(self.path, "a") as handle:
+            handle.write(f"{ray.get_runtime_context().get_actor_id()} {step} {total}\n")
+        if step == self.stop_at:
+            raise StopRender(self.reason)
+
+
+# The rank processes cannot import this test module: send its controls (and _Owner) by value.
+ray_cloudpickle = pytest.importorskip("ray.cloudpickle")
+ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _calls(path) -> list[tuple[str, int, int]]:
+    if not path.exists():
+        return []
+    return [(actor, int(step), int(total)) for actor, step, total in
+            (line.split() for line in path.read_text().splitlines())]
+
+
+# -- no Ray: the callback, the code table, the refusal -----------------------------------------------------
+def test_stop_render_pickles_with_its_reason():
+    error = pickle.loads(pickle.dumps(StopRender("lease_lost")))
+    assert type(error) is StopRender and error.reason == "lease_lost" and "lease_lost" in str(error)
+
+
+def test_the_code_table_round_trips_known_reasons_and_folds_the_others():
+    assert STOP_CODES == {1: "cancelled", 2: "lease_lost", 3: "stopped"}
+    assert [stop_reason(stop_code(r)) for r in ("cancelled", "lease_lost", "stopped", "quota")] == \
+        ["cancelled", "lease_lost", "stopped", "stopped"]
+    assert stop_reason(0) is None
+
+
+def test_a_single_rank_callback_counts_steps_from_one_and_stops_with_the_reason():
+    seen = []
+
+    def control(step, total):
+        seen.append((step, total))
+        if step == 2:
+            raise StopRender("quota exceeded")
+
+    callback = make_step_callback(control, rank=0, result_rank=0, world_size=1)
+    callback(0, 5, None)
+    with pytest.raises(StopRender) as stopped:
+        callback(1, 5, None)
+    assert stopped.value.reason == "quota exceeded"  # the result rank keeps the exact reason
+    assert seen == [(1, 5), (2, 5)]
+    assert make_step_callback(None, rank=0, result_rank=0, world_size=1) is None
+
+
+def test_a_failing_control_stops_the_render_instead_of_breaking_it():
+    def control(step, total):
+        raise KeyError("lease store down")
+
+    callback = make_step_callback(control, rank=0, result_rank=0, world_size=1)
+    with pytest.raises(StopRender, match="control_failed: KeyError"):
+        callback(0, 3, None)
+
+
+def test_a_disaggregated_group_refuses_a_step_control_before_sending_anything(tmp_path):
+    group = RenderGroup(GroupConfig(source="tiny", parallel=ParallelConfig(ulysses=2, placement="disaggregated")))
+    control = RecordingControl(str(tmp_path / "calls.txt"))
+    message = "step control is not supported with placement=disaggregated"
+    with pytest.raises(ValueError, match=message):
+        group.submit("generate", REQUEST, control)
+    with pytest.raises(ValueError, match=message):
+        group.submit("generate", REQUEST, control=control)
+    with pytest.raises(ValueError, match=message):
+        group.submit("render", REQUEST, OutputConfig(uri=str(tmp_path)), "tiny", control)
+    from wan_dist.engine.group import RenderGroupFailed
+
+    with pytest.raises(RenderGroupFailed, match="not running"):  # no control: the usual path
+        group.submit("generate", REQUEST)
+
+
+# -- render groups of one and two ranks -----------------------------------------------------------------
+@pytest.fixture(scope="module", params=[1, 2], ids=["world1", "ulysses2"])
+def group(request, ray_local):
+    parallel = ParallelConfig(ulysses=request.param)
+    group = RenderGroup(GroupConfig(source="tiny", parallel=parallel, cpus_per_rank=0.5,
+                                    collective_timeout_s=60)).start()
+    yield group
+    group.shutdown()
+
+
+def _result_actor(group) -> str:
+    return group.workers[group.result_rank]._actor_id.hex()
+
+
+@pytest.mark.slow
+def test_a_cancel_at_step_k_stops_every_rank_and_the_group_renders_the_next_request(group, tmp_path):
+    import ray
+
+    path = tmp_path / "calls.txt"
+    call = group.submit("generate", REQUEST, RecordingControl(str(path), stop_at=2))
+    with pytest.raises(RequestFailed) as failure:
+        group.wait(call, timeout_s=120)
+    cause = failure.value.cause
+    assert isinstance(cause, StopRender) and cause.reason == "cancelled"
+    assert not failure.value.permanent
+    for ref in call.refs:  # every rank stopped with the same reason (not a collective timeout)
+        with pytest.raises(StopRender) as stopped:
+            ray.get(ref)
+        assert stopped.value.reason == "cancelled"
+    assert _calls(path) == [(_result_actor(group), 1, STEPS), (_result_actor(group), 2, STEPS)]
+
+    out = group.wait(group.submit("generate", NEXT), timeout_s=120)  # the group is still healthy
+    assert out.frames.shape == (1, 9, 48, 80, 3) and out.settings.num_inference_steps == 2
+
+
+@pytest.mark.slow
+def test_a_control_that_never_stops_sees_every_step_and_the_clip_is_published(group, tmp_path):
+    path = tmp_path / "calls.txt"
+    result = group.wait(group.submit("render", REQUEST, OutputConfig(uri=str(tmp_path / "out")), "tiny",
+                                     control=RecordingControl(str(path))), timeout_s=120)
+    assert result.status == "completed", result.error
+    assert (tmp_path / "out" / "kite").is_dir()
+    assert _calls(path) == [(_result_actor(group), step, STEPS) for step in range(1, STEPS + 1)]
+
+
+@pytest.mark.slow
+def test_a_stopped_render_publishes_nothing_and_other_reasons_reach_the_driver(group, tmp_path):
+    path = tmp_path / "calls.txt"
+    control = RecordingControl(str(path), stop_at=1, reason="lease_lost")
+    with pytest.raises(RequestFailed) as failure:
+        group.wait(group.submit("render", REQUEST, OutputConfig(uri=str(tmp_path / "out")), "tiny", control),
+                   timeout_s=120)
+    assert failure.value.cause.reason == "lease_lost"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("clip.mp4"))
+    assert [step for _, step, _ in _calls(path)] == [1]
+
+
+@pytest.mark.slow
+def test_two_threads_submitting_at_once_both_get_their_clips(group):
+    requests = [RenderRequest(prompt=f"scene {i}", seed=20 + i, height=48, width=80, num_frames=9,
+                              sampling=SamplingConfig(num_inference_steps=1)) for i in range(4)]
+    outputs: dict[int, object] = {}
+    barrier = threading.Barrier(2)
+
+    def submit_half(first: int) -> None:
+        barrier.wait()
+        calls = [(i, group.submit("generate", requests[i])) for i in (first, first + 2)]
+        outputs.update({i: group.wait(call, timeout_s=120) for i, call in calls})
+
+    threads = [threading.Thread(target=submit_half, args=(first,)) for first in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(240)
+    assert sorted(outputs) == [0, 1, 2, 3]
+    assert {out.seed for out in outputs.values()} == {20, 21, 22, 23}
+    frames = [outputs[i].frames for i in range(4)]
+    assert all(not np.array_equal(frames[0], other) for other in frames[1:])
+
+
+# -- a render group in the caller's placement group (how a Serve replica owns one) ---------------------
+class _Owner:
+    """Runs in bundle 0 of a placement group and starts its render group in the bundles after it."""
+
+    def render(self, world_size: int, request):
+        from ray.util import get_current_placement_group
+
+        group = RenderGroup(GroupConfig(source="tiny", parallel=ParallelConfig(ulysses=world_size),
+                                        cpus_per_rank=0.5, reuse_placement_group=True)).start(ready_timeout_s=60)
+        try:
+            same = group.placement_group.id == get_current_placement_group().id
+            out = group.wait(group.submit("generate", request), timeout_s=120)
+        finally:
+            group.shutdown()
+        return same, out.frames.shape
+
+
+@pytest.mark.slow
+def test_a_group_reuses_the_callers_placement_group_and_leaves_it_on_shutdown(ray_local):
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    world_size = 2
+    # bundle 0 is too small for a rank (0.5 CPU): a rank put there would never start
+    outer = placement_group([{"CPU": 0.25}] + [{"CPU": 0.5}] * world_size, strategy="STRICT_PACK")
+    ray.get(outer.ready(), timeout=60)
+    try:
+        owner = ray.remote(_Owner).options(
+            num_cpus=0.25, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=outer, placement_group_bundle_index=0,
+                placement_group_capture_child_tasks=True)).remote()
+        before = {pg_id for pg_id, info in placement_group_table().items() if info["state"] == "CREATED"}
+        same, shape = ray.get(owner.render.remote(world_size, NEXT), timeout=240)
+        assert same and shape == (1, 9, 48, 80, 3)
+        assert placement_group_table(outer)["state"] == "CREATED"  # not removed by the group's shutdown
+        after = {pg_id for pg_id, info in placement_group_table().items() if info["state"] == "CREATED"}
+        assert after == before  # none of its own left behind
+        ray.kill(owner)
+    finally:
+        remove_placement_group(outer)

@@ -1,0 +1,122 @@
+"""Observing and stopping a render between two denoising steps, on every rank of a render group at once.
+
+A *step control* is any picklable callable ``control(step, total) -> None``: ``step`` counts the
+denoising steps done so far (1 .. ``total``), ``total`` is the number of steps of the request. It runs
+on the group's result rank only (rank 0 for SPMD layouts), after every step; it may renew a lease,
+report progress, and raise :class:`StopRender` to stop the render there.
+
+The ranks of a group are inside collectives together, so they must all stop after the same step:
+:func:`make_step_callback` turns the result rank's decision into a small integer and broadcasts it
+from the result rank to every rank after each step (torch.distributed's default group), then every
+rank raises the same ``StopRender``. This needs the per-step callback to be called on every rank at
+every step in the same order, which the SPMD generate (:mod:`wan_dist.parallel.runtime`) does: every
+rank runs every step (the data axis splits rows, never steps). Disaggregated placement does not (each
+stage runs only its own steps), so a control is refused there (:func:`check_control_supported`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol
+
+__all__ = ["StopRender", "StepControl", "STOP_CODES", "make_step_callback", "check_control_supported",
+           "stop_code", "stop_reason"]
+
+log = logging.getLogger(__name__)
+
+
+class StopRender(Exception):
+    """Raised by a step control to stop a render between two steps; every rank then raises it too.
+
+    ``reason``: why, e.g. "cancelled" or "lease_lost" (see :data:`STOP_CODES` for what survives the
+    broadcast to the other ranks).
+    """
+
+    def __init__(self, reason: str = "stopped"):
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self):  # crosses Ray (rank -> driver) as itself, reason included
+        return (StopRender, (self.reason,))
+
+    def __str__(self) -> str:
+        return f"render stopped: {self.reason}"
+
+
+class StepControl(Protocol):
+    def __call__(self, step: int, total: int) -> None: ...
+
+
+# The code the result rank broadcasts after every step. 0 lets every rank go on; any other code makes
+# every rank raise StopRender with the reason below. Reasons not in this table travel as 3 ("stopped"):
+# the other ranks only need to stop; the result rank's own exception (the one RenderGroup.wait reports
+# as the request's cause) keeps the exact reason.
+STOP_CODES: dict[int, str] = {1: "cancelled", 2: "lease_lost", 3: "stopped"}
+_CODE_OF = {reason: code for code, reason in STOP_CODES.items()}
+
+
+def stop_code(reason: str) -> int:
+    """The broadcast code of a stop ``reason`` (never 0)."""
+    return _CODE_OF.get(reason, 3)
+
+
+def stop_reason(code: int) -> str | None:
+    """The reason a broadcast code stands for; None for 0 (go on)."""
+    if code == 0:
+        return None
+    return STOP_CODES.get(code, "stopped")
+
+
+def check_control_supported(parallel) -> None:
+    """Raise ValueError if a step control cannot run on a group with ``parallel`` (a ParallelConfig):
+    disaggregated stages do not call the per-step callback on every rank, so the broadcast would hang."""
+    placement = getattr(parallel, "placement", "colocated")
+    if placement == "disaggregated":
+        raise ValueError(f"step control is not supported with placement={placement}: its stages run "
+                         "different steps, so the ranks cannot all stop at the same one")
+
+
+def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int, result_rank: int,
+                       world_size: int, device: Any = "cpu") -> Callable[[int, int, Any], None] | None:
+    """``callback(step_index, num_steps, latents)`` for ``pipe.generate`` on one rank, or None without a control.
+
+    ``step_index`` is 0-based (as ``WanPipeline.generate`` passes it); the control sees ``step_index + 1``.
+    On ``result_rank`` the callback calls ``control``; a StopRender it raises becomes a code
+    (:data:`STOP_CODES`). With ``world_size > 1`` every rank then takes part in a broadcast of that code
+    from ``result_rank`` over the default process group (a 1-element int64 tensor on ``device``: a CUDA
+    device for NCCL, the CPU for gloo), and every rank raises StopRender when it is not 0 — the result
+    rank re-raises the control's own exception. Any other exception from the control also stops the
+    render, as ``StopRender("control_failed: <type>: <message>")`` on the result rank (logged there with
+    its traceback; code 3 for the others): raised on the result rank alone it would leave the other ranks
+    in the broadcast until the collective timeout and break the group.
+    Collective: every rank must call the callback at every step, in the same order.
+    """
+    if control is None:
+        return None
+    is_result_rank = rank == result_rank
+
+    def callback(step_index: int, num_steps: int, _latents=None) -> None:
+        stop: StopRender | None = None
+        if is_result_rank:
+            try:
+                control(step_index + 1, num_steps)
+            except StopRender as error:
+                stop = error
+            except Exception as error:  # noqa: BLE001 - see the docstring: stop every rank, keep the group
+                log.exception("step control failed at step %d of %d; stopping the render", step_index + 1, num_steps)
+                stop = StopRender(f"control_failed: {type(error).__name__}: {error}")
+        if world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            value = torch.tensor([0 if stop is None else stop_code(stop.reason)], dtype=torch.int64, device=device)
+            dist.broadcast(value, src=result_rank)
+            code = int(value.item())
+        else:
+            code = 0 if stop is None else stop_code(stop.reason)
+        if stop is not None:
+            raise stop
+        if code:
+            raise StopRender(stop_reason(code))
+
+    return callback
