@@ -587,7 +587,8 @@ def test_rayservice_args_are_serve_settings():
                                   ["spec"]["serveConfigV2"])
     app = next(a for a in serve_config["applications"] if a.get("import_path") == SERVE_IMPORT_PATH)
     settings = settings_from_dict(app["args"])
-    assert settings.models == ("t2v-a14b", "i2v-a14b") and settings.gpus_per_renderer == 1
+    assert settings.models == ("t2v-a14b", "i2v-a14b") and settings.device == "cuda"
+    assert settings.parallel_config.world_size == 1
     with pytest.raises(ValueError, match="gpus_per_replica"):
         settings_from_dict({**app["args"], "gpus_per_replica": 8})
 

@@ -123,7 +123,7 @@ def flatmap_path_parameters(context, path_parameters):
     if "model" in (path_parameters or {}):
         return st.one_of(st.sampled_from(["tiny", "tiny-i2v", "wan2.2-t2v-a14b"]).map(
             lambda model: {**path_parameters, "model": model}), st.just(path_parameters))
-    name = next((n for n in ("job_id", "video_id") if n in (path_parameters or {})), None)
+    name = next((n for n in ("job_id", "video_id", "batch_id") if n in (path_parameters or {})), None)
     if name is None:
         return st.just(path_parameters)
     pool = "terminal" if context.operation.path.endswith("/events") else "all"
@@ -162,7 +162,7 @@ def test_header_variants_answer_documented_errors(headers):
     for operation in schema.get_all_operations():
         op = operation.ok()
         params = {name: "tiny" if name == "model" else SEEDED["terminal"][0]
-                  for name in ("model", "job_id", "video_id") if "{" + name + "}" in op.path}
+                  for name in ("model", "job_id", "video_id", "batch_id") if "{" + name + "}" in op.path}
         for prompt in ("first body", "second body"):
             body = {"prompt": prompt, "size": "64x64", "num_frames": 5, "num_inference_steps": 1}
             has_body = bool(op.body)

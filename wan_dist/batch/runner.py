@@ -14,6 +14,11 @@ The driver is one event loop around ``ray.wait``:
 * **resume**: rows whose sidecar is already published (``{output}/{prefix}/{id}/clip.json``; the sidecar
   is written last) are skipped. A stop (SIGTERM from ``ray job stop``) flushes the results and leaves
   every published clip whole: clip and sidecar are each written to a temporary key and published atomically.
+* **shared group** (``shared=``, the HTTP API's batches): one render group that somebody else owns and also
+  feeds (a renderer replica and its interactive jobs). The runner renders only rows of that group's model,
+  one call at a time, each call taken through ``shared.gate`` (the fair policy between batch rows and
+  interactive jobs); it never reloads, rebuilds or shuts the group down itself. A stop lets the call in
+  flight finish and publish.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, R
 from wan_dist.storage.objects import join, list_prefix, presigned_url
 from wan_dist.video.clip import SIDECAR_NAME
 
-__all__ = ["BatchRunner", "run_batch", "published_rows", "group_count", "planned_layout"]
+__all__ = ["BatchRunner", "SharedGroup", "run_batch", "published_rows", "group_count", "planned_layout"]
 
 log = logging.getLogger("wan_dist.batch")
 
@@ -85,6 +90,22 @@ def _publish(model: dict, request, out, output: OutputConfig):
 
 
 @dataclass
+class SharedGroup:
+    """A started render group lent to a runner (see the module doc).
+
+    ``gate``: ``try_acquire() -> bool`` (never blocks) before each call, ``release()`` once its result is in;
+    ``rebuild(generation)``: bring the group back after it failed at ``generation`` (the owner decides how);
+    ``record``: the sidecar's model section (``RenderGroup.model_record``).
+    """
+
+    group: RenderGroup
+    model: str
+    record: dict
+    gate: Any
+    rebuild: Any
+
+
+@dataclass
 class _Task:
     row: ManifestRow
     attempts: int = 0  # renders tried
@@ -114,8 +135,13 @@ class BatchRunner:
     """Runs ``config.manifest`` into ``output.uri`` with render groups of layout ``parallel``."""
 
     def __init__(self, config: BatchConfig, output: OutputConfig, parallel: ParallelConfig | None = None, *,
-                 storage_options: dict | None = None, install_signal_handlers: bool = False):
+                 storage_options: dict | None = None, install_signal_handlers: bool = False,
+                 shared: SharedGroup | None = None, on_tick=None):
+        if shared is not None:
+            config = replace(config, queue_depth=1)  # one row on the shared group at a time: the gate decides
         self.config = config
+        self.shared = shared
+        self.on_tick = on_tick  # called with the runner on every turn of the loop (lease renewal, cancel checks)
         self.output = output
         self.parallel = parallel or ParallelConfig()
         self.storage_options = storage_options
@@ -151,13 +177,19 @@ class BatchRunner:
             self._finish(None, "failed", model="?", row_id=bad.id, index=bad.index, error=bad.reason,
                          error_column=bad.column)
         todo = self._skip_published(manifest.rows)
+        if self.shared is not None:
+            todo = self._only_shared_model(todo)
         for row in todo:
             self._queues.setdefault(row.model, deque()).append(_Task(row))
         if self._install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
         self.slots = slots = []
         try:
-            if todo:
+            if todo and self.shared is not None:
+                shared = self.shared
+                slots.append(_Slot(0, model=shared.model, group=shared.group, record=shared.record))
+                self._loop(slots)
+            elif todo:
                 count, use_gpus = group_count(cfg, self.parallel, ray.cluster_resources())
                 self.use_gpus = use_gpus
                 slots.extend(_Slot(i) for i in range(min(count, len(todo))))
@@ -168,7 +200,7 @@ class BatchRunner:
             for slot in slots:
                 if slot.starting is not None:
                     slot.starting.cancel()
-                if slot.group is not None:
+                if slot.group is not None and self.shared is None:
                     slot.group.shutdown()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self.results.close()
@@ -182,7 +214,9 @@ class BatchRunner:
     def _loop(self, slots: list[_Slot]) -> None:
         import ray
 
-        while not self.stop_requested.is_set():
+        while not self.stop_requested.is_set() or (self.shared is not None and self._in_flight(slots)):
+            if self.on_tick is not None:
+                self.on_tick(self)
             for slot in slots:
                 self._tend(slot, slots)
             self._start_publishes()
@@ -209,12 +243,30 @@ class BatchRunner:
         if self.stop_requested.is_set():
             log.warning("stop requested: %d row(s) left for a rerun", sum(len(q) for q in self._queues.values()))
 
+    def _in_flight(self, slots: list[_Slot]) -> bool:
+        """Calls on the groups or clips being published (what a stop of a shared runner lets finish)."""
+        return any(s.calls or s.starting for s in slots) or bool(self._publishing or self._to_publish)
+
+    def _only_shared_model(self, rows: list[ManifestRow]) -> list[ManifestRow]:
+        """A shared group renders its own model only: rows naming another fail alone."""
+        keep = []
+        for row in rows:
+            if row.model == self.shared.model:
+                keep.append(row)
+            else:
+                self._finish(row, "failed", error=f"model: {row.model!r} is not this batch's model "
+                                                  f"{self.shared.model!r}", error_column="model", attempts=0)
+        return keep
+
     def _tend(self, slot: _Slot, slots: list[_Slot]) -> None:
         """Start, finish starting, reassign or feed one slot."""
         if slot.starting is not None:
             if not slot.starting.done():
                 return
             self._started(slot)
+        if self.shared is not None:
+            self._tend_shared(slot)
+            return
         if slot.group is None and slot.starting is None:
             model = self._pick_model(slot, slots)
             if model is not None:
@@ -230,6 +282,14 @@ class BatchRunner:
                     self._start(slot, other)
             return
         while len(slot.calls) < self.config.queue_depth and self._ready(queue):
+            self._submit(slot, queue.popleft())
+
+    def _tend_shared(self, slot: _Slot) -> None:
+        """Feed the shared group one row at a time, each through the gate; nothing new after a stop."""
+        if slot.group is None or slot.calls or self.stop_requested.is_set():
+            return
+        queue = self._queues.get(slot.model)
+        if self._ready(queue) and self.shared.gate.try_acquire():
             self._submit(slot, queue.popleft())
 
     @staticmethod
@@ -307,16 +367,23 @@ class BatchRunner:
             task.out_ref = slot.group.wait(call, fetch=False)
         except RequestFailed as error:
             slot.calls.pop(index)
+            self._release_gate()
             self._retry(task, str(error), permanent=error.permanent)
             return
         except RenderGroupFailed as error:
+            self._release_gate()
             self._group_failed(slot, str(error))
             return
         slot.calls.pop(index)
+        self._release_gate()
         slot.last_done = time.monotonic()
         task.attempts += 1
         task.record = slot.record
         self._to_publish.append(task)
+
+    def _release_gate(self) -> None:
+        if self.shared is not None:
+            self.shared.gate.release()
 
     def _group_failed(self, slot: _Slot, reason: str) -> None:
         """Every call queued on the group goes back to the front of its queue; the group is rebuilt."""
@@ -334,6 +401,10 @@ class BatchRunner:
             queue.appendleft(task)
         slot.calls = []
         group, slot.group = slot.group, None
+        if self.shared is not None:  # the owner rebuilds its group; the runner waits for it
+            generation, shared = group.generation, self.shared
+            slot.starting = self._pool.submit(lambda: (shared.rebuild(generation), shared.record))
+            return
         slot.starting = self._pool.submit(lambda: (group.rebuild(), group.model_record(
             self.config.sources.get(slot.model, slot.model))))
 

@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
-from wan_dist.serve.jobs import IdempotencyConflict, JobNotFound, JobStatus, body_hash, open_store
+from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_queue, batch_results,
+                                    validate_batch)
+from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash, open_store
 from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, error_body,
                                     public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
@@ -148,6 +150,55 @@ class VideoDeleted(BaseModel):
     deleted: bool
 
 
+class BatchCounts(BaseModel):
+    total: int
+    done: int
+    failed: int
+    remaining: int
+    completed: int
+    skipped: int
+
+
+class BatchObject(BaseModel):
+    """``GET /v1/batches/{id}`` (``serve.batches.batch_view``). ``validating`` is never returned (a manifest is
+    read before the create answers) but kept in the enum for clients written against the published states."""
+    id: str
+    object: Literal["batch"]
+    model: str
+    status: Literal["validating", "queued", "running", "completed", "failed", "cancelled"]
+    created_at: float | None
+    started_at: float | None
+    completed_at: float | None
+    manifest_uri: str | None
+    output: str
+    counts: BatchCounts
+    invalid_rows: int
+    clips_per_hour: float | None
+    eta_s: float | None
+    results_uri: str | None
+    summary_uri: str | None
+    attempts: int
+    error: JobError | None
+    webhook: dict[str, Any] | None
+    metadata: dict[str, Any]
+
+
+class BatchList(BaseModel):
+    object: Literal["list"]
+    data: list[BatchObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class BatchResults(BaseModel):
+    """One page of results rows (the batch runner's results table, ``wan_dist.batch.results``)."""
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+    last_index: int | None
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"]
@@ -164,7 +215,7 @@ class HealthStatus(BaseModel):
 
 
 _ERROR_TEXT = {400: "Malformed request (body not JSON, unsupported Wan-Version)", 401: "Missing or invalid API key",
-               404: "No such job, video or model (for this key)", 409: "Conflict (Idempotency-Key reuse, not ready)",
+               404: "No such job, video, batch or model (for this key)", 409: "Conflict (Idempotency-Key reuse, not ready)",
                413: "Uploaded file too large", 422: "Invalid field", 429: "Rate limit, key quota or queue full"}
 
 
@@ -272,20 +323,20 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     @app.get("/v1/jobs/{job_id}", responses=_responses(404, 422, model=JobObject))
     async def get_job(job_id: str, request: Request):
         s = get_state()
-        job = await asyncio.to_thread(s.service.get, job_id, request.state.owner)
+        job = await asyncio.to_thread(_get_kind, s, job_id, request.state.owner, ("job", "video"))
         return JSONResponse(s.service.view(job), headers=_poll_headers(settings))
 
     @app.get("/v1/jobs", responses=_responses(404, 422, model=JobList))
     async def list_jobs(request: Request, limit: int = 20, after: str | None = None):
         s = get_state()
-        jobs, more = await _page(s, request, limit, after, kind=None)
+        jobs, more = await _page(s, request, limit, after, kind=("job", "video"))
         return {"object": "list", "data": [s.service.view(j) for j in jobs], "has_more": more,
                 "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
 
     @app.post("/v1/jobs/{job_id}/cancel", responses=_responses(404, 422, model=JobObject))
     async def cancel_job(job_id: str, request: Request):
         s = get_state()
-        await asyncio.to_thread(s.service.get, job_id, request.state.owner)
+        await asyncio.to_thread(_get_kind, s, job_id, request.state.owner, ("job", "video"))
         job = await asyncio.to_thread(s.store.request_cancel, job_id)
         return s.service.view(job)
 
@@ -302,6 +353,65 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
                         307: {"description": "Redirect to a presigned URL of the clip"}})
     async def job_content(job_id: str, request: Request):
         return await _content(get_state(), job_id, request.state.owner)
+
+    # -- batches ----------------------------------------------------------------------------
+    @app.post("/v1/batches", status_code=202, openapi_extra=_request_body_schema(BatchCreate),
+              responses=_responses(*_CREATE_ERRORS, ok=202, model=BatchObject))
+    async def create_batch(request: Request):
+        s = get_state()
+        owner = request.state.owner
+        s.service.check_rate(owner)
+        body, uploaded, digest = await _read_batch_body(request, s)
+        spec = await asyncio.to_thread(validate_batch, body, served=settings.models, output_root=settings.output,
+                                       layout=settings.layout, uploaded=uploaded,
+                                       allow_private=settings.allow_private_urls)
+        if spec.webhook_url:
+            try:
+                await asyncio.to_thread(check_public_url, spec.webhook_url, field="webhook_url",
+                                        allow_private=settings.allow_private_urls)
+            except ValueError as err:
+                raise RequestError(422, str(err), param="webhook_url", code="unsafe_url") from None
+        key = request.headers.get("idempotency-key")
+        job = Job.new(model=batch_queue(spec.variant), owner=owner, kind="batch", max_attempts=settings.max_attempts,
+                      request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
+                               "invalid_rows": spec.invalid_rows},
+                      webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,
+                      body_hash=digest if key else None)
+        try:
+            job, _created = await asyncio.to_thread(s.store.create, job)
+        except IdempotencyConflict as err:
+            raise RequestError(409, f"Idempotency-Key {key!r} was used for batch {err.job_id} with a different body",
+                               param="Idempotency-Key", code="idempotency_conflict") from None
+        return JSONResponse(s.service.batch(job), status_code=202, headers=_poll_headers(settings))
+
+    @app.get("/v1/batches/{batch_id}", responses=_responses(404, 422, model=BatchObject))
+    async def get_batch(batch_id: str, request: Request):
+        s = get_state()
+        job = await asyncio.to_thread(_get_kind, s, batch_id, request.state.owner, ("batch",))
+        return JSONResponse(s.service.batch(job), headers=_poll_headers(settings))
+
+    @app.get("/v1/batches", responses=_responses(404, 422, model=BatchList))
+    async def list_batches(request: Request, limit: int = 20, after: str | None = None):
+        s = get_state()
+        jobs, more = await _page(s, request, limit, after, kind="batch")
+        return {"object": "list", "data": [s.service.batch(j) for j in jobs], "has_more": more,
+                "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
+
+    @app.post("/v1/batches/{batch_id}/cancel", responses=_responses(404, 422, model=BatchObject))
+    async def cancel_batch(batch_id: str, request: Request):
+        s = get_state()
+        await asyncio.to_thread(_get_kind, s, batch_id, request.state.owner, ("batch",))
+        job = await asyncio.to_thread(s.store.request_cancel, batch_id)
+        return s.service.batch(job)
+
+    @app.get("/v1/batches/{batch_id}/results", responses=_responses(404, 422, model=BatchResults))
+    async def get_batch_results(batch_id: str, request: Request, limit: int = 100, after: int | None = None):
+        s = get_state()
+        if not 1 <= limit <= 1000:
+            raise RequestError(422, "limit: must be between 1 and 1000", param="limit", code="invalid_value")
+        job = await asyncio.to_thread(_get_kind, s, batch_id, request.state.owner, ("batch",))
+        return await asyncio.to_thread(batch_results, job, output_root=settings.output, limit=limit, after=after,
+                                       presign=s.service.presign)
 
     # -- OpenAI-compatible videos -----------------------------------------------------------
     @app.post("/v1/videos", openapi_extra=_request_body_schema(VideoCreate),
@@ -342,6 +452,37 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
     return app
+
+
+def _get_kind(s: ServeState, job_id: str, owner: str, kinds: tuple[str, ...]):
+    """The owner's record of one of ``kinds`` (a batch is no job and a job no batch: 404 either way)."""
+    job = s.service.get(job_id, owner)
+    if job.kind not in kinds:
+        raise JobNotFound(job_id)
+    return job
+
+
+async def _read_batch_body(request: Request, s: ServeState) -> tuple[dict, str | None, str]:
+    """(fields, URI of an uploaded manifest or None, hash for Idempotency-Key)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        body, _, digest = await _read_body(request, BatchCreate, s, "manifest")
+        return body, None, digest
+    form = await request.form()
+    body = parse_form(list(form.multi_items()))
+    files = pop_files(body)
+    body = coerce_scalars(body, BatchCreate)
+    unknown = sorted(set(files) - {"manifest"})
+    if unknown:
+        raise RequestError(422, f"{unknown[0]}: unexpected file", param=unknown[0], code="unknown_parameter")
+    if "manifest" not in files:
+        return body, None, body_hash(body)
+    data = await files["manifest"].read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise RequestError(413, f"manifest: larger than {MAX_MANIFEST_BYTES} bytes", param="manifest",
+                           code="file_too_large")
+    uploaded = await asyncio.to_thread(_store_upload, s.settings.output, data, "manifest.parquet")
+    return body, uploaded, body_hash(json.dumps(body, sort_keys=True, default=str) + "|" + body_hash(data))
 
 
 def _poll_headers(settings: ServeSettings) -> dict:

@@ -1,5 +1,6 @@
 """The Serve application: an ``api`` ingress deployment (the FastAPI app) and one ``renderer-<model>``
-deployment per model served, each replica a RendererCore taking that model's jobs from the shared store.
+deployment per model served, each replica a RendererCore owning a render group (its placement-group bundles)
+and taking that model's jobs and batches from the shared store.
 
 ``application(settings)`` builds it for ``serve.run``; ``wan_dist.serve.app:build_app`` is the entry of
 Serve config files and KubeRay RayService manifests. The store is the only channel between them, so
@@ -85,7 +86,15 @@ def application(settings: ServeSettings):
             except Exception:  # noqa: BLE001 - not answering is not ready
                 return False
 
-    options = {"num_cpus": 0, "num_gpus": settings.gpus_per_renderer}
+    env = {"env_vars": dict(settings.env)} if settings.env else None
+    # One placement-group bundle per rank of the replica's render group; the replica itself (no resources)
+    # sits in bundle 0 beside rank 0, and its ranks are placed in bundles 0..n-1 (renderer.group_config).
+    rank_bundle = {"CPU": settings.cpus_per_rank, **({"GPU": 1} if settings.device == "cuda" else {})}
+    bundles = [dict(rank_bundle) for _ in range(settings.parallel_config.world_size)]
+    options = {"num_cpus": 0, "num_gpus": 0, **({"runtime_env": env} if env else {})}
     renderers = {model: Renderer.options(name=f"renderer-{model}", num_replicas=settings.renderer_replicas,
-                                         ray_actor_options=options).bind(plain, model) for model in settings.models}
-    return Ingress.bind(renderers)
+                                         ray_actor_options=options, placement_group_bundles=bundles,
+                                         placement_group_strategy="STRICT_PACK").bind(plain, model)
+                 for model in settings.models}
+    return Ingress.options(ray_actor_options={"num_cpus": 0, **({"runtime_env": env} if env else {})}
+                           ).bind(renderers)

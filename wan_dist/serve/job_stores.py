@@ -32,7 +32,7 @@ from typing import Iterable
 from wan_dist.serve.jobs import (
     IdempotencyConflict, Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_cancel,
     apply_claim, apply_deadline, apply_release, apply_renew, apply_update, check_page, claimable, clock,
-    deadline_passed, lease_expired, statuses,
+    deadline_passed, kinds, lease_expired, statuses,
 )
 from wan_dist.storage import ObjectNotFoundError, delete, join, list_prefix, read_bytes, write_bytes_atomic
 
@@ -170,10 +170,14 @@ class SQLiteJobStore(JobStore):
     @staticmethod
     def _filters(*, owner=None, model=None, kind=None, status=None) -> tuple[list[str], list]:
         where, params = [], []
-        for name, value in (("owner", owner), ("model", model), ("kind", kind)):
+        for name, value in (("owner", owner), ("model", model)):
             if value is not None:
                 where.append(f"{name} = ?")
                 params.append(value)
+        wanted_kinds = kinds(kind)
+        if wanted_kinds is not None:
+            where.append(f"kind IN ({', '.join('?' * len(wanted_kinds))})")
+            params.extend(wanted_kinds)
         wanted = statuses(status)
         if wanted is not None:
             where.append(f"status IN ({', '.join('?' * len(wanted))})")
@@ -368,10 +372,10 @@ class ObjectJobStore(JobStore):
 
     @staticmethod
     def _matching(jobs: Iterable[Job], *, owner=None, model=None, kind=None, status=None) -> list[Job]:
-        wanted = statuses(status)
+        wanted, wanted_kinds = statuses(status), kinds(kind)
         return [job for job in jobs
                 if (owner is None or job.owner == owner) and (model is None or job.model == model)
-                and (kind is None or job.kind == kind) and (wanted is None or job.status in wanted)]
+                and (wanted_kinds is None or job.kind in wanted_kinds) and (wanted is None or job.status in wanted)]
 
     def list(self, *, owner=None, model=None, kind=None, status=None, limit=20, after=None, order="desc"):
         check_page(limit, order)

@@ -48,7 +48,7 @@ class JobStatus:
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
-JOB_KINDS = ("job", "video")
+JOB_KINDS = ("job", "video", "batch")  # batch: a manifest run by a renderer (wan_dist.serve.batches)
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _STORE_MANAGED = frozenset({"id", "seq", "version"})
 
@@ -273,6 +273,17 @@ def statuses(status: str | Iterable[str] | None) -> tuple[str, ...] | None:
     return values
 
 
+def kinds(kind: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """Normalize a kind filter (one kind or several) and refuse unknown values."""
+    if kind is None:
+        return None
+    values = (kind,) if isinstance(kind, str) else tuple(kind)
+    unknown = [value for value in values if value not in JOB_KINDS]
+    if unknown or not values:
+        raise ValueError(f"unknown kind filter {kind!r}; kinds are {JOB_KINDS}")
+    return values
+
+
 def check_page(limit: int, order: str) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"list: limit must be a positive int, got {limit!r}")
@@ -296,7 +307,7 @@ class JobStore(ABC):
         """The job, or :class:`JobNotFound`."""
 
     @abstractmethod
-    def list(self, *, owner: str | None = None, model: str | None = None, kind: str | None = None,
+    def list(self, *, owner: str | None = None, model: str | None = None, kind: str | Iterable[str] | None = None,
              status: str | Iterable[str] | None = None, limit: int = 20, after: str | None = None,
              order: str = "desc") -> tuple[list[Job], bool]:
         """One page of matching jobs in creation order (``desc``: newest first) and whether more follow.

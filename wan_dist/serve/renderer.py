@@ -1,9 +1,17 @@
-"""A renderer: one model loaded in this process, a JobWorker thread taking that model's jobs from the store.
+"""A renderer: one model on a render group this replica owns, fed with interactive jobs and batch rows.
 
-Each clip lands at ``{output}/{job id}/clip.mp4`` + ``clip.json``. The render's step callback renews the
-job's lease, reports progress and stops between denoising steps when the job is cancelled or late.
-This renderer runs the single-device pipeline of its replica (one GPU, or the CPU); a replica owning a
-multi-rank render group is the next step (see README, "HTTP API").
+The group (``wan_dist.engine.group.RenderGroup``, layout ``serve.parallel``) sits in the replica's own
+placement group when Serve gave it one (``placement_group_bundles``: one bundle per rank), else in one of its
+own. Two threads feed it, taking turns through a :class:`~wan_dist.serve.batches.FairGate`:
+
+* a :class:`~wan_dist.serve.worker.JobWorker` claims the oldest queued interactive job of the model and
+  renders it on the group; the result rank runs :class:`StoreStepControl` after every denoising step
+  (renew the lease, report progress, stop every rank between steps on a cancel or a lost lease);
+* a :class:`~wan_dist.serve.batches.BatchWorker` claims the model's batches and runs each with the batch
+  runner on the same group, one row per turn.
+
+Each clip lands at ``{output}/{job id}/clip.mp4`` + ``clip.json``; batch rows where the batch says.
+A group that breaks is rebuilt once (whoever notices first) and the job or row is retried.
 """
 
 from __future__ import annotations
@@ -11,60 +19,151 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
+from dataclasses import dataclass
 
 from wan_dist.config import OutputConfig
-from wan_dist.serve.jobs import Job, open_store
+from wan_dist.serve.jobs import Job, LeaseLost, open_store
 from wan_dist.serve.schemas import render_request
 from wan_dist.serve.service import ServeSettings
-from wan_dist.serve.worker import JobWorker
+from wan_dist.serve.worker import JobCancelled, JobWorker
 
-__all__ = ["RendererCore"]
+__all__ = ["RendererCore", "StoreStepControl", "group_config"]
 
 log = logging.getLogger("wan_dist.serve")
+_STORES: dict[str, object] = {}  # per process (the result rank's): one open store per URI
+_STORES_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class StoreStepControl:
+    """The step control of an interactive job (runs on the group's result rank, see engine.control)."""
+
+    job_id: str
+    store: str
+    worker_id: str
+    lease_s: float
+    progress_every_s: float = 0.5
+
+    def __call__(self, step: int, total: int) -> None:
+        from wan_dist.engine.control import StopRender
+
+        last = _LAST_REPORT.get(self.job_id, 0.0)
+        now = time.monotonic()
+        if now - last < self.progress_every_s and step < total:
+            return
+        _LAST_REPORT[self.job_id] = now
+        with _STORES_LOCK:
+            store = _STORES.get(self.store) or _STORES.setdefault(self.store, open_store(self.store))
+        try:
+            current = store.renew(self.job_id, self.worker_id, self.lease_s)
+        except LeaseLost:
+            raise StopRender("lease_lost") from None
+        if current.cancel_requested:
+            raise StopRender("cancelled")
+        progress = min(99, int(100 * step / max(total, 1)))  # 100 once published
+        if progress != current.progress:
+            store.update(self.job_id, progress=progress)
+
+
+_LAST_REPORT: dict[str, float] = {}
+
+
+def group_config(settings: ServeSettings, model: str):
+    """The GroupConfig of a renderer replica of ``model``."""
+    from wan_dist.engine.group import GroupConfig
+
+    return GroupConfig(source=settings.sources.get(model, model), parallel=settings.parallel_config,
+                       use_gpus=settings.device == "cuda", cpus_per_rank=settings.cpus_per_rank, dtype=settings.dtype,
+                       layout=settings.layout, env=dict(settings.env), reuse_placement_group=True, bundle_offset=0)
 
 
 class RendererCore:
-    def __init__(self, settings: ServeSettings, model: str, *, poll_s: float = 0.2,
-                 lease_s: float | None = None):
+    def __init__(self, settings: ServeSettings, model: str, *, poll_s: float = 0.2, lease_s: float | None = None):
+        from wan_dist.serve.batches import BatchWorker, FairGate
+
         self.settings = settings
         self.model = model
         self.source = settings.sources.get(model, model)
-        self.pipe = None
+        self.group = None
+        self.record: dict | None = None
         self.store = open_store(settings.store)
-        self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s,
+        self.gate = FairGate(settings.interactive_per_batch_row)
+        self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s, gate=self.gate,
                                 lease_s=settings.lease_s if lease_s is None else lease_s)
+        self.batches = BatchWorker(self.store, model, settings=settings, shared_group=self.shared_group,
+                                   worker_id=self.worker.worker_id + "-batch")
+        self._rebuild_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def ready(self) -> bool:
-        return self.pipe is not None and self._thread is not None and self._thread.is_alive()
+        return self.group is not None and bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def load(self) -> None:
-        from wan_dist.cli.render import torch_dtype
-        from wan_dist.engine.pipeline import load_pipeline
+        from wan_dist.engine.group import RenderGroup
 
-        s = self.settings
-        self.pipe = load_pipeline(self.source, device=s.device, dtype=torch_dtype(s.dtype, s.device), layout=s.layout)
-        log.info("renderer %s: %s loaded on %s", self.worker.worker_id, self.model, s.device)
+        self.group = RenderGroup(group_config(self.settings, self.model)).start()
+        self.record = self.group.model_record(self.source)
+        log.info("renderer %s: %s loaded on a group of %d rank(s)", self.worker.worker_id, self.model,
+                 self.group.config.world_size)
 
     def start(self) -> "RendererCore":
-        if self.pipe is None:
+        if self.group is None:
             self.load()
-        self._thread = threading.Thread(target=self.worker.run, args=(self._stop,), name=f"renderer-{self.model}",
-                                        daemon=True)
-        self._thread.start()
+        for name, target in (("jobs", self.worker.run), ("batches", self.batches.run)):
+            thread = threading.Thread(target=target, args=(self._stop,), name=f"renderer-{self.model}-{name}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        for thread in self._threads:
+            thread.join(timeout_s)
+        if self.group is not None:
+            self.group.shutdown()
         self.store.close()
 
-    def render(self, job: Job, on_step):
-        from wan_dist.engine.render import render
+    # -- the group, shared ---------------------------------------------------------------------
+    def rebuild(self, generation: int):
+        """Rebuild the group after it failed at ``generation`` (once, whoever asks first); returns it."""
+        with self._rebuild_lock:
+            if self.group.generation == generation or not self.group.workers:
+                log.warning("renderer %s: rebuilding its render group", self.worker.worker_id)
+                self.group.rebuild()
+                self.record = self.group.model_record(self.source)
+            return self.group
+
+    def shared_group(self):
+        from wan_dist.batch.runner import SharedGroup
+
+        return SharedGroup(group=self.group, model=self.model, record=self.record, gate=self.gate,
+                           rebuild=self.rebuild)
+
+    # -- one interactive job -------------------------------------------------------------------
+    def render(self, job: Job, _on_step):
+        """Render and publish ``job`` on the group (the JobWorker holds the gate); see the module doc."""
+        from wan_dist.engine.control import StopRender
+        from wan_dist.engine.group import RenderGroupFailed, RequestFailed
 
         request = dataclasses.replace(render_request(job.request), name=job.id)
-        return render(self.pipe, request, OutputConfig(uri=self.settings.output), model_source=self.source,
-                      callback=lambda step, total, _latents: on_step(step, total))
+        control = StoreStepControl(job.id, self.settings.store, self.worker.worker_id, self.worker.lease_s,
+                                   self.worker.progress_every_s)
+        group = self.group
+        try:
+            call = group.submit("render", request, OutputConfig(uri=self.settings.output), self.source, control)
+            return group.wait(call)
+        except RequestFailed as error:
+            if isinstance(error.cause, StopRender):
+                if error.cause.reason == "lease_lost":
+                    raise LeaseLost(str(error.cause), job.id) from None
+                raise JobCancelled(job.id) from None
+            if error.permanent:
+                raise ValueError(str(error.cause)) from None
+            raise
+        except RenderGroupFailed:
+            self.rebuild(group.generation)
+            raise

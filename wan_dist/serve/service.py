@@ -47,7 +47,14 @@ class ServeSettings:
     device: str = "cpu"
     dtype: str = "auto"
     renderer_replicas: int = 1
-    gpus_per_renderer: float = 0.0  # GPUs each renderer replica reserves (1 with device "cuda")
+    # each renderer replica owns a render group of this layout (ParallelConfig fields; {} = one rank), one
+    # placement-group bundle per rank: cpus_per_rank CPUs, and one GPU when device is "cuda"
+    parallel: dict = field(default_factory=dict)
+    cpus_per_rank: float = 1.0
+    env: dict = field(default_factory=dict)  # environment of the API, renderer and rank processes (e.g. AWS_*)
+    interactive_per_batch_row: int = 2  # fair turns: at most this many interactive jobs while a batch row waits
+    batch_retry_backoff_s: float = 2.0
+    batch_results_flush_rows: int = 25
     webhook_max_attempts: int = 8
     webhook_base_delay_s: float = 1.0
     webhook_secret: str | None = field(default=None, repr=False)  # whsec_...; None: $WAN_DIST_WEBHOOK_SECRET
@@ -59,9 +66,18 @@ class ServeSettings:
         for name in ("rate_per_s", "default_deadline_s", "lease_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("burst", "max_active_per_key", "max_queue_per_model", "max_attempts", "renderer_replicas"):
+        for name in ("burst", "max_active_per_key", "max_queue_per_model", "max_attempts", "renderer_replicas",
+                     "interactive_per_batch_row", "batch_results_flush_rows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_rank <= 0 or self.batch_retry_backoff_s < 0:
+            raise ValueError("serve.cpus_per_rank: must be > 0 and serve.batch_retry_backoff_s >= 0")
+
+    @property
+    def parallel_config(self):
+        from wan_dist.config import ParallelConfig
+
+        return from_dict(ParallelConfig, dict(self.parallel))
 
 
 class QueueFull(RequestError):
@@ -116,6 +132,11 @@ class JobService:
         if job.result and job.status == JobStatus.COMPLETED:
             view["result"] = {**job.result, "clip_url": self.presign(job.result["clip_uri"])}
         return view
+
+    def batch(self, job: Job) -> dict:
+        from wan_dist.serve.batches import batch_view
+
+        return batch_view(job, output_root=self.settings.output)
 
     def video(self, job: Job) -> dict:
         return video_object({**job.to_dict(), "expires_at": None})
@@ -182,7 +203,7 @@ class Notifier:
             await asyncio.sleep(self.poll_s)
 
     def _events(self, job: Job) -> list[str]:
-        prefix = "video" if job.kind == "video" else "job"
+        prefix = job.kind if job.kind in ("video", "batch") else "job"
         events = []
         if job.status in _EVENTS and not (job.kind == "video" and job.status == JobStatus.CANCELLED):
             events.append(f"{prefix}.{_EVENTS[job.status]}")
@@ -219,7 +240,8 @@ class Notifier:
         if key in self._inflight or (state and state.get("status") in ("delivered", "failed")):
             return
         self._inflight.add(key)
-        data = self.service.video(job) if job.kind == "video" else self.service.view(job)
+        view = {"video": self.service.video, "batch": self.service.batch}.get(job.kind, self.service.view)
+        data = view(job)
         event_type = event.rsplit(".", 1)[0] if event.count(".") > 1 else event
         msg_id = (state or {}).get("msg_id") or f"msg_{job.id}_{event.replace('.', '_')}"  # stable: retries dedupe
         self._by_msg[msg_id] = key

@@ -38,7 +38,8 @@ class JobCancelled(Exception):
 class JobWorker:
     def __init__(self, store: JobStore, model: str, render: Render, *, worker_id: str | None = None,
                  lease_s: float = 120.0, poll_s: float = 0.25, progress_every_s: float = 0.5,
-                 on_change: Callable[[Job], None] | None = None):
+                 on_change: Callable[[Job], None] | None = None, gate=None):
+        self.gate = gate  # FairGate shared with batch rows (wan_dist.serve.batches), or None
         self.store = store
         self.model = model
         self.render = render
@@ -65,15 +66,24 @@ class JobWorker:
         """Housekeeping, then claim and process one job; returns it (final state) or None when idle."""
         for job in self.store.release_expired() + self.store.expire_deadlines():
             self.on_change(job)
-        job = self.store.claim(self.model, worker=self.worker_id, lease_s=self.lease_s)
-        if job is None:
-            return None
-        self.on_change(job)
+        if self.gate is not None:  # take the group's turn before the job, so no lease runs out while waiting
+            if self.store.count(model=self.model, status=JobStatus.QUEUED) == 0:
+                return None
+            if not self.gate.acquire_interactive(timeout_s=max(self.poll_s, 0.5)):
+                return None
         try:
-            return self._process(job)
-        except JobNotFound:  # deleted (DELETE /v1/videos/{id}) while it rendered: nothing left to record
-            log.info("%s: %s was deleted while it rendered", self.worker_id, job.id)
-            return None
+            job = self.store.claim(self.model, worker=self.worker_id, lease_s=self.lease_s)
+            if job is None:
+                return None
+            self.on_change(job)
+            try:
+                return self._process(job)
+            except JobNotFound:  # deleted (DELETE /v1/videos/{id}) while it rendered: nothing left to record
+                log.info("%s: %s was deleted while it rendered", self.worker_id, job.id)
+                return None
+        finally:
+            if self.gate is not None:
+                self.gate.release()
 
     # -- one job ------------------------------------------------------------------------------
     def _process(self, job: Job) -> Job:
