@@ -14,14 +14,16 @@ import time
 
 import pytest
 
-from serve_fixtures import ServeApp, free_port, wait_for
+from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
 from wan_dist.batch.manifest import write_manifest
 from wan_dist.serve.jobs import ACTIVE_STATUSES, open_store
 from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.webhooks import generate_secret
 
 pytestmark = pytest.mark.slow
 
 KEYS = ("k1", "k2")
+SECRET = generate_secret()
 FAST = {"model": "tiny", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
 SLOW = {**FAST, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 300}  # ~a second per row (CPU)
 
@@ -52,7 +54,8 @@ def app(ray_local, s3, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-batches")
     settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=f"s3://{s3['bucket']}/serve",
                              api_keys=KEYS, rate_per_s=1000.0, burst=1000, allow_private_urls=True, poll_after_ms=100,
-                             env=s3["env"], lease_s=3.0, interactive_per_batch_row=1, batch_results_flush_rows=1)
+                             env=s3["env"], lease_s=3.0, interactive_per_batch_row=1, batch_results_flush_rows=1,
+                             webhook_secret=SECRET, webhook_base_delay_s=0.05)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     served = ServeApp(port)
@@ -165,13 +168,21 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
     invalid = [{"id": "bad-frames", "prompt": "x", **{**FAST, "num_frames": 8}},
                {"id": "bad-solver", "prompt": "x", **{**FAST, "solver": "rk45"}}]
     rows = valid + invalid
-    created = upload(api, rows, **{"metadata[team]": "docs"})
-    assert created.status_code == 202, created.text
-    body = created.json()
+    with WebhookReceiver(SECRET) as receiver:
+        created = upload(api, rows, webhook_url=receiver.url, **{"metadata[team]": "docs"})
+        assert created.status_code == 202, created.text
+        body = created.json()
+        final = until(api, body["id"], ("completed", "failed", "cancelled"))
+        # signed like job events; the receiver answers 500 to a first delivery, so it is seen at least twice
+        deliveries = wait_for(lambda: [d for d in receiver.events(body["id"]) if d[1] == 200], 60,
+                              what="a batch.completed delivery")
+        assert {event for _, _, event in receiver.events(body["id"])} == {"batch.completed"} and not receiver.errors
+        wait_for(lambda: (batch(api, body["id"])["webhook"]["deliveries"].get("batch.completed") or {})
+                 .get("status") == "delivered", 60, what="the delivery state on the batch")
     assert body["object"] == "batch" and body["counts"]["total"] == 10 and body["invalid_rows"] == 2
     assert body["metadata"] == {"team": "docs"} and body["status"] in ("queued", "running")
-    final = until(api, body["id"], ("completed", "failed", "cancelled"))
     assert final["status"] == "completed", final
+    assert deliveries
     assert final["counts"]["done"] == 8 and final["counts"]["failed"] == 2 and final["counts"]["remaining"] == 0
     assert final["summary_uri"] and final["results_uri"]
     listed = api.get("/v1/batches").json()
