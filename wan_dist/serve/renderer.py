@@ -19,54 +19,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
-from dataclasses import dataclass
 
 from wan_dist.config import OutputConfig
 from wan_dist.serve.jobs import Job, LeaseLost, open_store
 from wan_dist.serve.schemas import render_request
 from wan_dist.serve.service import ServeSettings
-from wan_dist.serve.worker import JobCancelled, JobWorker
+from wan_dist.serve.worker import JobCancelled, JobWorker, StoreStepControl
 
-__all__ = ["RendererCore", "StoreStepControl", "group_config"]
+__all__ = ["RendererCore", "group_config"]
 
 log = logging.getLogger("wan_dist.serve")
-_STORES: dict[str, object] = {}  # per process (the result rank's): one open store per URI
-_STORES_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class StoreStepControl:
-    """The step control of an interactive job (runs on the group's result rank, see engine.control)."""
-
-    job_id: str
-    store: str
-    worker_id: str
-    lease_s: float
-    progress_every_s: float = 0.5
-
-    def __call__(self, step: int, total: int) -> None:
-        from wan_dist.engine.control import StopRender
-
-        last = _LAST_REPORT.get(self.job_id, 0.0)
-        now = time.monotonic()
-        if now - last < self.progress_every_s and step < total:
-            return
-        _LAST_REPORT[self.job_id] = now
-        with _STORES_LOCK:
-            store = _STORES.get(self.store) or _STORES.setdefault(self.store, open_store(self.store))
-        try:
-            current = store.renew(self.job_id, self.worker_id, self.lease_s)
-        except LeaseLost:
-            raise StopRender("lease_lost") from None
-        if current.cancel_requested:
-            raise StopRender("cancelled")
-        progress = min(99, int(100 * step / max(total, 1)))  # 100 once published
-        if progress != current.progress:
-            store.update(self.job_id, progress=progress)
-
-
-_LAST_REPORT: dict[str, float] = {}
 
 
 def group_config(settings: ServeSettings, model: str):
@@ -144,7 +106,7 @@ class RendererCore:
                            rebuild=self.rebuild)
 
     # -- one interactive job -------------------------------------------------------------------
-    def render(self, job: Job, _on_step):
+    def render(self, job: Job):
         """Render and publish ``job`` on the group (the JobWorker holds the gate); see the module doc."""
         from wan_dist.engine.control import StopRender
         from wan_dist.engine.group import RenderGroupFailed, RequestFailed

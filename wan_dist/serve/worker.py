@@ -1,10 +1,11 @@
 """A renderer's job loop: claim the oldest queued job of one model from the store, render it, record it.
 
-The store is the queue: a job is claimed under a lease, which the render renews at every denoising step;
-a renderer that dies stops renewing, ``release_expired`` (run by every worker) puts its job back in the
-queue, and another renderer (or this one after a restart) takes it: accepted jobs are never lost. At each
-step the worker also reads the job's ``cancel_requested`` flag (set by a cancel or a passed deadline) and
-stops between steps. Outcomes:
+The store is the queue: a job is claimed under a lease, which the render renews at denoising steps
+(:class:`StoreStepControl`, run by the render group's result rank); a renderer that dies stops renewing,
+``release_expired`` (run by every worker) puts its job back in the queue, and another renderer (or this one
+after a restart) takes it: accepted jobs are never lost. The same control reads the job's
+``cancel_requested`` flag (set by a cancel or a passed deadline) and stops the render between steps.
+Outcomes:
 
 * completed: ``result`` holds the clip / sidecar URIs, ``timings`` the render's;
 * cancelled: stopped between steps on request;
@@ -21,18 +22,53 @@ import time
 import uuid
 from typing import Callable
 
-from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost
+from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost, open_store
 
-__all__ = ["JobWorker", "JobCancelled", "Render"]
+__all__ = ["JobWorker", "JobCancelled", "Render", "StoreStepControl"]
 
 log = logging.getLogger("wan_dist.serve")
+_STORES: dict[str, JobStore] = {}  # per process (a result rank's): one open store per URI
+_STORES_LOCK = threading.Lock()
 
-# render(job, on_step) -> RenderResult; on_step(step, total) is called after every denoising step
-Render = Callable[[Job, Callable[[int, int], None]], object]
+# render(job) -> RenderResult; raises JobCancelled / LeaseLost when its step control stopped it
+Render = Callable[[Job], object]
 
 
 class JobCancelled(Exception):
-    """Raised from the step callback to stop a render between two steps."""
+    """Raised by a render that its step control stopped on a cancel."""
+
+
+class StoreStepControl:
+    """The step control of a job (see ``wan_dist.engine.control``): after a denoising step, at most every
+    ``progress_every_s`` (and after the last), renew the job's lease, stop on a cancel or a lost lease, and
+    record the progress. Picklable: it travels with the request to the group's result rank, which opens
+    the store itself."""
+
+    def __init__(self, job_id: str, store: str, worker_id: str, lease_s: float, progress_every_s: float = 0.5):
+        self.job_id, self.store, self.worker_id = job_id, store, worker_id
+        self.lease_s, self.progress_every_s = lease_s, progress_every_s
+        self._last = float("-inf")  # this render's last report (the instance lives for one call)
+
+    def __call__(self, step: int, total: int) -> None:
+        from wan_dist.engine.control import StopRender
+
+        now = time.monotonic()
+        if now - self._last < self.progress_every_s and step < total:
+            return
+        self._last = now
+        with _STORES_LOCK:
+            if self.store not in _STORES:
+                _STORES[self.store] = open_store(self.store)
+            store = _STORES[self.store]
+        try:
+            current = store.renew(self.job_id, self.worker_id, self.lease_s)
+        except LeaseLost:
+            raise StopRender("lease_lost") from None
+        if current.cancel_requested:
+            raise StopRender("cancelled")
+        progress = min(99, int(100 * step / max(total, 1)))  # 100 once published
+        if progress != current.progress:
+            store.update(self.job_id, progress=progress)
 
 
 class JobWorker:
@@ -88,22 +124,8 @@ class JobWorker:
     # -- one job ------------------------------------------------------------------------------
     def _process(self, job: Job) -> Job:
         self.current = job.id
-        last = [0.0]
-
-        def on_step(step: int, total: int) -> None:
-            now = time.monotonic()
-            if now - last[0] < self.progress_every_s and step < total:
-                return
-            last[0] = now
-            current = self.store.renew(job.id, self.worker_id, self.lease_s)  # LeaseLost if taken back
-            if current.cancel_requested:
-                raise JobCancelled(job.id)
-            progress = min(99, int(100 * step / max(total, 1)))  # 100 once published
-            if progress != current.progress:
-                self.on_change(self.store.update(job.id, progress=progress))
-
         try:
-            result = self.render(job, on_step)
+            result = self.render(job)
         except JobCancelled:
             return self._finish(job, status=JobStatus.CANCELLED, error=None)
         except LeaseLost:
