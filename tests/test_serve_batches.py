@@ -189,6 +189,8 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
     assert body["id"] in [b["id"] for b in listed["data"]]
     assert body["id"] not in [j["id"] for j in api.get("/v1/jobs", params={"limit": 100}).json()["data"]]
     assert app.client("k2").get(f"/v1/batches/{body['id']}").status_code == 404  # another key's batch
+    for path in ("/v1/jobs/{}", "/v1/jobs/{}/content", "/v1/videos/{}", "/v1/videos/{}/content"):
+        assert api.get(path.format(body["id"])).status_code == 404, path  # a batch is no job or video
 
     # the reference: the batch job's runner on the same manifest, into a local folder
     manifest = str(tmp_path / "m.parquet")

@@ -323,7 +323,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     @app.get("/v1/jobs/{job_id}", responses=_responses(404, 422, model=JobObject))
     async def get_job(job_id: str, request: Request):
         s = get_state()
-        job = await asyncio.to_thread(_get_kind, s, job_id, request.state.owner, ("job", "video"))
+        job = await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         return JSONResponse(s.service.view(job), headers=_poll_headers(settings))
 
     @app.get("/v1/jobs", responses=_responses(404, 422, model=JobList))
@@ -336,7 +336,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     @app.post("/v1/jobs/{job_id}/cancel", responses=_responses(404, 422, model=JobObject))
     async def cancel_job(job_id: str, request: Request):
         s = get_state()
-        await asyncio.to_thread(_get_kind, s, job_id, request.state.owner, ("job", "video"))
+        await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         job = await asyncio.to_thread(s.store.request_cancel, job_id)
         return s.service.view(job)
 
@@ -387,7 +387,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     @app.get("/v1/batches/{batch_id}", responses=_responses(404, 422, model=BatchObject))
     async def get_batch(batch_id: str, request: Request):
         s = get_state()
-        job = await asyncio.to_thread(_get_kind, s, batch_id, request.state.owner, ("batch",))
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
         return JSONResponse(s.service.batch(job), headers=_poll_headers(settings))
 
     @app.get("/v1/batches", responses=_responses(404, 422, model=BatchList))
@@ -400,7 +400,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     @app.post("/v1/batches/{batch_id}/cancel", responses=_responses(404, 422, model=BatchObject))
     async def cancel_batch(batch_id: str, request: Request):
         s = get_state()
-        await asyncio.to_thread(_get_kind, s, batch_id, request.state.owner, ("batch",))
+        await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
         job = await asyncio.to_thread(s.store.request_cancel, batch_id)
         return s.service.batch(job)
 
@@ -409,7 +409,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         s = get_state()
         if not 1 <= limit <= 1000:
             raise RequestError(422, "limit: must be between 1 and 1000", param="limit", code="invalid_value")
-        job = await asyncio.to_thread(_get_kind, s, batch_id, request.state.owner, ("batch",))
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
         return await asyncio.to_thread(batch_results, job, output_root=settings.output, limit=limit, after=after,
                                        presign=s.service.presign)
 
@@ -452,14 +452,6 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
     return app
-
-
-def _get_kind(s: ServeState, job_id: str, owner: str, kinds: tuple[str, ...]):
-    """The owner's record of one of ``kinds`` (a batch is no job and a job no batch: 404 either way)."""
-    job = s.service.get(job_id, owner)
-    if job.kind not in kinds:
-        raise JobNotFound(job_id)
-    return job
 
 
 async def _read_batch_body(request: Request, s: ServeState) -> tuple[dict, str | None, str]:

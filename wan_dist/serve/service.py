@@ -118,11 +118,13 @@ class JobService:
         jobs, _ = self.store.list(owner=owner, limit=1000)
         return any(j.idempotency_key == key for j in jobs)
 
-    def get(self, job_id: str, owner: str) -> Job:
+    def get(self, job_id: str, owner: str, kinds: tuple[str, ...] = ("job", "video")) -> Job:
+        """The owner's record of one of ``kinds``: another key's job, and a batch asked for as a job (or the
+        reverse), do not exist for this key."""
         from wan_dist.serve.jobs import JobNotFound
 
         job = self.store.get(job_id)
-        if job.owner != owner:  # another key's job does not exist for this key
+        if job.owner != owner or job.kind not in kinds:
             raise JobNotFound(job_id)
         return job
 
