@@ -315,7 +315,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     async def create_job(request: Request, model: str = Path(json_schema_extra={"enum": served})):
         s = get_state()
         variant = resolve_model(model, settings.models)
-        body, uploaded, digest = await _read_body(request, JobCreate, s, "image")
+        body, uploaded, digest = await _read_body(request, JobCreate, s)
         validated = validate_job_request(body, variant=variant, layout=settings.layout, uploaded_image=uploaded)
         job = await _create(s, request, variant, validated, "job", digest)
         return JSONResponse(s.service.view(job), status_code=202, headers=_poll_headers(settings))
@@ -361,7 +361,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         s = get_state()
         owner = request.state.owner
         s.service.check_rate(owner)
-        body, uploaded, digest = await _read_batch_body(request, s)
+        body, uploaded, digest = await _read_body(request, BatchCreate, s, ("manifest",), MAX_MANIFEST_BYTES)
         spec = await asyncio.to_thread(validate_batch, body, served=settings.models, output_root=settings.output,
                                        layout=settings.layout, uploaded=uploaded,
                                        allow_private=settings.allow_private_urls)
@@ -418,7 +418,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
                responses=_responses(*_CREATE_ERRORS, model=VideoObject))
     async def create_video(request: Request):
         s = get_state()
-        body, uploaded, digest = await _read_body(request, VideoCreate, s, "input_reference")
+        body, uploaded, digest = await _read_body(request, VideoCreate, s)
         validated = validate_video_request(body, served=settings.models, layout=settings.layout,
                                            uploaded_image=uploaded)
         job = await _create(s, request, validated.variant, validated, "video", digest)
@@ -454,49 +454,31 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
     return app
 
 
-async def _read_batch_body(request: Request, s: ServeState) -> tuple[dict, str | None, str]:
-    """(fields, URI of an uploaded manifest or None, hash for Idempotency-Key)."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        body, _, digest = await _read_body(request, BatchCreate, s, "manifest")
-        return body, None, digest
-    form = await request.form()
-    body = parse_form(list(form.multi_items()))
-    files = pop_files(body)
-    body = coerce_scalars(body, BatchCreate)
-    unknown = sorted(set(files) - {"manifest"})
-    if unknown:
-        raise RequestError(422, f"{unknown[0]}: unexpected file", param=unknown[0], code="unknown_parameter")
-    if "manifest" not in files:
-        return body, None, body_hash(body)
-    data = await files["manifest"].read(MAX_MANIFEST_BYTES + 1)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise RequestError(413, f"manifest: larger than {MAX_MANIFEST_BYTES} bytes", param="manifest",
-                           code="file_too_large")
-    uploaded = await asyncio.to_thread(_store_upload, s.settings.output, data, "manifest.parquet")
-    return body, uploaded, body_hash(json.dumps(body, sort_keys=True, default=str) + "|" + body_hash(data))
-
-
 def _poll_headers(settings: ServeSettings) -> dict:
     return {"openai-poll-after-ms": str(settings.poll_after_ms)}
 
 
-async def _read_body(request: Request, model, s: ServeState, file_field: str) -> tuple[dict, str | None, str]:
-    """(body, URI of an uploaded image or None, hash of the body for Idempotency-Key)."""
+_IMAGE_FILES = ("image", "input_reference")
+
+
+async def _read_body(request: Request, model, s: ServeState, file_fields: tuple[str, ...] = _IMAGE_FILES,
+                     max_bytes: int = MAX_IMAGE_BYTES) -> tuple[dict, str | None, str]:
+    """(body, URI of the uploaded file or None, hash of the body for Idempotency-Key). A form may carry the
+    files ``file_fields`` (each at most ``max_bytes``), stored under the output's ``_uploads/``."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()
         body = parse_form(list(form.multi_items()))
         files = pop_files(body)
         body = coerce_scalars(body, model)
-        unknown = sorted(set(files) - {file_field, "image", "input_reference"})
+        unknown = sorted(set(files) - set(file_fields))
         if unknown:
             raise RequestError(422, f"{unknown[0]}: unexpected file", param=unknown[0], code="unknown_parameter")
         uploaded, digest_parts = None, [json.dumps(body, sort_keys=True, default=str)]
         for name, upload in files.items():
-            data = await upload.read(MAX_IMAGE_BYTES + 1)
-            if len(data) > MAX_IMAGE_BYTES:
-                raise RequestError(413, f"{name}: larger than {MAX_IMAGE_BYTES} bytes", param=name,
+            data = await upload.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise RequestError(413, f"{name}: larger than {max_bytes} bytes", param=name,
                                    code="file_too_large")
             uploaded = await asyncio.to_thread(_store_upload, s.settings.output, data, upload.filename or "")
             digest_parts.append(body_hash(data))
