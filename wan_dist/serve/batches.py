@@ -289,7 +289,7 @@ class BatchWorker:
                     state["lost"] = True
                     runner.stop_requested.set()
                     return
-                self._report(job.id, runner, output)
+                self._report(current, runner, output)
             else:  # a cheap read between renewals: a cancel stops the next row from starting
                 current = self.store.get(job.id)
             if current.cancel_requested or stop.is_set():
@@ -311,17 +311,18 @@ class BatchWorker:
             return self.store.update(job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None)
         return self._finish(job, JobStatus.COMPLETED, None, summary, output)
 
-    def _report(self, job_id: str, runner, output: str) -> None:
+    def _report(self, current: Job, runner, output: str) -> None:
+        """Publish the run's counts on the batch (``current``: the record the lease renewal just returned;
+        only this worker writes ``result`` while it holds the lease)."""
         progress = getattr(runner, "progress", None)
         if progress is None:
             return
         rate = progress.clips_per_hour()
-        remaining = progress.remaining
-        eta = remaining / rate * 3600 if rate else None
-        current = self.store.get(job_id)
+        eta = progress.remaining / rate * 3600 if rate else None
         result = {**(current.result or {}), "results_uri": f"{output}/_results",
                   "progress": {**progress.counts, "clips_per_hour": rate, "eta_s": eta}}
-        self.store.update(job_id, result=result, progress=min(99, int(100 * progress.finished / max(progress.total, 1))))
+        self.store.update(current.id, result=result,
+                          progress=min(99, int(100 * progress.finished / max(progress.total, 1))))
 
     def _finish(self, job: Job, status: str, error: dict | None, summary: dict | None, output: str) -> Job:
         current = self.store.get(job.id)
