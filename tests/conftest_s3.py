@@ -5,11 +5,13 @@ which re-exports the fixtures.
 
 - ``s3_endpoint`` (session): the running server's URL; the server stops when the session ends.
 - ``s3_server`` (function): sets the standard AWS variables for this test, creates a fresh bucket,
-  clears s3fs's instance cache before and after, and yields an :class:`S3Bucket`.
+  clears s3fs's instance cache before and after, and yields an :class:`S3Bucket` (``s3_bucket`` does the
+  same for a fixture of another scope).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -38,16 +40,24 @@ def s3_endpoint():
         clear_s3fs_caches()
 
 
-@pytest.fixture
-def s3_server(s3_endpoint, monkeypatch):
-    env = s3_environment(s3_endpoint)
+@contextmanager
+def s3_bucket(endpoint_url: str, patch: pytest.MonkeyPatch):
+    """Set the AWS variables (through ``patch``, undone by its owner), create a fresh bucket, clear s3fs's
+    caches before and after; yields an :class:`S3Bucket`."""
+    env = s3_environment(endpoint_url)
     for name in OVERRIDING_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+        patch.delenv(name, raising=False)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        patch.setenv(name, value)
     clear_s3fs_caches()
-    bucket = create_bucket(s3_endpoint)
+    bucket = create_bucket(endpoint_url)
     try:
-        yield S3Bucket(endpoint_url=s3_endpoint, bucket=bucket, env=dict(env))
+        yield S3Bucket(endpoint_url=endpoint_url, bucket=bucket, env=dict(env))
     finally:
         clear_s3fs_caches()
+
+
+@pytest.fixture
+def s3_server(s3_endpoint, monkeypatch):
+    with s3_bucket(s3_endpoint, monkeypatch) as bucket:
+        yield bucket

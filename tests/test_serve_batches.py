@@ -30,21 +30,10 @@ SLOW = {**FAST, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps
 
 @pytest.fixture(scope="module")
 def s3(s3_endpoint):
-    from s3_server import OVERRIDING_VARIABLES, clear_s3fs_caches, create_bucket, s3_environment
+    from conftest_s3 import s3_bucket
 
-    env = s3_environment(s3_endpoint)
-    patch = pytest.MonkeyPatch()
-    for name in OVERRIDING_VARIABLES:
-        patch.delenv(name, raising=False)
-    for name, value in env.items():
-        patch.setenv(name, value)
-    clear_s3fs_caches()
-    bucket = create_bucket(s3_endpoint)
-    try:
-        yield {"env": dict(env), "bucket": bucket, "endpoint": s3_endpoint}
-    finally:
-        patch.undo()
-        clear_s3fs_caches()
+    with pytest.MonkeyPatch.context() as patch, s3_bucket(s3_endpoint, patch) as bucket:
+        yield bucket
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +41,9 @@ def app(ray_local, s3, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve-batches")
-    settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=f"s3://{s3['bucket']}/serve",
+    settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=s3.uri("serve"),
                              api_keys=KEYS, rate_per_s=1000.0, burst=1000, allow_private_urls=True, poll_after_ms=100,
-                             env=s3["env"], lease_s=3.0, interactive_per_batch_row=1, batch_results_flush_rows=1,
+                             env=s3.env, lease_s=3.0, interactive_per_batch_row=1, batch_results_flush_rows=1,
                              webhook_secret=SECRET, webhook_base_delay_s=0.05)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -206,7 +195,7 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
     assert relative_keys(final["output"]) == relative_keys(reference)
     for row in valid:
         ours, theirs = http_rows[row["id"]], ref_rows[row["id"]]
-        assert ours["clip_url"].startswith(s3["endpoint"])  # presigned on the bucket
+        assert ours["clip_url"].startswith(s3.endpoint_url)  # presigned on the bucket
         frames, _ = decode_mp4(read_bytes(ours["clip_uri"]))
         expected, _ = decode_mp4(read_bytes(theirs["clip_uri"]))
         assert frames.shape == (5, 32, 32, 3) and (frames == expected).all(), row["id"]
