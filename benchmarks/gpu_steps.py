@@ -256,7 +256,7 @@ def build_pair(preset: str, device: torch.device, dtype: torch.dtype):
         torch.set_default_dtype(previous)
     keep = tuple(getattr(theirs, "_keep_in_fp32_modules", None) or ())
     for name, param in theirs.named_parameters():
-        if any(part in name.split(".") for part in keep) or any(k in name for k in keep):
+        if any(module in name for module in keep):
             param.data = param.data.float()
     theirs.eval().requires_grad_(False)
     with torch.device("meta"):
