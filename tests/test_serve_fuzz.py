@@ -192,7 +192,7 @@ def test_malformed_bodies_are_documented_4xx_in_openai_shape(content_type, body)
     """Bodies the generator cannot produce (schema-shaped data never nests 1000 levels or lacks a boundary)."""
     from fastapi.testclient import TestClient
 
-    from wan_dist.serve.app import ErrorResponse
+    from wan_dist.serve.openapi import ErrorResponse
 
     documented = app.openapi()["paths"]
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -206,7 +206,7 @@ def test_malformed_bodies_are_documented_4xx_in_openai_shape(content_type, body)
 def test_unknown_routes_and_methods_answer_in_openai_shape():
     from fastapi.testclient import TestClient
 
-    from wan_dist.serve.app import ErrorResponse
+    from wan_dist.serve.openapi import ErrorResponse
 
     with TestClient(app, raise_server_exceptions=False) as client:
         for method, path, status in (("GET", "/v1/nothing", 404), ("PUT", "/v1/jobs", 405), ("PATCH", "/healthz", 405)):

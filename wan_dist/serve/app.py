@@ -13,19 +13,21 @@ import json
 import logging
 import threading
 import uuid
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
-from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_queue, batch_results,
                                     validate_batch)
+from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash, open_store
+from wan_dist.serve.openapi import (BAD_VERSION, CLIP, CREATE_ERRORS, SSE_EVENT, BatchList, BatchObject, BatchResults,
+                                    HealthStatus, JobList, JobObject, ModelList, VideoDeleted, VideoList, VideoObject,
+                                    request_body_schema, responses)
 from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, error_body,
                                     public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
@@ -64,175 +66,6 @@ class ServeState:
 
 def _error(err: RequestError, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(error_body(err), status_code=err.status, headers=headers)
-
-
-def _request_body_schema(model) -> dict:
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}}}
-
-
-# -- documented responses (OpenAPI only: the routes build their bodies themselves) --------------------
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    """OpenAI's error shape, the body of every 4xx/5xx answer."""
-    error: ErrorDetail
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class JobObject(BaseModel):
-    """``GET /v1/jobs/{id}`` (``serve.schemas.job_view``)."""
-    id: str
-    object: Literal["job"]
-    model: str
-    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
-    queue_position: int | None
-    progress: int
-    created_at: float | None
-    started_at: float | None
-    completed_at: float | None
-    deadline_at: float | None
-    expires_at: float | None
-    request: dict[str, Any]
-    timings: dict[str, Any]
-    result: dict[str, Any] | None
-    error: JobError | None
-    webhook: dict[str, Any] | None
-    metadata: dict[str, Any]
-
-
-class JobList(BaseModel):
-    object: Literal["list"]
-    data: list[JobObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
-
-
-class VideoObject(BaseModel):
-    """OpenAI's Video object (``serve.schemas.video_object``)."""
-    id: str
-    object: Literal["video"]
-    model: str
-    status: Literal["queued", "in_progress", "completed", "failed"]
-    progress: int
-    created_at: int
-    completed_at: int | None
-    expires_at: int | None
-    prompt: str | None
-    seconds: str
-    size: str
-    remixed_from_video_id: str | None
-    error: JobError | None
-
-
-class VideoList(BaseModel):
-    object: Literal["list"]
-    data: list[VideoObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
-
-
-class VideoDeleted(BaseModel):
-    id: str
-    object: Literal["video.deleted"]
-    deleted: bool
-
-
-class BatchCounts(BaseModel):
-    total: int
-    done: int
-    failed: int
-    remaining: int
-    completed: int
-    skipped: int
-
-
-class BatchObject(BaseModel):
-    """``GET /v1/batches/{id}`` (``serve.batches.batch_view``). ``validating`` is never returned (a manifest is
-    read before the create answers) but kept in the enum for clients written against the published states."""
-    id: str
-    object: Literal["batch"]
-    model: str
-    status: Literal["validating", "queued", "running", "completed", "failed", "cancelled"]
-    created_at: float | None
-    started_at: float | None
-    completed_at: float | None
-    manifest_uri: str | None
-    output: str
-    counts: BatchCounts
-    invalid_rows: int
-    clips_per_hour: float | None
-    eta_s: float | None
-    results_uri: str | None
-    summary_uri: str | None
-    attempts: int
-    error: JobError | None
-    webhook: dict[str, Any] | None
-    metadata: dict[str, Any]
-
-
-class BatchList(BaseModel):
-    object: Literal["list"]
-    data: list[BatchObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
-
-
-class BatchResults(BaseModel):
-    """One page of results rows (the batch runner's results table, ``wan_dist.batch.results``)."""
-    object: Literal["list"]
-    data: list[dict[str, Any]]
-    has_more: bool
-    last_index: int | None
-
-
-class ModelObject(BaseModel):
-    id: str
-    object: Literal["model"]
-    owned_by: str
-
-
-class ModelList(BaseModel):
-    object: Literal["list"]
-    data: list[ModelObject]
-
-
-class HealthStatus(BaseModel):
-    status: Literal["ok", "ready", "loading"]
-
-
-_ERROR_TEXT = {400: "Malformed request (body not JSON, unsupported Wan-Version)", 401: "Missing or invalid API key",
-               404: "No such job, video, batch or model (for this key)", 409: "Conflict (Idempotency-Key reuse, not ready)",
-               413: "Uploaded file too large", 422: "Invalid field", 429: "Rate limit, key quota or queue full"}
-
-
-def _responses(*statuses: int, ok: int = 200, model=None, content: dict | None = None) -> dict:
-    """``responses=`` of a route: the success body and the errors it can answer (all authenticated: 400, 401)."""
-    out: dict = {ok: {"model": model} if model is not None else {"content": content or {}}}
-    for status in sorted({400, 401, *statuses}):
-        out[status] = {"model": ErrorResponse, "description": _ERROR_TEXT[status]}
-    return out
-
-
-_CREATE_ERRORS = (404, 409, 413, 422, 429)
-_BAD_VERSION = {400: {"model": ErrorResponse, "description": _ERROR_TEXT[400]}}  # open routes too
-_CLIP = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
-_SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": "One server-sent event; data is "
-              "the job object (status) or {id, progress} (progress), as JSON",
-              "properties": {"event": {"type": "string", "enum": ["status", "progress"]}, "data": {"type": "string"}}}
 
 
 def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | None = None) -> FastAPI:
@@ -294,24 +127,24 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         return _error(RequestError(422, f"{param}: {first.get('msg')}", param=param, code="invalid_value"))
 
     # -- health -----------------------------------------------------------------------------
-    @app.get("/healthz", responses={200: {"model": HealthStatus}, **_BAD_VERSION})
+    @app.get("/healthz", responses={200: {"model": HealthStatus}, **BAD_VERSION})
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={200: {"model": HealthStatus}, **_BAD_VERSION,
+    @app.get("/readyz", responses={200: {"model": HealthStatus}, **BAD_VERSION,
                                    503: {"model": HealthStatus, "description": "Renderers still loading"}})
     async def readyz():
         ready = await asyncio.to_thread(lambda: get_state().ready())
         return JSONResponse({"status": "ready" if ready else "loading"}, status_code=200 if ready else 503)
 
-    @app.get("/v1/models", responses=_responses(model=ModelList))
+    @app.get("/v1/models", responses=responses(model=ModelList))
     async def models():
         return {"object": "list", "data": [{"id": public_model_name(m), "object": "model", "owned_by": "wan-dist"}
                                            for m in settings.models]}
 
     # -- jobs -------------------------------------------------------------------------------
-    @app.post("/v1/models/{model}/jobs", status_code=202, openapi_extra=_request_body_schema(JobCreate),
-              responses=_responses(*_CREATE_ERRORS, ok=202, model=JobObject))
+    @app.post("/v1/models/{model}/jobs", status_code=202, openapi_extra=request_body_schema(JobCreate),
+              responses=responses(*CREATE_ERRORS, ok=202, model=JobObject))
     async def create_job(request: Request, model: str = Path(json_schema_extra={"enum": served})):
         s = get_state()
         variant = resolve_model(model, settings.models)
@@ -320,20 +153,20 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         job = await _create(s, request, variant, validated, "job", digest)
         return JSONResponse(s.service.view(job), status_code=202, headers=_poll_headers(settings))
 
-    @app.get("/v1/jobs/{job_id}", responses=_responses(404, 422, model=JobObject))
+    @app.get("/v1/jobs/{job_id}", responses=responses(404, 422, model=JobObject))
     async def get_job(job_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         return JSONResponse(s.service.view(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/jobs", responses=_responses(404, 422, model=JobList))
+    @app.get("/v1/jobs", responses=responses(404, 422, model=JobList))
     async def list_jobs(request: Request, limit: int = 20, after: str | None = None):
         s = get_state()
         jobs, more = await _page(s, request, limit, after, kind=("job", "video"))
         return {"object": "list", "data": [s.service.view(j) for j in jobs], "has_more": more,
                 "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
 
-    @app.post("/v1/jobs/{job_id}/cancel", responses=_responses(404, 422, model=JobObject))
+    @app.post("/v1/jobs/{job_id}/cancel", responses=responses(404, 422, model=JobObject))
     async def cancel_job(job_id: str, request: Request):
         s = get_state()
         await asyncio.to_thread(s.service.get, job_id, request.state.owner)
@@ -341,7 +174,7 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         return s.service.view(job)
 
     @app.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse,
-             responses=_responses(404, 422, content={"text/event-stream": {"schema": _SSE_EVENT}}))
+             responses=responses(404, 422, content={"text/event-stream": {"schema": SSE_EVENT}}))
     async def job_events(job_id: str, request: Request):
         s = get_state()
         await asyncio.to_thread(s.service.get, job_id, request.state.owner)
@@ -349,14 +182,14 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
                                  headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/jobs/{job_id}/content", response_class=Response,
-             responses={**_responses(404, 409, 422, content=_CLIP),
+             responses={**responses(404, 409, 422, content=CLIP),
                         307: {"description": "Redirect to a presigned URL of the clip"}})
     async def job_content(job_id: str, request: Request):
         return await _content(get_state(), job_id, request.state.owner)
 
     # -- batches ----------------------------------------------------------------------------
-    @app.post("/v1/batches", status_code=202, openapi_extra=_request_body_schema(BatchCreate),
-              responses=_responses(*_CREATE_ERRORS, ok=202, model=BatchObject))
+    @app.post("/v1/batches", status_code=202, openapi_extra=request_body_schema(BatchCreate),
+              responses=responses(*CREATE_ERRORS, ok=202, model=BatchObject))
     async def create_batch(request: Request):
         s = get_state()
         owner = request.state.owner
@@ -384,27 +217,27 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
                                param="Idempotency-Key", code="idempotency_conflict") from None
         return JSONResponse(s.service.batch(job), status_code=202, headers=_poll_headers(settings))
 
-    @app.get("/v1/batches/{batch_id}", responses=_responses(404, 422, model=BatchObject))
+    @app.get("/v1/batches/{batch_id}", responses=responses(404, 422, model=BatchObject))
     async def get_batch(batch_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
         return JSONResponse(s.service.batch(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/batches", responses=_responses(404, 422, model=BatchList))
+    @app.get("/v1/batches", responses=responses(404, 422, model=BatchList))
     async def list_batches(request: Request, limit: int = 20, after: str | None = None):
         s = get_state()
         jobs, more = await _page(s, request, limit, after, kind="batch")
         return {"object": "list", "data": [s.service.batch(j) for j in jobs], "has_more": more,
                 "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
 
-    @app.post("/v1/batches/{batch_id}/cancel", responses=_responses(404, 422, model=BatchObject))
+    @app.post("/v1/batches/{batch_id}/cancel", responses=responses(404, 422, model=BatchObject))
     async def cancel_batch(batch_id: str, request: Request):
         s = get_state()
         await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
         job = await asyncio.to_thread(s.store.request_cancel, batch_id)
         return s.service.batch(job)
 
-    @app.get("/v1/batches/{batch_id}/results", responses=_responses(404, 422, model=BatchResults))
+    @app.get("/v1/batches/{batch_id}/results", responses=responses(404, 422, model=BatchResults))
     async def get_batch_results(batch_id: str, request: Request, limit: int = 100, after: int | None = None):
         s = get_state()
         if not 1 <= limit <= 1000:
@@ -414,8 +247,8 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
                                        presign=s.service.presign)
 
     # -- OpenAI-compatible videos -----------------------------------------------------------
-    @app.post("/v1/videos", openapi_extra=_request_body_schema(VideoCreate),
-               responses=_responses(*_CREATE_ERRORS, model=VideoObject))
+    @app.post("/v1/videos", openapi_extra=request_body_schema(VideoCreate),
+               responses=responses(*CREATE_ERRORS, model=VideoObject))
     async def create_video(request: Request):
         s = get_state()
         body, uploaded, digest = await _read_body(request, VideoCreate, s)
@@ -424,13 +257,13 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         job = await _create(s, request, validated.variant, validated, "video", digest)
         return JSONResponse(s.service.video(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/videos/{video_id}", responses=_responses(404, 422, model=VideoObject))
+    @app.get("/v1/videos/{video_id}", responses=responses(404, 422, model=VideoObject))
     async def get_video(video_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)
         return JSONResponse(s.service.video(job), headers=_poll_headers(settings))
 
-    @app.get("/v1/videos", responses=_responses(404, 422, model=VideoList))
+    @app.get("/v1/videos", responses=responses(404, 422, model=VideoList))
     async def list_videos(request: Request, limit: int = 20, after: str | None = None, order: str = "desc"):
         s = get_state()
         jobs, more = await _page(s, request, limit, after, kind="video", order=order)
@@ -438,11 +271,11 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
                 "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
 
     @app.get("/v1/videos/{video_id}/content", response_class=Response,
-             responses=_responses(404, 409, 422, content=_CLIP))
+             responses=responses(404, 409, 422, content=CLIP))
     async def video_content(video_id: str, request: Request):
         return await _content(get_state(), video_id, request.state.owner, redirect=False)
 
-    @app.delete("/v1/videos/{video_id}", responses=_responses(404, 422, model=VideoDeleted))
+    @app.delete("/v1/videos/{video_id}", responses=responses(404, 422, model=VideoDeleted))
     async def delete_video(video_id: str, request: Request):
         s = get_state()
         job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)

@@ -1,0 +1,175 @@
+"""The API's documented bodies: OpenAPI only (the routes of ``wan_dist.serve.app`` build their answers
+themselves, from ``serve.schemas`` and ``serve.batches``), and the ``responses=`` helper every route uses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+def request_body_schema(model) -> dict:
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, the body of every 4xx/5xx answer."""
+    error: ErrorDetail
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobObject(BaseModel):
+    """``GET /v1/jobs/{id}`` (``serve.schemas.job_view``)."""
+    id: str
+    object: Literal["job"]
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+    queue_position: int | None
+    progress: int
+    created_at: float | None
+    started_at: float | None
+    completed_at: float | None
+    deadline_at: float | None
+    expires_at: float | None
+    request: dict[str, Any]
+    timings: dict[str, Any]
+    result: dict[str, Any] | None
+    error: JobError | None
+    webhook: dict[str, Any] | None
+    metadata: dict[str, Any]
+
+
+class JobList(BaseModel):
+    object: Literal["list"]
+    data: list[JobObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class VideoObject(BaseModel):
+    """OpenAI's Video object (``serve.schemas.video_object``)."""
+    id: str
+    object: Literal["video"]
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    prompt: str | None
+    seconds: str
+    size: str
+    remixed_from_video_id: str | None
+    error: JobError | None
+
+
+class VideoList(BaseModel):
+    object: Literal["list"]
+    data: list[VideoObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"]
+    deleted: bool
+
+
+class BatchCounts(BaseModel):
+    total: int
+    done: int
+    failed: int
+    remaining: int
+    completed: int
+    skipped: int
+
+
+class BatchObject(BaseModel):
+    """``GET /v1/batches/{id}`` (``serve.batches.batch_view``). ``validating`` is never returned (a manifest is
+    read before the create answers) but kept in the enum for clients written against the published states."""
+    id: str
+    object: Literal["batch"]
+    model: str
+    status: Literal["validating", "queued", "running", "completed", "failed", "cancelled"]
+    created_at: float | None
+    started_at: float | None
+    completed_at: float | None
+    manifest_uri: str | None
+    output: str
+    counts: BatchCounts
+    invalid_rows: int
+    clips_per_hour: float | None
+    eta_s: float | None
+    results_uri: str | None
+    summary_uri: str | None
+    attempts: int
+    error: JobError | None
+    webhook: dict[str, Any] | None
+    metadata: dict[str, Any]
+
+
+class BatchList(BaseModel):
+    object: Literal["list"]
+    data: list[BatchObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class BatchResults(BaseModel):
+    """One page of results rows (the batch runner's results table, ``wan_dist.batch.results``)."""
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+    last_index: int | None
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"]
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "ready", "loading"]
+
+
+ERROR_TEXT = {400: "Malformed request (body not JSON, unsupported Wan-Version)", 401: "Missing or invalid API key",
+               404: "No such job, video, batch or model (for this key)", 409: "Conflict (Idempotency-Key reuse, not ready)",
+               413: "Uploaded file too large", 422: "Invalid field", 429: "Rate limit, key quota or queue full"}
+
+
+def responses(*statuses: int, ok: int = 200, model=None, content: dict | None = None) -> dict:
+    """``responses=`` of a route: the success body and the errors it can answer (all authenticated: 400, 401)."""
+    out: dict = {ok: {"model": model} if model is not None else {"content": content or {}}}
+    for status in sorted({400, 401, *statuses}):
+        out[status] = {"model": ErrorResponse, "description": ERROR_TEXT[status]}
+    return out
+
+
+CREATE_ERRORS = (404, 409, 413, 422, 429)
+BAD_VERSION = {400: {"model": ErrorResponse, "description": ERROR_TEXT[400]}}  # open routes too
+CLIP = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": "One server-sent event; data is "
+              "the job object (status) or {id, progress} (progress), as JSON",
+              "properties": {"event": {"type": "string", "enum": ["status", "progress"]}, "data": {"type": "string"}}}
