@@ -117,6 +117,8 @@ def test_idempotency_same_body_same_job_other_body_conflict(store):
     assert created and job.version == 1
     again, created = store.create(new(idempotency_key="abc", body_hash="h1"))
     assert not created and again == job
+    assert store.find_by_key("key1", "abc") == job
+    assert store.find_by_key("key2", "abc") is None and store.find_by_key("key1", "abd") is None
     with pytest.raises(IdempotencyConflict) as raised:
         store.create(new(idempotency_key="abc", body_hash="h2"))
     assert raised.value.job_id == job.id and job.id in str(raised.value)
@@ -128,6 +130,7 @@ def test_idempotency_same_body_same_job_other_body_conflict(store):
     with pytest.raises(JobExists):
         store.create(plain)
     store.delete(job.id)  # a deleted job frees its key
+    assert store.find_by_key("key1", "abc") is None
     assert store.create(new(idempotency_key="abc", body_hash="h2"))[1]
 
 

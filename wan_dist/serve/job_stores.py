@@ -147,13 +147,19 @@ class SQLiteJobStore(JobStore):
                 self._write_row(conn, job)
             return changed
 
+    @staticmethod
+    def _by_key(conn, owner: str, key: str) -> Job | None:
+        row = conn.execute(f"{_SELECT} WHERE owner = ? AND idempotency_key = ?", (owner, key)).fetchone()
+        return None if row is None else _from_row(row)
+
+    def find_by_key(self, owner: str, idempotency_key: str) -> Job | None:
+        return self._by_key(self._connection(), owner, idempotency_key)
+
     def create(self, job: Job) -> tuple[Job, bool]:
         with self._transaction() as conn:
             if job.idempotency_key is not None:
-                row = conn.execute(f"{_SELECT} WHERE owner = ? AND idempotency_key = ?",
-                                   (job.owner, job.idempotency_key)).fetchone()
-                if row is not None:
-                    existing = _from_row(row)
+                existing = self._by_key(conn, job.owner, job.idempotency_key)
+                if existing is not None:
                     if existing.body_hash != job.body_hash:
                         raise _conflict(existing, job.idempotency_key)
                     return existing, False
@@ -341,15 +347,18 @@ class ObjectJobStore(JobStore):
                 self._write(job)
             return changed
 
+    def find_by_key(self, owner: str, idempotency_key: str) -> Job | None:
+        try:
+            entry = json.loads(read_bytes(self._index_uri(owner, idempotency_key), storage_options=self._options))
+            return self._read(entry["job_id"])
+        except (ObjectNotFoundError, JobNotFound):
+            return None  # no entry, or one left by a create that died before writing its job
+
     def create(self, job: Job) -> tuple[Job, bool]:
         with self._lock:
             key = job.idempotency_key
             if key is not None:
-                try:
-                    entry = json.loads(read_bytes(self._index_uri(job.owner, key), storage_options=self._options))
-                    existing = self._read(entry["job_id"])
-                except (ObjectNotFoundError, JobNotFound):
-                    existing = None  # no entry, or one left by a create that died before writing its job
+                existing = self.find_by_key(job.owner, key)
                 if existing is not None:
                     if existing.body_hash != job.body_hash:
                         raise _conflict(existing, key)

@@ -307,6 +307,10 @@ class JobStore(ABC):
         """The job, or :class:`JobNotFound`."""
 
     @abstractmethod
+    def find_by_key(self, owner: str, idempotency_key: str) -> Job | None:
+        """The owner's job created with ``idempotency_key``, or None (a lookup by the store's key index)."""
+
+    @abstractmethod
     def list(self, *, owner: str | None = None, model: str | None = None, kind: str | Iterable[str] | None = None,
              status: str | Iterable[str] | None = None, limit: int = 20, after: str | None = None,
              order: str = "desc") -> tuple[list[Job], bool]:

@@ -102,7 +102,7 @@ class JobService:
         """Persist a queued job (before the API answers). Raises QueueFull past the model's queue bound or
         the key's active-job quota; an Idempotency-Key seen before returns the first job (created False)."""
         s = self.settings
-        if idempotency_key is None or not self._seen(owner, idempotency_key):
+        if idempotency_key is None or self.store.find_by_key(owner, idempotency_key) is None:
             if self.store.count(model=variant, status=JobStatus.QUEUED) >= s.max_queue_per_model:
                 raise QueueFull(f"the queue of {variant} is full ({s.max_queue_per_model} jobs)", 5.0, "queue_full")
             if self.store.count(owner=owner, status=tuple(ACTIVE_STATUSES)) >= s.max_active_per_key:
@@ -113,10 +113,6 @@ class JobService:
                       metadata=dict(validated.metadata), idempotency_key=idempotency_key, body_hash=body_hash,
                       webhook={"progress": validated.progress_webhooks})
         return self.store.create(job)
-
-    def _seen(self, owner: str, key: str) -> bool:
-        jobs, _ = self.store.list(owner=owner, limit=1000)
-        return any(j.idempotency_key == key for j in jobs)
 
     def get(self, job_id: str, owner: str, kinds: tuple[str, ...] = ("job", "video")) -> Job:
         """The owner's record of one of ``kinds``: another key's job, and a batch asked for as a job (or the
