@@ -322,6 +322,24 @@ def test_webhooks_are_signed_retried_and_recorded(serve_app, api):
         assert get(api, completed["id"])["status"] == "completed"
 
 
+def test_progress_webhooks_when_asked(serve_app, api):
+    with WebhookReceiver(SECRET) as receiver:
+        job = create(api, {**FAST, "num_inference_steps": 150, "webhook_url": receiver.url, "progress_webhooks": True})
+        quiet = create(api, {**FAST, "webhook_url": receiver.url})  # no progress asked: terminal event only
+        wait_for(lambda: {t for _, c, t in receiver.events(job["id"]) if c == 200} == {"job.progress", "job.completed"}
+                 and any(c == 200 for _, c, _ in receiver.events(quiet["id"])), 60,
+                 what="progress and completion delivered")
+        assert receiver.errors == []
+        progress = [(m, c, p["data"]["progress"]) for m, c, p in receiver.requests
+                    if p["data"]["id"] == job["id"] and p["type"] == "job.progress"]
+        values = [value for _, code, value in progress if code == 500]  # first deliveries, in arrival order
+        assert values and all(0 <= v < 100 for v in values) and len(set(values)) == len(values), progress
+        assert {m for m, c, _ in progress if c == 200} == {m for m, c, _ in progress if c == 500}  # each retried
+        assert [t for _, _, t in receiver.events(quiet["id"])] == ["job.completed", "job.completed"]
+        deliveries = wait_status(api, job["id"], "completed")["webhook"]["deliveries"]
+        assert {e for e in deliveries if e.startswith("job.progress.")} == {f"job.progress.{v}" for v in values}
+
+
 def test_private_webhook_urls_are_refused_unless_allowed(tmp_path):
     """SSRF: the module's app allows private URLs (its receiver is on 127.0.0.1); a default app refuses them.
     This one runs the same FastAPI app in process, without Serve or a renderer."""
