@@ -213,6 +213,23 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(store):
     assert store.release_expired(now=T0 + 100) == [] and store.claim("tiny", worker="w3", lease_s=1) is None
 
 
+def test_a_worker_hands_its_job_back_without_spending_an_attempt(store):
+    job = add(store, max_attempts=1)
+    store.claim("tiny", worker="w1", lease_s=10, now=T0)
+    store.update(job.id, progress=40)
+    assert store.hand_back(job.id, "w2", now=T0 + 1).status == "in_progress"  # not the holder: nothing changes
+    back = store.hand_back(job.id, "w1", now=T0 + 1)
+    assert (back.status, back.attempts, back.lease_owner, back.lease_until, back.progress) == ("queued", 0, None,
+                                                                                              None, 0)
+    with pytest.raises(LeaseLost):  # the step control of the old holder stops its render
+        store.renew(job.id, "w1", 10, now=T0 + 2)
+    again = store.claim("tiny", worker="w2", lease_s=10, now=T0 + 2)
+    assert again.id == job.id and again.attempts == 1  # max_attempts 1: still allowed to run
+    store.request_cancel(job.id, now=T0 + 3)
+    assert store.hand_back(job.id, "w2", now=T0 + 4).status == "cancelled"  # a cancel asked meanwhile ends it
+    assert store.hand_back(job.id, "w2", now=T0 + 5).status == "cancelled"
+
+
 def test_queue_positions_count_per_model(store):
     a = [add(store, model="a") for _ in range(3)]
     b = add(store, model="b")

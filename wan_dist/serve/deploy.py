@@ -4,8 +4,9 @@ and taking that model's jobs and batches from the shared store.
 
 ``application(settings)`` builds it for ``serve.run``; ``wan_dist.serve.app:build_app`` is the entry of
 Serve config files and KubeRay RayService manifests. The store is the only channel between them, so
-any number of renderer replicas (``renderer_replicas``) pull from one queue, and a restart of either side
-loses nothing.
+any number of renderer replicas (``renderer_replicas``, or between the bounds of ``renderer_autoscaling`` by
+the length of the model's queue: ``wan_dist.serve.autoscale``) pull from one queue, and a restart of either
+side loses nothing.
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ def application(settings: ServeSettings):
             _install_state(ServeState(settings, ready=self.ready))
 
         def ready(self) -> bool:
+            """Every model with replicas kept up has a loaded one; a model that may scale to zero is ready to
+            take jobs without one (its first queued job brings a replica up)."""
             try:
-                return all(handle.ready.remote().result(timeout_s=5) for handle in self.renderers.values())
+                return all(handle.ready.remote().result(timeout_s=5) for model, handle in self.renderers.items()
+                           if not on_demand(model))
             except Exception:  # noqa: BLE001 - not answering is not ready
                 return False
 
@@ -92,9 +96,19 @@ def application(settings: ServeSettings):
     rank_bundle = {"CPU": settings.cpus_per_rank, **({"GPU": 1} if settings.device == "cuda" else {})}
     bundles = [dict(rank_bundle) for _ in range(settings.parallel_config.world_size)]
     options = {"num_cpus": 0, "num_gpus": 0, **({"runtime_env": env} if env else {})}
-    renderers = {model: Renderer.options(name=f"renderer-{model}", num_replicas=settings.renderer_replicas,
-                                         ray_actor_options=options, placement_group_bundles=bundles,
-                                         placement_group_strategy="STRICT_PACK").bind(plain, model)
+    scaling = settings.autoscaling
+
+    def on_demand(model: str) -> bool:
+        return scaling is not None and scaling.min_replicas == 0
+
+    def replicas(model: str) -> dict:  # a fixed count, or bounds and a queue-length policy (serve/autoscale.py)
+        if scaling is None:
+            return {"num_replicas": settings.renderer_replicas}
+        return {"autoscaling_config": scaling.serve_config(settings.store, model)}
+
+    renderers = {model: Renderer.options(name=f"renderer-{model}", ray_actor_options=options,
+                                         placement_group_bundles=bundles, placement_group_strategy="STRICT_PACK",
+                                         **replicas(model)).bind(plain, model)
                  for model in settings.models}
     return Ingress.options(ray_actor_options={"num_cpus": 0, **({"runtime_env": env} if env else {})}
                            ).bind(renderers)

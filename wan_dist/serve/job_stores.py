@@ -31,8 +31,8 @@ from typing import Iterable
 
 from wan_dist.serve.jobs import (
     IdempotencyConflict, Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_cancel,
-    apply_claim, apply_deadline, apply_release, apply_renew, apply_update, check_page, claimable, clock,
-    deadline_passed, kinds, lease_expired, statuses,
+    apply_claim, apply_deadline, apply_hand_back, apply_release, apply_renew, apply_update, check_page, claimable,
+    clock, deadline_passed, kinds, lease_expired, statuses,
 )
 from wan_dist.storage import ObjectNotFoundError, delete, join, list_prefix, read_bytes, write_bytes_atomic
 
@@ -228,6 +228,10 @@ class SQLiteJobStore(JobStore):
         now = clock(now)
         return self._mutate_where("status = ? AND lease_until <= ?", (JobStatus.IN_PROGRESS, now),
                                   lambda job: apply_release(job, now))
+
+    def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_hand_back(job, worker, now))
 
     def queue_position(self, job_id: str) -> int | None:
         row = self._connection().execute(
@@ -427,6 +431,10 @@ class ObjectJobStore(JobStore):
     def release_expired(self, now: float | None = None) -> list[Job]:
         now = clock(now)
         return self._mutate_matching(lambda job: lease_expired(job, now), lambda job: apply_release(job, now))
+
+    def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_hand_back(job, worker, now))
 
     def queue_position(self, job_id: str) -> int | None:
         job = self._read(job_id)

@@ -243,6 +243,17 @@ def apply_release(job: Job, now: float) -> Job:
     return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0)
 
 
+def apply_hand_back(job: Job, worker: str, now: float) -> Job:
+    """``hand_back``'s rule: the lease holder gives its job up (it is going away), so the attempt is not
+    counted; a cancel asked meanwhile ends it cancelled. ``job`` itself when ``worker`` does not hold it."""
+    if job.status != JobStatus.IN_PROGRESS or job.lease_owner != worker:
+        return job
+    if job.cancel_requested:
+        return _bump(job, now, status=JobStatus.CANCELLED, completed_at=now, lease_owner=None, lease_until=None)
+    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0,
+                 attempts=max(0, job.attempts - 1))
+
+
 def apply_cancel(job: Job, now: float) -> Job:
     """``request_cancel``'s rule; returns ``job`` itself when nothing changes (idempotent)."""
     if job.status == JobStatus.QUEUED:
@@ -340,6 +351,11 @@ class JobStore(ABC):
     def release_expired(self, now: float | None = None) -> list[Job]:
         """In-progress jobs whose lease ran out: queued again, or failed (``worker_lost``) once
         ``attempts >= max_attempts``, or cancelled when a cancel was requested. Returns the changed jobs."""
+
+    @abstractmethod
+    def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
+        """``worker`` gives up the job it holds (shutting down): queued again at once, the attempt not
+        counted, so another worker resumes it without waiting for the lease. Unchanged if not its holder."""
 
     @abstractmethod
     def queue_position(self, job_id: str) -> int | None:

@@ -82,7 +82,16 @@ class RendererCore:
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop taking work; hand the running job back to the queue (another replica resumes it at once, the
+        attempt not counted: Serve stops a replica when it scales down), let a batch hand itself back after
+        the rows in flight, then shut the group down."""
         self._stop.set()
+        current = self.worker.current
+        if current is not None:
+            try:
+                self.store.hand_back(current, self.worker.worker_id)  # its step control then stops the render
+            except Exception:  # noqa: BLE001 - the lease runs out instead
+                log.exception("renderer %s: handing %s back failed", self.worker.worker_id, current)
         for thread in self._threads:
             thread.join(timeout_s)
         if self.group is not None:

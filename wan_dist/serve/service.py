@@ -46,7 +46,10 @@ class ServeSettings:
     layout: str = "diffusers"
     device: str = "cpu"
     dtype: str = "auto"
-    renderer_replicas: int = 1
+    renderer_replicas: int = 1  # fixed count, unless renderer_autoscaling is set
+    # {} = a fixed renderer_replicas; else RendererAutoscaling fields (min/max_replicas, jobs_per_replica, delays):
+    # replicas follow the model's queue length (wan_dist.serve.autoscale)
+    renderer_autoscaling: dict = field(default_factory=dict)
     # each renderer replica owns a render group of this layout (ParallelConfig fields; {} = one rank), one
     # placement-group bundle per rank: cpus_per_rank CPUs, and one GPU when device is "cuda"
     parallel: dict = field(default_factory=dict)
@@ -72,6 +75,17 @@ class ServeSettings:
                 raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_rank <= 0 or self.batch_retry_backoff_s < 0:
             raise ValueError("serve.cpus_per_rank: must be > 0 and serve.batch_retry_backoff_s >= 0")
+        try:
+            self.autoscaling  # noqa: B018 - validated now
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"serve.renderer_autoscaling: {error}") from None
+
+    @property
+    def autoscaling(self):
+        """The RendererAutoscaling of ``renderer_autoscaling``, or None for a fixed replica count."""
+        from wan_dist.serve.autoscale import RendererAutoscaling
+
+        return from_dict(RendererAutoscaling, dict(self.renderer_autoscaling)) if self.renderer_autoscaling else None
 
     @property
     def parallel_config(self):

@@ -1,0 +1,94 @@
+"""Renderer autoscaling on a running Serve app (local Ray, tiny model): no renderer while nothing is queued,
+replicas up to the bound while jobs wait, back to zero when the queue is empty, and no job rendered twice or
+charged an extra attempt when Serve stops a replica (a stopped renderer hands its running job back)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_fixtures import APP_NAME, ServeApp, free_port, wait_for
+from wan_dist.serve.jobs import open_store
+from wan_dist.serve.service import ServeSettings
+
+pytestmark = pytest.mark.slow
+
+JOB = {"prompt": "a fox in the snow", "num_frames": 5, "size": "64x64", "num_inference_steps": 120}
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    deployment = app.deployments.get("renderer-tiny") if app else None
+    return 0 if deployment is None else int(deployment.replica_states.get("RUNNING", 0))
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tmp_path_factory):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("autoscale")
+    settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"), api_keys=("k1",),
+                             rate_per_s=1000.0, burst=1000, lease_s=30.0, cpus_per_rank=0.5,
+                             renderer_autoscaling={"min_replicas": 0, "max_replicas": 2, "jobs_per_replica": 1,
+                                                   "upscale_delay_s": 0, "downscale_delay_s": 2, "refresh_s": 0.2})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield ServeApp(port).start(settings)
+    finally:
+        serve.shutdown()
+
+
+def test_renderers_follow_the_queue_from_zero_to_the_bound_and_back(app):
+    assert running_replicas() == 0  # ready without a renderer: nothing is queued
+    with app.client("k1") as client, open_store(app.settings.store) as store:
+        ids = []
+        for seed in range(3):
+            response = client.post("/v1/models/tiny/jobs", json={**JOB, "seed": seed})
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+        wait_for(lambda: running_replicas() == 2, 120, interval_s=0.25, what="two renderer replicas")
+        # two jobs render at once, on two replicas
+        wait_for(lambda: len({store.get(i).lease_owner for i in ids if store.get(i).status == "in_progress"}) == 2,
+                 120, interval_s=0.05, what="two jobs in progress on two renderers")
+        wait_for(lambda: all(store.get(i).terminal for i in ids), 180, interval_s=0.25, what="every job to finish")
+        jobs = [store.get(i) for i in ids]
+        assert [(j.status, j.attempts) for j in jobs] == [("completed", 1)] * 3, [(j.status, j.attempts, j.error)
+                                                                                  for j in jobs]
+        wait_for(lambda: running_replicas() == 0, 60, interval_s=0.25, what="the renderers to scale back to zero")
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_stopped_renderer_hands_its_running_job_back_at_once(ray_local, tmp_path):
+    """What Serve's scale-down does to a busy replica (RendererCore.stop, from the replica's destructor), in
+    process: the job goes back to the queue well before its lease would run out, uncharged, and the next
+    renderer completes it on its first counted attempt."""
+    import time
+
+    from wan_dist.serve.jobs import Job
+    from wan_dist.serve.renderer import RendererCore
+    from wan_dist.serve.schemas import validate_job_request
+
+    settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
+                             lease_s=600.0, cpus_per_rank=0.5)
+    with open_store(settings.store) as store:
+        request = validate_job_request({**JOB, "num_frames": 9, "num_inference_steps": 200, "seed": 3}, variant="tiny").record()
+        job, _ = store.create(Job.new(model="tiny", owner="k", request=request))
+        first = RendererCore(settings, "tiny").start()
+        try:
+            wait_for(lambda: store.get(job.id).progress > 0, 120, interval_s=0.05, what="the job to make progress")
+            holder = store.get(job.id).lease_owner
+            stopped_at = time.monotonic()
+        finally:
+            first.stop(timeout_s=60)
+        back = store.get(job.id)
+        assert time.monotonic() - stopped_at < 60  # not the 600 s lease
+        assert (back.status, back.attempts, back.lease_owner) == ("queued", 0, None), back
+        assert holder == first.worker.worker_id
+        second = RendererCore(settings, "tiny", lease_s=600.0).start()
+        try:
+            done = wait_for(lambda: (j := store.get(job.id)).terminal and j, 180, interval_s=0.25, what="the rerun")
+        finally:
+            second.stop()
+        assert (done.status, done.attempts) == ("completed", 1), done
