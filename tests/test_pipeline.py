@@ -184,7 +184,7 @@ def test_callback_sees_every_step(checkpoint_factory):
     pipe = load_pipeline(str(checkpoint_factory("tiny", "diffusers")), dtype=torch.float32)
     seen = []
     pipe.generate("x", num_inference_steps=3, seed=0, output_type="latent",
-                  callback=lambda i, n, latents: seen.append((i, n, tuple(latents.shape))))
+                  callback=lambda i, n, latents, _estimate: seen.append((i, n, tuple(latents.shape))))
     assert [s[:2] for s in seen] == [(0, 3), (1, 3), (2, 3)]
 
 

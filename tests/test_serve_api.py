@@ -32,7 +32,8 @@ QUEUE_BOUND = 4
 def settings_for(root) -> ServeSettings:
     return ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"), api_keys=KEYS,
                          rate_per_s=1000.0, burst=1000, max_queue_per_model=QUEUE_BOUND, allow_private_urls=True,
-                         poll_after_ms=100, webhook_base_delay_s=0.05, webhook_secret=SECRET, lease_s=3.0)
+                         poll_after_ms=100, webhook_base_delay_s=0.05, webhook_secret=SECRET, lease_s=3.0,
+                         preview_every_s=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +243,10 @@ def test_cancel_queued_and_running_jobs(serve_app, api):
     assert get(api, queued["id"])["error"]["code"] == "cancelled"
 
     wait_for(lambda: get(api, slow["id"])["progress"] > 0, 30, what="the slow job to make progress")
+    view = wait_for(lambda: (j := get(api, slow["id"]))["preview"] and j, 30, what="a preview frame")
+    assert 0 < view["preview"]["step"] < view["preview"]["total"] == SLOW["num_inference_steps"]
+    image = api.get(f"/v1/jobs/{slow['id']}/preview")  # the latest frame, while it renders
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg" and image.content[:2] == b"\xff\xd8"
     response = api.post(f"/v1/jobs/{slow['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] in ("in_progress", "cancelled")
     done = wait_status(api, slow["id"], TERMINAL_STATUSES, timeout_s=30)
@@ -275,21 +280,42 @@ def test_queue_full_is_429_with_retry_after(serve_app, api):
     assert get(api, running["id"])["status"] == "cancelled"
 
 
-def test_events_stream_status_and_progress_in_order(serve_app, api):
+def test_events_stream_status_progress_and_previews_in_order(serve_app, api):
+    import base64
+    import io
+
+    from PIL import Image
+
     ahead = create(api, {**FAST, "num_inference_steps": 60})
     job = create(api, {**FAST, "num_inference_steps": 120})
     events = read_sse(api, f"/v1/jobs/{job['id']}/events")
     assert get(api, ahead["id"])["status"] == "completed"
     kinds = [kind for kind, _ in events]
-    assert set(kinds) <= {"status", "progress"} and kinds[0] == kinds[-1] == "status"
+    assert set(kinds) <= {"status", "progress", "preview"} and kinds[0] == kinds[-1] == "status"
     statuses = [data["status"] for kind, data in events if kind == "status"]
     assert statuses == ["queued", "in_progress", "completed"], statuses
-    progress = [data["progress"] for _, data in events]
+    progress = [data["progress"] for kind, data in events if kind != "preview"]
     assert progress == sorted(progress) and progress[-1] == 100
     assert any(kind == "progress" and 0 < data["progress"] < 100 for kind, data in events), events
     assert events[-1][1]["result"]["clip_uri"].endswith(f"{job['id']}/clip.mp4")
     assert all(data["id"] == job["id"] for _, data in events)
     assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content)
+
+    # previews: only while rendering, steps rising, each a JPEG of the clip's size
+    started = kinds.index("status", 1)
+    previews = [(i, data) for i, (kind, data) in enumerate(events) if kind == "preview"]
+    assert previews and all(started < i < len(events) - 1 for i, _ in previews), kinds
+    steps = [data["step"] for _, data in previews]
+    assert steps == sorted(set(steps)) and 0 < steps[0] and steps[-1] < 120
+    assert {data["total"] for _, data in previews} == {120}
+    for _, data in previews:
+        prefix, encoded = data["image"].split(",", 1)
+        assert prefix == "data:image/jpeg;base64"
+        assert Image.open(io.BytesIO(base64.b64decode(encoded))).size == (64, 64)
+    finished = api.get(f"/v1/jobs/{job['id']}/preview")  # the render ended: no preview, and its file is gone
+    assert_error(finished, 409, "id", "not_ready")
+    assert get(api, job["id"])["preview"] is None
+    assert not os.path.exists(os.path.join(serve_app.settings.output, "_previews", f"{job['id']}.jpg"))
 
 
 # ---- webhooks --------------------------------------------------------------------------------------------

@@ -41,6 +41,21 @@ class RecordingControl:
             raise StopRender(self.reason)
 
 
+@dataclass(frozen=True)
+class PreviewingControl(RecordingControl):
+    """A RecordingControl that asks for a preview every ``every`` steps and saves each as ``{path}.{step}.npy``."""
+
+    every: int = 2
+
+    def preview_due(self, step: int, total: int) -> bool:
+        return step % self.every == 0
+
+    def on_preview(self, frame, step: int, total: int) -> None:
+        import numpy as np
+
+        np.save(f"{self.path}.{step}.npy", frame)
+
+
 # The rank processes cannot import this test module: send its controls (and _Owner) by value.
 ray_cloudpickle = pytest.importorskip("ray.cloudpickle")
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -151,6 +166,25 @@ def test_a_control_that_never_stops_sees_every_step_and_the_clip_is_published(gr
     assert result.status == "completed", result.error
     assert (tmp_path / "out" / "kite").is_dir()
     assert _calls(path) == [(_result_actor(group), step, STEPS) for step in range(1, STEPS + 1)]
+
+
+def test_previews_come_from_the_result_rank_and_the_last_one_is_the_clips_first_frame(group, tmp_path):
+    """With Euler the last step lands on sigma 0, so the preview of the last step's estimate is the first
+    frame of the rendered clip (the same VAE decoding the same latents' first frame)."""
+    import dataclasses
+
+    import numpy as np
+
+    path = tmp_path / "calls.txt"
+    request = dataclasses.replace(REQUEST, sampling=SamplingConfig(num_inference_steps=STEPS, solver="euler"))
+    out = group.wait(group.submit("generate", request, PreviewingControl(str(path), every=2)), timeout_s=120)
+    saved = sorted(p.name for p in tmp_path.glob("calls.txt.*.npy"))
+    assert saved == [f"calls.txt.{step}.npy" for step in range(2, STEPS + 1, 2)]
+    first = np.load(tmp_path / "calls.txt.2.npy")
+    last = np.load(tmp_path / f"calls.txt.{STEPS}.npy")
+    assert first.shape == last.shape == (48, 80, 3) and first.dtype == np.uint8
+    assert np.abs(last.astype(int) - out.frames[0, 0].astype(int)).max() <= 1
+    assert np.abs(first.astype(int) - last.astype(int)).mean() > 1  # an earlier estimate is another picture
 
 
 @pytest.mark.slow

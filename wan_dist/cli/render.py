@@ -52,7 +52,7 @@ def render_main(cfg: DictConfig) -> None:
                          layout=cfg.model.layout)
     bar = tqdm(desc="denoise", unit="step", disable=not cfg.progress)
 
-    def progress(step: int, total: int, _latents) -> None:
+    def progress(step: int, total: int, _latents, _estimate) -> None:
         bar.total = total
         bar.update(1)
 

@@ -5,6 +5,11 @@ denoising steps done so far (1 .. ``total``), ``total`` is the number of steps o
 on the group's result rank only (rank 0 for SPMD layouts), after every step; it may renew a lease,
 report progress, and raise :class:`StopRender` to stop the render there.
 
+A control that also defines ``preview_due(step, total) -> bool`` and ``on_preview(frame, step, total)``
+gets preview frames: when it says one is due (and the step did not stop the render), the result rank
+decodes the first frame of the step's clean-latent estimate (:mod:`wan_dist.engine.preview`) and hands
+it over as uint8 [H, W, 3]. A preview that fails is logged and skipped; it never stops the render.
+
 The ranks of a group are inside collectives together, so they must all stop after the same step:
 :func:`make_step_callback` turns the result rank's decision into a small integer and broadcasts it
 from the result rank to every rank after each step (torch.distributed's default group), then every
@@ -77,8 +82,11 @@ def check_control_supported(parallel) -> None:
 
 
 def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int, result_rank: int,
-                       world_size: int, device: Any = "cpu") -> Callable[[int, int, Any], None] | None:
-    """``callback(step_index, num_steps, latents)`` for ``pipe.generate`` on one rank, or None without a control.
+                       world_size: int, device: Any = "cpu",
+                       preview: Callable[[Any], Any] | None = None) -> Callable[..., None] | None:
+    """``callback(step_index, num_steps, latents, estimate)`` for ``pipe.generate`` on one rank, or None without
+    a control. ``preview(estimate tensor) -> frame``: the result rank's decoder of preview frames (see the
+    module docstring), or None for no previews.
 
     ``step_index`` is 0-based (as ``WanPipeline.generate`` passes it); the control sees ``step_index + 1``.
     On ``result_rank`` the callback calls ``control``; a StopRender it raises becomes a code
@@ -95,7 +103,9 @@ def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int,
         return None
     is_result_rank = rank == result_rank
 
-    def callback(step_index: int, num_steps: int, _latents=None) -> None:
+    wants_previews = preview is not None and hasattr(control, "preview_due") and hasattr(control, "on_preview")
+
+    def callback(step_index: int, num_steps: int, _latents=None, estimate=None) -> None:
         stop: StopRender | None = None
         if is_result_rank:
             try:
@@ -105,6 +115,8 @@ def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int,
             except Exception as error:  # noqa: BLE001 - see the docstring: stop every rank, keep the group
                 log.exception("step control failed at step %d of %d; stopping the render", step_index + 1, num_steps)
                 stop = StopRender(f"control_failed: {type(error).__name__}: {error}")
+            if stop is None and wants_previews and estimate is not None:
+                _preview(control, preview, estimate, step_index + 1, num_steps)
         if world_size > 1:
             import torch
             import torch.distributed as dist
@@ -120,3 +132,11 @@ def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int,
             raise StopRender(stop_reason(code))
 
     return callback
+
+
+def _preview(control, decode, estimate, step: int, total: int) -> None:
+    try:
+        if control.preview_due(step, total):
+            control.on_preview(decode(estimate()), step, total)
+    except Exception:  # noqa: BLE001 - a preview is a convenience: the render goes on without it
+        log.exception("preview at step %d of %d failed; the render goes on", step, total)

@@ -153,12 +153,13 @@ class WanPipeline:
                  shift: float | None = None, seed: int | None = None, solver: str | None = None,
                  schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
                  negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "np", callback: Callable[[int, int, torch.Tensor], None] | None = None,
+                 output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
                  data_shard: tuple[int, int] | None = None) -> WanOutput:
         """Render a batch of clips. See INTERFACES.md for the arguments.
 
-        ``callback(step_index, num_steps, latents)`` runs after every denoising step.
+        ``callback(step_index, num_steps, latents, estimate)`` runs after every denoising step; ``estimate()``
+        gives that step's clean-latent estimate x0 (for previews; computed only when called).
         Returns WanOutput with frames uint8 [B, F, H, W, 3] ("np") or latents [B, C, f, h, w] ("latent").
 
         Hooks for a rank of a render group (wan_dist.engine.parallel_generate): ``experts`` replace
@@ -203,7 +204,7 @@ class WanPipeline:
         steps = plan_steps(schedule_.timesteps, boundary_ratio=settings.boundary_ratio,
                            guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
         num_steps = len(steps)
-        on_step = None if callback is None else (lambda plan, x: callback(plan.index, num_steps, x))
+        on_step = None if callback is None else (lambda plan, x, estimate: callback(plan.index, num_steps, x, estimate))
         tick = time.perf_counter()
         latents = denoise(latents, steps=steps, solver=make_solver(settings.solver, schedule_),
                           experts=experts or [self._expert_fn(m) for m in self.experts], context=context,

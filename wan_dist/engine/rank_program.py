@@ -88,8 +88,13 @@ class RankProgram:
 
             if dist.get_backend() == "nccl":
                 device = self.pipe.device
+        preview = None
+        if self.rank == self.result_rank:
+            from wan_dist.engine.preview import PreviewDecoder
+
+            preview = PreviewDecoder(self.pipe.vae)
         return make_step_callback(control, rank=self.rank, result_rank=self.result_rank,
-                                  world_size=self.world_size, device=device)
+                                  world_size=self.world_size, device=device, preview=preview)
 
     def stage_events(self) -> list:
         """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty)."""

@@ -146,7 +146,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
-           callback: Callable[[int, int, Any], None] | None = None) -> RenderResult:
+           callback: Callable[..., None] | None = None) -> RenderResult:
     """Render ``request`` with ``pipe`` and publish ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
 
     Bad input raises ValueError naming the field (before anything is written).

@@ -382,7 +382,7 @@ class DisaggregatedRunner:
     def _denoise(self, index, latents, steps, solver, context, negative, settings, conditioning):
         last = [time.monotonic()]
 
-        def on_step(plan, _latents):
+        def on_step(plan, _latents, _estimate):
             now = time.monotonic()
             self.events.append(StageEvent(stage=self.stage, request=index, step=plan.index, start=last[0], end=now))
             last[0] = now

@@ -151,12 +151,15 @@ class Solver(Protocol):
 def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver, experts: Sequence[Expert],
             context: torch.Tensor, negative_context: torch.Tensor | None, conditioning: Conditioning,
             predict=guided_prediction, model_dtype: torch.dtype | None = None,
-            on_step: Callable[[StepPlan, torch.Tensor], None] | None = None) -> torch.Tensor:
+            on_step: Callable[[StepPlan, torch.Tensor, Callable[[], torch.Tensor]], None] | None = None
+            ) -> torch.Tensor:
     """Run ``steps`` (a contiguous slice of the plan) from ``latents`` [B, C, f, h, w] (fp32).
 
     The solver holds the multistep history, so a caller may stop after any step and hand latents plus
     ``solver`` state to another process, which continues with the remaining steps.
-    ``on_step(plan, latents)`` runs after each step (progress, cancellation, previews).
+    ``on_step(plan, latents, estimate)`` runs after each step (progress, cancellation, previews);
+    ``estimate()`` computes that step's clean-sample estimate x0 from the step's input and velocity (the
+    solver's ``denoised``), only when called.
     ``predict`` is called as ``predict(expert, model_input, timestep, context, negative_context,
     guidance_scale, batched_context=...)`` (see :func:`guided_prediction`).
     """
@@ -169,8 +172,10 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
         timestep = conditioning.model_timestep(plan.timestep, batch)
         velocity = predict(experts[plan.expert], model_input, timestep, context, negative_context,
                            plan.guidance_scale, batched_context=batched_context)
+        previous = latents
         latents = solver.step(velocity, plan.index, latents)
         latents = conditioning.after_step(latents)
         if on_step is not None:
-            on_step(plan, latents)
+            on_step(plan, latents, lambda: conditioning.after_step(
+                solver.denoised(plan.index, velocity.to(previous.dtype), previous)))
     return latents

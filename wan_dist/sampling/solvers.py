@@ -120,7 +120,8 @@ class Solver:
                  sample: torch.Tensor) -> tuple[torch.Tensor, SolverState]:
         raise NotImplementedError
 
-    def _x0(self, index: int, velocity: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    def denoised(self, index: int, velocity: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The clean-sample estimate x0 = sample - sigma * velocity at step ``index`` (flow matching)."""
         return sample - _f32(self._sigma32[index]) * velocity
 
     def _push(self, state: SolverState, x0: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -204,7 +205,7 @@ class UniPCSolver(Solver):
 
     def _advance(self, state, velocity, sample):
         index = state.step_index
-        x0 = self._x0(index, velocity, sample)
+        x0 = self.denoised(index, velocity, sample)
         if index > 0 and state.last_sample is not None:
             sample = self._correct(state, x0, index)
         history = self._push(state, x0)
@@ -221,7 +222,7 @@ class DPMSolverPlusPlus(Solver):
 
     def _advance(self, state, velocity, sample):
         index = state.step_index
-        x0 = self._x0(index, velocity, sample)
+        x0 = self.denoised(index, velocity, sample)
         history = self._push(state, x0)
         lam, sig = self._lambda32, self._sigma32
         h = lam[index + 1] - lam[index]

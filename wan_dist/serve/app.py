@@ -9,6 +9,7 @@ answer; renderers (``wan_dist.serve.renderer``) take it from the store. Errors u
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import threading
@@ -25,9 +26,9 @@ from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_queue
                                     validate_batch)
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash, open_store
-from wan_dist.serve.openapi import (BAD_VERSION, CLIP, CREATE_ERRORS, SSE_EVENT, BatchList, BatchObject, BatchResults,
-                                    HealthStatus, JobList, JobObject, ModelList, VideoDeleted, VideoList, VideoObject,
-                                    request_body_schema, responses)
+from wan_dist.serve.openapi import (BAD_VERSION, CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, BatchList, BatchObject,
+                                    BatchResults, HealthStatus, JobList, JobObject, ModelList, VideoDeleted, VideoList,
+                                    VideoObject, request_body_schema, responses)
 from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, error_body,
                                     public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
@@ -180,6 +181,17 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
         await asyncio.to_thread(s.service.get, job_id, request.state.owner)
         return StreamingResponse(_events(s, job_id, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/jobs/{job_id}/preview", response_class=Response, responses=responses(404, 409, 422, content=JPEG))
+    async def job_preview(job_id: str, request: Request):
+        """The latest preview frame of a job in progress (JPEG); 409 while there is none."""
+        s = get_state()
+        job = await asyncio.to_thread(s.service.get, job_id, request.state.owner)
+        image = await _preview_bytes(job)
+        if image is None:
+            raise RequestError(409, f"job {job_id} has no preview frame now (previews exist while it renders)",
+                               param="id", code="not_ready")
+        return Response(image, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/jobs/{job_id}/content", response_class=Response,
              responses={**responses(404, 409, 422, content=CLIP),
@@ -390,10 +402,24 @@ async def _page(s: ServeState, request: Request, limit: int, after: str | None, 
                                    order=order)
 
 
+async def _preview_bytes(job) -> bytes | None:
+    """The JPEG of the job's latest preview frame while it renders, or None."""
+    from wan_dist.storage import ObjectNotFoundError
+    from wan_dist.storage.objects import read_bytes
+
+    if job.status != JobStatus.IN_PROGRESS or not job.preview:
+        return None
+    try:
+        return await asyncio.to_thread(read_bytes, job.preview["uri"])
+    except ObjectNotFoundError:  # the render just ended and took it away
+        return None
+
+
 async def _events(s: ServeState, job_id: str, request: Request):
     """Server-sent events: ``status`` on every status change, ``progress`` on every progress change,
-    ending with the terminal status."""
+    ``preview`` (a data: URL of a JPEG) on every new preview frame, ending with the terminal status."""
     last: tuple | None = None
+    shown = None  # the preview step last sent
     while True:
         job = await asyncio.to_thread(s.store.get, job_id)
         if last is None or job.status != last[0]:
@@ -401,6 +427,11 @@ async def _events(s: ServeState, job_id: str, request: Request):
         elif job.progress != last[1]:
             yield f"event: progress\ndata: {json.dumps({'id': job.id, 'progress': job.progress})}\n\n"
         last = (job.status, job.progress)
+        if job.preview and job.preview["step"] != shown and (image := await _preview_bytes(job)) is not None:
+            shown = job.preview["step"]
+            data = {"id": job.id, "step": shown, "total": job.preview["total"],
+                    "image": "data:image/jpeg;base64," + base64.b64encode(image).decode()}
+            yield f"event: preview\ndata: {json.dumps(data)}\n\n"
         if job.terminal or await request.is_disconnected():
             return
         await asyncio.sleep(0.25)

@@ -123,6 +123,7 @@ class Job:
     cancel_requested: bool = False
     error: dict | None = None
     result: dict | None = None
+    preview: dict | None = None  # the latest preview frame while rendering: {"step", "total", "uri", "updated_at"}
     timings: dict = field(default_factory=dict)
     webhook_url: str | None = None
     webhook: dict = field(default_factory=dict)
@@ -155,8 +156,9 @@ class Job:
                 raise ValueError(f"Job.{name} must be a dict, got {getattr(self, name)!r}")
         if self.error is not None and not (isinstance(self.error, dict) and {"code", "message"} <= self.error.keys()):
             raise ValueError(f"Job.error must be None or a dict with code and message, got {self.error!r}")
-        if self.result is not None and not isinstance(self.result, dict):
-            raise ValueError(f"Job.result must be None or a dict, got {self.result!r}")
+        for name in ("result", "preview"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"Job.{name} must be None or a dict, got {getattr(self, name)!r}")
 
     @classmethod
     def new(cls, *, model: str, owner: str = "", request: Mapping | None = None, kind: str = "job",

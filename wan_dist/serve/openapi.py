@@ -30,6 +30,13 @@ class JobError(BaseModel):
     message: str
 
 
+class JobPreview(BaseModel):
+    """The latest preview frame of a job in progress (its image: ``GET /v1/jobs/{id}/preview``)."""
+    step: int
+    total: int
+    updated_at: float | None
+
+
 class JobObject(BaseModel):
     """``GET /v1/jobs/{id}`` (``serve.schemas.job_view``)."""
     id: str
@@ -47,6 +54,7 @@ class JobObject(BaseModel):
     timings: dict[str, Any]
     result: dict[str, Any] | None
     error: JobError | None
+    preview: JobPreview | None
     webhook: dict[str, Any] | None
     metadata: dict[str, Any]
 
@@ -170,6 +178,9 @@ def responses(*statuses: int, ok: int = 200, model=None, content: dict | None = 
 CREATE_ERRORS = (404, 409, 413, 422, 429)
 BAD_VERSION = {400: {"model": ErrorResponse, "description": ERROR_TEXT[400]}}  # open routes too
 CLIP = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
+JPEG = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": "One server-sent event; data is "
-              "the job object (status) or {id, progress} (progress), as JSON",
-              "properties": {"event": {"type": "string", "enum": ["status", "progress"]}, "data": {"type": "string"}}}
+              "the job object (status), {id, progress} (progress) or {id, step, total, image: a data: URL of a JPEG} "
+              "(preview: the first frame of the render's current estimate), as JSON",
+              "properties": {"event": {"type": "string", "enum": ["status", "progress", "preview"]},
+                             "data": {"type": "string"}}}

@@ -121,11 +121,13 @@ class RendererCore:
         from wan_dist.engine.group import RenderGroupFailed, RequestFailed
 
         request = dataclasses.replace(render_request(job.request), name=job.id)
-        control = StoreStepControl(job.id, self.settings.store, self.worker.worker_id, self.worker.lease_s,
-                                   self.worker.progress_every_s)
+        s = self.settings
+        control = StoreStepControl(job.id, s.store, self.worker.worker_id, self.worker.lease_s,
+                                   self.worker.progress_every_s, output=s.output, preview_every_s=s.preview_every_s,
+                                   preview_max_side=s.preview_max_side)
         group = self.group
         try:
-            call = group.submit("render", request, OutputConfig(uri=self.settings.output), self.source, control)
+            call = group.submit("render", request, OutputConfig(uri=s.output), self.source, control)
             return group.wait(call)
         except RequestFailed as error:
             if isinstance(error.cause, StopRender):
@@ -138,3 +140,16 @@ class RendererCore:
         except RenderGroupFailed:
             self.rebuild(group.generation)
             raise
+        finally:
+            _discard_preview(s.output, job.id)
+
+
+def _discard_preview(output: str, job_id: str) -> None:
+    """The job's preview frame is of no use once its render ended (completed, stopped or failed)."""
+    from wan_dist.serve.worker import preview_uri
+    from wan_dist.storage import delete
+
+    try:
+        delete(preview_uri(output, job_id))  # missing is fine
+    except Exception:  # noqa: BLE001 - a stale preview is harmless
+        log.warning("renderer: could not remove the preview of %s", job_id, exc_info=True)

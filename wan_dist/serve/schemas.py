@@ -384,6 +384,14 @@ def video_object(job: dict) -> dict:
             "remixed_from_video_id": None, "error": _error(job)}
 
 
+def _preview(job: dict) -> dict | None:
+    """The latest preview frame's step while the job renders (the image: ``/preview``, or SSE ``preview``)."""
+    preview = job.get("preview")
+    if job.get("status") != "in_progress" or not preview:
+        return None
+    return {"step": preview["step"], "total": preview["total"], "updated_at": preview.get("updated_at")}
+
+
 def job_view(job: dict, *, queue_position: int | None) -> dict:
     """The body of ``GET /v1/jobs/{id}``: status, queue position (queued jobs only), progress in percent,
     times, timings, result URLs, error, webhook delivery state and metadata (never owner, lease or keys)."""
@@ -395,5 +403,5 @@ def job_view(job: dict, *, queue_position: int | None) -> dict:
             "progress": _percent(job), "created_at": job.get("created_at"), "started_at": job.get("started_at"),
             "completed_at": job.get("completed_at"), "deadline_at": job.get("deadline_at"),
             "expires_at": job.get("expires_at"), "request": request, "timings": dict(job.get("timings") or {}),
-            "result": job.get("result"), "error": _error(job),
+            "result": job.get("result"), "error": _error(job), "preview": _preview(job),
             "webhook": job.get("webhook"), "metadata": dict(job.get("metadata") or {})}

@@ -61,6 +61,8 @@ class ServeSettings:
     webhook_max_attempts: int = 8
     webhook_base_delay_s: float = 1.0
     webhook_secret: str | None = field(default=None, repr=False)  # whsec_...; None: $WAN_DIST_WEBHOOK_SECRET
+    preview_every_s: float = 2.0  # a preview frame of a job in progress at most this often (0: none); see engine/preview.py
+    preview_max_side: int = 256
     lease_s: float = 60.0  # a renderer's lease on its job (renewed while rendering): a dead one's job reruns after it
 
     def __post_init__(self) -> None:
@@ -73,6 +75,9 @@ class ServeSettings:
                      "interactive_per_batch_row", "batch_results_flush_rows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.preview_every_s < 0 or self.preview_max_side < 16:
+            raise ValueError(f"serve.preview_every_s must be >= 0 and serve.preview_max_side >= 16, got "
+                             f"{self.preview_every_s} / {self.preview_max_side}")
         if self.cpus_per_rank <= 0 or self.batch_retry_backoff_s < 0:
             raise ValueError("serve.cpus_per_rank: must be > 0 and serve.batch_retry_backoff_s >= 0")
         try:

@@ -24,7 +24,7 @@ from typing import Callable
 
 from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost, open_store
 
-__all__ = ["JobWorker", "JobCancelled", "Render", "StoreStepControl"]
+__all__ = ["JobWorker", "JobCancelled", "Render", "StoreStepControl", "preview_uri"]
 
 log = logging.getLogger("wan_dist.serve")
 _STORES: dict[str, JobStore] = {}  # per process (a result rank's): one open store per URI
@@ -41,13 +41,24 @@ class JobCancelled(Exception):
 class StoreStepControl:
     """The step control of a job (see ``wan_dist.engine.control``): after a denoising step, at most every
     ``progress_every_s`` (and after the last), renew the job's lease, stop on a cancel or a lost lease, and
-    record the progress. Picklable: it travels with the request to the group's result rank, which opens
-    the store itself."""
+    record the progress. With ``preview_every_s`` > 0 it also takes a preview frame at most that often
+    (not after the last step: the clip follows), writes it as a JPEG to :func:`preview_uri` and records
+    ``{"step", "total", "uri", "updated_at"}`` as the job's ``preview``. Picklable: it travels with the
+    request to the group's result rank, which opens the store itself."""
 
-    def __init__(self, job_id: str, store: str, worker_id: str, lease_s: float, progress_every_s: float = 0.5):
+    def __init__(self, job_id: str, store: str, worker_id: str, lease_s: float, progress_every_s: float = 0.5, *,
+                 output: str | None = None, preview_every_s: float = 0.0, preview_max_side: int = 256):
         self.job_id, self.store, self.worker_id = job_id, store, worker_id
         self.lease_s, self.progress_every_s = lease_s, progress_every_s
+        self.output, self.preview_every_s, self.preview_max_side = output, preview_every_s, preview_max_side
         self._last = float("-inf")  # this render's last report (the instance lives for one call)
+        self._last_preview = float("-inf")
+
+    def _store(self) -> JobStore:
+        with _STORES_LOCK:
+            if self.store not in _STORES:
+                _STORES[self.store] = open_store(self.store)
+            return _STORES[self.store]
 
     def __call__(self, step: int, total: int) -> None:
         from wan_dist.engine.control import StopRender
@@ -56,10 +67,7 @@ class StoreStepControl:
         if now - self._last < self.progress_every_s and step < total:
             return
         self._last = now
-        with _STORES_LOCK:
-            if self.store not in _STORES:
-                _STORES[self.store] = open_store(self.store)
-            store = _STORES[self.store]
+        store = self._store()
         try:
             current = store.renew(self.job_id, self.worker_id, self.lease_s)
         except LeaseLost:
@@ -69,6 +77,27 @@ class StoreStepControl:
         progress = min(99, int(100 * step / max(total, 1)))  # 100 once published
         if progress != current.progress:
             store.update(self.job_id, progress=progress)
+
+    def preview_due(self, step: int, total: int) -> bool:
+        return (self.preview_every_s > 0 and self.output is not None and step < total
+                and time.monotonic() - self._last_preview >= self.preview_every_s)
+
+    def on_preview(self, frame, step: int, total: int) -> None:
+        from wan_dist.engine.preview import encode_jpeg, shrink
+        from wan_dist.storage import write_bytes_atomic
+
+        self._last_preview = time.monotonic()
+        uri = preview_uri(self.output, self.job_id)
+        write_bytes_atomic(uri, encode_jpeg(shrink(frame, self.preview_max_side)), content_type="image/jpeg")
+        self._store().update(self.job_id, preview={"step": step, "total": total, "uri": uri,
+                                                   "updated_at": time.time()})
+
+
+def preview_uri(output: str, job_id: str) -> str:
+    """Where the latest preview frame of a job lives while it renders (removed once it ends)."""
+    from wan_dist.storage import join
+
+    return join(output, "_previews", f"{job_id}.jpg")
 
 
 class JobWorker:
