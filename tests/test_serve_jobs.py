@@ -344,39 +344,65 @@ def test_delete_removes_the_record(store):
     assert [found.id for found in store.list()[0]] == [other.id] and store.count() == 1
 
 
-def _claim_in_child(uri, shared_id, ready, go, results):
-    """Runs in a spawned process: reads the parent's job, adds its own, then races the parent for claims."""
+def _race_in_child(uri, env, shared_id, ready, go, claimed_all, results):
+    """Runs in a spawned process: reads the parent's job, adds its own, then races the parent: an
+    idempotent create with the parent's key, claims, and progress updates while the parent cancels."""
+    import os
+
+    os.environ.update(env)
     with open_store(uri) as store:
         seen = store.get(shared_id).model
         own = [store.create(new(model="from-child"))[0].id for _ in range(3)]
         ready.set()
         go.wait(30)
+        keyed = store.create(new(model="keyed", idempotency_key="same", body_hash="h"))[0].id
         claimed = []
         while (job := store.claim("race", worker="child", lease_s=60)) is not None:
             claimed.append(job.id)
-            time.sleep(0.005)  # pace both claimers so their transactions interleave
-        results.put((seen, own, claimed))
+            time.sleep(0.005)  # pace both claimers so their writes interleave
+        claimed_all.wait(60)
+        for step in range(1, 6):  # read-modify-write the records the parent is cancelling meanwhile
+            for job_id in claimed:
+                store.update(job_id, progress=step)
+        results.put((seen, own, keyed, claimed))
 
 
-def test_sqlite_store_is_shared_between_processes(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'jobs.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "file", "s3"])
+def test_processes_share_a_store_without_losing_a_write(backend, tmp_path, request):
+    """Two processes on one store: every job claimed once, one job per idempotency key, and a cancel
+    asked while the other process updates the same records survives (no lost update)."""
+    env = {}
+    if backend == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'jobs.db'}"
+    elif backend == "file":
+        uri = (tmp_path / "objects").as_uri()
+    else:
+        server = request.getfixturevalue("s3_server")
+        uri, env = server.uri("jobs"), server.env
     context = multiprocessing.get_context("spawn")
     with open_store(uri) as store:
-        created = [add(store, model="race").id for _ in range(40)]
-        ready, go, results = context.Event(), context.Event(), context.Queue()
-        child = context.Process(target=_claim_in_child, args=(uri, created[0], ready, go, results))
+        created = [add(store, model="race").id for _ in range(24)]
+        ready, go, claimed_all, results = context.Event(), context.Event(), context.Event(), context.Queue()
+        child = context.Process(target=_race_in_child, args=(uri, env, created[0], ready, go, claimed_all, results))
         child.start()
         try:
-            assert ready.wait(60), "the child process never opened the store"
+            assert ready.wait(90), "the child process never opened the store"
             go.set()
+            keyed = store.create(new(model="keyed", idempotency_key="same", body_hash="h"))[0].id
             mine = []
             while (job := store.claim("race", worker="parent", lease_s=60)) is not None:
                 mine.append(job.id)
                 time.sleep(0.005)
-            seen, own, theirs = results.get(timeout=60)
+            claimed_all.set()
+            for job_id in created:
+                store.request_cancel(job_id)
+            seen, own, their_keyed, theirs = results.get(timeout=90)
         finally:
-            child.join(30)
+            child.join(60)
         assert child.exitcode == 0 and seen == "race"
         assert sorted(mine + theirs) == sorted(created) and not set(mine) & set(theirs)
         assert {job.id for job in store.list(model="from-child")[0]} == set(own)
         assert {store.get(job_id).lease_owner for job_id in theirs} <= {"child"}
+        assert their_keyed == keyed and store.count(model="keyed") == 1
+        assert all(store.get(job_id).cancel_requested for job_id in created)
+        assert {store.get(job_id).progress for job_id in theirs} <= {5}

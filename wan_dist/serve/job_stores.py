@@ -7,13 +7,16 @@ claims and updates are atomic across threads and processes on one machine. ``seq
 row id: creation order, never reused after a delete, so cursor paging stays stable.
 
 ``ObjectJobStore``: ``{prefix}/jobs/{id}.json`` per job and ``{prefix}/idempotency/{owner}/{sha256(key)}.json``
-per idempotency key, each written with ``write_bytes_atomic`` (readers see the old or the new object, never a
-torn one). Object stores have no transactions: mutations hold a lock shared by every store on the same prefix
-*in this process*, and a claim re-reads its job and compares versions just before writing. Limits: run one
-process that mutates (the dispatcher: claims, leases, deadlines, cancels); other processes may create and read,
-but two processes creating with one idempotency key at the same instant can both succeed. Listing, counting and
-claiming read every job object (O(jobs) requests): fine for thousands of jobs, not millions; prune finished
-jobs with ``delete``. ``seq`` is a microsecond timestamp, strictly increasing within a process.
+per idempotency key. Object stores have no transactions; every mutation is a compare-and-swap
+(``wan_dist.storage.conditional``: S3 conditional writes, ``If-Match`` / ``If-None-Match``; an ``fcntl`` lock
+per folder on local paths): read the record and its version, change it, write it only if nobody wrote in
+between, else read again. So any number of processes (the API, every renderer, the autoscaler) may create,
+claim and update at once without losing a write, and a create never overwrites: an idempotency key is claimed
+with a create-only write of its entry before the job is written (an entry whose job stays missing for 2 s, left
+by a create that died in between, is taken over). On filesystems without conditional writes (a warning says
+so) writes are plain, serialised only within the process: run one process that mutates there. Listing,
+counting and claiming read every job object (O(jobs) requests): fine for thousands of jobs, not millions; prune
+finished jobs with ``delete``. ``seq`` is a microsecond timestamp (ties across processes ordered by id).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -35,6 +40,9 @@ from wan_dist.serve.jobs import (
     clock, deadline_passed, kinds, lease_expired, statuses,
 )
 from wan_dist.storage import ObjectNotFoundError, delete, join, list_prefix, read_bytes, write_bytes_atomic
+from wan_dist.storage.conditional import read_versioned, supports_conditional, write_if
+
+log = logging.getLogger("wan_dist.serve")
 
 __all__ = ["ObjectJobStore", "SQLiteJobStore"]
 
@@ -277,6 +285,8 @@ _PREFIX_LOCKS_GUARD = threading.Lock()
 _SEQ_GUARD = threading.Lock()
 _last_seq = 0
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_CAS_ATTEMPTS = 50  # compare-and-swap rounds before a mutation gives up (each lost round: another writer won)
+_DANGLING_CHECKS, _DANGLING_WAIT_S = 20, 0.1  # an idempotency entry whose job is missing for 2 s is taken over
 
 
 def _prefix_lock(uri: str) -> threading.RLock:
@@ -297,12 +307,17 @@ def _segment(owner: str) -> str:
 
 
 class ObjectJobStore(JobStore):
-    """Jobs as JSON objects under an fsspec prefix (see the module docstring for the one-mutator limit)."""
+    """Jobs as JSON objects under an fsspec prefix (see the module docstring: compare-and-swap where the
+    filesystem has it, else one mutating process)."""
 
     def __init__(self, uri: str, *, storage_options: dict | None = None):
         self.uri = uri
         self._options = storage_options
         self._lock = _prefix_lock(uri)
+        self.conditional = supports_conditional(uri, storage_options=storage_options)
+        if not self.conditional:
+            log.warning("job store %s: this filesystem has no conditional writes; run one process that mutates it",
+                        uri)
 
     def __repr__(self) -> str:
         return f"ObjectJobStore({self.uri!r})"
@@ -321,14 +336,27 @@ class ObjectJobStore(JobStore):
         except ObjectNotFoundError as error:
             raise JobNotFound(f"no job {job_id!r}", job_id) from error
 
-    def _write(self, job: Job) -> None:
-        write_bytes_atomic(self._job_uri(job.id), job.to_json().encode(), content_type="application/json",
-                           storage_options=self._options)
+    def _read_versioned(self, job_id: str) -> tuple[Job, str | None]:
+        if not self.conditional:
+            return self._read(job_id), None
+        try:
+            data, version = read_versioned(self._job_uri(job_id), storage_options=self._options)
+        except ObjectNotFoundError as error:
+            raise JobNotFound(f"no job {job_id!r}", job_id) from error
+        return Job.from_json(data), version
+
+    def _write_if(self, uri: str, data: bytes, expected: str | None) -> bool:
+        """Compare-and-swap (``expected`` None: create only); without conditional writes, a plain write."""
+        if self.conditional:
+            return write_if(uri, data, expected=expected, content_type="application/json",
+                            storage_options=self._options)
+        write_bytes_atomic(uri, data, content_type="application/json", storage_options=self._options)
+        return True
 
     def _all(self) -> list[Job]:
         jobs = []
         for uri in list_prefix(join(self.uri, "jobs"), storage_options=self._options):
-            if not uri.endswith(".json"):
+            if not uri.endswith(".json") or uri.rpartition("/")[2].startswith("."):  # .cas-* temporaries
                 continue
             try:
                 jobs.append(Job.from_json(read_bytes(uri, storage_options=self._options)))
@@ -337,19 +365,36 @@ class ObjectJobStore(JobStore):
         return sorted(jobs, key=lambda job: (job.seq, job.id))
 
     def _mutate(self, job_id: str, change) -> Job:
+        """Apply ``change`` to the current record: read, change, write if nobody wrote in between, else again."""
         with self._lock:
-            job = self._read(job_id)
-            changed = change(job)
-            if changed is not job:
-                self._write(changed)
-            return changed
+            for attempt in range(_CAS_ATTEMPTS):
+                job, version = self._read_versioned(job_id)
+                changed = change(job)
+                if changed is job:
+                    return job
+                if self._write_if(self._job_uri(job_id), changed.to_json().encode(), version):
+                    return changed
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            raise JobStoreError(f"job {job_id}: {_CAS_ATTEMPTS} writers in a row got there first; try again")
 
     def _mutate_matching(self, predicate, change) -> list[Job]:
-        with self._lock:
-            changed = [change(job) for job in self._all() if predicate(job)]
-            for job in changed:
-                self._write(job)
-            return changed
+        changed = []
+        for candidate in self._all():
+            if not predicate(candidate):
+                continue
+            applied = {}
+
+            def apply(job: Job) -> Job:  # the predicate again on the current record (another process may differ)
+                applied["hit"] = predicate(job)
+                return change(job) if applied["hit"] else job
+
+            try:
+                job = self._mutate(candidate.id, apply)
+            except JobNotFound:
+                continue
+            if applied.get("hit"):
+                changed.append(job)
+        return changed
 
     def find_by_key(self, owner: str, idempotency_key: str) -> Job | None:
         try:
@@ -360,25 +405,55 @@ class ObjectJobStore(JobStore):
 
     def create(self, job: Job) -> tuple[Job, bool]:
         with self._lock:
+            stored = dataclasses.replace(job, seq=_next_seq(), version=1)
             key = job.idempotency_key
-            if key is not None:
-                existing = self.find_by_key(job.owner, key)
+            if key is not None:  # claim the key first: a crash in between leaves a dangling entry, never two jobs
+                existing = self._claim_key(stored)
                 if existing is not None:
                     if existing.body_hash != job.body_hash:
                         raise _conflict(existing, key)
                     return existing, False
-            try:
-                self._read(job.id)
+            exists = not self.conditional and self._exists(job.id)
+            if exists or not self._write_if(self._job_uri(job.id), stored.to_json().encode(), None):
                 raise JobExists(f"job {job.id!r} already exists", job.id)
-            except JobNotFound:
-                pass
-            stored = dataclasses.replace(job, seq=_next_seq(), version=1)
-            if key is not None:  # index first: a crash in between leaves a dangling entry, never a duplicate job
-                entry = {"job_id": stored.id, "body_hash": stored.body_hash, "created_at": stored.created_at}
-                write_bytes_atomic(self._index_uri(job.owner, key), json.dumps(entry).encode(),
-                                   content_type="application/json", storage_options=self._options)
-            self._write(stored)
             return stored, True
+
+    def _exists(self, job_id: str) -> bool:
+        try:
+            self._read(job_id)
+            return True
+        except JobNotFound:
+            return False
+
+    def _claim_key(self, stored: Job) -> Job | None:
+        """Point the owner's idempotency entry at ``stored`` unless it names a job already: that job, or None
+        once the entry is ours. An entry whose job does not appear within a few seconds (its create died
+        between the two writes) is taken over."""
+        uri = self._index_uri(stored.owner, stored.idempotency_key)
+        entry = json.dumps({"job_id": stored.id, "body_hash": stored.body_hash, "created_at": stored.created_at})
+        for _ in range(_CAS_ATTEMPTS):
+            if not self.conditional:
+                existing = self.find_by_key(stored.owner, stored.idempotency_key)
+                if existing is None:
+                    self._write_if(uri, entry.encode(), None)
+                return existing
+            if write_if(uri, entry.encode(), expected=None, content_type="application/json",
+                        storage_options=self._options):
+                return None
+            try:
+                data, version = read_versioned(uri, storage_options=self._options)
+            except ObjectNotFoundError:  # deleted meanwhile: try to create it again
+                continue
+            named = json.loads(data)["job_id"]
+            for _wait in range(_DANGLING_CHECKS):  # its creator writes the job right after the entry
+                try:
+                    return self._read(named)
+                except JobNotFound:
+                    time.sleep(_DANGLING_WAIT_S)
+            if write_if(uri, entry.encode(), expected=version, content_type="application/json",
+                        storage_options=self._options):
+                return None
+        raise JobStoreError(f"idempotency key of {stored.owner}: too many concurrent creates; try again")
 
     def get(self, job_id: str) -> Job:
         return self._read(job_id)
@@ -415,12 +490,13 @@ class ObjectJobStore(JobStore):
                 if not claimable(candidate, model, now):
                     continue
                 try:
-                    fresh = self._read(candidate.id)  # compare versions: skip a job changed since the listing
+                    fresh, version = self._read_versioned(candidate.id)
                 except JobNotFound:
                     continue
-                if fresh.version == candidate.version:
-                    job = apply_claim(fresh, worker, lease_s, now)
-                    self._write(job)
+                if fresh.version != candidate.version or not claimable(fresh, model, now):
+                    continue  # changed since the listing (claimed, cancelled): the next one
+                job = apply_claim(fresh, worker, lease_s, now)
+                if self._write_if(self._job_uri(job.id), job.to_json().encode(), version):
                     return job
             return None
 
