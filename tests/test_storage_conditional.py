@@ -42,6 +42,11 @@ def test_write_if_refuses_stale_versions_and_existing_objects(prefix):
     assert data == b"three" and second != first
     assert write_if(uri, b"three", expected=second)  # same bytes again is still a new write
     assert read_versioned(uri)[0] == b"three"
+    _, third = read_versioned(uri)
+    delete(uri)
+    assert not write_if(uri, b"five", expected=third)  # deleted since it was read: the race is lost
+    with pytest.raises(ObjectNotFoundError):
+        read_versioned(uri)
 
 
 def _increment(uri: str, times: int, env: dict, go) -> None:

@@ -141,7 +141,8 @@ class RendererCore:
             self.rebuild(group.generation)
             raise
         finally:
-            _discard_preview(s.output, job.id)
+            if s.preview_every_s > 0:
+                _discard_preview(s.output, job.id)
 
 
 def _discard_preview(output: str, job_id: str) -> None:

@@ -157,6 +157,10 @@ async def _s3_put_if(fs, path: str, data: bytes, expected: str | None, content_t
     extra = {"ContentType": content_type} if content_type else {}
     try:
         await fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition, **extra)
+    except FileNotFoundError:  # If-Match on an object deleted since it was read (404): the race is lost
+        if expected is None:
+            raise
+        return False
     except Exception as error:  # noqa: BLE001 - a refused precondition is an answer, not a failure
         if _precondition_failed(error):
             return False
@@ -166,8 +170,8 @@ async def _s3_put_if(fs, path: str, data: bytes, expected: str | None, content_t
 
 
 def _precondition_failed(error: BaseException) -> bool:
-    """412 PreconditionFailed (stale version, or exists for If-None-Match), 409 ConditionalRequestConflict,
-    404 for If-Match on a deleted object: the write lost a race. s3fs may wrap botocore's error."""
+    """412 PreconditionFailed (stale version, or exists for If-None-Match) or 409 ConditionalRequestConflict:
+    the write lost a race. s3fs may wrap botocore's error."""
     for candidate in (error, error.__cause__, error.__context__):
         response = getattr(candidate, "response", None)
         if isinstance(response, dict):
