@@ -1,6 +1,7 @@
-"""Renderer autoscaling on a running Serve app (local Ray, tiny model): no renderer while nothing is queued,
-replicas up to the bound while jobs wait, back to zero when the queue is empty, and no job rendered twice or
-charged an extra attempt when Serve stops a replica (a stopped renderer hands its running job back)."""
+"""Renderer autoscaling on a running Serve app (local Ray, tiny model, the object-store job backend): no renderer
+while nothing is queued, replicas up to the bound while jobs wait, back to zero when the queue is empty, and no
+job rendered twice or charged an extra attempt when Serve stops a replica (a stopped renderer hands its running
+job back)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def app(ray_local, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("autoscale")
-    settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"), api_keys=("k1",),
-                             rate_per_s=1000.0, burst=1000, lease_s=30.0, cpus_per_rank=0.5,
+    # the object-store backend (JSON objects in a folder): the API, both renderers and Serve's controller all
+    # write or read it from their own processes (compare-and-swap writes)
+    settings = ServeSettings(models=("tiny",), store=(root / "store").as_uri(), output=str(root / "out"),
+                             api_keys=("k1",), rate_per_s=1000.0, burst=1000, lease_s=30.0, cpus_per_rank=0.5,
                              renderer_autoscaling={"min_replicas": 0, "max_replicas": 2, "jobs_per_replica": 1,
                                                    "upscale_delay_s": 0, "downscale_delay_s": 2, "refresh_s": 0.2})
     port = free_port()
