@@ -76,7 +76,8 @@ def test_a_stopped_renderer_hands_its_running_job_back_at_once(ray_local, tmp_pa
     settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
                              lease_s=600.0, cpus_per_rank=0.5)
     with open_store(settings.store) as store:
-        request = validate_job_request({**JOB, "num_frames": 9, "num_inference_steps": 200, "seed": 3}, variant="tiny").record()
+        body = {**JOB, "num_frames": 9, "num_inference_steps": 200, "seed": 3}
+        request = validate_job_request(body, variant="tiny").record()
         job, _ = store.create(Job.new(model="tiny", owner="k", request=request))
         first = RendererCore(settings, "tiny").start()
         try:

@@ -61,7 +61,7 @@ class ServeSettings:
     webhook_max_attempts: int = 8
     webhook_base_delay_s: float = 1.0
     webhook_secret: str | None = field(default=None, repr=False)  # whsec_...; None: $WAN_DIST_WEBHOOK_SECRET
-    preview_every_s: float = 2.0  # a preview frame of a job in progress at most this often (0: none); see engine/preview.py
+    preview_every_s: float = 2.0  # a preview frame of a rendering job at most this often (0: none); engine/preview.py
     preview_max_side: int = 256
     lease_s: float = 60.0  # a renderer's lease on its job (renewed while rendering): a dead one's job reruns after it
 
