@@ -14,7 +14,8 @@ import torch
 
 from wan_dist.batch.manifest import ManifestError, write_manifest
 from wan_dist.batch.results import latest_results, read_results
-from wan_dist.batch.runner import BatchRunner, group_count, planned_layout, published_rows
+from wan_dist.batch.runner import BatchRunner, published_rows
+from wan_dist.batch.sizing import group_count, planned_layout
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
 from wan_dist.video.mp4 import decode_mp4, encode_mp4
 

@@ -39,12 +39,13 @@ from typing import Any
 from wan_dist.batch.manifest import ManifestRow, read_manifest
 from wan_dist.batch.progress import Progress
 from wan_dist.batch.results import ResultsWriter, write_summary
+from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
 from wan_dist.storage.objects import join, list_prefix, presigned_url
 from wan_dist.video.clip import SIDECAR_NAME
 
-__all__ = ["BatchRunner", "SharedGroup", "run_batch", "published_rows", "group_count", "planned_layout"]
+__all__ = ["BatchRunner", "SharedGroup", "run_batch", "published_rows"]
 
 log = logging.getLogger("wan_dist.batch")
 
@@ -57,30 +58,6 @@ def published_rows(output_uri: str, *, storage_options=None) -> set[str]:
         if uri.endswith("/" + SIDECAR_NAME) and uri.startswith(base):
             found.add(uri[len(base):-len(SIDECAR_NAME) - 1])
     return found
-
-
-def group_count(config: BatchConfig, parallel: ParallelConfig, resources: dict[str, float]) -> tuple[int, bool]:
-    """(number of groups, on GPUs?) for the cluster's ``resources``: as many groups as fit, at least one."""
-    use_gpus = config.use_gpus if config.use_gpus is not None else resources.get("GPU", 0) >= 1
-    if config.groups is not None:
-        return config.groups, use_gpus
-    if use_gpus:
-        return max(1, int(resources.get("GPU", 0) // parallel.world_size)), True
-    return max(1, int(resources.get("CPU", 1) // (parallel.world_size * config.cpus_per_rank))), False
-
-
-def planned_layout(model: str, *, gpus: int, gpu_memory_gb: float, resolution: str = "720p",
-                   frames: int | None = None, objective: str = "throughput") -> tuple[ParallelConfig, int, str]:
-    """(layout of one group, groups per node, the planner's table) for nodes of ``gpus`` GPUs.
-
-    The planner's data-parallel replicas become separate render groups: rows are independent, so a
-    replica needs no collective with the others, and a dead GPU stops one group only.
-    """
-    from wan_dist.parallel.planner import plan
-
-    chosen = plan(model, gpus=gpus, gpu_memory_gb=gpu_memory_gb, resolution=resolution, frames=frames,
-                  objective=objective)
-    return replace(chosen.parallel, data=1), chosen.parallel.data, chosen.table()
 
 
 def _publish(model: dict, request, out, output: OutputConfig):

@@ -25,7 +25,7 @@ def _layout(cfg: DictConfig, batch: BatchConfig) -> tuple[ParallelConfig, BatchC
         return parallel, batch
     import ray
 
-    from wan_dist.batch.runner import planned_layout
+    from wan_dist.batch.sizing import planned_layout
 
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1]
     if not nodes:
