@@ -200,9 +200,10 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(store):
     with pytest.raises(LeaseLost):
         store.renew(job.id, "w2", 10, now=T0 + 5)
     assert store.release_expired(now=T0 + 14) == []
-    store.update(job.id, progress=40)
+    store.update(job.id, progress=40, preview={"step": 2, "total": 5, "uri": "x.jpg"})
     (requeued,) = store.release_expired(now=T0 + 15)
     assert requeued.status == "queued" and requeued.lease_owner is None and requeued.progress == 0
+    assert requeued.preview is None  # the next attempt starts without the last one's picture
     assert store.get(job.id) == requeued
     with pytest.raises(LeaseLost):  # the old renderer learns it lost the job
         store.renew(job.id, "w1", 10, now=T0 + 16)
@@ -216,11 +217,11 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(store):
 def test_a_worker_hands_its_job_back_without_spending_an_attempt(store):
     job = add(store, max_attempts=1)
     store.claim("tiny", worker="w1", lease_s=10, now=T0)
-    store.update(job.id, progress=40)
+    store.update(job.id, progress=40, preview={"step": 2, "total": 5, "uri": "x.jpg"})
     assert store.hand_back(job.id, "w2", now=T0 + 1).status == "in_progress"  # not the holder: nothing changes
     back = store.hand_back(job.id, "w1", now=T0 + 1)
-    assert (back.status, back.attempts, back.lease_owner, back.lease_until, back.progress) == ("queued", 0, None,
-                                                                                              None, 0)
+    assert (back.status, back.attempts, back.lease_owner, back.lease_until, back.progress, back.preview) == (
+        "queued", 0, None, None, 0, None)
     with pytest.raises(LeaseLost):  # the step control of the old holder stops its render
         store.renew(job.id, "w1", 10, now=T0 + 2)
     again = store.claim("tiny", worker="w2", lease_s=10, now=T0 + 2)

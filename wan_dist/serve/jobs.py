@@ -242,7 +242,7 @@ def apply_release(job: Job, now: float) -> Job:
         error = {"code": "worker_lost",
                  "message": f"the renderer stopped renewing its lease; gave up after {job.attempts} attempts"}
         return _bump(job, now, status=JobStatus.FAILED, completed_at=now, lease_until=None, error=error)
-    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0)
+    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0, preview=None)
 
 
 def apply_hand_back(job: Job, worker: str, now: float) -> Job:
@@ -252,7 +252,7 @@ def apply_hand_back(job: Job, worker: str, now: float) -> Job:
         return job
     if job.cancel_requested:
         return _bump(job, now, status=JobStatus.CANCELLED, completed_at=now, lease_owner=None, lease_until=None)
-    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0,
+    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0, preview=None,
                  attempts=max(0, job.attempts - 1))
 
 

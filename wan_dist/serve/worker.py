@@ -181,7 +181,7 @@ class JobWorker:
             log.warning("%s: %s attempt %d failed (%s); requeued", self.worker_id, job.id, current.attempts,
                         message.splitlines()[0])
             job = self.store.update(job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None,
-                                    progress=0, error={"code": "render_failed", "message": message})
+                                    progress=0, preview=None, error={"code": "render_failed", "message": message})
         else:
             job = self._finish(job, status=JobStatus.FAILED, error={"code": "render_failed", "message": message})
         self.on_change(job)
