@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from wan_dist.serve.job_stores import ObjectJobStore, SQLiteJobStore
+from wan_dist.serve.job_stores import SQLiteJobStore
+from wan_dist.serve.object_job_store import ObjectJobStore
 from wan_dist.serve.jobs import (
     IdempotencyConflict, InvalidTransition, Job, JobExists, JobNotFound, LeaseLost, VersionConflict, body_hash,
     open_store, sqlite_path,

@@ -1,14 +1,15 @@
 """The durable job store of the HTTP API: every accepted job is persisted before the response.
 
 A :class:`Job` is one record (JSON-serializable with ``to_dict``/``from_dict``). A :class:`JobStore` keeps
-them; :func:`open_store` picks the backend from a URI (see ``job_stores.py``):
+them; :func:`open_store` picks the backend from a URI (``job_stores.py``, ``object_job_store.py``):
 
 - ``sqlite:///relative/jobs.db``, ``sqlite:////absolute/jobs.db`` (SQLAlchemy's spelling) or a plain path
   ending in ``.db``: :class:`~wan_dist.serve.job_stores.SQLiteJobStore`, the default. Embedded, WAL mode,
   every write one ``BEGIN IMMEDIATE`` transaction: safe for many threads and many processes on one machine.
 - any other fsspec URL or a plain folder (``s3://bucket/prefix``, ``file:///...``, ``memory://...``):
-  :class:`~wan_dist.serve.job_stores.ObjectJobStore`, one JSON object per job. Mutations are atomic
-  only within one process: run one dispatcher process against it.
+  :class:`~wan_dist.serve.object_job_store.ObjectJobStore`, one JSON object per job. Every mutation is a
+  compare-and-swap on S3-compatible stores and local paths (any number of processes); elsewhere it is
+  serialised within one process only: run one mutating process there.
 
 Lifecycle: ``queued`` -> (``claim``) ``in_progress`` -> ``completed`` | ``failed`` | ``cancelled``. A renderer
 holds a lease (``claim``/``renew``); ``release_expired`` requeues the job of a renderer that stopped renewing
@@ -191,6 +192,12 @@ class Job:
 
 
 # ---- transition rules, shared by the backends (pure: job in, job out) ----
+
+def idempotency_conflict(existing: Job, key: str) -> IdempotencyConflict:
+    """The error of a create that reuses ``key`` with another body (``existing`` was made with the first)."""
+    message = f"Idempotency-Key {key!r} was already used with a different body (job {existing.id})"
+    return IdempotencyConflict(message, existing.id)
+
 
 def _bump(job: Job, now: float, **changes) -> Job:
     changes.setdefault("updated_at", now)
@@ -402,7 +409,9 @@ def open_store(uri: str, **options) -> JobStore:
         return job_stores.SQLiteJobStore(sqlite_path(uri), **options)
     if "://" not in uri and uri.endswith(".db"):
         return job_stores.SQLiteJobStore(uri, **options)
-    return job_stores.ObjectJobStore(uri, **options)
+    from wan_dist.serve.object_job_store import ObjectJobStore
+
+    return ObjectJobStore(uri, **options)
 
 
 def sqlite_path(uri: str) -> str:
