@@ -15,13 +15,11 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 
 from wan_dist.serve.jobs import (
-    Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_cancel, apply_claim, apply_deadline,
-    apply_hand_back, apply_release, apply_renew, apply_update, check_page, clock, idempotency_conflict, kinds,
-    statuses,
+    Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_claim, apply_deadline, apply_release,
+    check_page, clock, idempotency_conflict, kinds, statuses,
 )
 
 __all__ = ["SQLiteJobStore"]
@@ -187,10 +185,6 @@ class SQLiteJobStore(JobStore):
         rows = conn.execute(f"{_SELECT}{clause} ORDER BY seq {order.upper()} LIMIT ?", (*params, limit + 1)).fetchall()
         return [_from_row(row) for row in rows[:limit]], len(rows) > limit
 
-    def update(self, job_id: str, *, expected_version: int | None = None, **fields) -> Job:
-        now = time.time()
-        return self._mutate(job_id, lambda job: apply_update(job, fields, expected_version=expected_version, now=now))
-
     def claim(self, model: str, *, worker: str, lease_s: float, now: float | None = None) -> Job | None:
         now = clock(now)
         with self._transaction() as conn:
@@ -203,18 +197,10 @@ class SQLiteJobStore(JobStore):
             self._write_row(conn, job)
             return job
 
-    def renew(self, job_id: str, worker: str, lease_s: float, *, now: float | None = None) -> Job:
-        now = clock(now)
-        return self._mutate(job_id, lambda job: apply_renew(job, worker, lease_s, now))
-
     def release_expired(self, now: float | None = None) -> list[Job]:
         now = clock(now)
         return self._mutate_where("status = ? AND lease_until <= ?", (JobStatus.IN_PROGRESS, now),
                                   lambda job: apply_release(job, now))
-
-    def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
-        now = clock(now)
-        return self._mutate(job_id, lambda job: apply_hand_back(job, worker, now))
 
     def queue_position(self, job_id: str) -> int | None:
         row = self._connection().execute(
@@ -228,10 +214,6 @@ class SQLiteJobStore(JobStore):
         where, params = self._filters(owner=owner, model=model, status=status)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         return self._connection().execute(f"SELECT COUNT(*) FROM jobs{clause}", params).fetchone()[0]
-
-    def request_cancel(self, job_id: str, *, now: float | None = None) -> Job:
-        now = clock(now)
-        return self._mutate(job_id, lambda job: apply_cancel(job, now))
 
     def expire_deadlines(self, now: float | None = None) -> list[Job]:
         now = clock(now)

@@ -29,7 +29,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 __all__ = [
     "ACTIVE_STATUSES", "JOB_KINDS", "TERMINAL_STATUSES", "IdempotencyConflict", "InvalidTransition", "Job",
@@ -341,30 +341,39 @@ class JobStore(ABC):
         """
 
     @abstractmethod
+    def _mutate(self, job_id: str, change: Callable[[Job], Job]) -> Job:
+        """Replace the record with ``change(record)`` atomically for the backend's scope (``change`` returns
+        its argument itself for "no change"); returns the record now stored. :class:`JobNotFound` if absent.
+        The single-record rules below (update, renew, hand_back, request_cancel) all go through it."""
+
     def update(self, job_id: str, *, expected_version: int | None = None, **fields) -> Job:
         """Set ``fields`` (``updated_at`` defaults to now, ``version`` + 1). Raises :class:`VersionConflict`
         when ``expected_version`` is given and differs, :class:`InvalidTransition` when a terminal status
         would change (other fields of a terminal job, e.g. webhook state, may still change)."""
+        now = time.time()
+        return self._mutate(job_id, lambda job: apply_update(job, fields, expected_version=expected_version, now=now))
 
     @abstractmethod
     def claim(self, model: str, *, worker: str, lease_s: float, now: float | None = None) -> Job | None:
         """Take the oldest claimable job of ``model`` (see :func:`claimable`): in_progress, attempts + 1,
         leased to ``worker`` until ``now + lease_s``. ``None`` when there is none."""
 
-    @abstractmethod
     def renew(self, job_id: str, worker: str, lease_s: float, *, now: float | None = None) -> Job:
         """Extend the lease; raises :class:`LeaseLost` unless ``worker`` still holds the in_progress job.
         The returned job tells the renderer whether ``cancel_requested`` was set meanwhile."""
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_renew(job, worker, lease_s, now))
 
     @abstractmethod
     def release_expired(self, now: float | None = None) -> list[Job]:
         """In-progress jobs whose lease ran out: queued again, or failed (``worker_lost``) once
         ``attempts >= max_attempts``, or cancelled when a cancel was requested. Returns the changed jobs."""
 
-    @abstractmethod
     def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
         """``worker`` gives up the job it holds (shutting down): queued again at once, the attempt not
         counted, so another worker resumes it without waiting for the lease. Unchanged if not its holder."""
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_hand_back(job, worker, now))
 
     @abstractmethod
     def queue_position(self, job_id: str) -> int | None:
@@ -375,10 +384,11 @@ class JobStore(ABC):
               owner: str | None = None) -> int:
         """How many jobs match (for the bounded queue per model and per-key concurrency quotas)."""
 
-    @abstractmethod
     def request_cancel(self, job_id: str, *, now: float | None = None) -> Job:
         """Idempotent cancel: queued -> cancelled now; in_progress -> ``cancel_requested`` (the renderer
         stops between denoising steps, then marks it cancelled); terminal -> unchanged."""
+        now = clock(now)
+        return self._mutate(job_id, lambda job: apply_cancel(job, now))
 
     @abstractmethod
     def expire_deadlines(self, now: float | None = None) -> list[Job]:

@@ -27,9 +27,8 @@ import time
 from typing import Iterable
 
 from wan_dist.serve.jobs import (
-    Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_cancel, apply_claim, apply_deadline,
-    apply_hand_back, apply_release, apply_renew, apply_update, check_page, claimable, clock, deadline_passed,
-    idempotency_conflict, kinds, lease_expired, statuses,
+    Job, JobExists, JobNotFound, JobStatus, JobStore, JobStoreError, apply_claim, apply_deadline, apply_release,
+    check_page, claimable, clock, deadline_passed, idempotency_conflict, kinds, lease_expired, statuses,
 )
 from wan_dist.storage import ObjectNotFoundError, delete, join, list_prefix, read_bytes, write_bytes_atomic
 from wan_dist.storage.conditional import read_versioned, supports_conditional, write_if
@@ -237,10 +236,6 @@ class ObjectJobStore(JobStore):
             jobs.reverse()
         return jobs[:limit], len(jobs) > limit
 
-    def update(self, job_id: str, *, expected_version: int | None = None, **fields) -> Job:
-        now = time.time()
-        return self._mutate(job_id, lambda job: apply_update(job, fields, expected_version=expected_version, now=now))
-
     def claim(self, model: str, *, worker: str, lease_s: float, now: float | None = None) -> Job | None:
         now = clock(now)
         with self._lock:
@@ -258,17 +253,9 @@ class ObjectJobStore(JobStore):
                     return job
             return None
 
-    def renew(self, job_id: str, worker: str, lease_s: float, *, now: float | None = None) -> Job:
-        now = clock(now)
-        return self._mutate(job_id, lambda job: apply_renew(job, worker, lease_s, now))
-
     def release_expired(self, now: float | None = None) -> list[Job]:
         now = clock(now)
         return self._mutate_matching(lambda job: lease_expired(job, now), lambda job: apply_release(job, now))
-
-    def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
-        now = clock(now)
-        return self._mutate(job_id, lambda job: apply_hand_back(job, worker, now))
 
     def queue_position(self, job_id: str) -> int | None:
         job = self._read(job_id)
@@ -280,10 +267,6 @@ class ObjectJobStore(JobStore):
 
     def count(self, *, model=None, status=None, owner=None) -> int:
         return len(self._matching(self._all(), owner=owner, model=model, status=status))
-
-    def request_cancel(self, job_id: str, *, now: float | None = None) -> Job:
-        now = clock(now)
-        return self._mutate(job_id, lambda job: apply_cancel(job, now))
 
     def expire_deadlines(self, now: float | None = None) -> list[Job]:
         now = clock(now)
