@@ -30,6 +30,14 @@ class JobError(BaseModel):
     message: str
 
 
+class Page(BaseModel):
+    """The fields of every paged list (``data`` is each list's own)."""
+    object: Literal["list"]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
 class JobPreview(BaseModel):
     """The latest preview frame of a job in progress (its image: ``GET /v1/jobs/{id}/preview``)."""
     step: int
@@ -59,12 +67,8 @@ class JobObject(BaseModel):
     metadata: dict[str, Any]
 
 
-class JobList(BaseModel):
-    object: Literal["list"]
+class JobList(Page):
     data: list[JobObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
 
 
 class VideoObject(BaseModel):
@@ -84,12 +88,8 @@ class VideoObject(BaseModel):
     error: JobError | None
 
 
-class VideoList(BaseModel):
-    object: Literal["list"]
+class VideoList(Page):
     data: list[VideoObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
 
 
 class VideoDeleted(BaseModel):
@@ -131,12 +131,8 @@ class BatchObject(BaseModel):
     metadata: dict[str, Any]
 
 
-class BatchList(BaseModel):
-    object: Literal["list"]
+class BatchList(Page):
     data: list[BatchObject]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None
 
 
 class BatchResults(BaseModel):
