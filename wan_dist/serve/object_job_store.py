@@ -194,8 +194,7 @@ class ObjectJobStore(JobStore):
                 if existing is None:
                     self._write_if(uri, entry.encode(), None)
                 return existing
-            if write_if(uri, entry.encode(), expected=None, content_type="application/json",
-                        storage_options=self._options):
+            if self._write_if(uri, entry.encode(), None):
                 return None
             try:
                 data, version = read_versioned(uri, storage_options=self._options)
@@ -207,8 +206,7 @@ class ObjectJobStore(JobStore):
                     return self._read(named)
                 except JobNotFound:
                     time.sleep(_DANGLING_WAIT_S)
-            if write_if(uri, entry.encode(), expected=version, content_type="application/json",
-                        storage_options=self._options):
+            if self._write_if(uri, entry.encode(), version):
                 return None
         raise JobStoreError(f"idempotency key of {stored.owner}: too many concurrent creates; try again")
 
