@@ -69,6 +69,45 @@ def _calls(path) -> list[tuple[str, int, int]]:
 
 
 # -- no Ray: the callback, the code table, the refusal -----------------------------------------------------
+def test_a_chain_runs_its_controls_in_order_and_gives_previews_to_the_first_that_takes_them(tmp_path):
+    from wan_dist.engine.control import ChainedControl
+
+    calls = []
+    first = lambda step, total: calls.append(("hook", step))  # noqa: E731 - a control without previews
+    previewing = PreviewingControl(str(tmp_path / "calls"), stop_at=3)
+    chain = ChainedControl(None, first, previewing)
+    chain(1, 4)
+    assert calls == [("hook", 1)] and len(_calls(tmp_path / "calls")) == 1
+    assert chain.preview_due(2, 4) and not chain.preview_due(1, 4)
+    chain.on_preview(np.zeros((2, 2, 3), np.uint8), 2, 4)
+    assert (tmp_path / "calls.2.npy").exists()
+    with pytest.raises(StopRender):
+        chain(3, 4)
+    assert calls[-1] == ("hook", 3)  # the hook ran before the control that stopped the render
+    assert not ChainedControl(first).preview_due(2, 4)
+
+
+def test_step_hooks_are_loaded_by_import_path_and_refused_with_the_reason():
+    from wan_dist.engine.control import load_step_hook, with_step_hook
+
+    assert load_step_hook("step_holds:hook").__name__ == "hook"
+    for bad, reason in (("step_holds", "expected 'package.module:name'"), ("no_such_module:x", "cannot load"),
+                        ("step_holds:nothing", "cannot load"), ("step_holds:HOOK", "not callable")):
+        with pytest.raises(ValueError, match=reason):
+            load_step_hook(bad)
+    assert with_step_hook("control", None, REQUEST) == "control"
+    hooked = with_step_hook(None, lambda request: None, REQUEST)  # a hook always yields a control
+    assert hooked is not None and hooked.controls == ()
+
+
+def test_a_step_hook_is_refused_with_disaggregated_placement_at_load():
+    from wan_dist.engine.rank_program import RankProgram
+
+    with pytest.raises(ValueError, match="disaggregated"):
+        RankProgram(None, ParallelConfig(ulysses=2, placement="disaggregated"), rank=0, world_size=2,
+                    step_hook="step_holds:hook")
+
+
 def test_stop_render_pickles_with_its_reason():
     error = pickle.loads(pickle.dumps(StopRender("lease_lost")))
     assert type(error) is StopRender and error.reason == "lease_lost" and "lease_lost" in str(error)

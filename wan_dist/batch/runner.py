@@ -288,7 +288,8 @@ class BatchRunner:
         cfg = self.config
         group = RenderGroup(GroupConfig(source=cfg.sources.get(model, model), parallel=self.parallel,
                                         use_gpus=self.use_gpus, cpus_per_rank=cfg.cpus_per_rank, dtype=cfg.dtype,
-                                        layout=cfg.layout, threads_per_rank=cfg.threads_per_rank))
+                                        layout=cfg.layout, threads_per_rank=cfg.threads_per_rank,
+                                        step_hook=cfg.step_hook))
         slot.model, slot.group = model, None
 
         def start():

@@ -240,6 +240,7 @@ class BatchConfig:
     progress_interval_s: float = 10.0
     group_ready_timeout_s: float = 600.0
     run_id: str | None = None
+    step_hook: str = ""  # "package.module:name": a step control for every render (wan_dist.engine.control)
 
     def __post_init__(self) -> None:
         name = "BatchConfig"

@@ -17,6 +17,13 @@ rank raises the same ``StopRender``. This needs the per-step callback to be call
 every step in the same order, which the SPMD generate (:mod:`wan_dist.parallel.runtime`) does: every
 rank runs every step (the data axis splits rows, never steps). Disaggregated placement does not (each
 stage runs only its own steps), so a control is refused there (:func:`check_control_supported`).
+
+A *step hook* (``GroupConfig.step_hook``, ``"package.module:name"``) names a factory
+``factory(request) -> control | None`` that every rank of a group imports at load; for each request its
+control runs on the result rank before the request's own (:func:`with_step_hook`). It lets an operator add
+per-step behaviour to every render of a group without touching the front doors (a metric, an external
+throttle, a breakpoint that holds a render at a step for debugging); tests use one to hold a render at a
+chosen step until they have acted (killed a replica, read an event), so they never race the render.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Protocol
 
-__all__ = ["StopRender", "StepControl", "STOP_CODES", "make_step_callback", "check_control_supported",
-           "stop_code", "stop_reason"]
+__all__ = ["StopRender", "StepControl", "STOP_CODES", "ChainedControl", "make_step_callback",
+           "check_control_supported", "load_step_hook", "stop_code", "stop_reason", "with_step_hook"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,51 @@ def check_control_supported(parallel) -> None:
     if placement == "disaggregated":
         raise ValueError(f"step control is not supported with placement={placement}: its stages run "
                          "different steps, so the ranks cannot all stop at the same one")
+
+
+class ChainedControl:
+    """Several step controls as one: each runs in order after a step (the first StopRender stops the render);
+    previews go to the first member that takes them."""
+
+    def __init__(self, *controls):
+        self.controls = tuple(c for c in controls if c is not None)
+        self._previewer = next((c for c in self.controls if hasattr(c, "preview_due") and hasattr(c, "on_preview")),
+                               None)
+
+    def __call__(self, step: int, total: int) -> None:
+        for control in self.controls:
+            control(step, total)
+
+    def preview_due(self, step: int, total: int) -> bool:
+        return self._previewer is not None and self._previewer.preview_due(step, total)
+
+    def on_preview(self, frame, step: int, total: int) -> None:
+        self._previewer.on_preview(frame, step, total)
+
+
+def load_step_hook(path: str) -> Callable[[Any], Any]:
+    """The factory a step hook ``"package.module:name"`` names (imported here); ValueError naming the hook
+    when it is malformed, does not import or is not callable."""
+    import importlib
+
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"step_hook: expected 'package.module:name', got {path!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"step_hook: cannot load {path!r}: {error}") from None
+    if not callable(factory):
+        raise ValueError(f"step_hook: {path!r} is not callable")
+    return factory
+
+
+def with_step_hook(control, hook: Callable[[Any], Any] | None, request):
+    """``control`` with the hook's control for ``request`` run before it (see the module docstring). With a
+    hook the result is never None, so every rank of the group takes part in the per-step broadcast."""
+    if hook is None:
+        return control
+    return ChainedControl(hook(request), control)
 
 
 def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int, result_rank: int,

@@ -91,6 +91,8 @@ class GroupConfig:
     # it has its own process group, so collective_timeout_s can stay short
     handoff_timeout_s: float = 1800.0
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the rank processes
+    # "package.module:name" of a step-control factory run for every request (engine.control: step hooks); "" none
+    step_hook: str = ""
     # Place the ranks in the caller's placement group (rank i in bundle bundle_offset + i) instead of
     # creating one, when the caller runs in one: a Ray Serve replica sits in bundle 0 of its
     # placement_group_bundles and owns its render group this way. That group is not ours: shutdown()
@@ -154,7 +156,7 @@ class RankWorker:
         self.pipe = load_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
                                   expert_loader=self._sharded_loader(config, device, dtype))
         self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size,
-                                   handoff_timeout_s=config.handoff_timeout_s)
+                                   handoff_timeout_s=config.handoff_timeout_s, step_hook=config.step_hook)
         if self.pipe.text_encoder is not None:
             from wan_dist.engine.prompt_cache import PromptCache
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from wan_dist.config import OutputConfig, ParallelConfig
-from wan_dist.engine.control import check_control_supported, make_step_callback
+from wan_dist.engine.control import check_control_supported, load_step_hook, make_step_callback, with_step_hook
 from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, model_record, publish
 
 __all__ = ["RankProgram"]
@@ -21,12 +21,17 @@ class RankProgram:
     the next queued call starts on stage 0 while stage 1 finishes this one.
     ``handoff_timeout_s``: how long a disaggregated hand-off may wait for the other stage (more than
     one stage's time per request; see ``DisaggregatedRunner``).
+    ``step_hook``: ``"package.module:name"`` of a step-control factory run for every request
+    (:func:`wan_dist.engine.control.with_step_hook`), or "" for none.
     """
 
     def __init__(self, pipe, parallel: ParallelConfig, *, rank: int, world_size: int,
-                 handoff_timeout_s: float | None = None):
+                 handoff_timeout_s: float | None = None, step_hook: str = ""):
         if parallel.world_size != world_size:
             raise ValueError(f"parallel: degrees multiply to {parallel.world_size}, the group has {world_size} ranks")
+        if step_hook:
+            check_control_supported(parallel)
+        self.step_hook = load_step_hook(step_hook) if step_hook else None
         self.pipe = pipe
         self.parallel = parallel
         self.rank = rank
@@ -56,6 +61,7 @@ class RankProgram:
         every denoising step; a StopRender it raises stops every rank after that step (each raises it).
         Every rank must get a control or none. Refused (ValueError) with disaggregated placement.
         """
+        control = with_step_hook(control, self.step_hook, request)
         if control is not None:
             check_control_supported(self.parallel)
         counter = getattr(getattr(self.generate_fn, "mesh", None), "counter", None)

@@ -37,7 +37,8 @@ def group_config(settings: ServeSettings, model: str):
 
     return GroupConfig(source=settings.sources.get(model, model), parallel=settings.parallel_config,
                        use_gpus=settings.device == "cuda", cpus_per_rank=settings.cpus_per_rank, dtype=settings.dtype,
-                       layout=settings.layout, env=dict(settings.env), reuse_placement_group=True, bundle_offset=0)
+                       layout=settings.layout, env=dict(settings.env), reuse_placement_group=True, bundle_offset=0,
+                       step_hook=settings.step_hook)
 
 
 class RendererCore:

@@ -64,6 +64,7 @@ class ServeSettings:
     preview_every_s: float = 2.0  # a preview frame of a rendering job at most this often (0: none); engine/preview.py
     preview_max_side: int = 256
     lease_s: float = 60.0  # a renderer's lease on its job (renewed while rendering): a dead one's job reruns after it
+    step_hook: str = ""  # "package.module:name": a step control for every render of the renderers (engine/control.py)
 
     def __post_init__(self) -> None:
         if not self.models:
