@@ -232,6 +232,50 @@ def test_a_worker_hands_its_job_back_without_spending_an_attempt(store):
     assert store.hand_back(job.id, "w2", now=T0 + 5).status == "cancelled"
 
 
+def test_only_the_lease_holder_records_how_its_attempt_ended(store):
+    job = add(store, max_attempts=3)
+    store.claim("tiny", worker="w1", lease_s=10, now=T0)
+    store.hand_back(job.id, "w1", now=T0 + 1)  # w1 is stopping; its render may still finish
+    with pytest.raises(LeaseLost):
+        store.finish(job.id, "w1", status="completed", result={"clip_uri": "old"})
+    assert store.get(job.id).status == "queued"
+    store.claim("tiny", worker="w2", lease_s=10, now=T0 + 2)
+    with pytest.raises(LeaseLost):  # nor once another worker holds it
+        store.finish(job.id, "w1", status="completed", result={"clip_uri": "old"})
+    done = store.finish(job.id, "w2", status="completed", result={"clip_uri": "new"}, progress=100)
+    assert (done.status, done.lease_owner, done.lease_until, done.result) == ("completed", None, None,
+                                                                            {"clip_uri": "new"})
+    with pytest.raises(LeaseLost):  # ended: nobody records another outcome
+        store.finish(job.id, "w2", status="failed", error={"code": "render_failed", "message": "late"})
+
+
+@pytest.mark.parametrize("how", ["handed back", "expired and claimed again"])
+def test_a_worker_whose_render_outlived_its_lease_leaves_the_job_as_it_is(store, how):
+    """JobWorker with a render that finishes after the job left it (its renderer was stopping, or its lease ran
+    out and another worker took it): the job keeps its current state and is never completed by that render."""
+    from types import SimpleNamespace
+
+    from wan_dist.serve.worker import JobWorker
+
+    job = add(store)
+    changes = []
+
+    def render(claimed):
+        if how == "handed back":
+            store.hand_back(claimed.id, worker.worker_id)
+        else:
+            store.release_expired(now=time.time() + 3600)
+            store.claim("tiny", worker="w2", lease_s=3600)
+        return SimpleNamespace(status="completed", clip_uri="late.mp4", sidecar_uri="late.json", seed=1, timings={})
+
+    worker = JobWorker(store, "tiny", render, worker_id="w1", on_change=changes.append)
+    after = worker.step()
+    expected = ("queued", None) if how == "handed back" else ("in_progress", "w2")
+    assert (after.status, after.lease_owner) == expected and after.result is None
+    assert store.get(job.id) == after
+    assert [c.status for c in changes] == ["in_progress"]  # the claim only: no outcome was published
+
+
 def test_queue_positions_count_per_model(store):
     a = [add(store, model="a") for _ in range(3)]
     b = add(store, model="b")

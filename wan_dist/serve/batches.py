@@ -308,7 +308,10 @@ class BatchWorker:
         if current.cancel_requested and left > 0:  # a cancel after the last row changes nothing: completed
             return self._finish(job, JobStatus.CANCELLED, None, summary, output)
         if stop.is_set() and summary.get("stopped"):  # this renderer is going away: hand the batch back
-            return self.store.update(job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None)
+            try:  # the attempt counts (its run id names the results folder it wrote)
+                return self.store.finish(job.id, self.worker_id, status=JobStatus.QUEUED)
+            except LeaseLost:
+                return self.store.get(job.id)
         return self._finish(job, JobStatus.COMPLETED, None, summary, output)
 
     def _report(self, current: Job, runner, output: str) -> None:
@@ -334,6 +337,10 @@ class BatchWorker:
             result["summary_uri"] = summary.get("summary_uri")
             result["progress"] = {**{k: summary.get(k, 0) for k in ("completed", "failed", "skipped")},
                                   "clips_per_hour": summary.get("clips_per_hour"), "eta_s": 0.0}
-        return self.store.update(job.id, status=status, error=error, result=result, completed_at=time.time(),
-                                 lease_owner=None, lease_until=None, progress=100 if status == JobStatus.COMPLETED
-                                 else current.progress)
+        try:  # only while this worker still holds the batch (see JobStore.finish)
+            return self.store.finish(job.id, self.worker_id, status=status, error=error, result=result,
+                                     completed_at=time.time(),
+                                     progress=100 if status == JobStatus.COMPLETED else current.progress)
+        except LeaseLost:
+            log.warning("%s: batch %s is no longer leased to it; its outcome is dropped", self.worker_id, job.id)
+            return self.store.get(job.id)

@@ -263,6 +263,14 @@ def apply_hand_back(job: Job, worker: str, now: float) -> Job:
                  attempts=max(0, job.attempts - 1))
 
 
+def apply_finish(job: Job, worker: str, fields: Mapping[str, Any], now: float) -> Job:
+    """``finish``'s rule: only the holder of an in_progress job's lease records how its attempt ended."""
+    if job.status != JobStatus.IN_PROGRESS or job.lease_owner != worker:
+        raise LeaseLost(f"job {job.id} is {job.status}, leased to {job.lease_owner!r}, not {worker!r}: "
+                        "its attempt's outcome is not recorded", job.id)
+    return apply_update(job, {"lease_owner": None, "lease_until": None, **fields}, expected_version=None, now=now)
+
+
 def apply_cancel(job: Job, now: float) -> Job:
     """``request_cancel``'s rule; returns ``job`` itself when nothing changes (idempotent)."""
     if job.status == JobStatus.QUEUED:
@@ -368,6 +376,14 @@ class JobStore(ABC):
     def release_expired(self, now: float | None = None) -> list[Job]:
         """In-progress jobs whose lease ran out: queued again, or failed (``worker_lost``) once
         ``attempts >= max_attempts``, or cancelled when a cancel was requested. Returns the changed jobs."""
+
+    def finish(self, job_id: str, worker: str, **fields) -> Job:
+        """Record the outcome of ``worker``'s attempt (a terminal status, or queued for a retry) and end its
+        lease, only while ``worker`` holds the in_progress job: raises :class:`LeaseLost` when the job was handed
+        back, requeued after its lease, or ended meanwhile (deadline, cancel of a queued job), so a render
+        that outlived its lease never overwrites the job's current attempt."""
+        now = time.time()
+        return self._mutate(job_id, lambda job: apply_finish(job, worker, fields, now))
 
     def hand_back(self, job_id: str, worker: str, *, now: float | None = None) -> Job:
         """``worker`` gives up the job it holds (shutting down): queued again at once, the attempt not

@@ -175,23 +175,23 @@ class JobWorker:
 
     def _retry_or_fail(self, job: Job, message: str) -> Job:
         current = self.store.get(job.id)
-        if current.terminal:
-            return current
+        error = {"code": "render_failed", "message": message}
         if current.attempts < current.max_attempts and not current.cancel_requested:
             log.warning("%s: %s attempt %d failed (%s); requeued", self.worker_id, job.id, current.attempts,
                         message.splitlines()[0])
-            job = self.store.update(job.id, status=JobStatus.QUEUED, lease_owner=None, lease_until=None,
-                                    progress=0, preview=None, error={"code": "render_failed", "message": message})
-        else:
-            job = self._finish(job, status=JobStatus.FAILED, error={"code": "render_failed", "message": message})
-        self.on_change(job)
-        return job
+            return self._record(job, status=JobStatus.QUEUED, progress=0, preview=None, error=error)
+        return self._finish(job, status=JobStatus.FAILED, error=error)
 
     def _finish(self, job: Job, *, status: str, error: dict | None, **fields) -> Job:
-        current = self.store.get(job.id)
-        if current.terminal:  # a deadline or a delete got there first
-            return current
-        job = self.store.update(job.id, status=status, error=error, completed_at=time.time(), lease_owner=None,
-                                lease_until=None, **fields)
+        return self._record(job, status=status, error=error, completed_at=time.time(), **fields)
+
+    def _record(self, job: Job, **fields) -> Job:
+        """How this worker's attempt ended, recorded only while it still holds the job's lease: a job handed
+        back (this renderer is stopping), requeued after its lease or ended by a deadline keeps its state."""
+        try:
+            job = self.store.finish(job.id, self.worker_id, **fields)
+        except LeaseLost:
+            log.warning("%s: %s is no longer leased to it; its attempt's outcome is dropped", self.worker_id, job.id)
+            return self.store.get(job.id)
         self.on_change(job)
         return job
