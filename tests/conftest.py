@@ -7,6 +7,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Holds (tests/step_holds.py): Ray workers, started after this, import the step hook from this folder and
+# share the folder of hold plans with the test through the environment. Removed at the end of the session.
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["WAN_DIST_TEST_HOLDS"] = tempfile.mkdtemp(prefix="wan-dist-holds-")
+atexit.register(shutil.rmtree, os.environ["WAN_DIST_TEST_HOLDS"], True)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -33,6 +44,16 @@ def checkpoint_factory(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def holds():
+    """Holds of renders at a step (tests/step_holds.py); whatever is still held is released at the end."""
+    from step_holds import Holds
+
+    made = Holds()
+    yield made
+    made.release_all()
 
 
 @pytest.fixture(scope="session", autouse=True)

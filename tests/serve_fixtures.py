@@ -139,8 +139,10 @@ class WebhookReceiver:
         self._thread.join(5)
 
 
-def read_sse(client: httpx.Client, path: str, *, timeout_s: float = 60.0) -> list[tuple[str, dict]]:
-    """``(event, data)`` of every server-sent event of ``GET path`` until the server ends the stream."""
+def read_sse(client: httpx.Client, path: str, *, timeout_s: float = 60.0,
+             on_event: Callable[[list], None] | None = None) -> list[tuple[str, dict]]:
+    """``(event, data)`` of every server-sent event of ``GET path`` until the server ends the stream;
+    ``on_event(events so far)`` after each one (e.g. to release a held render once an event was read)."""
     events: list[tuple[str, dict]] = []
     event, data = None, []
     with client.stream("GET", path, timeout=timeout_s) as response:
@@ -154,4 +156,6 @@ def read_sse(client: httpx.Client, path: str, *, timeout_s: float = 60.0) -> lis
             elif line == "" and data:
                 events.append((event or "message", json.loads("\n".join(data))))
                 event, data = None, []
+                if on_event is not None:
+                    on_event(events)
     return events

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from serve_fixtures import wait_for
 from wan_dist.batch.manifest import write_manifest
 from wan_dist.batch.results import latest_results, read_results
 from wan_dist.storage.objects import exists, list_prefix, read_bytes
@@ -126,18 +127,21 @@ def _scrape(url: str, name: str, run_id: str, timeout_s: float = 60) -> dict[str
     return found
 
 
-def test_a_stopped_job_reruns_without_rendering_twice_or_missing_a_clip(ray_head, s3_server, tmp_path):
-    rows = [{"id": f"clip-{i:02d}", "prompt": f"a kite number {i}", **{**FAST, "num_inference_steps": 20}}
-            for i in range(40)]
+def test_a_stopped_job_reruns_without_rendering_twice_or_missing_a_clip(ray_head, s3_server, tmp_path, holds):
+    from step_holds import HOOK
+
+    rows = [{"id": f"clip-{i:02d}", "prompt": f"a kite number {i}", **{**FAST, "num_inference_steps": 6}}
+            for i in range(16)]
+    rows[3]["prompt"] = holds.plan("stopped job: a kite held when the job stops", 2)
     manifest = s3_server.uri("manifests", "kites.parquet")
     write_manifest(rows, manifest)
     output = s3_server.uri("kites")
-    submitted = _submit(ray_head, s3_server, tmp_path / "cache", manifest, output, "batch.groups=1", wait=False)
+    submitted = _submit(ray_head, s3_server, tmp_path / "cache", manifest, output, "batch.groups=1",
+                        f"batch.step_hook={HOOK}", wait=False)
     assert submitted.returncode == 0, submitted.stderr
     job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not _sidecars(output):
-        time.sleep(0.5)
+    holds.wait_reached(rows[3]["prompt"], 300)  # the job is mid-run: row 3 cannot be published before the stop
+    wait_for(lambda: _sidecars(output), 300, what="a first clip published")
     stopped = subprocess.run([RAY, "job", "stop", "--address", ray_head["address"], job_id],
                              env=ray_head["env"], capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, stopped.stderr

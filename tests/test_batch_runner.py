@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,25 +95,27 @@ def test_duplicate_ids_stop_the_run_before_anything_renders(ray_local, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_killed_rank_costs_a_retry_and_every_row_is_published_once(ray_local, tmp_path):
+def test_a_killed_rank_costs_a_retry_and_every_row_is_published_once(ray_local, tmp_path, holds):
     import ray
 
-    rows = _rows(6, num_inference_steps=40)
+    from step_holds import HOOK
+
+    rows = _rows(6, num_inference_steps=8)
+    rows[2]["prompt"] = holds.plan("killed rank: a boat whose group breaks mid-render", 2)  # mid-run
     write_manifest(rows, str(tmp_path / "m.parquet"))
     out = tmp_path / "out"
     runner = BatchRunner(BatchConfig(manifest=str(tmp_path / "m.parquet"), groups=1, cpus_per_rank=0.5,
-                                     retry_backoff_s=0.1, progress_interval_s=1),
+                                     retry_backoff_s=0.1, progress_interval_s=1, step_hook=HOOK),
                          OutputConfig(uri=str(out)), ParallelConfig(ring=2))
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(runner.run()))
     thread.start()
     try:
-        deadline = time.monotonic() + 120
-        while not published_rows(str(out)) and time.monotonic() < deadline:  # one clip done: mid-run
-            time.sleep(0.2)
+        holds.wait_reached(rows[2]["prompt"])  # row 2 waits at step 2 on rank 0 (the result rank)
         victim = runner.slots[0].group.workers[-1]
         ray.kill(victim, no_restart=True)
     finally:
+        holds.release(rows[2]["prompt"])  # rank 0 goes on into a collective with the dead rank: the group fails
         thread.join(timeout=300)
     assert not thread.is_alive()
     assert outcome["completed"] == 6 and outcome["failed"] == 0

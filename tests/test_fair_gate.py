@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -46,9 +47,9 @@ def test_a_waiting_interactive_job_is_ahead_of_the_next_batch_row():
     waiter = threading.Thread(target=lambda: gate.acquire_interactive(timeout_s=5) and got.set())
     waiter.start()
     try:
-        for _ in range(100):  # the job is queued behind the row
-            if gate._interactive_waiting:
-                break
+        deadline = time.monotonic() + 60
+        while not gate._interactive_waiting:  # the job is queued behind the row (however slow the thread starts)
+            assert time.monotonic() < deadline, "the waiting job never queued"
             threading.Event().wait(0.01)
         gate.release()
         assert not gate.try_acquire()  # the job goes next, not another row

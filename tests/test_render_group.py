@@ -179,6 +179,9 @@ def _rank_behind_a_busy_stage(rank: int, world_size: int, source: str, handoff_t
     generate = make_disaggregated_generate(pipe, parallel, results_on="last_stage",
                                            handoff_timeout=timedelta(seconds=handoff_timeout_s))
     context, negative, latents = make_inputs(info.spec.dit.text_dim, info.spec.vae.z_dim, 16, 16, 8, batch=1)
+    import torch.distributed as dist
+
+    dist.barrier()  # both stages loaded: the busy time below is measured from the same moment on both ranks
     if stage == 1:
         time.sleep(busy_s)  # still on an earlier request: stage 0's hand-off send waits for this stage's receive
     started = time.monotonic()

@@ -2,8 +2,9 @@
 
 One Serve application per module (``serve_app``); the restart tests tear it down (or kill its renderer)
 and bring it back on the same store and output. Renders are tiny (64x64, 5 frames, 2 steps: well under a
-second); a "slow" job (200 steps) keeps the renderer busy for a few seconds so that others queue behind it.
-Nothing here leaves 127.0.0.1.
+second). A test that must act while a job renders (cancel it, kill its renderer, read its progress, queue
+others behind it) holds the render at a step (tests/step_holds.py) and releases it once it has acted, so
+no test depends on how fast the machine renders. Nothing here leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, wait_for
+from step_holds import HOOK
 from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, open_store
 from wan_dist.serve.service import ServeSettings
 from wan_dist.serve.webhooks import generate_secret
@@ -25,7 +27,11 @@ pytestmark = pytest.mark.slow
 SECRET = generate_secret()  # the module's webhook signing secret, handed to the app and to the receiver
 KEYS = ("k1", "k2")
 FAST = {"prompt": "a fox in the snow", "num_frames": 5, "num_inference_steps": 2, "size": "64x64", "seed": 1}
-SLOW = {**FAST, "num_frames": 9, "num_inference_steps": 200}  # a few seconds of denoising on the CPU
+HELD = {**FAST, "num_inference_steps": 8}  # held at step HOLD_STEP (tests/step_holds.py) with a prompt of its own
+HOLD_STEP = 2
+# A held render waits at least this long, more than the store step control's 0.5 s throttle: the control then
+# runs at the held step itself (reads a cancel, renews the lease) whatever the machine's speed.
+HOLD_MIN_S = 0.6
 QUEUE_BOUND = 4
 
 
@@ -33,7 +39,7 @@ def settings_for(root) -> ServeSettings:
     return ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"), api_keys=KEYS,
                          rate_per_s=1000.0, burst=1000, max_queue_per_model=QUEUE_BOUND, allow_private_urls=True,
                          poll_after_ms=100, webhook_base_delay_s=0.05, webhook_secret=SECRET, lease_s=3.0,
-                         preview_every_s=0.2)
+                         preview_every_s=0.2, step_hook=HOOK)
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +65,21 @@ def store(serve_app):
 
 
 @pytest.fixture
-def api(serve_app, store):
-    """An httpx client with key k1; afterwards every job still queued or running is cancelled and the
-    renderer is idle, so each test starts with an empty queue."""
+def api(serve_app, store, holds):
+    """An httpx client with key k1; afterwards every hold is released, every job still queued or running is
+    cancelled and the renderer is idle, so each test starts with an empty queue."""
     with serve_app.client("k1") as client:
         yield client
+    holds.release_all()
     jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
     for job in jobs:
         store.request_cancel(job.id)
     wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, 60, what="an idle renderer")
+
+
+def held(holds, prompt: str) -> dict:
+    """A HELD job body whose render will wait after step HOLD_STEP until ``holds.release(prompt)``."""
+    return {**HELD, "prompt": holds.plan(prompt, HOLD_STEP, min_s=HOLD_MIN_S)}
 
 
 def create(client: httpx.Client, body: dict, *, model: str = "tiny", **headers) -> dict:
@@ -230,9 +242,10 @@ def test_idempotency_key_same_job_or_409(serve_app, api):
     assert create(api, FAST, **{"Idempotency-Key": "idem-1"})["id"] == first["id"]  # also once it finished
 
 
-def test_cancel_queued_and_running_jobs(serve_app, api):
-    slow = create(api, SLOW)
-    wait_status(api, slow["id"], "in_progress")
+def test_cancel_queued_and_running_jobs(serve_app, api, holds):
+    body = held(holds, "cancel: a fox that never finishes")
+    slow = create(api, body)
+    holds.wait_reached(body["prompt"])  # in progress, step 1's progress and preview recorded
     queued = create(api, FAST)
     assert (queued["status"], queued["queue_position"]) == ("queued", 0)
 
@@ -242,14 +255,15 @@ def test_cancel_queued_and_running_jobs(serve_app, api):
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
     assert get(api, queued["id"])["error"]["code"] == "cancelled"
 
-    wait_for(lambda: get(api, slow["id"])["progress"] > 0, 30, what="the slow job to make progress")
-    view = wait_for(lambda: (j := get(api, slow["id"]))["preview"] and j, 30, what="a preview frame")
-    assert 0 < view["preview"]["step"] < view["preview"]["total"] == SLOW["num_inference_steps"]
+    view = get(api, slow["id"])
+    assert view["status"] == "in_progress" and view["progress"] > 0, view
+    assert 0 < view["preview"]["step"] < view["preview"]["total"] == HELD["num_inference_steps"]
     image = api.get(f"/v1/jobs/{slow['id']}/preview")  # the latest frame, while it renders
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
     assert image.content[:2] == b"\xff\xd8"  # a JPEG's start-of-image marker
     response = api.post(f"/v1/jobs/{slow['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] in ("in_progress", "cancelled")
+    holds.release(body["prompt"])  # its step control reads the cancel at the held step
     done = wait_status(api, slow["id"], TERMINAL_STATUSES, timeout_s=30)
     assert done["status"] == "cancelled" and done["progress"] < 100 and done["result"] is None
     second = api.post(f"/v1/jobs/{slow['id']}/cancel")
@@ -262,10 +276,11 @@ def test_cancel_queued_and_running_jobs(serve_app, api):
     assert wait_status(api, after["id"], "completed")["progress"] == 100
 
 
-def test_queue_full_is_429_with_retry_after(serve_app, api):
-    running = create(api, SLOW)
-    wait_status(api, running["id"], "in_progress")
-    queued = [create(api, {**SLOW, "seed": i}) for i in range(QUEUE_BOUND)]
+def test_queue_full_is_429_with_retry_after(serve_app, api, holds):
+    body = held(holds, "queue: a fox that keeps the renderer busy")
+    running = create(api, body)
+    holds.wait_reached(body["prompt"])
+    queued = [create(api, {**FAST, "seed": i}) for i in range(QUEUE_BOUND)]
     assert [job["queue_position"] for job in queued] == list(range(QUEUE_BOUND))
     full = api.post("/v1/models/tiny/jobs", json=FAST)
     error = assert_error(full, 429, None, "queue_full")
@@ -277,19 +292,29 @@ def test_queue_full_is_429_with_retry_after(serve_app, api):
         assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     accepted = create(api, FAST)  # room again
     api.post(f"/v1/jobs/{running['id']}/cancel")
+    holds.release(body["prompt"])
     assert wait_status(api, accepted["id"], "completed")["status"] == "completed"
     assert get(api, running["id"])["status"] == "cancelled"
 
 
-def test_events_stream_status_progress_and_previews_in_order(serve_app, api):
+def test_events_stream_status_progress_and_previews_in_order(serve_app, api, holds):
     import base64
     import io
 
     from PIL import Image
 
-    ahead = create(api, {**FAST, "num_inference_steps": 60})
-    job = create(api, {**FAST, "num_inference_steps": 120})
-    events = read_sse(api, f"/v1/jobs/{job['id']}/events")
+    ahead = create(api, {**FAST, "num_inference_steps": 6})
+    body = held(holds, "events: a fox held while its events are read")
+    job = create(api, body)
+    total = body["num_inference_steps"]
+
+    def release_once_mid_render_events_were_read(events):  # the render waits at its hold until then
+        if any(kind == "preview" for kind, _ in events) and any(
+                kind == "progress" and 0 < data["progress"] < 100 for kind, data in events):
+            holds.release(body["prompt"])
+
+    events = read_sse(api, f"/v1/jobs/{job['id']}/events", on_event=release_once_mid_render_events_were_read)
+    assert holds.reached(body["prompt"])["step"] == HOLD_STEP
     assert get(api, ahead["id"])["status"] == "completed"
     kinds = [kind for kind, _ in events]
     assert set(kinds) <= {"status", "progress", "preview"} and kinds[0] == kinds[-1] == "status"
@@ -307,8 +332,8 @@ def test_events_stream_status_progress_and_previews_in_order(serve_app, api):
     previews = [(i, data) for i, (kind, data) in enumerate(events) if kind == "preview"]
     assert previews and all(started < i < len(events) - 1 for i, _ in previews), kinds
     steps = [data["step"] for _, data in previews]
-    assert steps == sorted(set(steps)) and 0 < steps[0] and steps[-1] < 120
-    assert {data["total"] for _, data in previews} == {120}
+    assert steps == sorted(set(steps)) and 0 < steps[0] and steps[-1] < total
+    assert {data["total"] for _, data in previews} == {total}
     for _, data in previews:
         prefix, encoded = data["image"].split(",", 1)
         assert prefix == "data:image/jpeg;base64"
@@ -321,13 +346,15 @@ def test_events_stream_status_progress_and_previews_in_order(serve_app, api):
 
 # ---- webhooks --------------------------------------------------------------------------------------------
 
-def test_webhooks_are_signed_retried_and_recorded(serve_app, api):
+def test_webhooks_are_signed_retried_and_recorded(serve_app, api, holds):
     with WebhookReceiver(SECRET) as receiver:
         hook = {"webhook_url": receiver.url, "metadata": {"order": "42"}}
-        to_cancel = create(api, {**SLOW, **hook})
+        body = held(holds, "webhooks: a fox cancelled before it can finish")
+        to_cancel = create(api, {**body, **hook})
         completed = create(api, {**FAST, **hook})
         late = create(api, {**FAST, **hook, "deadline_s": 0.001})
         assert api.post(f"/v1/jobs/{to_cancel['id']}/cancel").status_code == 200
+        holds.release(body["prompt"])  # cancelled while queued, or its control reads the cancel at the hold
         expected = {to_cancel["id"]: "job.cancelled", completed["id"]: "job.completed", late["id"]: "job.failed"}
 
         def delivered():  # each event: answered 500 once, then delivered again under the same webhook-id
@@ -392,32 +419,42 @@ def test_private_webhook_urls_are_refused_unless_allowed(tmp_path):
 
 # ---- durability ------------------------------------------------------------------------------------------
 
-def test_killed_renderer_job_is_rerun_after_its_lease(serve_app, api, store):
+def test_killed_renderer_job_is_rerun_after_its_lease(serve_app, api, store, holds):
     import ray
+    from ray._private.state import actors  # the GCS's actor table (ray.util.state needs the dashboard)
 
-    job = create(api, {**FAST, "num_inference_steps": 150})
-    wait_for(lambda: get(api, job["id"])["progress"] > 0, 30, what="the job to make progress")
+    body = held(holds, "kill: a fox whose renderer dies mid-render")
+    job = create(api, body)
+    rank = holds.wait_reached(body["prompt"])  # the render waits at a step: it cannot finish before the kill
+    first_owner = store.get(job["id"]).lease_owner
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "renderer-tiny" in a["name"]]
     assert len(replicas) == 1, replicas
     ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    # the replica's rank actors die with it: nothing of the first attempt can finish the job later
+    wait_for(lambda: actors(actor_id=rank["actor_id"])["State"] == "DEAD", 60,
+             what="the killed replica's result rank to die with it")
+    holds.release(body["prompt"])
     done = wait_status(api, job["id"], TERMINAL_STATUSES, timeout_s=90)  # Serve starts a new replica
     assert done["status"] == "completed", done
-    assert store.get(job["id"]).attempts == 2
+    record = store.get(job["id"])
+    assert record.attempts == 2 and record.lease_owner is None
+    assert record.result["clip_uri"].endswith(f"{job['id']}/clip.mp4") and first_owner
     assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content)
     wait_for(lambda: api.get("/readyz").status_code == 200, 60, what="the new renderer to be ready")
 
 
-def test_restart_of_the_app_loses_no_job(serve_app, api, store):
+def test_restart_of_the_app_loses_no_job(serve_app, api, store, holds):
     settings = serve_app.settings
-    running = create(api, SLOW)
-    wait_status(api, running["id"], "in_progress")
+    body = held(holds, "restart: a fox rendering while the app stops")
+    running = create(api, body)
+    holds.wait_reached(body["prompt"])  # still rendering when the app stops
     ids = [running["id"]] + [create(api, {**FAST, "num_inference_steps": 60, "seed": 10 + i})["id"]
                              for i in range(QUEUE_BOUND)]
     before = store.count()
 
     serve_app.stop()  # the Serve app is gone; its jobs are not
     left = {job_id: store.get(job_id).status for job_id in ids}
-    assert any(status in ACTIVE_STATUSES for status in left.values()), left
+    assert left[running["id"]] in ACTIVE_STATUSES, left
     serve_app.start(settings)
 
     wait_for(lambda: all(store.get(job_id).terminal for job_id in ids), 120, interval_s=0.25,

@@ -8,12 +8,13 @@ from __future__ import annotations
 import pytest
 
 from serve_fixtures import APP_NAME, ServeApp, free_port, wait_for
+from step_holds import HOOK
 from wan_dist.serve.jobs import open_store
 from wan_dist.serve.service import ServeSettings
 
 pytestmark = pytest.mark.slow
 
-JOB = {"prompt": "a fox in the snow", "num_frames": 5, "size": "64x64", "num_inference_steps": 120}
+JOB = {"prompt": "a fox in the snow", "num_frames": 5, "size": "64x64", "num_inference_steps": 6}
 
 
 def running_replicas() -> int:
@@ -34,7 +35,8 @@ def app(ray_local, tmp_path_factory):
     settings = ServeSettings(models=("tiny",), store=(root / "store").as_uri(), output=str(root / "out"),
                              api_keys=("k1",), rate_per_s=1000.0, burst=1000, lease_s=30.0, cpus_per_rank=0.5,
                              renderer_autoscaling={"min_replicas": 0, "max_replicas": 2, "jobs_per_replica": 1,
-                                                   "upscale_delay_s": 0, "downscale_delay_s": 2, "refresh_s": 0.2})
+                                                   "upscale_delay_s": 0, "downscale_delay_s": 2, "refresh_s": 0.2},
+                             step_hook=HOOK)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -43,18 +45,21 @@ def app(ray_local, tmp_path_factory):
         serve.shutdown()
 
 
-def test_renderers_follow_the_queue_from_zero_to_the_bound_and_back(app):
+def test_renderers_follow_the_queue_from_zero_to_the_bound_and_back(app, holds):
     assert running_replicas() == 0  # ready without a renderer: nothing is queued
+    prompts = [holds.plan(f"autoscale: fox number {seed}", 2) for seed in range(3)]  # each held at step 2
     with app.client("k1") as client, open_store(app.settings.store) as store:
         ids = []
-        for seed in range(3):
-            response = client.post("/v1/models/tiny/jobs", json={**JOB, "seed": seed})
+        for seed, prompt in enumerate(prompts):
+            response = client.post("/v1/models/tiny/jobs", json={**JOB, "prompt": prompt, "seed": seed})
             assert response.status_code == 202, response.text
             ids.append(response.json()["id"])
         wait_for(lambda: running_replicas() == 2, 120, interval_s=0.25, what="two renderer replicas")
-        # two jobs render at once, on two replicas
+        # two jobs render at once, on two replicas (held mid-render until both are seen)
         wait_for(lambda: len({store.get(i).lease_owner for i in ids if store.get(i).status == "in_progress"}) == 2,
                  120, interval_s=0.05, what="two jobs in progress on two renderers")
+        assert sum(holds.reached(p) is not None for p in prompts) == 2
+        holds.release_all()
         wait_for(lambda: all(store.get(i).terminal for i in ids), 180, interval_s=0.25, what="every job to finish")
         jobs = [store.get(i) for i in ids]
         assert [(j.status, j.attempts) for j in jobs] == [("completed", 1)] * 3, [(j.status, j.attempts, j.error)
@@ -63,32 +68,39 @@ def test_renderers_follow_the_queue_from_zero_to_the_bound_and_back(app):
         assert client.get("/readyz").status_code == 200
 
 
-def test_a_stopped_renderer_hands_its_running_job_back_at_once(ray_local, tmp_path):
+def test_a_stopped_renderer_hands_its_running_job_back_at_once(ray_local, tmp_path, holds):
     """What Serve's scale-down does to a busy replica (RendererCore.stop, from the replica's destructor), in
     process: the job goes back to the queue well before its lease would run out, uncharged, and the next
     renderer completes it on its first counted attempt."""
-    import time
+    import threading
 
     from wan_dist.serve.jobs import Job
     from wan_dist.serve.renderer import RendererCore
     from wan_dist.serve.schemas import validate_job_request
 
     settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
-                             lease_s=600.0, cpus_per_rank=0.5)
+                             lease_s=600.0, cpus_per_rank=0.5, step_hook=HOOK)
     with open_store(settings.store) as store:
-        body = {**JOB, "num_frames": 9, "num_inference_steps": 200, "seed": 3}
+        body = {**JOB, "prompt": holds.plan("hand back: a fox whose renderer stops", 2), "seed": 3}
         request = validate_job_request(body, variant="tiny").record()
         job, _ = store.create(Job.new(model="tiny", owner="k", request=request))
         first = RendererCore(settings, "tiny").start()
+        stopper = threading.Thread(target=first.stop, kwargs={"timeout_s": 60})
         try:
-            wait_for(lambda: store.get(job.id).progress > 0, 120, interval_s=0.05, what="the job to make progress")
+            holds.wait_reached(body["prompt"])  # mid-render
             holder = store.get(job.id).lease_owner
-            stopped_at = time.monotonic()
+            stopper.start()
+            # back in the queue at once (not after the 600 s lease), while the first render still waits
+            back = wait_for(lambda: (j := store.get(job.id)).status == "queued" and j, 60, interval_s=0.05,
+                            what="the job handed back")
         finally:
-            first.stop(timeout_s=60)
-        back = store.get(job.id)
-        assert time.monotonic() - stopped_at < 60  # not the 600 s lease
+            holds.release(body["prompt"])  # the first render goes on: it must not record its outcome
+            if stopper.ident is None:  # the test failed before stopping it
+                stopper.start()
+            stopper.join(120)
+        assert not stopper.is_alive()
         assert (back.status, back.attempts, back.lease_owner) == ("queued", 0, None), back
+        assert store.get(job.id).status == "queued" and store.get(job.id).result is None
         assert holder == first.worker.worker_id
         second = RendererCore(settings, "tiny", lease_s=600.0).start()
         try:

@@ -12,9 +12,11 @@ import json
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
+from step_holds import HOOK
 from wan_dist.batch.manifest import write_manifest
 from wan_dist.serve.jobs import ACTIVE_STATUSES, open_store
 from wan_dist.serve.service import ServeSettings
@@ -25,7 +27,8 @@ pytestmark = pytest.mark.slow
 KEYS = ("k1", "k2")
 SECRET = generate_secret()
 FAST = {"model": "tiny", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
-SLOW = {**FAST, "height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 300}  # ~a second per row (CPU)
+# rows that the tests below hold at a step (tests/step_holds.py) to act while a batch is mid-run
+SLOW = {**FAST, "height": 64, "width": 64, "num_frames": 5, "num_inference_steps": 6}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def app(ray_local, s3, tmp_path_factory):
     settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=s3.uri("serve"),
                              api_keys=KEYS, rate_per_s=1000.0, burst=1000, allow_private_urls=True, poll_after_ms=100,
                              env=s3.env, lease_s=3.0, interactive_per_batch_row=1, batch_results_flush_rows=1,
-                             webhook_secret=SECRET, webhook_base_delay_s=0.05)
+                             webhook_secret=SECRET, webhook_base_delay_s=0.05, step_hook=HOOK)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     served = ServeApp(port)
@@ -56,9 +59,10 @@ def app(ray_local, s3, tmp_path_factory):
 
 
 @pytest.fixture
-def api(app):
+def api(app, holds):
     with app.client("k1") as client:
         yield client
+    holds.release_all()
     store = open_store(app.settings.store)
     try:
         jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
@@ -116,8 +120,13 @@ def results(client, batch_id: str) -> dict[str, dict]:
 
 
 def rows_of(n: int, settings: dict, prefix: str) -> list[dict]:
-    return [{"id": f"{prefix}-{i:02d}", "prompt": f"a paper boat number {i}", "seed": 100 + i, **settings}
+    return [{"id": f"{prefix}-{i:02d}", "prompt": f"a paper boat number {i} ({prefix})", "seed": 100 + i, **settings}
             for i in range(n)]
+
+
+def hold_row(holds, rows: list[dict], index: int, **options) -> str:
+    """Hold the render of ``rows[index]`` at step 2 (the rows before it are done or in flight)."""
+    return holds.plan(rows[index]["prompt"], 2, **options)
 
 
 def relative_keys(uri: str) -> set[str]:
@@ -198,22 +207,29 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
         assert ours["clip_url"].startswith(s3.endpoint_url)  # presigned on the bucket
         frames, _ = decode_mp4(read_bytes(ours["clip_uri"]))
         expected, _ = decode_mp4(read_bytes(theirs["clip_uri"]))
-        assert frames.shape == (5, 32, 32, 3) and (frames == expected).all(), row["id"]
+        assert frames.shape == expected.shape == (5, 32, 32, 3), row["id"]
+        # the same render up to float rounding (seen once: one row off by a few levels in a 2-core CI run)
+        difference = np.abs(frames.astype(int) - expected.astype(int))
+        assert difference.max() <= 2 and difference.mean() < 0.01, (row["id"], difference.max(), difference.mean())
         assert json.loads(read_bytes(ours["sidecar_uri"]))["settings"]["seed"] == row["seed"]
 
 
-def test_cancel_stops_scheduling_and_keeps_published_clips(api):
+def test_cancel_stops_scheduling_and_keeps_published_clips(api, holds):
     from wan_dist.storage.objects import exists
 
-    created = upload(api, rows_of(8, SLOW, "cancel"))
+    rows = rows_of(8, SLOW, "cancel")
+    # held long enough (2 s) for the runner's loop (a turn at most every 0.5 s) to read the cancel meanwhile
+    held = hold_row(holds, rows, 2, min_s=2.0)
+    created = upload(api, rows)
     assert created.status_code == 202, created.text
     batch_id = created.json()["id"]
-    running = wait_for(lambda: (b := batch(api, batch_id))["counts"]["done"] >= 1 and b, 240, interval_s=0.2,
-                       what="a first row")
+    holds.wait_reached(held, 240)  # mid-run: rows 0 and 1 done or publishing, row 2 rendering
+    running = batch(api, batch_id)
     cancel_at = time.time()
     cancelled = api.post(f"/v1/batches/{batch_id}/cancel")
     assert cancelled.status_code == 200
     assert api.post(f"/v1/batches/{batch_id}/cancel").status_code == 200  # idempotent
+    holds.release(held)
     final = until(api, batch_id, ("cancelled", "completed", "failed"))
     assert final["status"] == "cancelled", final
     rows = results(api, batch_id)
@@ -226,14 +242,16 @@ def test_cancel_stops_scheduling_and_keeps_published_clips(api):
         assert exists(record["clip_uri"]) and exists(record["sidecar_uri"])
 
 
-def test_restart_mid_batch_renders_each_row_once(api, app):
+def test_restart_mid_batch_renders_each_row_once(api, app, holds):
     from wan_dist.batch.results import read_results
     from wan_dist.storage.objects import read_bytes
 
-    created = upload(api, rows_of(6, SLOW, "restart"))
+    rows = rows_of(6, SLOW, "restart")
+    held = hold_row(holds, rows, 2)  # the app stops while row 2 renders
+    created = upload(api, rows)
     assert created.status_code == 202, created.text
     batch_id = created.json()["id"]
-    wait_for(lambda: batch(api, batch_id)["counts"]["done"] >= 2, 240, interval_s=0.2, what="two rows")
+    holds.wait_reached(held, 240)
     settings = app.settings
     app.stop()
     app.start(settings)
@@ -253,15 +271,18 @@ def test_restart_mid_batch_renders_each_row_once(api, app):
         assert sidecar["request"]["name"] == record["id"]
 
 
-def test_interactive_job_waits_at_most_the_row_in_flight(api):
+def test_interactive_job_waits_at_most_the_row_in_flight(api, holds):
     from wan_dist.batch.results import read_results
 
-    created = upload(api, rows_of(8, SLOW, "fair"))
+    rows = rows_of(8, SLOW, "fair")
+    held = hold_row(holds, rows, 1)  # the jobs arrive while row 1 renders, with most of the batch still ahead
+    created = upload(api, rows)
     assert created.status_code == 202, created.text
     batch_id = created.json()["id"]
-    wait_for(lambda: batch(api, batch_id)["counts"]["done"] >= 1, 240, interval_s=0.2, what="a first row")
+    holds.wait_reached(held, 240)
     job_body = {"prompt": "a fox", "num_frames": 5, "num_inference_steps": 2, "size": "64x64", "seed": 1}
     jobs = [api.post("/v1/models/tiny/jobs", json=job_body).json() for _ in range(3)]
+    holds.release(held)
     done = [wait_for(lambda j=j: (r := api.get(f"/v1/jobs/{j['id']}").json())["status"] == "completed" and r, 240,
                      what="an interactive job") for j in jobs]
     final = until(api, batch_id, ("completed", "failed", "cancelled"))

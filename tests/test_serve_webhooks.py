@@ -280,5 +280,5 @@ def test_aclose_cancels_deliveries_waiting_to_retry(receiver):
         return d, time.monotonic() - started
 
     d, took = asyncio.run(main())
-    assert took < 5 and d.pending == 0 and len(requests) == 1
+    assert took < 30 and d.pending == 0 and len(requests) == 1  # not the 60 s retry delay, however loaded
     assert states[-1].status == "pending" and states[-1].next_attempt_at is not None  # resumable later
