@@ -17,6 +17,7 @@ __all__ = ["phase_shift", "frame_motion", "camera_track"]
 # Cross-power spectra are tapered by a Gaussian so the correlation peak is a smooth blob a couple of
 # pixels wide: a parabola through the log of its top three values then places it to ~0.05 px.
 PEAK_SIGMA_PX = 1.0
+DETAIL_SIGMA_PX = 6.0
 
 
 def _luma(frame: np.ndarray) -> np.ndarray:
@@ -76,6 +77,18 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
+def _detail(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``image`` less its background's local mean (a masked blur over ~6 px), 0 on masked pixels.
+
+    Why: a gradient background is a ramp, and per-frame brightness normalisation cancels most of
+    what a ramp sliding through the frame shows, pulling the estimate towards no motion. Without
+    the ramp only texture is left, and texture moves with the camera unambiguously.
+    """
+    weight = keep.astype(np.float64)
+    local_mean = _blur(image * weight, DETAIL_SIGMA_PX) / np.maximum(_blur(weight, DETAIL_SIGMA_PX), 1e-3)
+    return np.where(keep, image - local_mean, 0.0)
+
+
 def _normalise(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Zero mean and unit spread over the kept pixels: a brightening clip compares like with like."""
     kept = image[keep]
@@ -94,7 +107,7 @@ class _Prepared:
 
     @classmethod
     def of(cls, frame: np.ndarray, keep: np.ndarray) -> _Prepared:
-        image = _normalise(_luma(frame), keep)
+        image = _normalise(_detail(_luma(frame), keep), keep)
         blurred = _blur(image, 1.0)
         gy, gx = np.gradient(blurred)
         return cls(image, blurred, np.stack([blurred, gx, gy], -1).reshape(-1, 3))
