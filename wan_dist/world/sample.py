@@ -70,16 +70,17 @@ def _main_combo(rng: np.random.Generator, split: str, colours, shapes, motions, 
     raise ValueError("sample_scene: no valid (train) combination matches the constraints")
 
 
-def _camera(rng: np.random.Generator, move: str) -> Camera:
-    """A camera move with its extent drawn from a range a small model can see and measure.py can tell."""
+def _camera(rng: np.random.Generator, move: str, scale: float = 1.0) -> Camera:
+    """A camera move with its extent drawn from a range a small model can see and measure.py can
+    tell; ``scale`` < 1 (down to 0.6) shortens it when a fast object finds no room."""
     if move.startswith(("pan", "tilt")):
-        return Camera(move, float(rng.uniform(0.15, 0.3)))
+        return Camera(move, float(rng.uniform(0.15, 0.3) * scale))
     if move.startswith("dolly"):
-        return Camera(move, float(rng.uniform(0.3, 0.4)))
+        return Camera(move, float(rng.uniform(0.3, 0.4) * scale))
     if move == "zoom_in":
-        return Camera(move, float(rng.uniform(1.3, 1.5)))
+        return Camera(move, float(rng.uniform(1.3, 1.5) ** scale))
     if move == "zoom_out":
-        return Camera(move, float(1 / rng.uniform(1.3, 1.5)))
+        return Camera(move, float(1 / rng.uniform(1.3, 1.5) ** scale))
     if move == "shake":
         return Camera(move, float(rng.uniform(0.4, 1.0)))
     return Camera(move)
@@ -232,11 +233,13 @@ def sample_scene(rng: np.random.Generator | int | None = None, *, split: str = "
     bg = _background(rng, str(rng.choice(_allowed("background", background, BACKGROUNDS))))
     light = str(rng.choice(_allowed("lighting", lighting, LIGHTINGS)))
     count = int(rng.choice(counts, p=_count_weights(counts)))
-    for _ in range(20):
-        # Start again from the main object when the others find no room around it.
+    for attempt in range(20):
+        # Start again from the main object when the others find no room around it, with a shorter
+        # camera move when the main object itself found none (a fast triangle against a dolly).
         stage = _Stage.empty(cam, seed)
         if not _place(rng, combo[:3], GROW_MAIN_SIZE if combo[2] == "grow" else MAIN_SIZE, stage):
-            raise RuntimeError(f"sample_scene: no room for a {combo} scene")
+            cam = _camera(rng, combo[3], scale=max(0.6, 0.9 - 0.1 * attempt))
+            continue
         while len(stage.placed) < count and _secondary(rng, split, cam, stage):
             pass
         if len(stage.placed) == count:
