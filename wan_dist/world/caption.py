@@ -129,7 +129,7 @@ def caption(scene: Scene, rng: np.random.Generator | int | None = None) -> str:
     """One English caption of ``scene``: main object, background and camera in one sentence, lighting,
     then any other objects. ``rng`` (a generator or seed) chooses among phrasings; None gives the
     canonical phrasing. Every word used is in :func:`caption_words`."""
-    pick = _Chooser(np.random.default_rng(rng) if isinstance(rng, int) else rng)
+    pick = _Chooser(rng if rng is None or isinstance(rng, np.random.Generator) else np.random.default_rng(rng))
     main = f"{_noun(scene.main, pick)} {_motion(scene.main, pick)}"
     moving = "moving" if scene.main.motion not in ("still", "grow", "shrink", "rotate", "bounce") else "staying"
     camera, bg = _camera(scene.camera, pick), _background(scene.background, pick)
