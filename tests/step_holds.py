@@ -101,7 +101,7 @@ class Holds:
         except FileNotFoundError:
             return None
 
-    def wait_reached(self, prompt: str, timeout_s: float = 120.0) -> dict:
+    def wait_reached(self, prompt: str, timeout_s: float = 300.0) -> dict:
         deadline = time.monotonic() + timeout_s
         while (note := self.reached(prompt)) is None:
             if time.monotonic() > deadline:

@@ -416,15 +416,17 @@ async def _preview_bytes(job) -> bytes | None:
 
 
 async def _events(s: ServeState, job_id: str, request: Request):
-    """Server-sent events: ``status`` on every status change, ``progress`` on every progress change,
+    """Server-sent events: ``status`` on every status change, ``progress`` on every progress value while in progress,
     ``preview`` (a data: URL of a JPEG) on every new preview frame, ending with the terminal status."""
     last: tuple | None = None
     shown = None  # the preview step last sent
     while True:
         job = await asyncio.to_thread(s.store.get, job_id)
-        if last is None or job.status != last[0]:
+        new_status = last is None or job.status != last[0]
+        if new_status:
             yield f"event: status\ndata: {json.dumps(s.service.view(job))}\n\n"
-        elif job.progress != last[1]:
+        # every progress value seen while it renders, the first one too (it may come with the status change)
+        if job.status == JobStatus.IN_PROGRESS and job.progress != (0 if new_status else last[1]):
             yield f"event: progress\ndata: {json.dumps({'id': job.id, 'progress': job.progress})}\n\n"
         last = (job.status, job.progress)
         if job.preview and job.preview["step"] != shown and (image := await _preview_bytes(job)) is not None:
