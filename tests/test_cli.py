@@ -32,7 +32,7 @@ def rendered(tmp_path_factory):
     cache = root / "cache"
     out = root / "out"
     wan_dist("render", "model=tiny", "prompt=a paper boat drifting on a canal", "seed=7", f"output={out}",
-             "height=48", "width=80", "num_frames=13", "output.fps=12", "sampling.num_inference_steps=3",
+             "height=48", "width=80", "num_frames=13", "fps=12", "sampling.num_inference_steps=3",
              "name=boat", "progress=false", cwd=root, cache=cache)
     return root, cache, out / "boat"
 

@@ -210,7 +210,7 @@ def test_non_strict_sizes_take_any_multiple():
     err = refused({"prompt": "x", "size": "72x64"}, strict_sizes=False)  # not a multiple of 16
     assert (err.param, "multiple of 16" in err.message) == ("size", True)
     assert refused({"prompt": "x", "width": 72, "height": 64}, strict_sizes=False).param == "width"
-    assert refused({"prompt": "x", "width": 64, "height": 8192}, strict_sizes=False).param == "width"
+    assert refused({"prompt": "x", "width": 64, "height": 8192}, strict_sizes=False).param == "height"  # the bad one
 
 
 def test_uploaded_image_is_trusted_but_not_with_a_url_too():

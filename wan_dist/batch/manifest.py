@@ -7,15 +7,14 @@ its resolved settings) and one :class:`RowError` per bad row (id, column, reason
 Bad rows never raise; problems of the whole file do (:class:`ManifestError`): an unknown or missing
 required column, a column of the wrong type, duplicate ids.
 
-Rules beyond the per-variant ones of ``resolve_settings``:
+The request columns are the fields of ``engine.request.REQUEST_FIELDS`` and are checked by its
+``build_request`` (as every other front door's), with the row's ``id`` as the request's ``name``. Rules of
+the manifest itself:
 
 - ``seed`` null: :func:`derive_seed` of the id (a hash), so a rerun renders the same clip.
-- ``duration_s`` (exclusive with ``num_frames``): ``num_frames = s * floor(duration_s * fps / s + 0.5) + 1``
-  where ``s`` is the variant's temporal stride (4) and ``fps`` the row's fps or the variant's default:
-  the ``4k+1`` frame count whose length ``(num_frames - 1) / fps`` is nearest to ``duration_s`` (ties up).
-- ``fps`` null: the variant's default (recorded in the request, so every row says its fps).
-- ``width``/``height`` null on an i2v variant: decided by the input image's aspect at render time
-  (``settings`` then holds ``None`` for them).
+- ``duration_s``: see ``engine.request.frames_for_duration``; ``fps`` null: the variant's default (recorded
+  in the request, so every row says its fps); ``width``/``height`` null on an i2v variant: decided by the
+  input image's aspect at render time (``settings`` then holds ``None`` for them).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,36 +30,33 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wan_dist.config import SamplingConfig
-from wan_dist.engine.render import RenderRequest
-from wan_dist.engine.settings import resolve_settings
-from wan_dist.models.presets import PRESETS
+from wan_dist.engine.request import REQUEST_FIELDS, RenderRequest, RequestError, build_request, frames_for_duration
+from wan_dist.models.presets import PRESETS, variant_name
 from wan_dist.storage.objects import join, read_bytes, write_bytes_atomic
 
 __all__ = ["MANIFEST_SCHEMA", "REQUIRED_COLUMNS", "RESERVED_COLUMNS", "ManifestError", "RowError", "ManifestRow",
            "Manifest", "read_manifest", "manifest_from_table", "manifest_table", "write_manifest",
            "manifest_from_prompts", "derive_seed", "frames_for_duration"]
 
-_STRING, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
+_STRING = pa.string()
+_ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING}  # an object column holds JSON
+# The request's own fields are its columns (engine.request.REQUEST_FIELDS; ``name`` is the row's ``id``), between
+# the row's id and model and where its clip goes.
+_REQUEST_COLUMNS = [f for f in REQUEST_FIELDS if f.name not in ("name", "metadata")]
+RESERVED_COLUMNS = ("camera", "safe_zone", "style", "layers", "lora")
 MANIFEST_SCHEMA = pa.schema([
-    pa.field("id", _STRING, nullable=False), ("model", _STRING), pa.field("prompt", _STRING, nullable=False),
-    ("negative_prompt", _STRING), ("image", _STRING), ("width", _INT), ("height", _INT), ("num_frames", _INT),
-    ("duration_s", _FLOAT), ("fps", _INT), ("num_inference_steps", _INT), ("guidance_scale", _FLOAT),
-    ("guidance_scale_2", _FLOAT), ("boundary_ratio", _FLOAT), ("shift", _FLOAT), ("solver", _STRING),
-    ("schedule", _STRING), ("seed", _INT), ("output_prefix", _STRING), ("metadata", _STRING),
+    pa.field("id", _STRING, nullable=False), ("model", _STRING),
+    *[pa.field(f.name, _ARROW[f.type], nullable=f.name != "prompt") for f in _REQUEST_COLUMNS],
+    ("output_prefix", _STRING), ("metadata", _STRING),
     # reserved for the creative controls to come: any non-null value is a row error for now
-    ("camera", _STRING), ("safe_zone", _STRING), ("style", _STRING), ("layers", _STRING), ("lora", _STRING),
+    *[(name, _STRING) for name in RESERVED_COLUMNS],
 ])
 """Columns of a manifest, in order. Only ``id`` and ``prompt`` are required; a missing optional column is null."""
 
 REQUIRED_COLUMNS = ("id", "prompt")
 # What a read table is conformed to: other writers may leave required columns nullable; nulls are row errors.
 _READ_SCHEMA = pa.schema([field.with_nullable(True) for field in MANIFEST_SCHEMA])
-RESERVED_COLUMNS = ("camera", "safe_zone", "style", "layers", "lora")
 MAX_ID_LENGTH = 200
-_MODEL_ALIAS_PREFIX = "wan2.2-"  # the HTTP API's model names (wan2.2-t2v-a14b) are accepted too
-_RESOLVE_ARGS = ("negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
-                 "guidance_scale_2", "boundary_ratio", "shift", "seed", "solver", "schedule")
 
 
 class ManifestError(ValueError):
@@ -117,11 +112,6 @@ def derive_seed(row_id: str) -> int:
     """The seed of a row whose ``seed`` is null: a hash of its id, in [0, 2^53) (exact in JSON everywhere)."""
     digest = hashlib.sha256(f"wan-dist/manifest-seed/{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 11
-
-
-def frames_for_duration(duration_s: float, fps: int, stride: int = 4) -> int:
-    """The ``stride*k+1`` frame count whose length ``(frames - 1) / fps`` is nearest ``duration_s`` (ties up)."""
-    return stride * math.floor(duration_s * fps / stride + 0.5) + 1
 
 
 def read_manifest(uri: str, *, default_model: str, layout: str = "diffusers",
@@ -205,7 +195,7 @@ def _cast_column(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArra
 
 
 def _model_name(name):
-    return name.removeprefix(_MODEL_ALIAS_PREFIX) if isinstance(name, str) else name
+    return variant_name(name) if isinstance(name, str) else name
 
 
 def _row_id(value) -> str:
@@ -251,97 +241,37 @@ def _validate_row(index: int, r: dict, *, default_model: str, layout: str
                   ) -> tuple[ManifestRow | None, RowError | None]:
     errors: list[tuple[str, str]] = []
 
-    def fail(column: str, reason: str) -> None:
-        errors.append((column, reason))
-
     def checked(column: str, check, fallback=None):
         try:
             return check(r[column])
         except ValueError as error:
-            fail(column, str(error))
+            errors.append((column, str(error)))
             return fallback
 
-    checked("id", _row_id)
+    id_ok = checked("id", _row_id) is not None
     row_id = r["id"] if r["id"] and r["id"].strip() else f"row-{index}"
     spec = PRESETS.get(_model_name(r["model"]) if r["model"] is not None else default_model)
     if spec is None:
-        fail("model", f"unknown variant {r['model']!r}; known: {', '.join(sorted(PRESETS))}")
-    prompt = r["prompt"]
-    if prompt is None or not prompt.strip():
-        fail("prompt", "must be a non-empty string")
+        errors.append(("model", f"unknown variant {r['model']!r}; known: {', '.join(sorted(PRESETS))}"))
     for column in RESERVED_COLUMNS:
         if r[column] is not None:
-            fail(column, "reserved for a feature to come, not supported yet (leave it null)")
+            errors.append((column, "reserved for a feature to come, not supported yet (leave it null)"))
     metadata = checked("metadata", _metadata, {})
     output_prefix = checked("output_prefix", _output_prefix, "")
-    image = r["image"]
-    if image is not None and not image.strip():
-        fail("image", "must be a path or URL, or null")
-    if r["num_frames"] is not None and r["duration_s"] is not None:
-        fail("duration_s", "give num_frames or duration_s, not both")
-    if r["fps"] is not None and r["fps"] < 1:
-        fail("fps", f"must be a positive integer, got {r['fps']}")
-    duration = r["duration_s"]
-    if duration is not None and not (math.isfinite(duration) and duration > 0):
-        fail("duration_s", f"must be a positive number of seconds, got {duration}")
-        duration = None
-
+    built = None
     if spec is not None:
-        fps = r["fps"] if r["fps"] is not None and r["fps"] >= 1 else spec.defaults.fps
-        if spec.task == "t2v" and image is not None:
-            fail("image", f"the t2v variant {spec.name} takes no input image")
-        args = {name: r[name] for name in _RESOLVE_ARGS}
-        if args["seed"] is None:
-            args["seed"] = derive_seed(row_id)
-        from_duration = args["num_frames"] is None and duration is not None
-        if from_duration:
-            args["num_frames"] = frames_for_duration(duration, fps, spec.vae.temporal_stride)
-        settings, resolve_errors = _resolve(spec, args, layout=layout, has_image=image is not None,
-                                            prompt=prompt or "-")
-        for column, reason in resolve_errors:
-            fail("duration_s" if from_duration and column == "num_frames" else column, reason)
+        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS}
+        try:
+            name = {"name": row_id} if id_ok else {}  # a bad id is reported once, above
+            built = build_request({**fields, **name, "metadata": metadata}, spec=spec, layout=layout,
+                                  default_seed=lambda: derive_seed(row_id))
+        except RequestError as error:
+            errors += [("id" if column == "name" else column, reason) for column, reason in error.problems]
     if errors:
         (column, reason), *more = errors
         return None, RowError(id=row_id, index=index, column=column, reason=reason, more=tuple(more))
-
-    sampling = SamplingConfig(solver=args["solver"] or "unipc", schedule=args["schedule"],
-                              num_inference_steps=args["num_inference_steps"], shift=args["shift"],
-                              guidance_scale=args["guidance_scale"], guidance_scale_2=args["guidance_scale_2"],
-                              boundary_ratio=args["boundary_ratio"])
-    request = RenderRequest(prompt=prompt, negative_prompt=args["negative_prompt"], image=image,
-                            height=args["height"], width=args["width"], num_frames=args["num_frames"], fps=fps,
-                            seed=args["seed"], sampling=sampling, name=row_id, metadata=metadata)
-    resolved = settings.to_dict()
-    resolved.pop("checkpoint_id")  # a placeholder here: the run's checkpoint is not known yet
-    if spec.task == "i2v" and (args["height"] is None or args["width"] is None):
-        resolved["height"] = resolved["width"] = None  # decided by the image's aspect when rendering
-    resolved["fps"] = fps
-    return ManifestRow(id=row_id, index=index, model=spec.name, request=request, output_prefix=output_prefix,
-                       settings=resolved), None
-
-
-def _resolve(spec, args: dict, *, layout: str, has_image: bool, prompt: str):
-    """resolve_settings on ``args``; after an error, retry with that field at its default to find the next."""
-    errors: list[tuple[str, str]] = []
-    args = dict(args)
-    for _ in range(len(_RESOLVE_ARGS) + 2):
-        try:
-            settings = resolve_settings(spec, layout=layout, prompt=prompt, prompt_embeds=None,
-                                        checkpoint_id="manifest", output_type="np", has_image=has_image, **args)
-        except ValueError as error:
-            column, _, reason = str(error).partition(": ")
-            errors.append((column, reason))
-            if column == "image" and not has_image:
-                has_image = True
-            elif column == "seed" and args["seed"] != 0:
-                args["seed"] = 0
-            elif column in args and args[column] is not None and column != "seed":
-                args[column] = None
-            else:
-                break
-        else:
-            return (None if errors else settings), errors
-    return None, errors
+    return ManifestRow(id=row_id, index=index, model=spec.name, request=built.request, output_prefix=output_prefix,
+                       settings=built.settings), None
 
 
 def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:

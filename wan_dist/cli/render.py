@@ -7,7 +7,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from wan_dist.config import OutputConfig, SamplingConfig, from_dict
+from wan_dist.config import OutputConfig, from_dict
 
 log = logging.getLogger("wan_dist")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -23,20 +23,34 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
-def _request_from_config(cfg: DictConfig):
-    from wan_dist.engine.render import RenderRequest
+def _request_from_config(cfg: DictConfig, folder):
+    """The request of ``wan-dist render``, built and checked (engine.request) against the checkpoint in
+    ``folder`` before anything loads: a bad value ends the command with one line naming the field."""
+    from wan_dist.engine.request import REQUEST_FIELDS, RenderRequest, RequestError, build_request
+    from wan_dist.models.checkpoint import detect_checkpoint
 
     if cfg.sidecar:
         from wan_dist.storage.objects import read_bytes
 
-        sidecar = json.loads(read_bytes(cfg.sidecar))
-        source = sidecar["model"]["source"] or cfg.model.source
-        return RenderRequest.from_sidecar(sidecar), source
-    sampling = from_dict(SamplingConfig, OmegaConf.to_container(cfg.sampling, resolve=True))
-    request = RenderRequest(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, image=cfg.image,
-                            height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, seed=cfg.seed,
-                            sampling=sampling, name=cfg.name)
-    return request, cfg.model.source
+        return RenderRequest.from_sidecar(json.loads(read_bytes(cfg.sidecar)))
+    info = detect_checkpoint(folder)
+    sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
+    # every request field is a top-level key of conf/render.yaml, the sampling ones in the sampling group
+    fields = {f.name: sampling[f.name] if f.name in sampling else cfg.get(f.name) for f in REQUEST_FIELDS}
+    if isinstance(fields["metadata"], DictConfig):
+        fields["metadata"] = OmegaConf.to_container(fields["metadata"], resolve=True)
+    try:
+        return build_request(fields, spec=info.spec, layout=info.layout).request
+    except RequestError as error:
+        raise SystemExit(f"wan-dist render: {error}") from None
+
+
+def _source_of(cfg: DictConfig) -> str:
+    if cfg.sidecar:
+        from wan_dist.storage.objects import read_bytes
+
+        return json.loads(read_bytes(cfg.sidecar))["model"]["source"] or cfg.model.source
+    return cfg.model.source
 
 
 def render_main(cfg: DictConfig) -> None:
@@ -44,11 +58,14 @@ def render_main(cfg: DictConfig) -> None:
 
     from wan_dist.engine.pipeline import load_pipeline
     from wan_dist.engine.render import render
+    from wan_dist.engine.sources import resolve_source
 
     output = from_dict(OutputConfig, OmegaConf.to_container(cfg.output, resolve=True))
-    request, source = _request_from_config(cfg)
+    source = _source_of(cfg)
+    folder = resolve_source(source, layout=cfg.model.layout)  # configs only: the weights load below
+    request = _request_from_config(cfg, folder)
     device = cfg.model.device
-    pipe = load_pipeline(source, device=device, dtype=torch_dtype(cfg.model.dtype, device),
+    pipe = load_pipeline(folder, device=device, dtype=torch_dtype(cfg.model.dtype, device),
                          layout=cfg.model.layout)
     bar = tqdm(desc="denoise", unit="step", disable=not cfg.progress)
 

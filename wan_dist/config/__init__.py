@@ -195,7 +195,6 @@ class OutputConfig:
     """Where and how a clip is written."""
 
     uri: str = "outputs"
-    fps: int | None = None  # None: the variant's default
     codec: str = "libx264"
     crf: int = 18
     preset: str = "medium"
@@ -203,8 +202,6 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.uri), "OutputConfig", "uri", "must not be empty")
-        if self.fps is not None:
-            _require(self.fps > 0, "OutputConfig", "fps", f"must be > 0, got {self.fps}")
         _require(0 <= self.crf <= 51, "OutputConfig", "crf", f"must be in [0, 51], got {self.crf}")
 
 

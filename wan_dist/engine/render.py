@@ -1,63 +1,22 @@
 """One render request in, one clip + sidecar in object storage out.
 
-``RenderRequest`` is the typed request every front door builds (CLI, manifest row, HTTP job);
-``RenderResult`` is what comes back. A sidecar records every resolved setting, so
-``RenderRequest.from_sidecar`` reproduces the clip.
+``RenderRequest`` (``engine.request``) is the typed request every front door builds (CLI, manifest row, HTTP
+job); ``RenderResult`` is what comes back. A sidecar records the request (its loose form and digest) and every
+resolved setting, so ``RenderRequest.from_sidecar`` reproduces the clip.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import platform
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from wan_dist.config import OutputConfig, SamplingConfig
+from wan_dist.config import OutputConfig
+from wan_dist.engine.request import RenderRequest
 
 __all__ = ["RenderRequest", "RenderResult", "render", "generate_for", "publish", "model_record", "versions"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class RenderRequest:
-    prompt: str
-    negative_prompt: str | None = None
-    image: str | None = None  # local path or fsspec URL of the input image (I2V / TI2V)
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    seed: int | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    name: str | None = None  # clip folder under the output URI; derived from seed and prompt when None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise ValueError(f"prompt: must be a string, got {type(self.prompt).__name__}")
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
-            raise ValueError(f"name: must be a non-empty folder name without '/' or a leading '.', got {self.name!r}")
-
-    def clip_name(self, seed: int) -> str:
-        if self.name:
-            return self.name
-        digest = hashlib.sha256(self.prompt.encode()).hexdigest()[:10]
-        return f"clip-{seed}-{digest}"
-
-    @classmethod
-    def from_sidecar(cls, sidecar: dict) -> "RenderRequest":
-        """The request that reproduces the clip described by ``sidecar`` (same seed, same frames)."""
-        s = sidecar["settings"]
-        sampling = SamplingConfig(solver=s["solver"], schedule=s["schedule"],
-                                  num_inference_steps=s["num_inference_steps"], shift=s["shift"],
-                                  guidance_scale=s["guidance_scale"], guidance_scale_2=s["guidance_scale_2"],
-                                  boundary_ratio=s["boundary_ratio"])
-        request = sidecar.get("request", {})
-        return cls(prompt=s["prompts"][0], negative_prompt=s["negative_prompts"][0], image=request.get("image"),
-                   height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
-                   seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,11 +80,11 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     from wan_dist.storage.objects import join
     from wan_dist.video.clip import write_clip
 
-    fps = request.fps or output.fps or model["default_fps"]
+    fps = request.fps or model["default_fps"]  # a built request always has its fps
     prefix = join(output.uri, request.clip_name(out.seed))
     sidecar = {
-        "request": {**{k: v for k, v in dataclasses.asdict(request).items() if k != "sampling"},
-                    "sampling": dataclasses.asdict(request.sampling)},
+        "request": request.to_dict(),
+        "request_digest": request.digest(),
         "settings": out.settings.to_dict(),
         "model": {k: v for k, v in model.items() if k != "default_fps"},
         "fps": fps,

@@ -11,7 +11,8 @@ from typing import Literal
 
 from wan_dist.config import DiTConfig, TextEncoderConfig, VAEConfig
 
-__all__ = ["VariantSpec", "SamplingDefaults", "PRESETS", "get_preset", "WAN21_LATENTS_MEAN",
+__all__ = ["VariantSpec", "SamplingDefaults", "PRESETS", "RELEASED", "get_preset", "public_model_name",
+           "variant_name", "WAN21_LATENTS_MEAN",
            "WAN21_LATENTS_STD", "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD"]
 
 # Per-channel latent statistics published with the Wan 2.1 VAE (z=16) and the Wan 2.2 VAE (z=48).
@@ -157,3 +158,18 @@ def get_preset(name: str) -> VariantSpec:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"model: unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
+
+
+# The released models' public names (the HTTP API's, Wan's own) carry this prefix: wan2.2-t2v-a14b.
+PUBLIC_PREFIX = "wan2.2-"
+RELEASED = ("t2v-a14b", "i2v-a14b", "ti2v-5b")
+
+
+def public_model_name(variant: str) -> str:
+    """``t2v-a14b`` -> ``wan2.2-t2v-a14b``; other presets keep their own name."""
+    return PUBLIC_PREFIX + variant if variant in RELEASED else variant
+
+
+def variant_name(name: str) -> str:
+    """The preset name behind a public name (``wan2.2-t2v-a14b`` -> ``t2v-a14b``); other names as they are."""
+    return name.removeprefix(PUBLIC_PREFIX) if name.removeprefix(PUBLIC_PREFIX) in RELEASED else name

@@ -11,13 +11,15 @@ The app parses the body (JSON, or a form through ``serve.forms``), stores an upl
   (``invalid_value``, ``unsupported_size``, ``image_too_large``) field, on both front doors (FastAPI's
   own validation errors are 422 too: one code for bad fields in the OpenAPI schema).
 
-Rules beyond ``resolve_settings`` (4k+1 frames, size multiples, experts, i2v needs an image):
+The request's own fields, their types and bounds come from ``engine.request.REQUEST_FIELDS`` and are
+checked by its ``build_request`` (with ``resolve_settings``' rules: 4k+1 frames, size multiples, experts, i2v
+needs an image), as at every front door. Rules of this door:
 
 - Size: ``size`` ("1280x720"), or ``width`` + ``height``, or ``resolution`` ("480p"/"720p") +
   ``aspect_ratio`` ("16:9"/"9:16"/"1:1"), which pick the variant's supported size within 10% of the short
   side and 5% of the aspect (a missing one: the default size's). A size outside the variant's
   ``defaults.sizes`` is refused (``strict_sizes=False``: any multiple). No size on i2v: the image decides.
-- Length: ``num_frames``, or ``seconds`` (alias ``duration``) through the manifest's ``frames_for_duration``
+- Length: ``num_frames``, or ``duration_s`` / ``seconds`` / ``duration`` (``engine.request.frames_for_duration``)
   at ``fps`` (default: the variant's); at most :data:`MAX_NUM_FRAMES` frames.
 - ``seed`` absent: drawn now and written into the request, so a retried job renders the same clip; the
   ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
@@ -34,29 +36,23 @@ import binascii
 import dataclasses
 import math
 import re
-import secrets
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from wan_dist.batch.manifest import frames_for_duration
-from wan_dist.config import SamplingConfig
-from wan_dist.engine.render import RenderRequest
-from wan_dist.engine.settings import resolve_settings
-from wan_dist.models.presets import PRESETS, VariantSpec
+from wan_dist.engine.request import (MAX_NUM_FRAMES, MAX_PROMPT_CHARS, REQUEST_FIELDS, RenderRequest, RequestError as
+                                     BuildError, RequestField, build_request)
+from wan_dist.models.presets import PRESETS, RELEASED, VariantSpec, public_model_name
 
 __all__ = ["MODEL_NAMES", "MAX_NUM_FRAMES", "MAX_IMAGE_BYTES", "RequestError", "error_body", "resolve_model",
            "public_model_name", "JobCreate", "VideoCreate", "ValidatedRequest", "validate_job_request",
            "validate_video_request", "render_request", "size_for_resolution", "video_object", "job_view"]
 
-_PREFIX = "wan2.2-"
-_RELEASED = ("t2v-a14b", "i2v-a14b", "ti2v-5b")
-MODEL_NAMES: dict[str, str] = {**{_PREFIX + name: name for name in _RELEASED}, **{name: name for name in PRESETS}}
+MODEL_NAMES: dict[str, str] = {**{public_model_name(name): name for name in RELEASED},
+                               **{name: name for name in PRESETS}}
 """Public model name (body ``model`` or path segment) -> variant (preset) name."""
-MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_PROMPT_CHARS = 10_000
 METADATA_MAX_KEYS, METADATA_MAX_KEY_CHARS, METADATA_MAX_VALUE_CHARS = 16, 64, 512  # OpenAI's metadata limits
 _RESOLUTIONS, _ASPECTS = {"480p": 480, "720p": 720}, {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0}
 _SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
@@ -94,42 +90,38 @@ def resolve_model(name: Any, served: Iterable[str]) -> str:
     return variant
 
 
-def public_model_name(variant: str) -> str:
-    """``t2v-a14b`` -> ``wan2.2-t2v-a14b``; other presets keep their own name."""
-    return _PREFIX + variant if variant in _RELEASED else variant
+def _annotation(f: RequestField):
+    """The pydantic type of a request field: its type, choices and bounds, as REQUEST_FIELDS declares them."""
+    bounds = {"gt" if f.open_low else "ge": f.low} if f.low is not None else {}
+    bounds.update({"le": f.high} if f.high is not None else {})
+    bounds.update({"max_length": f.max_length} if f.max_length is not None else {})
+    base = Literal[f.choices] if f.choices else (dict[str, Any] if f.type is dict else f.type)
+    return Annotated[base, Field(description=f.help, **bounds)]
 
 
-class JobCreate(BaseModel):
-    """Body of ``POST /v1/models/{model}/jobs`` (unknown fields are refused)."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
-    image: str | None = None
-    size: str | None = None
-    width: Annotated[int, Field(ge=1)] | None = None
-    height: Annotated[int, Field(ge=1)] | None = None
-    resolution: Literal["480p", "720p"] | None = None
-    aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None
-    num_frames: Annotated[int, Field(ge=1, le=MAX_NUM_FRAMES)] | None = None
-    seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
-    duration: Annotated[float, Field(gt=0, le=3600)] | None = None  # alias of seconds
-    fps: Annotated[int, Field(ge=1, le=120)] | None = None
-    num_inference_steps: Annotated[int, Field(ge=1, le=200)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0)] | None = None
-    guidance_scale_2: Annotated[float, Field(ge=0)] | None = None
-    boundary_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
-    shift: Annotated[float, Field(gt=0)] | None = None
-    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
-    solver: Literal["unipc", "dpm++", "euler"] | None = None
-    schedule: Literal["reference", "diffusers"] | None = None
-    webhook_url: Annotated[str, Field(max_length=2048)] | None = None
-    metadata: dict[str, Any] | None = None
-    progress_webhooks: bool = False
-    deadline_s: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+# The HTTP door's own fields beside the request's: other spellings of size and length, and what happens
+# around the render (webhooks, deadline). ``name`` is not a client's to choose: the job id names the folder.
+_HTTP_FIELDS = {
+    "size": (str | None, Field(None, description="WIDTHxHEIGHT, e.g. 1280x720 (or width and height)")),
+    "resolution": (Literal["480p", "720p"] | None, None),
+    "aspect_ratio": (Literal["16:9", "9:16", "1:1"] | None, None),
+    "seconds": (Annotated[float, Field(gt=0, le=3600)] | None, None),
+    "duration": (Annotated[float, Field(gt=0, le=3600)] | None, None),  # alias of seconds
+    "webhook_url": (Annotated[str, Field(max_length=2048)] | None, None),
+    "progress_webhooks": (bool, False),
+    "deadline_s": (Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None, None),
+}
+_REQUEST_BODY_FIELDS = [f for f in REQUEST_FIELDS if f.name != "name"]
+JobCreate = create_model(
+    "JobCreate", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    __doc__="Body of ``POST /v1/models/{model}/jobs``: the fields of engine.request.REQUEST_FIELDS (except "
+            "``name``) and the HTTP door's own; unknown fields are refused.",
+    prompt=(Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to render")], ...),
+    **{f.name: (_annotation(f) | None, None) for f in _REQUEST_BODY_FIELDS if f.name != "prompt"},
+    **_HTTP_FIELDS)
 
 
-class VideoCreate(JobCreate):
+class VideoCreate(JobCreate):  # type: ignore[misc,valid-type] - JobCreate is a generated model class
     """Body of ``POST /v1/videos``: OpenAI's fields, with every Wan field of :class:`JobCreate` riding along.
 
     Other unknown fields are refused like on the model endpoints: a misspelt Wan field must not be ignored."""
@@ -152,15 +144,14 @@ class ValidatedRequest:
 
     def record(self) -> dict:
         """Plain data for the job record (``job["request"]``): what the videos API shows (prompt, seconds,
-        size) and, under ``render``, the whole RenderRequest (:func:`render_request` rebuilds it)."""
-        render = dataclasses.asdict(self.request)
-        return {"prompt": self.request.prompt, "seconds": self.seconds, "size": self.size, "render": render}
+        size) and, under ``render``, the whole RenderRequest's loose form (:func:`render_request` rebuilds it)."""
+        return {"prompt": self.request.prompt, "seconds": self.seconds, "size": self.size,
+                "render": self.request.to_dict()}
 
 
 def render_request(record: dict) -> RenderRequest:
     """The RenderRequest of a job record's ``request`` (from :meth:`ValidatedRequest.record`)."""
-    render = dict(record["render"])
-    return RenderRequest(**{**render, "sampling": SamplingConfig(**render["sampling"])})
+    return RenderRequest.from_dict(record["render"])
 
 
 def _parse(model: type[BaseModel], body: Any) -> Any:
@@ -256,55 +247,40 @@ def _size(job: JobCreate, spec: VariantSpec, strict: bool) -> tuple[int | None, 
     return width, height, param
 
 
-def _frames(job: JobCreate, spec: VariantSpec, fps: int) -> tuple[int | None, str]:
-    given = [name for name in ("num_frames", "seconds", "duration") if getattr(job, name) is not None]
+def _length(job: JobCreate) -> tuple[dict, str]:
+    """The request's length field (``num_frames`` or ``duration_s``, from ``seconds`` / ``duration`` too) and
+    the param the client used for it."""
+    given = [name for name in ("num_frames", "duration_s", "seconds", "duration") if getattr(job, name) is not None]
     if len(given) > 1:
         raise _invalid(given[1], f"give one of num_frames, seconds or duration, not {' and '.join(given)}")
-    if not given or given[0] == "num_frames":
-        return job.num_frames, "num_frames"
-    frames = frames_for_duration(getattr(job, given[0]), fps, spec.vae.temporal_stride)
-    if frames > MAX_NUM_FRAMES:
-        raise _invalid(given[0], f"at most {(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps ({MAX_NUM_FRAMES} frames)")
-    return frames, given[0]
+    if not given:
+        return {}, "num_frames"
+    name = given[0]
+    return ({"num_frames": job.num_frames} if name == "num_frames" else {"duration_s": getattr(job, name)}), name
 
 
 def _build(job: JobCreate, spec: VariantSpec, *, layout: str, image: str | None, image_param: str,
            default_seed: int | None, name: str | None, strict_sizes: bool) -> ValidatedRequest:
-    if job.prompt.strip() == "":
-        raise _invalid("prompt", "must not be blank")
-    if spec.task == "t2v" and image is not None:
-        raise _invalid(image_param, f"the t2v variant {spec.name} takes no input image")
     if job.webhook_url is not None and not re.fullmatch(r"https?://[^/\s?#]+\S*", job.webhook_url, re.I):
         raise _invalid("webhook_url", "must be an http(s) URL")
     metadata = _check_metadata(job.metadata)
     width, height, size_param = _size(job, spec, strict_sizes)
-    fps = job.fps or spec.defaults.fps
-    num_frames, frames_param = _frames(job, spec, fps)
-    seed = job.seed if job.seed is not None else secrets.randbelow(2**53) if default_seed is None else default_seed
-    params = {"num_frames": frames_param, "image": image_param, **dict.fromkeys(("height", "width"), size_param)}
+    length, length_param = _length(job)
+    fields = {f.name: getattr(job, f.name) for f in _REQUEST_BODY_FIELDS if f.name not in ("num_frames", "duration_s")}
+    fields.update(length, width=width, height=height, image=image, name=name, metadata=metadata)
+    params = {"num_frames": length_param, "duration_s": length_param, "image": image_param,
+              **dict.fromkeys(("height", "width"), size_param)}
     try:
-        s = resolve_settings(
-            spec, layout=layout, prompt=job.prompt, negative_prompt=job.negative_prompt, prompt_embeds=None,
-            height=height, width=width, num_frames=num_frames, num_inference_steps=job.num_inference_steps,
-            guidance_scale=job.guidance_scale, guidance_scale_2=job.guidance_scale_2,
-            boundary_ratio=job.boundary_ratio, shift=job.shift, seed=seed, solver=job.solver,
-            schedule=job.schedule, output_type="np", has_image=image is not None, checkpoint_id="http")
-    except ValueError as error:
-        column, _, reason = str(error).partition(": ")
-        raise _invalid(params.get(column) or column, reason) from None
-    by_image = spec.task == "i2v" and width is None
-    sampling = SamplingConfig(**{k: getattr(s, k) for k in (
-        "solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2", "boundary_ratio")})
-    request = RenderRequest(
-        prompt=job.prompt, negative_prompt=job.negative_prompt, image=image,
-        height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
-        fps=fps, seed=s.seed, sampling=sampling, name=name, metadata=metadata)
-    settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
-    del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
+        built = build_request(fields, spec=spec, layout=layout,
+                              default_seed=None if default_seed is None else (lambda: default_seed))
+    except BuildError as error:
+        raise _invalid(params.get(error.field) or error.field, error.reason) from None
+    request = built.request
+    by_image = request.width is None
     return ValidatedRequest(
-        variant=spec.name, request=request, settings=settings, seconds=f"{(s.num_frames - 1) / fps:g}",
-        size=None if by_image else f"{s.width}x{s.height}", webhook_url=job.webhook_url, metadata=metadata,
-        progress_webhooks=job.progress_webhooks, deadline_s=job.deadline_s)
+        variant=spec.name, request=request, settings=built.settings, seconds=f"{built.seconds:g}",
+        size=None if by_image else f"{request.width}x{request.height}", webhook_url=job.webhook_url,
+        metadata=metadata, progress_webhooks=job.progress_webhooks, deadline_s=job.deadline_s)
 
 
 def _one_image(sources: list[tuple[str, str | None]]) -> tuple[str | None, str]:

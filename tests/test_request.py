@@ -1,0 +1,157 @@
+"""One request, one path: every field of engine.request.REQUEST_FIELDS reaches the same RenderRequest through
+every front door (Python's build_request, the CLI's config, a manifest row, an HTTP body), and a bad value is
+refused at each door naming the same field.
+
+The walk is driven by REQUEST_FIELDS itself: a field added there without a value here fails the walk, so a new
+request field is shown to work everywhere the day it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from wan_dist.batch.manifest import read_manifest, write_manifest
+from wan_dist.engine.request import REQUEST_FIELDS, RenderRequest, RequestError, build_request
+from wan_dist.models.presets import PRESETS
+from wan_dist.serve.schemas import RequestError as HTTPError, validate_job_request
+
+BASE = {"prompt": "a paper kite over the dunes", "seed": 5}
+# one value per field that differs from its default (``variant``: where the field applies); width and height
+# go together (their partner at its default)
+WALK: dict[str, tuple[str, object]] = {
+    "prompt": ("tiny", "a red kite over the sea"),
+    "negative_prompt": ("tiny", "blurry, dark"),
+    "image": ("tiny-ti2v", "s3://frames/kite.png"),
+    "width": ("tiny", 80),
+    "height": ("tiny", 96),
+    "num_frames": ("tiny", 13),
+    "duration_s": ("tiny", 1.0),
+    "fps": ("tiny", 8),
+    "num_inference_steps": ("tiny", 3),
+    "guidance_scale": ("tiny", 2.5),
+    "guidance_scale_2": ("tiny", 1.5),
+    "boundary_ratio": ("tiny", 0.5),
+    "shift": ("tiny", 7.0),
+    "solver": ("tiny", "euler"),
+    "schedule": ("tiny", "reference"),
+    "seed": ("tiny", 11),
+    "name": ("tiny", "kite-walk"),
+    "metadata": ("tiny", {"campaign": "walk"}),
+}
+# what each door calls a field when it is not the field's own name
+HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
+MANIFEST_NAMES = {"name": "id"}
+_SAMPLING = {f.name for f in dataclasses.fields(type(RenderRequest(prompt="x").sampling))}
+
+
+def test_the_walk_covers_every_request_field():
+    assert set(WALK) == {f.name for f in REQUEST_FIELDS}
+
+
+def _python(variant: str, fields: dict) -> RenderRequest:
+    return build_request(fields, spec=PRESETS[variant], layout="diffusers").request
+
+
+def _manifest(variant: str, fields: dict, tmp_path) -> RenderRequest:
+    row = {MANIFEST_NAMES.get(k, k): v for k, v in fields.items()}
+    row.setdefault("id", "walk")
+    path = str(tmp_path / f"walk-{len(list(tmp_path.iterdir()))}.parquet")
+    write_manifest([{**row, "model": variant}], path)
+    manifest = read_manifest(path, default_model="tiny")
+    assert not manifest.invalid, manifest.invalid
+    return manifest.rows[0].request
+
+
+def _http(variant: str, fields: dict) -> RenderRequest:
+    body = {k: v for k, v in fields.items() if k != "name"}
+    return validate_job_request(body, variant=variant, strict_sizes=False, name=fields.get("name")).request
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """The CLI door: conf/render.yaml composed with `key=value` overrides as `wan-dist render` composes them,
+    then the request the command would render (built before any weights load)."""
+    from hydra import compose, initialize_config_dir
+
+    from wan_dist.cli.main import conf_dir, rewrite_overrides
+    from wan_dist.cli.render import _request_from_config
+    from wan_dist.engine.sources import resolve_source
+
+    def request(variant: str, fields: dict) -> RenderRequest:
+        overrides = [f"model={variant}"]
+        for key, value in fields.items():
+            if key in _SAMPLING:
+                key = f"sampling.{key}"
+            if isinstance(value, dict):
+                value = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+            elif isinstance(value, str):
+                value = "'" + value.replace("'", "\\'") + "'"  # Hydra's quoting, as on a shell: key='a, b'
+            overrides.append(f"{key}={value}")
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("render", overrides=rewrite_overrides(overrides))
+        return _request_from_config(cfg, resolve_source(variant, layout="diffusers"))
+
+    return request
+
+
+@pytest.mark.parametrize("name", list(WALK))
+def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
+    variant, value = WALK[name]
+    base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {})}
+    fields = {**base, name: value}
+    if name in ("width", "height"):
+        fields.setdefault("height" if name == "width" else "width", 64)
+    if name == "duration_s":  # exclusive with num_frames; 1 s at the tiny preset's 16 fps: 17 frames
+        fields.pop("num_frames", None)
+    python = _python(variant, fields)
+    before = _python(variant, {k: v for k, v in base.items() if k != name} | ({"prompt": BASE["prompt"]}))
+    assert python.to_dict() != before.to_dict(), f"{name} changed nothing"  # the field has an effect
+    doors = {"cli": cli(variant, fields), "manifest": _manifest(variant, fields, tmp_path)}
+    if HTTP_NAMES.get(name, name) is not None:
+        doors["http"] = _http(variant, fields)
+    for door, request in doors.items():
+        got, want = request.to_dict(), python.to_dict()
+        if door == "manifest" and name != "name":
+            want["name"] = "walk"  # a manifest row always has an id
+        assert got == want, (door, name)
+        assert RenderRequest.from_dict(got) == request  # one serialisation, both ways
+
+
+@pytest.mark.parametrize(("name", "bad"), [("num_frames", 6), ("fps", 0), ("solver", "rk45"), ("shift", -1.0),
+                                           ("width", 70), ("guidance_scale", "high")])
+def test_a_bad_value_is_refused_at_every_door_naming_the_field(name, bad, cli, tmp_path):
+    fields = {**BASE, name: bad, **({"height": 64} if name == "width" else {})}
+    with pytest.raises(RequestError) as python:
+        _python("tiny", fields)
+    assert python.value.field == name
+    with pytest.raises(HTTPError) as http:
+        _http("tiny", fields)
+    assert http.value.param == name and http.value.status == 422
+    if not isinstance(bad, str) or name == "solver":  # a manifest column is typed: a string in a number column
+        path = str(tmp_path / "bad.parquet")                           # fails the whole file, not the row
+        write_manifest([{"id": "bad", **fields}], path)
+        (error,) = read_manifest(path, default_model="tiny").invalid
+        assert error.column == name
+    with pytest.raises(SystemExit, match=f"^wan-dist render: {name}: "):
+        cli("tiny", fields)
+
+
+def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
+    request = _python("tiny", {**BASE, "num_inference_steps": 3, "metadata": {"a": 1}, "name": "n"})
+    loose = request.to_dict()
+    assert RenderRequest.from_dict(loose) == request
+    nested = {k: v for k, v in loose.items() if k not in _SAMPLING} | {"sampling": {k: loose[k] for k in _SAMPLING}}
+    assert RenderRequest.from_dict(nested) == request  # job records and sidecars of earlier versions
+    with pytest.raises(RequestError, match="colour: unknown field"):
+        RenderRequest.from_dict({**loose, "colour": "red"})
+    assert request.digest() == RenderRequest.from_dict(loose).digest()
+    assert request.digest() != dataclasses.replace(request, seed=6).digest()
+
+
+def test_every_problem_of_a_request_is_reported_at_once():
+    with pytest.raises(RequestError) as caught:
+        build_request({"prompt": " ", "num_frames": 6, "fps": 0, "colour": "red"}, spec=PRESETS["tiny"])
+    fields = [field for field, _ in caught.value.problems]
+    assert set(fields) == {"prompt", "num_frames", "fps", "colour"}, caught.value.problems

@@ -1,0 +1,308 @@
+"""The one description of a render: ``RenderRequest``, its fields, its builder and its serialisation.
+
+Every front door (Python, ``wan-dist render``, a manifest row, an HTTP body, a sidecar) hands its loose
+values to :func:`build_request`, which checks each field against :data:`REQUEST_FIELDS` (type and bounds),
+applies the variant's rules (``resolve_settings``: defaults, 4k+1 frames, size multiples, experts, i2v
+needs an image) and returns a fully resolved :class:`BuiltRequest`, or raises one :class:`RequestError`
+carrying every ``(field, reason)`` found. The manifest's columns and the HTTP body schema are generated
+from :data:`REQUEST_FIELDS`, so a new field is written here once: its entry, its check, its use.
+
+Loose form (``RenderRequest.to_dict`` / ``from_dict``, the manifest's columns, the HTTP body's fields): flat
+names, sampling fields beside the others, ``name`` the clip folder (a manifest's ``id``). ``duration_s`` is
+an input-only spelling of ``num_frames`` (the ``4k+1`` count nearest that length at the request's fps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from wan_dist.config import SamplingConfig
+
+__all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "RenderRequest", "BuiltRequest", "build_request",
+           "request_fields", "frames_for_duration", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS"]
+
+MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
+MAX_PROMPT_CHARS = 10_000
+_SAMPLING = ("solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2",
+             "boundary_ratio")
+
+
+@dataclass(frozen=True)
+class RequestField:
+    """One loose field: its Python type, bounds (``low``/``high``; ``open_low``: ``low`` itself excluded),
+    allowed ``choices``, and a line of help (the HTTP schema's description, the manifest's column doc)."""
+
+    name: str
+    type: type
+    help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] | None = None
+    max_length: int | None = None
+    input_only: bool = False  # accepted by build_request, never stored (``duration_s``)
+
+    def check(self, value: Any) -> Any:
+        """``value`` checked (ints stay ints; an int is a fine float); ValueError with the reason."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, self.type):
+            raise ValueError(f"must be {_TYPE_NAMES[self.type]}, got {type(value).__name__} {value!r:.60}")
+        if self.type is float and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        low_fails = self.low is not None and (value < self.low or (self.open_low and value == self.low))
+        if low_fails or (self.high is not None and value > self.high):
+            raise ValueError(f"must be {self.bounds()}, got {value}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ValueError(f"at most {self.max_length} characters, got {len(value)}")
+        return value
+
+
+    def bounds(self) -> str:
+        """The allowed range in words (the same words resolve_settings uses)."""
+        if self.type is int and self.low == 1 and self.high is None:
+            return "a positive integer"
+        if self.type is int and self.name == "seed":
+            return "an integer in [0, 2^63)"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        if self.low == 0 and self.open_low and self.high is not None:
+            return f"a positive number, at most {high}"
+        if self.type is int and self.low == 1:
+            return f"a positive integer, at most {high}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {high}]"
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+
+REQUEST_FIELDS: tuple[RequestField, ...] = (
+    RequestField("prompt", str, "what to render", max_length=MAX_PROMPT_CHARS),
+    RequestField("negative_prompt", str, "what to steer away from (default: the reference's)",
+                 max_length=MAX_PROMPT_CHARS),
+    RequestField("image", str, "input image (i2v / ti2v): a path or URL"),
+    RequestField("width", int, "pixels; a multiple of the VAE stride x patch (16 or 32)", low=1, high=4096),
+    RequestField("height", int, "pixels; as width", low=1, high=4096),
+    RequestField("num_frames", int, "4k+1 frames", low=1, high=MAX_NUM_FRAMES),
+    RequestField("duration_s", float, "clip length in seconds instead of num_frames", low=0, open_low=True,
+                 high=3600, input_only=True),
+    RequestField("fps", int, "frames per second of the clip (default: the variant's)", low=1, high=120),
+    RequestField("num_inference_steps", int, "denoising steps", low=1, high=200),
+    RequestField("guidance_scale", float, "CFG scale (high-noise expert)", low=0),
+    RequestField("guidance_scale_2", float, "CFG scale of the low-noise expert (A14B)", low=0),
+    RequestField("boundary_ratio", float, "where the low-noise expert takes over (A14B)", low=0, high=1),
+    RequestField("shift", float, "flow-matching timestep shift", low=0, open_low=True),
+    RequestField("solver", str, "flow-matching solver", choices=("unipc", "dpm++", "euler")),
+    RequestField("schedule", str, "timestep schedule", choices=("reference", "diffusers")),
+    RequestField("seed", int, "random seed (default: drawn, or derived from the id, and recorded)", low=0,
+                 high=2**63 - 1),
+    RequestField("name", str, "clip folder under the output (a manifest row's id)", max_length=200),
+    RequestField("metadata", dict, "free-form data kept with the clip"),
+)
+_FIELDS = {f.name: f for f in REQUEST_FIELDS}
+
+
+class RequestError(ValueError):
+    """A request that cannot be rendered: every ``(field, reason)`` found, the first as ``field``/``reason``."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = list(problems)
+        self.field, self.reason = self.problems[0]
+        super().__init__("; ".join(f"{f}: {r}" for f, r in self.problems))
+
+    def __reduce__(self):
+        return (RequestError, (self.problems,))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderRequest:
+    """A render, fully described (see the module docstring for its loose form)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    image: str | None = None  # local path or fsspec URL of the input image (I2V / TI2V)
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    seed: int | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    name: str | None = None  # clip folder under the output URI; derived from seed and prompt when None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt: must be a string, got {type(self.prompt).__name__}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"name: must be a non-empty folder name without '/' or a leading '.', got {self.name!r}")
+
+    def clip_name(self, seed: int) -> str:
+        if self.name:
+            return self.name
+        digest = hashlib.sha256(self.prompt.encode()).hexdigest()[:10]
+        return f"clip-{seed}-{digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The loose form: every stored field, flat (sidecars, the job store, results tables, manifests)."""
+        data = {f.name: getattr(self, f.name) for f in REQUEST_FIELDS if not f.input_only and f.name not in _SAMPLING}
+        data.update({name: getattr(self.sampling, name) for name in _SAMPLING})
+        data["metadata"] = dict(self.metadata)
+        return {f.name: data[f.name] for f in REQUEST_FIELDS if not f.input_only}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RenderRequest":
+        """The request of a loose form written by :meth:`to_dict` (records of older versions nest the
+        sampling fields under ``sampling``: read too). Unknown keys are refused, naming them."""
+        data = dict(data)
+        data.update(data.pop("sampling", None) or {})
+        unknown = sorted(set(data) - {f.name for f in REQUEST_FIELDS if not f.input_only})
+        if unknown:
+            raise RequestError([(unknown[0], "unknown field")])
+        sampling = {k: data.pop(k) for k in _SAMPLING if k in data}
+        sampling = SamplingConfig(**{k: v for k, v in sampling.items() if v is not None})
+        return cls(**{k: v for k, v in data.items() if k != "metadata"}, sampling=sampling,
+                   metadata=dict(data.get("metadata") or {}))
+
+    def digest(self) -> str:
+        """A hash of the loose form: equal for the same render request (a rerun may skip its clip), different
+        for any change of what is rendered or recorded."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict) -> "RenderRequest":
+        """The request that reproduces the clip described by ``sidecar`` (same seed, same frames)."""
+        s = sidecar["settings"]
+        request = sidecar.get("request", {})
+        sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING})
+        return cls(prompt=s["prompts"][0], negative_prompt=s["negative_prompts"][0], image=request.get("image"),
+                   height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
+                   seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})))
+
+
+@dataclass(frozen=True)
+class BuiltRequest:
+    """What :func:`build_request` returns: the request and its resolved settings (``RenderSettings.to_dict()``
+    without ``checkpoint_id``, plus ``fps``; ``height``/``width`` None when an i2v image's aspect decides)."""
+
+    request: RenderRequest
+    settings: dict
+
+    @property
+    def seconds(self) -> float:
+        return (self.request.num_frames - 1) / self.request.fps
+
+
+def frames_for_duration(duration_s: float, fps: int, stride: int = 4) -> int:
+    """The ``stride*k+1`` frame count whose length ``(frames - 1) / fps`` is nearest ``duration_s`` (ties up)."""
+    return stride * math.floor(duration_s * fps / stride + 0.5) + 1
+
+
+def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
+                  default_seed: Callable[[], int] | None = None) -> BuiltRequest:
+    """The resolved RenderRequest of loose ``fields`` for variant ``spec`` (a ``VariantSpec``), or a
+    RequestError with every problem. ``None`` values count as absent. ``default_seed()``: the seed when none
+    is given (a manifest derives it from the row id; the HTTP API draws one); without it the seed is drawn
+    here. Every field is checked against REQUEST_FIELDS, then against the variant's rules."""
+    problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name not in _FIELDS:
+            problems.append((name, f"unknown field; known: {', '.join(_FIELDS)}"))
+        elif value is not None:
+            try:
+                values[name] = _FIELDS[name].check(value)
+            except ValueError as error:
+                problems.append((name, str(error)))
+    _check_text(values, problems)
+    if ("width" in values) != ("height" in values):  # one side and a default other side: a distorted frame
+        problems.append(("height" if "width" in values else "width", "give width and height together"))
+    if spec.task == "t2v" and values.get("image") is not None:
+        problems.append(("image", f"the t2v variant {spec.name} takes no input image"))
+    fps = values.get("fps") or spec.defaults.fps
+    frames_field = "num_frames"
+    if "duration_s" in values:
+        if "num_frames" in values:
+            problems.append(("duration_s", "give num_frames or duration_s, not both"))
+        else:
+            values["num_frames"] = frames_for_duration(values["duration_s"], fps, spec.vae.temporal_stride)
+            frames_field = "duration_s"
+            if values["num_frames"] > MAX_NUM_FRAMES:
+                problems.append(("duration_s", f"at most {(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps "
+                                                f"({MAX_NUM_FRAMES} frames)"))
+    if "seed" not in values:
+        values["seed"] = default_seed() if default_seed is not None else _random_seed()
+    settings = _resolve(spec, layout, values, problems, frames_field)
+    if problems:
+        raise RequestError(problems)
+    return _built(spec, values, settings, fps)
+
+
+def _check_text(values: dict, problems: list) -> None:
+    if "prompt" not in values:
+        problems.append(("prompt", "required: what to render"))
+    elif not values["prompt"].strip():
+        problems.append(("prompt", "must be a non-empty string, not blank"))
+    if values.get("image") is not None and not values["image"].strip():
+        problems.append(("image", "must be a path or URL, or absent"))
+    name = values.get("name")
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name.startswith(".")
+                             or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        problems.append(("name", f"must be a folder name: no '/' or '\\', no leading '.', no control "
+                                 f"characters, got {name!r}"))
+
+
+def _random_seed() -> int:
+    import secrets
+
+    return secrets.randbelow(2**53)  # exact in JSON everywhere
+
+
+_RESOLVED = ("negative_prompt", "height", "width", "num_frames", "seed") + _SAMPLING
+
+
+def _resolve(spec, layout: str, values: dict, problems: list, frames_field: str):
+    """``resolve_settings`` of ``values``; after an error, retry with that field at its default to find
+    the next one (a manifest row reports all of its problems at once)."""
+    from wan_dist.engine.settings import resolve_settings
+
+    args = {name: values.get(name) for name in _RESOLVED}
+    has_image = values.get("image") is not None
+    for _ in range(len(args) + 2):
+        try:
+            return resolve_settings(spec, layout=layout, prompt=values.get("prompt") or "-", prompt_embeds=None,
+                                    output_type="np", has_image=has_image, checkpoint_id="request", **args)
+        except ValueError as error:
+            column, _, reason = str(error).partition(": ")
+            problems.append((frames_field if column == "num_frames" else column, reason))
+            if column == "image" and not has_image:
+                has_image = True
+            elif column == "seed" and args["seed"] != 0:
+                args["seed"] = 0
+            elif args.get(column) is not None and column != "seed":
+                args[column] = None
+            else:
+                return None
+    return None
+
+
+def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
+    by_image = spec.task == "i2v" and (values.get("width") is None or values.get("height") is None)
+    sampling = SamplingConfig(**{name: getattr(s, name) for name in _SAMPLING})
+    request = RenderRequest(
+        prompt=values["prompt"], negative_prompt=values.get("negative_prompt"), image=values.get("image"),
+        height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
+        fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}))
+    settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
+    del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
+    return BuiltRequest(request=request, settings=settings)
+
+
+def request_fields(request: RenderRequest) -> dict[str, Any]:
+    """``request.to_dict()`` without the absent (None) values: what :func:`build_request` takes back."""
+    return {k: v for k, v in request.to_dict().items() if v is not None and v != {}}
+
