@@ -87,6 +87,17 @@ def test_valid_rows_are_published_bad_rows_fail_alone_and_reruns_skip_published_
     assert len({r["run_id"] for r in runs}) == 2 and len(runs) == 16
     assert published_rows(str(out)) == {"row-00", "lake/evening/row-01", "row-02", "row-03", "row-04"}
 
+    # a new request under a used id is neither skipped (the old clip kept silently) nor rendered over it
+    changed = [dict(r) for r in rows]
+    changed[3]["prompt"] = "another scene under an id already used"
+    write_manifest(changed + bad, str(tmp_path / "m.parquet"))
+    _, third = _run(str(tmp_path / "m.parquet"), out, crf=0)
+    assert (third["completed"], third["skipped"], third["failed"]) == (0, 4, 4)
+    record = latest_results(str(out))["row-03"]
+    assert (record["status"], record["error_column"]) == ("failed", "id")
+    assert "different request" in record["error"] and str(out / "row-03") in record["error"]
+    assert _sidecar(out, "row-03")["request"]["prompt"] == rows[3]["prompt"]  # the old clip is still there
+
 
 def test_duplicate_ids_stop_the_run_before_anything_renders(ray_local, tmp_path):
     write_manifest(_rows(2) + _rows(1), str(tmp_path / "m.parquet"))

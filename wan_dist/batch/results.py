@@ -42,6 +42,7 @@ RESULTS_SCHEMA = pa.schema([
     ("timings", pa.string()),        # every timing of the render, JSON
     ("finished_at", pa.float64()),   # unix time
     ("run_id", pa.string()),
+    ("request_digest", pa.string()),  # RenderRequest.digest(): a rerun skips a clip only for the same request
 ])
 
 

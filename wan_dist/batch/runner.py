@@ -42,22 +42,13 @@ from wan_dist.batch.results import ResultsWriter, write_summary
 from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
-from wan_dist.storage.objects import join, list_prefix, presigned_url
+from wan_dist.batch.resume import plan_resume, published_rows
+from wan_dist.storage.objects import join, presigned_url
 from wan_dist.video.clip import SIDECAR_NAME
 
 __all__ = ["BatchRunner", "SharedGroup", "run_batch", "published_rows"]
 
 log = logging.getLogger("wan_dist.batch")
-
-
-def published_rows(output_uri: str, *, storage_options=None) -> set[str]:
-    """Relative clip folders under ``output_uri`` that hold a published sidecar (one listing)."""
-    base = output_uri.rstrip("/") + "/"
-    found = set()
-    for uri in list_prefix(output_uri, storage_options=storage_options):
-        if uri.endswith("/" + SIDECAR_NAME) and uri.startswith(base):
-            found.add(uri[len(base):-len(SIDECAR_NAME) - 1])
-    return found
 
 
 def _publish(model: dict, request, out, output: OutputConfig):
@@ -448,16 +439,14 @@ class BatchRunner:
     def _skip_published(self, rows: list[ManifestRow]) -> list[ManifestRow]:
         if not self.config.resume:
             return list(rows)
-        published = published_rows(self.output.uri, storage_options=self.storage_options)
-        todo = []
-        for row in rows:
-            folder = "/".join(p for p in (row.output_prefix.strip("/"), row.id) if p)
-            if folder in published:
-                prefix = join(self.output.uri, folder)
-                self._finish(row, "skipped", clip_uri=join(prefix, "clip.mp4"), sidecar_uri=join(prefix, SIDECAR_NAME),
-                             clip_url=self._presign(join(prefix, "clip.mp4")))
-            else:
-                todo.append(row)
+        todo, done, conflicts = plan_resume(rows, self.output.uri, storage_options=self.storage_options)
+        for row, prefix in done:
+            self._finish(row, "skipped", clip_uri=join(prefix, "clip.mp4"), sidecar_uri=join(prefix, SIDECAR_NAME),
+                         clip_url=self._presign(join(prefix, "clip.mp4")), request_digest=row.request.digest())
+        for row, prefix in conflicts:  # never keep a clip of another request silently, nor overwrite it
+            self._finish(row, "failed", error=f"a clip rendered from a different request is already published at "
+                         f"{prefix}; give this row a new id, or delete that folder to render it again",
+                         error_column="id", request_digest=row.request.digest())
         return todo
 
     def _presign(self, uri: str) -> str | None:
@@ -473,7 +462,8 @@ class BatchRunner:
         self._finish(task.row, "completed", attempts=task.attempts, clip_uri=result.clip_uri,
                      sidecar_uri=result.sidecar_uri, clip_url=self._presign(result.clip_uri), seed=result.seed,
                      render_s=timings.get("total_s"), publish_s=timings.get("encode_upload_s"),
-                     wall_s=time.monotonic() - task.first_submit, timings=json.dumps(timings, sort_keys=True))
+                     wall_s=time.monotonic() - task.first_submit, timings=json.dumps(timings, sort_keys=True),
+                     request_digest=task.row.request.digest())
 
     def _fail(self, task: _Task, error: str) -> None:
         self._finish(task.row, "failed", attempts=max(task.attempts, 1), error=error)
