@@ -197,6 +197,12 @@ class RankWorker:
         elsewhere), the others None. ``control``: as in ``render``."""
         return self.program.generate(request, control)
 
+    def generate_call(self, args: tuple, kwargs: dict):
+        """``WanPipeline.generate(*args, **kwargs)`` on every rank (the SPMD one of this rank's layout): what
+        ``load_pipeline(source, parallel=...)`` sends. The result rank returns the WanOutput, the others None."""
+        out = self.program.generate_fn(*args, **kwargs)
+        return out if self.rank == self.program.result_rank else None
+
     def prefetch_text(self, request) -> None:
         """Encode ``request``'s prompts into the pipeline's PromptCache. Runs in the "prefetch" concurrency
         group, beside the render in progress; a failure here only means the render encodes them itself."""

@@ -242,18 +242,24 @@ def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dt
     ``layout`` chooses the layout an embedded preset (``tiny``) is written in on first use.
     ``cfg_mode``: "sequential" (cond then uncond: two forwards, half the activation memory; default) or
     "batched" (both in one forward).
-    ``parallel``: None or degrees all 1 for one device; larger groups come with the distributed engine.
+    ``parallel``: None or degrees all 1 for one device; with more ranks, a
+    :class:`~wan_dist.engine.group_pipeline.GroupPipeline` (same ``generate``) on a Ray render group of that
+    layout (``ParallelConfig`` or its fields as a dict); close it when done.
     """
     from wan_dist.engine.sources import resolve_source
 
+    folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
     if parallel is not None:
         from wan_dist.config import ParallelConfig, from_dict
 
         config = parallel if isinstance(parallel, ParallelConfig) else from_dict(ParallelConfig, parallel)
         if config.world_size != 1:
-            raise NotImplementedError("parallel: render groups larger than one device are not available yet "
-                                      f"(asked for {config.world_size})")
-    folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
+            from wan_dist.engine.group_pipeline import GroupPipeline
+
+            if expert_loader is not None or cfg_mode != "sequential":
+                raise ValueError("parallel: expert_loader and cfg_mode are chosen by the group's layout")
+            return GroupPipeline(folder, config, device=str(device), dtype=str(dtype).replace("torch.", ""),
+                                 layout=layout)
     pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype, expert_loader=expert_loader)
     pipe.cfg_mode = cfg_mode
     pipe._default_predict()  # validates cfg_mode now rather than at the first generate

@@ -1,0 +1,60 @@
+"""``load_pipeline(source, parallel=...)`` with more than one rank: the public API on a Ray render group renders
+the same latents as one device (Ulysses 2, ring 2, CFG 2, Ulysses 2 + FSDP, disaggregated expert stages), and
+``wan-dist render ... parallel.ulysses=2`` renders through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parallel_cases import FRAMES, STEPS, make_inputs
+from wan_dist import load_pipeline
+from wan_dist.config import ParallelConfig
+
+pytestmark = pytest.mark.slow
+
+LAYOUTS = {
+    "ulysses-2": ParallelConfig(ulysses=2),
+    "ring-2": ParallelConfig(ring=2),
+    "cfg-2": ParallelConfig(cfg=2),
+    "ulysses-2-fsdp": ParallelConfig(ulysses=2, fsdp=True),
+    "disaggregated": ParallelConfig(ulysses=2, placement="disaggregated"),
+}
+HEIGHT, WIDTH = 48, 80  # 3 x 5 latent patches per frame: sequences that need padding on 2 ranks
+
+
+@pytest.fixture(scope="module")
+def single():
+    """The single-device pipeline and its latents for two distinct rows (the oracle)."""
+    pipe = load_pipeline("tiny", dtype=torch.float32)
+    spec = pipe.spec
+    inputs = make_inputs(spec.dit.text_dim, spec.vae.z_dim, HEIGHT, WIDTH, spec.vae.spatial_stride)
+    out = pipe.generate(**_kwargs(inputs))
+    return inputs, out.frames
+
+
+def _kwargs(inputs) -> dict:
+    context, negative, latents = inputs
+    return dict(prompt_embeds=context, negative_prompt_embeds=negative, latents=latents, height=HEIGHT, width=WIDTH,
+                num_frames=FRAMES, num_inference_steps=STEPS, seed=3, output_type="latent")
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_a_parallel_pipeline_renders_the_latents_of_one_device(ray_local, single, name):
+    inputs, expected = single
+    with load_pipeline("tiny", dtype=torch.float32, parallel=LAYOUTS[name]) as pipe:
+        assert pipe.group.config.world_size == 2
+        out = pipe.generate(**_kwargs(inputs))
+    assert out.frames.shape == expected.shape
+    assert (out.frames - expected).abs().max().item() < 1e-5
+    assert pipe.group is None  # closed by the with block: its ranks are gone
+
+
+def test_a_dict_layout_and_bad_arguments(ray_local):
+    with pytest.raises(ValueError, match="unknown field"):
+        load_pipeline("tiny", parallel={"ulysses": 2, "rings": 2})
+    with load_pipeline("tiny", dtype=torch.float32, parallel={"ulysses": 2}) as pipe:
+        with pytest.raises(ValueError, match="callback"):
+            pipe.generate("a fox", callback=lambda *a: None)
+        out = pipe.generate("a fox", height=32, width=32, num_frames=5, num_inference_steps=2, seed=1)
+    assert out.frames.shape == (1, 5, 32, 32, 3)

@@ -1,0 +1,70 @@
+"""``load_pipeline(source, parallel={...})`` with more than one rank: the pipeline's ``generate`` on a render group.
+
+:class:`GroupPipeline` has ``WanPipeline.generate``'s signature and results (``prompt_embeds``, ``latents``,
+``output_type="latent"`` included): each call is sent once to every rank of a :class:`RenderGroup`, which runs
+the layout's SPMD generate (Ulysses, ring, CFG, FSDP, data, disaggregated stages) and returns the result rank's
+WanOutput. It runs on the Ray the caller is connected to, else on ``RAY_ADDRESS``, else on a local Ray it starts
+(and stops on :meth:`close`). Close it, or use it as a context manager: its rank processes hold the weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+from wan_dist.config import ParallelConfig
+
+__all__ = ["GroupPipeline"]
+
+
+class GroupPipeline:
+    def __init__(self, source, parallel: ParallelConfig, *, device: str, dtype: str, layout: str = "diffusers",
+                 cpus_per_rank: float | None = None):
+        import ray
+
+        from wan_dist.engine.group import GroupConfig, RenderGroup
+
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            address = os.environ.get("RAY_ADDRESS") or "local"
+            ray.init(address=address, **({"num_cpus": max(parallel.world_size, os.cpu_count() or 1),
+                                           "include_dashboard": False} if address == "local" else {}))
+        # on a CPU-only local Ray, ranks share the cores: each takes a slice so the gang always fits
+        cpus = cpus_per_rank if cpus_per_rank is not None else (1.0 if device == "cuda" else 0.5)
+        config = GroupConfig(source=str(source), parallel=parallel, use_gpus=device == "cuda", cpus_per_rank=cpus,
+                             dtype=dtype, layout=layout)
+        try:
+            self.group = RenderGroup(config).start()
+        except BaseException:
+            self._stop_ray()
+            raise
+
+    def generate(self, *args, **kwargs):
+        """``WanPipeline.generate(*args, **kwargs)`` on the group (see that method for the arguments)."""
+        if kwargs.get("callback") is not None:
+            raise ValueError("callback: not available on a render group (its steps run in the rank processes); "
+                             "use a step control with RenderGroup.submit")
+        kwargs.pop("callback", None)
+        return self.group.wait(self.group.submit("generate_call", args, kwargs))
+
+    def __call__(self, *args, **kwargs):
+        return self.generate(*args, **kwargs)
+
+    def close(self) -> None:
+        """Stop the rank processes (and the local Ray this pipeline started)."""
+        if self.group is not None:
+            self.group.shutdown()
+            self.group = None
+        self._stop_ray()
+
+    def _stop_ray(self) -> None:
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> "GroupPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
