@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,15 @@ from wan_dist.cli.main import rewrite_overrides
 from wan_dist.video.mp4 import decode_mp4, probe_mp4
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+VERBS = ("render", "batch", "manifest", "serve", "plan", "make-checkpoint")
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``wan-dist *args`` as a user runs it, whatever its exit status."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "wan_dist.cli.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def wan_dist(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -112,3 +122,34 @@ def test_free_form_model_and_output_values_become_field_overrides():
     assert rewrite_overrides(["model=tiny", "output=local"]) == ["model=tiny", "output=local"]
     assert rewrite_overrides(["model=/ckpt/wan", "output=s3://bucket/run", "seed=3"]) == [
         "model=custom", "model.source=/ckpt/wan", "output=local", "output.uri=s3://bucket/run", "seed=3"]
+
+
+def test_help_lists_every_verb_with_one_line_each(tmp_path):
+    process = run_cli("--help", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.splitlines()
+    for verb in VERBS:
+        [line] = [line for line in lines if line.split()[:1] == [verb]]
+        assert len(line.split()) >= 5, line  # the verb, then what it does
+    assert "wan-dist <verb> --help" in process.stdout and "--version" in process.stdout
+
+
+def test_version_prints_the_version_of_pyproject(tmp_path):
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    process = run_cli("--version", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.strip() == f"wan-dist {version}"
+
+
+@pytest.mark.parametrize("verb,setting", [("batch", "max_attempts"), ("render", "num_frames")])
+def test_a_verbs_help_is_hydras_help_for_that_verb(tmp_path, verb, setting):
+    process = run_cli(verb, "--help", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert "== Config ==" in process.stdout and f"{setting}:" in process.stdout
+    assert not list(tmp_path.iterdir())  # help only: nothing rendered, nothing written
+
+
+def test_an_unknown_verb_fails_and_points_at_help(tmp_path):
+    process = run_cli("--verison", cwd=tmp_path)
+    assert process.returncode != 0
+    assert "unknown verb '--verison'" in process.stderr and "wan-dist --help" in process.stderr
