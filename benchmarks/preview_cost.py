@@ -5,9 +5,8 @@
 Loads ``preset`` (random weights in the real layout), then renders the same request ``repeats`` times without
 and with a preview (interleaved, so both see the same machine state): the preview is what a serve renderer
 takes (``engine.preview``: the step's x0 estimate, its first latent frame through the VAE, shrunk to 256 px
-and JPEG-encoded). Appends a row to
-``save_to`` (CSV; with the timestamp, machine and every setting: benchmarks/csv_rows.py): median seconds per render each way, their ratio, and
-the median time of one preview.
+and JPEG-encoded). Appends a row to ``save_to`` (CSV; with the timestamp, machine and every setting:
+benchmarks/csv_rows.py): median seconds per render each way, their ratio, and the median time of one preview.
 """
 
 from __future__ import annotations
