@@ -4,7 +4,7 @@
 
 Renders ``rows`` manifest rows with the runner on a local Ray (``groups`` render groups of one rank,
 clips encoded and written by publisher tasks beside them) into a fresh local folder, and appends a
-row to ``results`` (CSV):
+row to ``save_to`` (CSV; with the timestamp, machine and every setting: benchmarks/csv_rows.py):
 
 * busy share: the groups' rendering time (rank 0's generate: text encode + denoise + decode) over
   the time from their first request to their last (1.0 = a group never waits for the driver);
@@ -16,16 +16,14 @@ Both are ratios measured in the same run; the absolute times depend on the machi
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from csv_rows import append_row
+from csv_rows import save_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,15 +63,15 @@ def _run(cfg: DictConfig) -> dict:
             "queue_depth": cfg.queue_depth, "render_s_per_clip": round(render, 4),
             "publish_s_per_clip": round(publish, 4), "wall_s_per_clip": round(per_clip, 4),
             "busy_share": round(summary["group_busy_share"], 4),
-            "overhead_share": round((per_clip - render) / render, 4),
-            "machine": f"{platform.machine()} {os.cpu_count()} cores, no GPU"}
+            "overhead_share": round((per_clip - render) / render, 4)}
 
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_batch", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     row = _run(cfg)
-    append_row(ROOT / cfg.results, row)
+    path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(row)
+    print(f"row appended to {path}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python benchmarks/layouts.py -m parallel.ulysses=1,2 parallel.ring=1,2 parallel.cfg=1,2
 
 Each run spawns ``parallel.world_size`` gloo ranks on this machine (wan_dist.parallel.local), renders
-the same request with the SPMD generate of a render group, and appends a row to ``results`` (CSV):
+the same request with the SPMD generate of a render group, and appends a row to
+``save_to`` (CSV; with the timestamp, machine and every setting: benchmarks/csv_rows.py):
 seconds per step (best of ``repeats``, rank 0), bytes sent per step per rank (the engine's counter) and
 the peak resident memory of the generate call per rank (glibc mmap threshold at 64 KiB so RSS tracks
 live memory). On 2 cores more ranks do not run faster: the point is bytes and memory per rank, and
@@ -20,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from csv_rows import append_row
+from csv_rows import save_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,8 +82,9 @@ def main(cfg: DictConfig) -> None:
            "tokens": ranks[0]["tokens"], "s_per_step": round(ranks[0]["s_per_step"], 3),
            "bytes_per_step_per_rank": int(max(r["bytes_per_step"] for r in ranks)),
            "peak_mib_per_rank": round(max(r["peak_mib"] for r in ranks), 1)}
-    append_row(ROOT / cfg.results, row)
+    path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(row, file=sys.stderr)
+    print(f"row appended to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,23 +5,22 @@
 Loads ``preset`` (random weights in the real layout), then renders the same request ``repeats`` times without
 and with a preview (interleaved, so both see the same machine state): the preview is what a serve renderer
 takes (``engine.preview``: the step's x0 estimate, its first latent frame through the VAE, shrunk to 256 px
-and JPEG-encoded). Appends a row to ``results`` (CSV): median seconds per render each way, their ratio, and
-the median time of one preview.
+and JPEG-encoded). Appends a row to ``save_to`` (CSV; with the timestamp, machine and every setting:
+benchmarks/csv_rows.py): median seconds per render each way, their ratio, and the median time of one preview.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from csv_rows import append_row
+from csv_rows import save_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,14 +58,15 @@ def _run(cfg: DictConfig) -> dict:
             "every": cfg.every, "previews_per_render": len(previews) // cfg.repeats, "repeats": cfg.repeats,
             "render_s": round(base, 3), "render_with_previews_s": round(with_previews, 3),
             "ratio": round(with_previews / base, 4), "preview_s": round(statistics.median(previews), 4),
-            "load1": round(os.getloadavg()[0], 2), "machine": f"{platform.machine()} {os.cpu_count()} cores, no GPU"}
+            "load1": round(os.getloadavg()[0], 2)}
 
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_preview", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     row = _run(cfg)
-    append_row(ROOT / cfg.results, row)
+    path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(row)
+    print(f"row appended to {path}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ is fine: this measures the API). Limits (rate, burst, per-key and per-model queu
 p50 latency ~ clients / throughput). Then every 2xx answer's id is looked up in the store (read directly)
 and through ``GET /v1/jobs`` paging: a lost job is an acknowledged id missing from either; the store must
 hold exactly the acknowledged creates (a timed-out request whose job was stored shows as unacknowledged).
-Appends a row to ``results`` (CSV) and prints it; the 1-minute load average before and after says how
+Appends a row to ``save_to`` (CSV; with the timestamp, machine and every setting: benchmarks/csv_rows.py)
+and prints it; the 1-minute load average before and after says how
 busy the machine was (other processes share it).
 """
 
@@ -21,19 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import platform
 import shutil
 import socket
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from csv_rows import append_row
+from csv_rows import save_row
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-bench"
@@ -208,7 +207,6 @@ def _run(cfg: DictConfig) -> dict:
         raise SystemExit(f"no create succeeded: {dict(result['statuses'])} {dict(result['errors'])}")
     non_2xx = {code: n for code, n in sorted(result["statuses"].items()) if not 200 <= code < 300}
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "model": cfg.model, "clients": cfg.clients, "creates": cfg.creates,
         "api_max_ongoing_requests": cfg.api_max_ongoing_requests or "default",
         "size": f"{cfg.width}x{cfg.height}x{cfg.num_frames}", "steps": cfg.steps,
@@ -225,7 +223,6 @@ def _run(cfg: DictConfig) -> dict:
         "lost_in_listing": lost_in_listing, "unacknowledged": unacknowledged,
         "rendered_meanwhile": by_status.get("completed", 0),
         "load1_before": round(load_before, 2), "load1_after": round(load_after, 2),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, no GPU",
     }
 
 
@@ -234,8 +231,9 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request (the client shares the CPUs)
     row = _run(cfg)
-    append_row(ROOT / cfg.results, row)
+    path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(row)
+    print(f"row appended to {path}")
     print(f"{row['accepted']} creates from {row['clients']} clients: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
           f"{row['creates_per_s']} creates/s; non-2xx {row['non_2xx']}, errors {row['errors']}; "
           f"store holds {row['jobs_in_store']} of {row['acknowledged']} acknowledged, lost {row['lost']}")

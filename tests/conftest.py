@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests never touch the network and use one thread per process (2-core machines)."""
+"""Shared fixtures. Tests use one thread per process (2-core machines) and never touch the network, except the
+`network`-marked resolution check of tests/test_packaging.py (it asks the package index; WAN_DIST_OFFLINE=1 skips it)."""
 
 from __future__ import annotations
 

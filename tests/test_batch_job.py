@@ -82,8 +82,11 @@ def test_ray_job_submit_renders_a_manifest_from_s3_to_s3(ray_head, s3_server, tm
     write_manifest(valid + invalid, manifest)
     output = s3_server.uri("renders")
     job = _submit(ray_head, s3_server, tmp_path / "cache", manifest, output)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    # every row has an outcome, but 3 failed: the job fails (batch.fail_on_row_errors), saying why and where
+    assert job.returncode != 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "3 row(s) failed, so this exits 3" in job.stdout + job.stderr, job.stdout[-3000:]
     assert "done" in job.stdout and "clips/h" in job.stdout  # the progress bar is in the job log
+    assert f"results: {output}/_results/run-" in job.stdout and "failed:  bad-solver [solver]: " in job.stdout
 
     results = latest_results(output)
     assert set(results) == {r["id"] for r in valid + invalid}
@@ -106,6 +109,16 @@ def test_ray_job_submit_renders_a_manifest_from_s3_to_s3(ray_head, s3_server, tm
     # the row counters reached Ray's metrics (what the dashboard's Prometheus scrapes)
     counted = _scrape(ray_head["metrics"], "ray_wan_dist_batch_rows_total", summary["run_id"])
     assert counted == {"completed": 7.0, "failed": 3.0}, counted
+
+
+def test_a_job_with_a_relative_local_output_is_refused_not_written_into_rays_copy(ray_head, s3_server, tmp_path):
+    manifest = s3_server.uri("manifests", "refused.parquet")
+    write_manifest([{"id": "clip-00", "prompt": "a kite", **FAST}], manifest)
+    job = _submit(ray_head, s3_server, tmp_path / "cache", manifest, "outputs/relative")
+    assert job.returncode != 0, job.stdout[-3000:]
+    assert "output: 'outputs/relative' is a relative local path, and this runs inside Ray job raysubmit_" in job.stdout
+    assert "Ray's temporary copy of --working-dir" in job.stdout and "s3://" in job.stdout
+    assert not list(Path(ray_head["env"]["RAY_HEAD_DIR"]).rglob("outputs/relative"))  # nothing landed in the copy
 
 
 def _scrape(url: str, name: str, run_id: str, timeout_s: float = 60) -> dict[str, float]:

@@ -146,6 +146,13 @@ def test_group_count_and_planned_layout():
     assert parallel.data == 1 and per_node * parallel.world_size <= 8 and "clips/h" in table
 
 
+def test_fail_on_row_errors_is_a_validated_switch_that_defaults_to_failing():
+    assert BatchConfig(manifest="m.parquet").fail_on_row_errors is True
+    assert BatchConfig(manifest="m.parquet", fail_on_row_errors=False).fail_on_row_errors is False
+    with pytest.raises(ValueError, match=r"^BatchConfig.fail_on_row_errors: must be true or false, got 'no'"):
+        BatchConfig(manifest="m.parquet", fail_on_row_errors="no")
+
+
 def test_a_mixed_manifest_renders_each_model_on_a_group_that_loaded_it(ray_local, tmp_path):
     rows = _rows(2) + [{**row, "id": f"ti2v-{i}", "model": "tiny-ti2v"} for i, row in enumerate(_rows(2))]
     write_manifest(rows, str(tmp_path / "m.parquet"))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,15 @@ from wan_dist.cli.main import rewrite_overrides
 from wan_dist.video.mp4 import decode_mp4, probe_mp4
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+VERBS = ("render", "batch", "manifest", "serve", "plan", "make-checkpoint")
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``wan-dist *args`` as a user runs it, whatever its exit status."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "wan_dist.cli.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def wan_dist(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -112,3 +122,76 @@ def test_free_form_model_and_output_values_become_field_overrides():
     assert rewrite_overrides(["model=tiny", "output=local"]) == ["model=tiny", "output=local"]
     assert rewrite_overrides(["model=/ckpt/wan", "output=s3://bucket/run", "seed=3"]) == [
         "model=custom", "model.source=/ckpt/wan", "output=local", "output.uri=s3://bucket/run", "seed=3"]
+
+
+def test_help_lists_every_verb_with_one_line_each(tmp_path):
+    process = run_cli("--help", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    lines = process.stdout.splitlines()
+    for verb in VERBS:
+        [line] = [line for line in lines if line.split()[:1] == [verb]]
+        assert len(line.split()) >= 5, line  # the verb, then what it does
+    assert "wan-dist <verb> --help" in process.stdout and "--version" in process.stdout
+
+
+def test_version_prints_the_version_of_pyproject(tmp_path):
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    process = run_cli("--version", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.strip() == f"wan-dist {version}"
+
+
+@pytest.mark.parametrize("verb,setting", [("batch", "max_attempts"), ("render", "num_frames")])
+def test_a_verbs_help_is_hydras_help_for_that_verb(tmp_path, verb, setting):
+    process = run_cli(verb, "--help", cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert "== Config ==" in process.stdout and f"{setting}:" in process.stdout
+    assert not list(tmp_path.iterdir())  # help only: nothing rendered, nothing written
+
+
+def test_an_unknown_verb_fails_and_points_at_help(tmp_path):
+    process = run_cli("--verison", cwd=tmp_path)
+    assert process.returncode != 0
+    assert "unknown verb '--verison'" in process.stderr and "wan-dist --help" in process.stderr
+
+
+def _batch(*overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m wan_dist.cli.batch`` (what ``ray job submit`` runs) on a local Ray of its own."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
+    env = {**clean, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WAN_DIST_CACHE": str(cwd / "cache"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "wan_dist.cli.batch", *overrides, "ray.num_cpus=2",
+                           "ray.object_store_memory_mb=200", "batch.groups=1", "batch.progress_interval_s=60"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_batch_with_a_failed_row_exits_non_zero_unless_told_otherwise(tmp_path):
+    from wan_dist.batch.manifest import write_manifest
+
+    fast = {"model": "tiny", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
+    write_manifest([{"id": "good", "prompt": "a lighthouse at night", **fast},
+                    {"id": "bad-frames", "prompt": "x", **{**fast, "num_frames": 8}}], str(tmp_path / "m.parquet"))
+    first = _batch("manifest=m.parquet", "output=out", cwd=tmp_path)  # relative: against the working directory
+    assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "1 row(s) failed" in first.stderr and "batch.fail_on_row_errors=false" in first.stderr
+    out = tmp_path / "out"
+    assert (out / "good" / "clip.mp4").exists()
+    lines = first.stdout.splitlines()
+    assert "run " in first.stdout and "1 completed, 0 already published, 1 failed, of 2 rows" in first.stdout
+    assert f"clips:   {out}/<output_prefix>/<id>/clip.mp4 (+ clip.json)" in lines
+    [results] = [line for line in lines if line.startswith("results: ")]
+    assert results.startswith(f"results: {out}/_results/run-")  # absolute: where the table really is
+    assert [line for line in lines if line.startswith("failed:  bad-frames [num_frames]: must be 4k+1")], first.stdout
+
+    again = _batch("manifest=m.parquet", "output=out", "batch.fail_on_row_errors=false", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "0 completed, 1 already published, 1 failed, of 2 rows" in again.stdout
+
+
+def test_a_batch_inside_a_ray_job_refuses_a_relative_output_before_starting(tmp_path):
+    from test_cli_paths import job_environment
+
+    process = _batch("output=outputs/x", cwd=tmp_path, env=job_environment())
+    assert process.returncode == 1
+    assert "wan-dist batch: output: 'outputs/x' is a relative local path" in process.stderr
+    assert not (tmp_path / "outputs").exists()
+    assert "Started a local Ray instance" not in process.stdout + process.stderr

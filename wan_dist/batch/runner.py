@@ -122,6 +122,7 @@ class BatchRunner:
         self._ref_owner: dict[Any, _Slot] = {}
         self._failed_models: dict[str, str] = {}
         self.busy_s = 0.0  # seconds the groups spent rendering (rank 0's generate time)
+        self.failed_rows: list[dict[str, Any]] = []  # the first 20 (id, error, column), for the summary
         self._first_submit: float | None = None
         self._last_publish: float | None = None
         self.use_gpus = False
@@ -470,10 +471,13 @@ class BatchRunner:
 
     def _finish(self, row: ManifestRow | None, status: str, *, model: str | None = None, row_id: str | None = None,
                 index: int | None = None, **fields) -> None:
-        model = model or row.model
-        self.results.add({"id": row_id if row is None else row.id, "index": index if row is None else row.index,
-                          "model": model, "status": status, **fields})
+        model, row_id = model or row.model, row_id if row is None else row.id
+        self.results.add({"id": row_id, "index": index if row is None else row.index, "model": model,
+                          "status": status, **fields})
         self.progress.row_finished(status, model, fields.get("render_s"))
+        if status == "failed" and len(self.failed_rows) < 20:  # the results table has every one
+            self.failed_rows.append({"id": row_id, "error": fields.get("error"),
+                                     "error_column": fields.get("error_column")})
 
     def _summary(self, slots: list[_Slot], started: float) -> dict[str, Any]:
         counts = dict(self.progress.counts)
@@ -488,7 +492,8 @@ class BatchRunner:
                 # per group: rendering time / (first request submitted .. last one rendered); 1.0 = never idle
                 "group_busy_share": (self.busy_s / render_span) if render_span else None,
                 "active_s": active,  # first request submitted .. last clip published
-                "clips_per_hour": self.progress.clips_per_hour(), "result_parts": list(self.results.parts)}
+                "clips_per_hour": self.progress.clips_per_hour(), "result_parts": list(self.results.parts),
+                "failed_rows": list(self.failed_rows)}
 
 
 def run_batch(config: BatchConfig, output: OutputConfig, parallel: ParallelConfig | None = None, **kwargs):

@@ -1,9 +1,12 @@
 """``python -m wan_dist.cli.batch manifest=<url> output=<url> ...`` (also ``wan-dist batch``): the batch job.
 
 What ``ray job submit`` runs. Joins the cluster named by ``RAY_ADDRESS`` (set for job entrypoints) or
-starts a local Ray. Exit status: 0 when the run went through the whole manifest (rows that failed are
-in the results table with their reason: a bad row is an outcome, not a crashed job), 2 when it was
-stopped before the end (rerun the same command to finish it).
+starts a local Ray. Relative local paths (``output=outputs/x``, ``manifest=my.parquet``) are made absolute
+against the working directory, and refused inside a Ray job, whose working directory is Ray's copy of
+``--working-dir`` (wan_dist/cli/paths.py). Exit status: 0 when every row of the manifest has an outcome and
+none failed; 3 when rows failed (each is in the results table with its reason; ``batch.fail_on_row_errors=false``
+exits 0 then); 2 when the run was stopped before the end (rerun the same command to finish it); 1 when the
+command itself failed (a refused setting, an unreadable manifest, ...).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,9 +39,41 @@ def _layout(cfg: DictConfig, batch: BatchConfig) -> tuple[ParallelConfig, BatchC
                                               resolution=cfg.plan.resolution, frames=cfg.plan.frames,
                                               objective=cfg.plan.objective)
     log.info("planner: %d group(s) per %d-GPU node\n%s", per_node, gpus, text)
-    from dataclasses import replace
-
     return parallel, replace(batch, groups=batch.groups or per_node * len(nodes))
+
+
+def _configs(cfg: DictConfig) -> tuple[BatchConfig, OutputConfig]:
+    """The run's configs, with relative local paths resolved (wan_dist/cli/paths.py); ValueError names a field."""
+    from wan_dist.cli.paths import ray_job, resolve_input, resolve_output
+
+    job, cwd = ray_job(os.environ), os.getcwd()
+    output = from_dict(OutputConfig, OmegaConf.to_container(cfg.output, resolve=True))
+    output = replace(output, uri=resolve_output("output", output.uri, cwd=cwd, job=job))
+    manifest = resolve_input("manifest", str(cfg.manifest), cwd=cwd, job=job)
+    settings = OmegaConf.to_container(cfg.batch, resolve=True)
+    batch = from_dict(BatchConfig, {**settings, "manifest": manifest, "default_model": cfg.default_model,
+                                    "layout": cfg.layout, "sources": dict(cfg.sources or {})})
+    return batch, output
+
+
+def _report(summary: dict, output: OutputConfig) -> None:
+    """The end of the run as the user reads it: counts, where the clips and the results table are, failed rows."""
+    from wan_dist.batch.results import results_prefix
+    from wan_dist.storage.objects import join
+
+    stopped = " (stopped before the end)" if summary["stopped"] else ""
+    print(f"run {summary['run_id']}: {summary['completed']} completed, {summary['skipped']} already published, "
+          f"{summary['failed']} failed, of {summary['rows']} rows{stopped}")
+    print(f"clips:   {output.uri.rstrip('/')}/<output_prefix>/<id>/clip.mp4 (+ clip.json)")
+    print(f"results: {join(results_prefix(output.uri), 'run-' + summary['run_id'])}/ "
+          f"(Parquet parts; wan_dist.batch.results.latest_results({output.uri!r}) reads them)")
+    print(f"summary: {summary['summary_uri']}")
+    for record in summary["failed_rows"]:
+        column = f" [{record['error_column']}]" if record["error_column"] else ""
+        print(f"failed:  {record['id']}{column}: {record['error']}")
+    if summary["failed"] > len(summary["failed_rows"]):
+        more = summary["failed"] - len(summary["failed_rows"])
+        print(f"failed:  ... and {more} more (the results table has them all)")
 
 
 def batch_main(cfg: DictConfig) -> None:
@@ -45,10 +81,10 @@ def batch_main(cfg: DictConfig) -> None:
 
     from wan_dist.batch.runner import run_batch
 
-    output = from_dict(OutputConfig, OmegaConf.to_container(cfg.output, resolve=True))
-    settings = OmegaConf.to_container(cfg.batch, resolve=True)
-    batch = from_dict(BatchConfig, {**settings, "manifest": cfg.manifest, "default_model": cfg.default_model,
-                                    "layout": cfg.layout, "sources": dict(cfg.sources or {})})
+    try:
+        batch, output = _configs(cfg)
+    except ValueError as error:
+        raise SystemExit(f"wan-dist batch: {error}") from None
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -60,11 +96,13 @@ def batch_main(cfg: DictConfig) -> None:
         summary = run_batch(batch, output, parallel, install_signal_handlers=True)
     finally:
         ray.shutdown()
-    log.info("run %s: %d completed, %d already published, %d failed; summary %s", summary["run_id"],
-             summary["completed"], summary["skipped"], summary["failed"], summary["summary_uri"])
-    print(summary["summary_uri"])
+    _report(summary, output)
     if summary["stopped"]:
         sys.exit(2)
+    if summary["failed"] and batch.fail_on_row_errors:
+        print(f"wan-dist batch: {summary['failed']} row(s) failed, so this exits 3 "
+              "(batch.fail_on_row_errors=false exits 0 when every row has an outcome)", file=sys.stderr)
+        sys.exit(3)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,10 +10,18 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["main", "conf_dir", "rewrite_overrides"]
+__all__ = ["main", "usage", "conf_dir", "rewrite_overrides"]
 
 log = logging.getLogger("wan_dist")
-VERBS = ("render", "make-checkpoint", "plan", "manifest", "batch", "serve")
+# Each verb with the one line `wan-dist --help` shows for it; its settings are in conf/<verb>.yaml.
+VERBS = {
+    "render": "render one clip (prompt, image or a sidecar to reproduce) into a folder or URL",
+    "batch": "render every row of a Parquet manifest on Ray render groups (what `ray job submit` runs)",
+    "manifest": "write a Parquet batch manifest from a text file of prompts",
+    "serve": "start the HTTP API (job endpoints and the OpenAI-style videos API) on Ray Serve",
+    "plan": "choose a parallel layout for a model on N GPUs, with the candidates and the reasons",
+    "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
+}
 LATER: dict[str, str] = {}
 # Groups whose value may also be a free-form string: `model=/ckpt` means `model=custom model.source=/ckpt`.
 _FREE_GROUPS = {"model": ("custom", "source"), "output": ("local", "uri")}
@@ -49,10 +57,25 @@ def _run_hydra(verb: str, task: Callable, overrides: list[str]) -> None:
         sys.argv = saved
 
 
+def usage() -> str:
+    """What ``wan-dist --help`` prints: how to call it and one line per verb."""
+    width = max(len(verb) for verb in VERBS)
+    lines = ["usage: wan-dist <verb> [key=value ...]   settings as Hydra overrides (conf/<verb>.yaml)",
+             "       wan-dist <verb> --help            a verb's settings and their defaults",
+             "       wan-dist --version", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {line}" for verb, line in VERBS.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: wan-dist {{{'|'.join(VERBS)}}} [key=value ...]   (Hydra overrides; see conf/)")
+        print(usage())
+        return
+    if argv[0] == "--version":
+        from wan_dist import __version__
+
+        print(f"wan-dist {__version__}")
         return
     verb, overrides = argv[0], argv[1:]
     if verb in LATER:
@@ -70,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     elif verb == "manifest":
         from wan_dist.cli.manifest import manifest_main as task
     else:
-        raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)}")
+        raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)} (wan-dist --help says more)")
     _run_hydra(verb, task, overrides)
 
 

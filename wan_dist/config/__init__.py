@@ -214,6 +214,9 @@ class BatchConfig:
     ``publishers``: clips encoded and uploaded at once, outside the groups, while they render on.
     ``max_attempts`` / ``retry_backoff_s``: transient failures (a rank died, storage failed) retry with
     exponential backoff and jitter; a row still failing after ``max_attempts`` is recorded failed.
+    ``fail_on_row_errors``: the batch command (``wan-dist batch``, ``python -m wan_dist.cli.batch``) exits non-zero
+    when a row failed, so a Ray job with failed rows shows FAILED; False exits 0 once every row has an outcome
+    (failed rows are in the results table either way).
     """
 
     manifest: str
@@ -238,9 +241,12 @@ class BatchConfig:
     group_ready_timeout_s: float = 600.0
     run_id: str | None = None
     step_hook: str = ""  # "package.module:name": a step control for every render (wan_dist.engine.control)
+    fail_on_row_errors: bool = True
 
     def __post_init__(self) -> None:
         name = "BatchConfig"
+        _require(isinstance(self.fail_on_row_errors, bool), name, "fail_on_row_errors",
+                 f"must be true or false, got {self.fail_on_row_errors!r}")
         _require(bool(self.manifest), name, "manifest", "must name a Parquet file (path or URL)")
         _require(self.groups is None or self.groups >= 1, name, "groups", f"must be >= 1, got {self.groups}")
         for f in ("queue_depth", "publishers", "max_attempts", "results_flush_rows", "threads_per_rank"):
