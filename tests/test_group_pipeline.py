@@ -58,3 +58,28 @@ def test_a_dict_layout_and_bad_arguments(ray_local):
             pipe.generate("a fox", callback=lambda *a: None)
         out = pipe.generate("a fox", height=32, width=32, num_frames=5, num_inference_steps=2, seed=1)
     assert out.frames.shape == (1, 5, 32, 32, 3)
+
+
+def test_wan_dist_render_on_a_ulysses_2_group_renders_the_clip_of_one_device(tmp_path):
+    """The command a user runs, in its own process (its own local Ray), against the single-device command."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from wan_dist.video.mp4 import decode_mp4
+
+    env = {**os.environ, "WAN_DIST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    clips = {}
+    for name, extra in (("one", []), ("group", ["parallel.ulysses=2"])):
+        args = ["render", "model=tiny", "prompt=a lighthouse at dusk", "seed=4", "height=48", "width=80",
+                "num_frames=9", "sampling.num_inference_steps=4", f"output={tmp_path}", f"name={name}",
+                "progress=false", "output.crf=0", *extra]
+        done = subprocess.run([sys.executable, "-m", "wan_dist.cli.main", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        clips[name], _ = decode_mp4((tmp_path / name / "clip.mp4").read_bytes())
+    assert clips["one"].shape == clips["group"].shape == (9, 48, 80, 3)
+    assert abs(clips["one"].astype(int) - clips["group"].astype(int)).max() <= 2  # float rounding, then 8 bits
+    sidecar = json.loads((tmp_path / "group" / "clip.json").read_text())
+    assert sidecar["request"]["name"] == "group" and sidecar["settings"]["num_frames"] == 9

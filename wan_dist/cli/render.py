@@ -7,7 +7,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from wan_dist.config import OutputConfig, from_dict
+from wan_dist.config import OutputConfig, ParallelConfig, from_dict
 
 log = logging.getLogger("wan_dist")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -65,6 +65,12 @@ def render_main(cfg: DictConfig) -> None:
     folder = resolve_source(source, layout=cfg.model.layout)  # configs only: the weights load below
     request = _request_from_config(cfg, folder)
     device = cfg.model.device
+    parallel = from_dict(ParallelConfig, OmegaConf.to_container(cfg.parallel, resolve=True))
+    if parallel.world_size > 1:  # a Ray render group of that layout; its result rank publishes the clip
+        with load_pipeline(folder, device=device, dtype=torch_dtype(cfg.model.dtype, device),
+                           layout=cfg.model.layout, parallel=parallel) as group_pipe:
+            result = group_pipe.group.render(request, output, model_source=str(source))
+        return _report(result)
     pipe = load_pipeline(folder, device=device, dtype=torch_dtype(cfg.model.dtype, device),
                          layout=cfg.model.layout)
     bar = tqdm(desc="denoise", unit="step", disable=not cfg.progress)
@@ -77,6 +83,10 @@ def render_main(cfg: DictConfig) -> None:
         result = render(pipe, request, output, model_source=str(source), callback=progress)
     finally:
         bar.close()
+    _report(result)
+
+
+def _report(result) -> None:
     if result.status != "completed":
         raise SystemExit(f"render failed: {result.error}")
     log.info("clip: %s", result.clip_uri)
