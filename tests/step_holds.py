@@ -59,6 +59,7 @@ class HoldAt:
             if time.monotonic() - started > _GIVE_UP_S:
                 raise RuntimeError(f"hold of {self.key} at step {step} was never released")
             time.sleep(0.01)
+        _write(self._path("left"), {"step": step})
 
 
 def hook(request) -> HoldAt | None:
@@ -87,7 +88,7 @@ class Holds:
         """Hold the next render of ``prompt`` after step ``step`` (1-based) until :meth:`release`, and for at
         least ``min_s`` seconds (e.g. longer than a step control's throttle, so it runs again right after).
         Returns ``prompt``."""
-        for suffix in ("reached", "release"):
+        for suffix in ("reached", "release", "left"):
             if os.path.exists(self._path(prompt, suffix)):
                 os.remove(self._path(prompt, suffix))
         _write(self._path(prompt, "plan"), {"step": step, "min_s": min_s})
@@ -109,6 +110,10 @@ class Holds:
                                      "to reach its hold")
             time.sleep(0.02)
         return note
+
+    def left(self, prompt: str) -> bool:
+        """Whether the held render went on past its hold (it was released)."""
+        return os.path.exists(self._path(prompt, "left"))
 
     def release(self, prompt: str) -> None:
         _write(self._path(prompt, "release"), {})

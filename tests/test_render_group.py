@@ -55,22 +55,29 @@ def test_group_renders_the_same_clip_as_the_pipeline(ray_local, tmp_path, parall
     assert expected.frames.shape == (1, 9, 48, 80, 3)
 
 
-def test_a_killed_rank_fails_the_request_then_the_rebuilt_group_renders(ray_local, tmp_path):
+def test_a_killed_rank_fails_the_request_then_the_rebuilt_group_renders(ray_local, tmp_path, holds):
     import ray
 
+    from step_holds import HOOK
+
     group = RenderGroup(GroupConfig(source="tiny", parallel=ParallelConfig(ring=2), cpus_per_rank=0.5,
-                                    collective_timeout_s=60)).start()
-    slow = RenderRequest(prompt="a storm at sea", seed=2, height=64, width=64, num_frames=9,
-                         sampling=SamplingConfig(num_inference_steps=2000), name="storm")  # ~20 s: killed at 3 s
+                                    collective_timeout_s=60, step_hook=HOOK)).start()
+    prompt = holds.plan("a storm at sea, its group broken mid-render", 2)  # rank 0 waits at step 2
+    slow = RenderRequest(prompt=prompt, seed=2, height=64, width=64, num_frames=9,
+                         sampling=SamplingConfig(num_inference_steps=8), name="storm")
+
+    def kill_mid_render():
+        holds.wait_reached(prompt)
+        ray.kill(group.workers[-1], no_restart=True)
+
     try:
-        victim = group.workers[-1]
-        killer = threading.Timer(3.0, lambda: ray.kill(victim, no_restart=True))
+        killer = threading.Thread(target=kill_mid_render)
         killer.start()
-        started = time.monotonic()
         with pytest.raises(RenderGroupFailed, match="a rank failed"):
             group.render(slow, OutputConfig(uri=str(tmp_path / "out")))
         killer.join()
-        assert time.monotonic() - started < 60  # failed fast, not at a collective timeout
+        assert not holds.left(prompt)  # the failure surfaced while rank 0 still waited: not after it, nor a timeout
+        holds.release(prompt)
         assert not list((tmp_path / "out").glob("storm/clip.mp4"))  # nothing half-published
         with pytest.raises(RenderGroupFailed, match="not running"):
             group.render(REQUEST, OutputConfig(uri=str(tmp_path / "out")))

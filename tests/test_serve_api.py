@@ -376,9 +376,14 @@ def test_webhooks_are_signed_retried_and_recorded(serve_app, api, holds):
         assert get(api, completed["id"])["status"] == "completed"
 
 
-def test_progress_webhooks_when_asked(serve_app, api):
+def test_progress_webhooks_when_asked(serve_app, api, holds):
     with WebhookReceiver(SECRET) as receiver:
-        job = create(api, {**FAST, "num_inference_steps": 150, "webhook_url": receiver.url, "progress_webhooks": True})
+        body = held(holds, "webhooks: a fox whose progress is delivered")
+        job = create(api, {**body, "webhook_url": receiver.url, "progress_webhooks": True})
+        # held mid-render until a progress event was delivered: the job cannot end before it has one
+        wait_for(lambda: any(c == 200 and t == "job.progress" for _, c, t in receiver.events(job["id"])), 60,
+                 what="a progress event delivered mid-render")
+        holds.release(body["prompt"])
         quiet = create(api, {**FAST, "webhook_url": receiver.url})  # no progress asked: terminal event only
         wait_for(lambda: {t for _, c, t in receiver.events(job["id"]) if c == 200} == {"job.progress", "job.completed"}
                  and any(c == 200 for _, c, _ in receiver.events(quiet["id"])), 60,
@@ -471,3 +476,31 @@ def test_restart_of_the_app_loses_no_job(serve_app, api, store, holds):
     assert_clip(api.get(f"/v1/jobs/{ids[-1]}/content").content)
     listed = [j["id"] for j in api.get("/v1/jobs", params={"limit": 100}).json()["data"]]
     assert len(listed) == len(set(listed)) and set(ids) <= set(listed)
+
+
+def test_batch_results_link_each_clip_through_the_api_when_the_store_has_no_http_urls(serve_app, api):
+    """The app's output is a local folder: a remote client cannot open its paths, so each row's clip_url is the
+    API's own URL, downloaded with the caller's key (and no one else's)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"local-{i}", "prompt": f"a paper lantern number {i}", "num_frames": 5, "width": 64,
+             "height": 64, "num_inference_steps": 2, "seed": i} for i in range(2)]
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    created = api.post("/v1/batches", files={"manifest": ("m.parquet", sink.getvalue(), "application/octet-stream")})
+    assert created.status_code == 202, created.text
+    batch_id = created.json()["id"]
+    wait_for(lambda: api.get(f"/v1/batches/{batch_id}").json()["status"] == "completed", 120,
+             what="the batch to complete")
+    results = api.get(f"/v1/batches/{batch_id}/results").json()["data"]
+    assert [r["id"] for r in results] == ["local-0", "local-1"]
+    for record in results:
+        assert record["clip_url"] == f"{serve_app.base_url}/v1/batches/{batch_id}/clips/{record['id']}"
+        assert_clip(api.get(record["clip_url"]).content)
+        assert httpx.get(record["clip_url"], timeout=30, trust_env=False).status_code == 401  # needs a key
+        with serve_app.client("k2") as other:
+            assert other.get(record["clip_url"]).status_code == 404  # another key's batch
+    assert_error(api.get(f"/v1/batches/{batch_id}/clips/no-such-row"), 404, "row_id")

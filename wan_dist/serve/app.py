@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
-from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_queue, batch_results,
+from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_queue, batch_results,
                                     validate_batch)
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash, open_store
@@ -256,7 +256,20 @@ def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | Non
             raise RequestError(422, "limit: must be between 1 and 1000", param="limit", code="invalid_value")
         job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
         return await asyncio.to_thread(batch_results, job, output_root=settings.output, limit=limit, after=after,
-                                       presign=s.service.presign)
+                                       presign=s.service.presign, base_url=str(request.base_url))
+
+    @app.get("/v1/batches/{batch_id}/clips/{row_id}", response_class=Response,
+             responses={**responses(404, 422, content=CLIP),
+                        307: {"description": "Redirect to a presigned URL of the clip"}})
+    async def get_batch_clip(batch_id: str, row_id: str, request: Request):
+        """The clip of one row of the caller's batch (a redirect where the store presigns http URLs)."""
+        s = get_state()
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        uri = await asyncio.to_thread(batch_clip_uri, job, row_id, output_root=settings.output)
+        if uri is None:
+            raise RequestError(404, f"row_id: batch {batch_id} has no published clip for row {row_id!r}",
+                               param="row_id", code="not_found")
+        return await _clip_response(s, uri)
 
     # -- OpenAI-compatible videos -----------------------------------------------------------
     @app.post("/v1/videos", openapi_extra=request_body_schema(VideoCreate),
@@ -444,7 +457,10 @@ async def _content(s: ServeState, job_id: str, owner: str, *, redirect: bool = T
     if job.status != JobStatus.COMPLETED or not job.result:
         raise RequestError(409, f"job {job_id} is {job.status}; its content exists once it is completed",
                            param="id", code="not_ready")
-    uri = job.result["clip_uri"]
+    return await _clip_response(s, job.result["clip_uri"], redirect=redirect)
+
+
+async def _clip_response(s: ServeState, uri: str, *, redirect: bool = True) -> Response:
     url = s.service.presign(uri)
     if redirect and url and url.startswith(("http://", "https://")):
         return RedirectResponse(url, status_code=307)  # the CDN / object store serves the bytes

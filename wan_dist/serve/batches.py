@@ -27,7 +27,7 @@ from wan_dist.serve.jobs import Job, JobStatus, JobStore, LeaseLost
 from wan_dist.serve.schemas import RequestError, public_model_name
 
 __all__ = ["BATCH_QUEUE", "BatchCreate", "BatchSpec", "FairGate", "BatchWorker", "validate_batch", "batch_view",
-           "batch_results", "batch_queue"]
+           "batch_results", "batch_clip_uri", "batch_queue"]
 
 log = logging.getLogger("wan_dist.serve")
 BATCH_QUEUE = "batch:"  # prefix of a batch record's model: the queue renderers of that variant claim batches from
@@ -156,9 +156,9 @@ def _webhook(job: Job) -> dict | None:
     return {"url": job.webhook_url, "deliveries": job.webhook.get("deliveries") or {}}
 
 
-def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, presign) -> dict[str, Any]:
-    """One page of the batch's results, in manifest order: each row's final record over all runs of the batch
-    (a row published by an earlier run and skipped by a resumed one is reported completed)."""
+def _final_records(job: Job, output_root: str) -> dict[str, dict]:
+    """Each row's final record over all runs of the batch (a row published by an earlier run and skipped by a
+    resumed one is reported completed)."""
     from wan_dist.batch.results import read_results
 
     records: dict[str, dict] = {}
@@ -167,6 +167,23 @@ def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, 
         if earlier is not None and earlier["status"] == "completed" and record["status"] == "skipped":
             continue
         records[record["id"]] = record
+    return records
+
+
+def batch_clip_uri(job: Job, row_id: str, *, output_root: str) -> str | None:
+    """Where the published clip of row ``row_id`` lives, or None (no such row, or not rendered)."""
+    record = _final_records(job, output_root).get(row_id)
+    return record["clip_uri"] if record and record["status"] in ("completed", "skipped") else None
+
+
+def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, presign,
+                  base_url: str = "") -> dict[str, Any]:
+    """One page of the batch's results, in manifest order (see :func:`_final_records`). ``clip_url``: a presigned
+    http(s) URL where the store gives one, else the API's ``{base_url}/v1/batches/{id}/clips/{row id}`` (the
+    caller's key downloads it): never a ``file://`` or bucket path a remote client cannot open."""
+    from urllib.parse import quote
+
+    records = _final_records(job, output_root)
     rows = sorted(records.values(), key=lambda r: (r["index"] if r["index"] is not None else -1, r["id"]))
     if after is not None:
         rows = [r for r in rows if (r["index"] if r["index"] is not None else -1) > after]
@@ -174,7 +191,10 @@ def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, 
     data = []
     for record in page:
         record = {k: v for k, v in record.items() if k != "clip_url"}
-        record["clip_url"] = presign(record["clip_uri"]) if record.get("clip_uri") else None
+        url = presign(record["clip_uri"]) if record.get("clip_uri") else None
+        if record.get("clip_uri") and not (url or "").startswith(("http://", "https://")):
+            url = f"{base_url.rstrip('/')}/v1/batches/{job.id}/clips/{quote(record['id'], safe='')}"
+        record["clip_url"] = url
         data.append(record)
     return {"object": "list", "data": data, "has_more": len(rows) > limit,
             "last_index": page[-1]["index"] if page else None}
