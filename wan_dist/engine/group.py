@@ -147,9 +147,9 @@ class RankWorker:
     def load(self, config: GroupConfig) -> dict[str, Any]:
         import torch
 
-        from wan_dist.cli.render import torch_dtype
         from wan_dist.engine.pipeline import load_pipeline
         from wan_dist.engine.rank_program import RankProgram
+        from wan_dist.models.dtypes import torch_dtype
 
         device = "cuda" if config.use_gpus and torch.cuda.is_available() else "cpu"
         dtype = torch_dtype(config.dtype, device)
