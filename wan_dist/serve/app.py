@@ -25,7 +25,7 @@ from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
 from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_queue, batch_results,
                                     validate_batch)
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
-from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash, open_store
+from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash
 from wan_dist.serve.openapi import (BAD_VERSION, CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, BatchList, BatchObject,
                                     BatchResults, HealthStatus, JobList, JobObject, ModelList, VideoDeleted, VideoList,
                                     VideoObject, request_body_schema, responses)
@@ -33,6 +33,7 @@ from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, Req
                                     public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
 from wan_dist.serve.service import API_VERSIONS, JobService, Notifier, QueueFull, ServeSettings
+from wan_dist.serve.stores import open_store
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
 
 __all__ = ["create_app", "ServeState"]
