@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from wan_dist.config import SamplingConfig
 from wan_dist.engine.render import RenderRequest
-from wan_dist.engine.settings import resolve_settings
+from wan_dist.engine.settings import frames_for_duration, resolve_settings
 from wan_dist.models.presets import PRESETS
 from wan_dist.storage.objects import join, read_bytes, write_bytes_atomic
 
@@ -117,11 +117,6 @@ def derive_seed(row_id: str) -> int:
     """The seed of a row whose ``seed`` is null: a hash of its id, in [0, 2^53) (exact in JSON everywhere)."""
     digest = hashlib.sha256(f"wan-dist/manifest-seed/{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 11
-
-
-def frames_for_duration(duration_s: float, fps: int, stride: int = 4) -> int:
-    """The ``stride*k+1`` frame count whose length ``(frames - 1) / fps`` is nearest ``duration_s`` (ties up)."""
-    return stride * math.floor(duration_s * fps / stride + 0.5) + 1
 
 
 def read_manifest(uri: str, *, default_model: str, layout: str = "diffusers",

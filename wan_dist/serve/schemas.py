@@ -17,8 +17,8 @@ Rules beyond ``resolve_settings`` (4k+1 frames, size multiples, experts, i2v nee
   ``aspect_ratio`` ("16:9"/"9:16"/"1:1"), which pick the variant's supported size within 10% of the short
   side and 5% of the aspect (a missing one: the default size's). A size outside the variant's
   ``defaults.sizes`` is refused (``strict_sizes=False``: any multiple). No size on i2v: the image decides.
-- Length: ``num_frames``, or ``seconds`` (alias ``duration``) through the manifest's ``frames_for_duration``
-  at ``fps`` (default: the variant's); at most :data:`MAX_NUM_FRAMES` frames.
+- Length: ``num_frames``, or ``seconds`` (alias ``duration``) through ``frames_for_duration`` (as a manifest's
+  ``duration_s``) at ``fps`` (default: the variant's); at most :data:`MAX_NUM_FRAMES` frames.
 - ``seed`` absent: drawn now and written into the request, so a retried job renders the same clip; the
   ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
 - ``image``: an http(s)/s3 URL or a ``data:image/...;base64`` URI up to :data:`MAX_IMAGE_BYTES`; never a
@@ -40,10 +40,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wan_dist.batch.manifest import frames_for_duration
 from wan_dist.config import SamplingConfig
 from wan_dist.engine.render import RenderRequest
-from wan_dist.engine.settings import resolve_settings
+from wan_dist.engine.settings import frames_for_duration, resolve_settings
 from wan_dist.models.presets import PRESETS, VariantSpec
 
 __all__ = ["MODEL_NAMES", "MAX_NUM_FRAMES", "MAX_IMAGE_BYTES", "RequestError", "error_body", "resolve_model",
