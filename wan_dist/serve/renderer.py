@@ -111,7 +111,7 @@ class RendererCore:
             return self.group
 
     def shared_group(self):
-        from wan_dist.batch.runner import SharedGroup
+        from wan_dist.batch import SharedGroup
 
         return SharedGroup(group=self.group, model=self.model, record=self.record, gate=self.gate,
                            rebuild=self.rebuild)
