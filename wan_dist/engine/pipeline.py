@@ -86,6 +86,12 @@ class WanPipeline:
         return self.text_encoder.encode(prompts, device=self.device, dtype=self.dtype)
 
     def _contexts(self, settings: RenderSettings, batch: int, prompt_embeds, negative_prompt_embeds):
+        """The render's text contexts [B, T, text_dim] on the pipeline's device, in its dtype.
+
+        Encoded prompts have text_len rows (true rows, then zeros). Given embeddings keep their rows in the
+        diffusers layout, whose pipeline attends what it is given, and are zero padded to text_len in the
+        reference layout, whose model pads every prompt so; the DiT attends the rows it gets.
+        """
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompt(settings.prompts)
         if negative_prompt_embeds is None:
@@ -93,7 +99,17 @@ class WanPipeline:
         if prompt_embeds.shape[0] != batch or negative_prompt_embeds.shape[0] != batch:
             raise ValueError(f"negative_prompt_embeds: batch {negative_prompt_embeds.shape[0]} does not match "
                              f"prompt_embeds batch {prompt_embeds.shape[0]}")
-        return prompt_embeds.to(self.device, self.dtype), negative_prompt_embeds.to(self.device, self.dtype)
+        return (self._layout_context("prompt_embeds", prompt_embeds),
+                self._layout_context("negative_prompt_embeds", negative_prompt_embeds))
+
+    def _layout_context(self, name: str, embeds: torch.Tensor) -> torch.Tensor:
+        text_len, text_dim = self.spec.dit.text_len, self.spec.dit.text_dim
+        if embeds.ndim != 3 or not 1 <= embeds.shape[1] <= text_len or embeds.shape[2] != text_dim:
+            raise ValueError(f"{name}: expected [batch, 1..{text_len}, {text_dim}], got {list(embeds.shape)}")
+        embeds = embeds.to(self.device, self.dtype)
+        if self.info.layout == "reference":
+            embeds = torch.nn.functional.pad(embeds, (0, 0, 0, text_len - embeds.shape[1]))
+        return embeds
 
     def _schedule(self, settings: RenderSettings):
         if settings.schedule == "reference":
