@@ -214,3 +214,23 @@ def test_guided_prediction_with_a_prebuilt_batched_context():
     assert seen[-1] is batched
     assert torch.equal(guided_prediction(expert, latents, timestep, context, negative, 4.0), with_batched)
     assert batch_contexts(context, None) is None
+
+
+@torch.no_grad()
+def test_contexts_of_different_lengths_run_as_two_forwards():
+    """Given embeddings may differ in rows between cond and uncond: they cannot be concatenated into one
+    batched forward, so guided_prediction runs them one after the other (the same guided velocity)."""
+    model = make_pair("tiny")[1]
+    latents, timestep, context = make_inputs(model.config, torch.tensor([900.0, 900.0]))
+    negative = _context(model.config, [4, 11], seed=9)[:, :12]
+    seen = []
+
+    def expert(x, t, c):
+        seen.append(c)
+        return model(x, t, c)
+
+    assert batch_contexts(context, negative) is None
+    guided = guided_prediction(expert, latents, timestep, context, negative, 4.0)
+    assert len(seen) == 2 and seen[0] is context and seen[1] is negative
+    cond, uncond = model(latents, timestep, context), model(latents, timestep, negative)
+    assert (guided - (uncond + 4.0 * (cond - uncond))).abs().max() <= 1e-5

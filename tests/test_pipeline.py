@@ -30,7 +30,7 @@ def _inputs(pipe, *, batch=2, seed=0, height=HEIGHT, width=WIDTH):
     return context, negative, latents
 
 
-def _short_inputs(pipe, *, rows=20, negative_rows=20, batch=2, seed=1):
+def _short_inputs(pipe, *, rows=20, negative_rows=12, batch=2, seed=1):
     """Embeddings given with fewer rows than text_len: sample 0 ends in zero rows, sample 1 fills every row."""
     context, negative, latents = _inputs(pipe, batch=batch, seed=seed)
     context, negative = context[:, :rows].clone(), negative[:, :negative_rows].clone()
@@ -157,10 +157,10 @@ def test_batched_cfg_equals_two_sequential_forwards(checkpoint_factory):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("cfg_mode,negative_rows", [("sequential", 20), ("batched", 20)])
+@pytest.mark.parametrize("cfg_mode,negative_rows", [("sequential", 12), ("batched", 20), ("batched", 12)])
 def test_short_prompt_embeds_are_attended_as_given_like_diffusers(checkpoint_factory, cfg_mode, negative_rows):
     """diffusers' WanPipeline attends given embeddings as they are (no padding to 512 rows), and so does
-    the diffusers layout."""
+    the diffusers layout. Cond and uncond of different lengths cannot share a batched forward: two run."""
     from diffusers import WanPipeline
 
     folder = checkpoint_factory("tiny", "diffusers")
