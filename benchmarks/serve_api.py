@@ -148,7 +148,7 @@ async def _load(cfg: DictConfig, base_url: str) -> dict:
 
 def _stored(store_uri: str) -> tuple[list[str], Counter]:
     """Every job id in the store (opened directly, as a second process), and the count of each status."""
-    from wan_dist.serve.jobs import open_store
+    from wan_dist.serve.stores import open_store
 
     ids, by_status, after = [], Counter(), None
     with open_store(store_uri) as store:

@@ -66,7 +66,7 @@ class LatentOnlyVAE:
 
 def load(folder: str, heads: int | None, full: bool = False):
     """A float32 pipeline of ``folder``: the whole pipeline with ``full``, else experts only."""
-    from wan_dist.engine.pipeline import WanPipeline, load_pipeline
+    from wan_dist.engine.pipeline import WanPipeline, load_local_pipeline as load_pipeline
     from wan_dist.models.checkpoint import detect_checkpoint, load_dit
 
     if full:

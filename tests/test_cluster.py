@@ -30,7 +30,7 @@ LAUNCHER = CLUSTER / "aws-8xh100.yaml"
 RAYJOB = CLUSTER / "kuberay-batch-job.yaml"
 RAYSERVICE = CLUSTER / "kuberay-rayservice.yaml"
 
-SERVE_IMPORT_PATH = "wan_dist.serve.app:build_app"
+SERVE_IMPORT_PATH = "wan_dist.serve.deploy:build_app"
 # Model names of the HTTP API (../shared/INTERFACES.md).
 MODEL_NAMES = {"wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "tiny"}
 
@@ -356,9 +356,9 @@ def test_rayjob_checks_can_fail(path, value, delete):
 @pytest.mark.parametrize("serve_config", [
     "applications:\n- name: x\n  route_prefix: /\n  import_path: wan_dist.serve.other:app\n  args: {models: [tiny]}\n",
     "applications:\n- name: x\n  route_prefix: /\n  args: {models: [tiny]}\n",        # no import_path
-    "applications:\n- name: x\n  route_prefix: /api\n  import_path: wan_dist.serve.app:build_app\n"
+    "applications:\n- name: x\n  route_prefix: /api\n  import_path: wan_dist.serve.deploy:build_app\n"
     "  args: {models: [tiny]}\n",
-    "applications:\n- name: x\n  route_prefix: /\n  import_path: wan_dist.serve.app:build_app\n"
+    "applications:\n- name: x\n  route_prefix: /\n  import_path: wan_dist.serve.deploy:build_app\n"
     "  args: {models: [wan-t2v]}\n",                                                       # unknown model name
     "applications: [\n",                                                                   # not YAML
 ])
@@ -373,7 +373,7 @@ def test_rayservice_checks_can_fail(serve_config):
 
 
 def test_serve_import_path_names_the_builder():
-    """Once wan_dist/serve/app.py exists it must define build_app (checked without importing Ray Serve)."""
+    """Once wan_dist/serve/deploy.py exists it must define build_app (checked without importing Ray Serve)."""
     module, _, attr = SERVE_IMPORT_PATH.partition(":")
     path = REPO / (module.replace(".", "/") + ".py")
     if not path.exists():

@@ -186,12 +186,25 @@ def test_time_embedding_is_float64_cos_sin():
 
 
 @torch.no_grad()
-def test_int_timestep_and_short_context():
+def test_int_timestep():
     model = make_pair("tiny")[1]
     latents, _, context = make_inputs(model.config, None)
     expected = model(latents, torch.tensor([999.0, 3.0]), context)
     assert torch.equal(model(latents, torch.tensor([999, 3]), context), expected)
-    assert torch.equal(model(latents, torch.tensor([999, 3]), context[:, :19]), expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rows", [19, 30])
+def test_short_context_matches_diffusers_which_attends_the_rows_given(rows):
+    """Fewer than text_len rows (given embeddings): attended as given, zero rows included, as diffusers'
+    transformer attends them; not as the same prompt zero padded to text_len."""
+    oracle, model = make_pair("tiny")
+    model.timestep_precision = "float32"
+    latents, timestep, context = make_inputs(model.config, SMALL_T["tiny"])
+    short = context[:, :rows]  # 19: the second prompt fills every row; 30: both end in zero rows
+    expected = oracle(latents, timestep, short, return_dict=False)[0]
+    assert (model(latents, timestep, short) - expected).abs().max() <= 1e-5
+    assert (oracle(latents, timestep, context, return_dict=False)[0] - expected).abs().max() > 1e-3
 
 
 @torch.no_grad()

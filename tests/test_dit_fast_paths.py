@@ -1,7 +1,7 @@
 """The DiT's inference fast paths compute the same math as the plain one.
 
 Prepared text context (once per render) against a raw context, compressed cross-attention (true
-prompt rows + one padding slot with a log-count bias) against all text_len rows, the token-chunked
+prompt rows + one padding slot with a log-count bias) against all rows given, the token-chunked
 in-place FFN and residual stream against the out-of-place autograd path, and the fused RoPE / RMSNorm
 against their textbook formulas. All fp32 on CPU at tiny sizes, weights perturbed as in test_dit.py.
 """
@@ -19,16 +19,17 @@ from wan_dist.sampling.denoise import batch_contexts, guided_prediction
 from tests.test_dit import NUM_TOKENS, make_inputs, make_pair, per_token_timestep
 
 
-def _context(config, lengths: list[int], seed: int = 3) -> torch.Tensor:
+def _context(config, lengths: list[int], seed: int = 3, rows: int | None = None) -> torch.Tensor:
+    """[B, rows (default text_len), text_dim]: sample b has lengths[b] true rows, then zero rows."""
     generator = torch.Generator().manual_seed(seed)
-    context = torch.randn(len(lengths), config.text_len, config.text_dim, generator=generator)
+    context = torch.randn(len(lengths), rows or config.text_len, config.text_dim, generator=generator)
     for row, length in enumerate(lengths):
         context[row, length:] = 0
     return context
 
 
 def _uncompressed(model, latents, timestep, context):
-    """The reference computation: all text_len rows embedded and attended, no preparation."""
+    """The plain computation: every row of the context embedded and attended, no preparation."""
     state = model.embed(latents, timestep, context)
     x = model.run_blocks(state.tokens, state.e0, model.embed_text(context), state.rope)
     return model.unpatchify(model.head(x, state.e), state.grid)
@@ -76,33 +77,38 @@ def test_text_lengths_finds_the_last_nonzero_row():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("lengths", [[7, 19], [19, 19], [1, 0], [512, 5], [512, 512], [511, 3]])
-def test_compressed_cross_attention_equals_uncompressed(lengths):
+@pytest.mark.parametrize("lengths, rows", [([7, 19], 512), ([19, 19], 512), ([1, 0], 512), ([512, 5], 512),
+                                           ([512, 512], 512), ([511, 3], 512), ([7, 19], 24), ([24, 3], 24),
+                                           ([0, 22], 24), ([23, 23], 24)])
+def test_compressed_cross_attention_equals_uncompressed(lengths, rows):
     model = make_pair("tiny")[1]
     config = model.config
     latents, timestep, _ = make_inputs(config, torch.tensor([900.0, 400.0]))
-    context = _context(config, lengths)
+    context = _context(config, lengths, rows=rows)  # rows < text_len: embeddings given shorter, attended as given
     prepared = model.prepare_context(context)
     assert prepared.lengths.tolist() == lengths
-    assert prepared.num_rows == min(max(lengths) + 1, config.text_len)
+    assert prepared.num_rows == min(max(lengths) + 1, rows)
     bias = prepared.layers[0].bias
-    if prepared.num_rows == config.text_len:  # a (nearly) full-length prompt: nothing to compress
+    if prepared.num_rows == rows:  # a (nearly) full-length prompt: nothing to compress
         assert bias is None
     else:  # every kept padding slot together stands for all padding rows of its sample
         for row, length in enumerate(lengths):
-            assert torch.allclose(bias[row, 0, 0, length:].exp().sum(), torch.tensor(float(config.text_len - length)))
+            assert torch.allclose(bias[row, 0, 0, length:].exp().sum(), torch.tensor(float(rows - length)))
             assert torch.equal(bias[row, 0, 0, :length], torch.zeros(length))
     expected = _uncompressed(model, latents, timestep, context)
     assert (model(latents, timestep, prepared) - expected).abs().max() <= 1e-5
 
 
 @torch.no_grad()
-def test_a_shorter_raw_context_is_zero_padded():
+def test_a_shorter_raw_context_is_attended_as_given():
+    """No implicit padding to text_len: the zero rows a context has are attended, and no others (the
+    reference layout's pipeline pads before calling; see test_pipeline.py)."""
     model = make_pair("tiny")[1]
     latents, timestep, context = make_inputs(model.config, torch.tensor([900.0, 400.0]))
-    trimmed = context[:, :19]  # the longest prompt fills all 19 rows: its padding slot is implied
-    assert torch.equal(model(latents, timestep, trimmed), model(latents, timestep, context))
-    assert (model(latents, timestep, trimmed) - _uncompressed(model, latents, timestep, context)).abs().max() <= 1e-5
+    for trimmed in (context[:, :19], context[:, :30]):  # the longest prompt fills all 19 rows / has 11 zero rows
+        out = model(latents, timestep, trimmed)
+        assert (out - _uncompressed(model, latents, timestep, trimmed)).abs().max() <= 1e-5
+        assert (out - model(latents, timestep, context)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -208,3 +214,23 @@ def test_guided_prediction_with_a_prebuilt_batched_context():
     assert seen[-1] is batched
     assert torch.equal(guided_prediction(expert, latents, timestep, context, negative, 4.0), with_batched)
     assert batch_contexts(context, None) is None
+
+
+@torch.no_grad()
+def test_contexts_of_different_lengths_run_as_two_forwards():
+    """Given embeddings may differ in rows between cond and uncond: they cannot be concatenated into one
+    batched forward, so guided_prediction runs them one after the other (the same guided velocity)."""
+    model = make_pair("tiny")[1]
+    latents, timestep, context = make_inputs(model.config, torch.tensor([900.0, 900.0]))
+    negative = _context(model.config, [4, 11], seed=9)[:, :12]
+    seen = []
+
+    def expert(x, t, c):
+        seen.append(c)
+        return model(x, t, c)
+
+    assert batch_contexts(context, negative) is None
+    guided = guided_prediction(expert, latents, timestep, context, negative, 4.0)
+    assert len(seen) == 2 and seen[0] is context and seen[1] is negative
+    cond, uncond = model(latents, timestep, context), model(latents, timestep, negative)
+    assert (guided - (uncond + 4.0 * (cond - uncond))).abs().max() <= 1e-5

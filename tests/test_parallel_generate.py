@@ -27,6 +27,8 @@ WORLD2 = {  # tiny (2 heads)
     "cfg2": dict(cfg=2),
     "data2": dict(data=2),
     "ti2v_ring2": dict(ring=2),  # per-token timesteps (image-conditioned first frame)
+    "short_ulysses2": dict(ulysses=2),  # given embeddings of 20 and 12 rows, attended as given
+    "short_cfg2": dict(cfg=2),
 }
 WORLD4 = {  # test DiT with 4 heads
     "ulysses4": dict(ulysses=4),
@@ -34,6 +36,7 @@ WORLD4 = {  # test DiT with 4 heads
     "usp2x2": dict(ulysses=2, ring=2),
     "cfg2_ulysses2": dict(cfg=2, ulysses=2),
     "data2_ring2": dict(data=2, ring=2),
+    "short_usp2x2": dict(ulysses=2, ring=2),
 }
 
 
@@ -51,6 +54,14 @@ def _ti2v_kwargs():
                 output_type="latent", seed=0)
 
 
+def _short_kwargs():
+    """Embeddings given shorter than text_len, and of different lengths for cond and uncond: the diffusers
+    layout attends them as given (a batched CFG forward cannot hold both: two forwards run)."""
+    kwargs = _t2v_kwargs()
+    return {**kwargs, "prompt_embeds": kwargs["prompt_embeds"][:, :20].clone(),
+            "negative_prompt_embeds": kwargs["negative_prompt_embeds"][:, :12].clone()}
+
+
 def _cases(checkpoint_factory, layouts: dict, heads: int | None) -> list[dict]:
     tiny = str(checkpoint_factory("tiny", "diffusers"))
     cases = []
@@ -58,7 +69,7 @@ def _cases(checkpoint_factory, layouts: dict, heads: int | None) -> list[dict]:
         if name.startswith("ti2v"):
             folder, kwargs, image = str(checkpoint_factory("tiny-ti2v", "diffusers")), _ti2v_kwargs(), True
         else:
-            folder, kwargs, image = tiny, _t2v_kwargs(), False
+            folder, kwargs, image = tiny, _short_kwargs() if name.startswith("short") else _t2v_kwargs(), False
         cases.append(dict(name=name, folder=folder, heads=heads, parallel=parallel, kwargs=kwargs, image=image,
                           full=image))
     return cases

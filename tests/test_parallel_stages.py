@@ -31,6 +31,13 @@ def _request(seed: int, **extra) -> dict:
                 output_type="latent", seed=seed, **extra)
 
 
+def _short_request(seed: int) -> dict:
+    """Embeddings given with 20 and 12 rows: attended as given (diffusers layout), handed off as they are."""
+    request = _request(seed)
+    return {**request, "prompt_embeds": request["prompt_embeds"][:, :20].clone(),
+            "negative_prompt_embeds": request["negative_prompt_embeds"][:, :12].clone()}
+
+
 def _load_stage_pipe(folder: str, stage: int, full: bool):
     """A float32 pipeline holding only ``stage``'s expert; returns it and the folders load_dit read."""
     from wan_dist.engine.pipeline import WanPipeline
@@ -98,7 +105,7 @@ def _cases(checkpoint_factory, world_size: int) -> list[dict]:
                 dict(name="entry_1+1_np", folder=tiny, parallel=dict(data=2, placement="disaggregated"),
                      requests=[render], full=True, entry=True)]
     return [dict(name="queue_u2+u2", folder=tiny, parallel=dict(ulysses=2, placement="disaggregated"),
-                 requests=[_request(3), _request(4, solver="dpm++")]),
+                 requests=[_request(3), _request(4, solver="dpm++"), _short_request(6)]),
             dict(name="sized_3+1", folder=tiny, parallel=dict(placement="disaggregated"),
                  stage_sizes=stage_sizes_by_steps(4, (26, 14)), requests=[_request(5)])]
 
@@ -212,3 +219,10 @@ def test_handoff_wire_format_round_trips():
                     negative_context=None)
     back = HandOff.from_wire(euler.header(), euler.payloads())
     assert back.state.history == () and back.state.last_sample is None and back.negative_context is None
+    # given embeddings: the negative context may have other rows than the context (each is attended as it is)
+    uneven = HandOff(request=1, seed=2, latents=latents, state=state, context=context[:, :20],
+                     negative_context=2 * context[:, :7])
+    header, payloads = uneven.header(), uneven.payloads()
+    assert [p.shape for p in HandOff.empty_payloads(header)] == [p.shape for p in payloads]
+    back = HandOff.from_wire(header, [p.clone() for p in payloads])
+    assert torch.equal(back.context, context[:, :20]) and torch.equal(back.negative_context, 2 * context[:, :7])

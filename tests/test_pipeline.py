@@ -30,6 +30,19 @@ def _inputs(pipe, *, batch=2, seed=0, height=HEIGHT, width=WIDTH):
     return context, negative, latents
 
 
+def _short_inputs(pipe, *, rows=20, negative_rows=12, batch=2, seed=1):
+    """Embeddings given with fewer rows than text_len: sample 0 ends in zero rows, sample 1 fills every row."""
+    context, negative, latents = _inputs(pipe, batch=batch, seed=seed)
+    context, negative = context[:, :rows].clone(), negative[:, :negative_rows].clone()
+    context[0, rows - 5:] = 0
+    negative[1] = torch.randn(negative_rows, negative.shape[2], generator=torch.Generator().manual_seed(seed))
+    return context, negative, latents
+
+
+def _padded(embeds: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.nn.functional.pad(embeds, (0, 0, 0, rows - embeds.shape[1]))
+
+
 def _image(seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     gradient = np.linspace(0, 255, WIDTH, dtype=np.float32)[None, :, None] * np.ones((HEIGHT, 1, 3))
@@ -141,6 +154,60 @@ def test_batched_cfg_equals_two_sequential_forwards(checkpoint_factory):
     batched = guided_prediction(expert, latents, timestep, context, negative, 4.0)
     cond, uncond = model(latents, timestep, context), model(latents, timestep, negative)
     assert (batched - (uncond + 4.0 * (cond - uncond))).abs().max().item() <= 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg_mode,negative_rows", [("sequential", 12), ("batched", 20), ("batched", 12)])
+def test_short_prompt_embeds_are_attended_as_given_like_diffusers(checkpoint_factory, cfg_mode, negative_rows):
+    """diffusers' WanPipeline attends given embeddings as they are (no padding to 512 rows), and so does
+    the diffusers layout. Cond and uncond of different lengths cannot share a batched forward: two run."""
+    from diffusers import WanPipeline
+
+    folder = checkpoint_factory("tiny", "diffusers")
+    pipe = load_pipeline(str(folder), dtype=torch.float32, cfg_mode=cfg_mode)
+    oracle = WanPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    context, negative, latents = _short_inputs(pipe, negative_rows=negative_rows)
+    common = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=8, guidance_scale=4.0,
+                  guidance_scale_2=3.0, prompt_embeds=context, negative_prompt_embeds=negative, output_type="latent")
+    expected = oracle(latents=latents.clone(), **common).frames
+    out = pipe.generate(latents=latents.clone(), seed=0, **common)
+    assert _compare(out.frames, expected) <= 1e-4
+    text_len = pipe.spec.dit.text_len  # sanity: zero padding the embeddings is another input for diffusers
+    padded = oracle(latents=latents.clone(), **{**common, "prompt_embeds": _padded(context, text_len),
+                                                "negative_prompt_embeds": _padded(negative, text_len)}).frames
+    assert _compare(out.frames, padded) > 1e-2
+
+
+@torch.no_grad()
+def test_reference_layout_pads_short_prompt_embeds_to_text_len(checkpoint_factory):
+    """The reference pads every prompt with zero rows to text_len before its text embedding, and so does the
+    reference layout with given embeddings: on the same weights and schedule it matches diffusers'
+    WanPipeline fed the embeddings zero padded to text_len, not fed them as given."""
+    from diffusers import WanPipeline
+
+    pipe = load_pipeline(str(checkpoint_factory("tiny", "reference")), dtype=torch.float32)
+    oracle = WanPipeline.from_pretrained(str(checkpoint_factory("tiny", "diffusers")), torch_dtype=torch.float32)
+    context, negative, latents = _short_inputs(pipe)
+    common = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=8, guidance_scale=4.0,
+                  guidance_scale_2=3.0, output_type="latent")
+    # the diffusers layout's schedule and shift, so that only the text differs between the runs
+    out = pipe.generate(latents=latents.clone(), seed=0, prompt_embeds=context, negative_prompt_embeds=negative,
+                        schedule="diffusers", shift=3.0, **common).frames
+    text_len = pipe.spec.dit.text_len
+    padded = oracle(latents=latents.clone(), prompt_embeds=_padded(context, text_len),
+                    negative_prompt_embeds=_padded(negative, text_len), **common).frames
+    as_given = oracle(latents=latents.clone(), prompt_embeds=context, negative_prompt_embeds=negative, **common).frames
+    assert _compare(out, padded) <= 1e-4
+    assert _compare(out, as_given) > 1e-2
+
+
+@pytest.mark.parametrize("rows, dim", [(0, None), (513, None), (20, 7), (None, None)])
+def test_prompt_embeds_of_a_bad_shape_are_refused(checkpoint_factory, rows, dim):
+    pipe = load_pipeline(str(checkpoint_factory("tiny", "diffusers")), dtype=torch.float32)
+    text_dim = pipe.spec.dit.text_dim
+    shape = (1, text_dim) if rows is None else (1, rows, dim or text_dim)  # None: two dimensions
+    with pytest.raises(ValueError, match=r"^prompt_embeds: expected \[batch, 1\.\.512, "):
+        pipe.generate(prompt_embeds=torch.zeros(shape), num_inference_steps=1, seed=0)
 
 
 @torch.no_grad()

@@ -241,8 +241,8 @@ def test_activation_model_matches_a_measured_cpu_forward():
 
 @pytest.mark.slow
 def test_plan_command_prints_layout_table_and_reasons():
-    script = ("from wan_dist.cli.main import _run_hydra; from wan_dist.cli.plan import plan_main; "
-              "import sys; _run_hydra('plan', plan_main, sys.argv[1:])")
+    script = ("from wan_dist.cli.compose import run_hydra; from wan_dist.cli.plan import plan_main; "
+              "import sys; run_hydra('plan', plan_main, sys.argv[1:])")
     args = ["model=t2v-a14b", "gpus=8", "gpu_memory_gb=80", "resolution=720p", "frames=81", "objective=latency"]
     out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

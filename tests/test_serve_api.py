@@ -17,8 +17,9 @@ import pytest
 
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, wait_for
 from step_holds import HOOK
-from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, open_store
+from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
 from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.stores import open_store
 from wan_dist.serve.webhooks import generate_secret
 from wan_dist.video.mp4 import decode_mp4
 

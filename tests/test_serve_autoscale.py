@@ -9,7 +9,7 @@ import pytest
 
 from serve_fixtures import APP_NAME, ServeApp, free_port, wait_for
 from step_holds import HOOK
-from wan_dist.serve.jobs import open_store
+from wan_dist.serve.stores import open_store
 from wan_dist.serve.service import ServeSettings
 
 pytestmark = pytest.mark.slow

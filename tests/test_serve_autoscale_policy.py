@@ -7,8 +7,9 @@ import pytest
 
 from wan_dist.serve.autoscale import POLICY, QueueLengthPolicy, RendererAutoscaling, desired_replicas
 from wan_dist.serve.batches import batch_queue
-from wan_dist.serve.jobs import Job, open_store
+from wan_dist.serve.jobs import Job
 from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.stores import open_store
 
 
 def context(current: int, target: int | None = None, config=None):

@@ -18,8 +18,9 @@ import pytest
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
 from step_holds import HOOK
 from wan_dist.batch.manifest import write_manifest
-from wan_dist.serve.jobs import ACTIVE_STATUSES, open_store
+from wan_dist.serve.jobs import ACTIVE_STATUSES
 from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.stores import open_store
 from wan_dist.serve.webhooks import generate_secret
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ from wan_dist.serve.job_stores import SQLiteJobStore
 from wan_dist.serve.object_job_store import ObjectJobStore
 from wan_dist.serve.jobs import (
     IdempotencyConflict, InvalidTransition, Job, JobExists, JobNotFound, LeaseLost, VersionConflict, body_hash,
-    open_store, sqlite_path,
 )
+from wan_dist.serve.stores import open_store, sqlite_path
 from wan_dist.storage import delete
 
 BACKENDS = ["sqlite", "file", "memory"]

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from wan_dist.batch.manifest import frames_for_duration
+from wan_dist.engine.settings import frames_for_duration
 from wan_dist.models.presets import PRESETS
 from wan_dist.serve import schemas
 from wan_dist.serve.forms import MAX_DEPTH, coerce_scalars, parse_form, pop_files

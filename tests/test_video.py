@@ -1,4 +1,5 @@
-"""wan_dist.video: real H.264 encode/decode with PyAV, clips with sidecars on memory://, local and S3 (moto)."""
+"""wan_dist.video: real H.264 encode/decode with PyAV; wan_dist.engine.clips: clips with sidecars on memory://,
+local and S3 (moto)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,9 @@ import uuid
 import numpy as np
 import pytest
 
+from wan_dist.engine.clips import ClipURIs, read_sidecar, write_clip
 from wan_dist.storage import ObjectNotFoundError, delete, list_prefix, read_bytes
-from wan_dist.video import (
-    ClipURIs,
-    decode_mp4,
-    encode_mp4,
-    frames_from_video_tensor,
-    probe_mp4,
-    read_sidecar,
-    write_clip,
-)
+from wan_dist.video import decode_mp4, encode_mp4, frames_from_video_tensor, probe_mp4
 
 PROMPT = "一只橘猫在雪地里奔跑, café au lait ☕ — «Zürich»"
 

@@ -9,8 +9,8 @@ __all__ = ["load_pipeline", "__version__"]
 def load_pipeline(source, **kwargs):
     """Load a Wan 2.2 pipeline from a preset name, local folder, fsspec URL or Hugging Face repo id.
 
-    See ``wan_dist.engine.pipeline.load_pipeline`` for the arguments.
+    See ``wan_dist.engine.loading.load_pipeline`` for the arguments.
     """
-    from wan_dist.engine.pipeline import load_pipeline as _load
+    from wan_dist.engine.loading import load_pipeline as _load
 
     return _load(source, **kwargs)

@@ -12,7 +12,7 @@ import json
 import logging
 
 from wan_dist.storage.objects import join, list_prefix, read_bytes
-from wan_dist.video.clip import SIDECAR_NAME
+from wan_dist.engine.clips import SIDECAR_NAME
 
 __all__ = ["plan_resume", "published_rows"]
 

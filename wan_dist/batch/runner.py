@@ -41,10 +41,10 @@ from wan_dist.batch.progress import Progress
 from wan_dist.batch.results import ResultsWriter, write_summary
 from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
+from wan_dist.engine.clips import SIDECAR_NAME
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
 from wan_dist.batch.resume import plan_resume, published_rows
 from wan_dist.storage.objects import join, presigned_url
-from wan_dist.video.clip import SIDECAR_NAME
 
 __all__ = ["BatchRunner", "SharedGroup", "run_batch", "published_rows"]
 

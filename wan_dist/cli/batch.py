@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from omegaconf import DictConfig, OmegaConf
 
+from wan_dist.cli.compose import run_hydra
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig, from_dict
 
 log = logging.getLogger("wan_dist")
@@ -106,9 +107,8 @@ def batch_main(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from wan_dist.cli.main import main as cli_main
-
-    cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m wan_dist.cli.batch [overrides]``: the same as ``wan-dist batch [overrides]``."""
+    run_hydra("batch", batch_main, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-from typing import Callable
+
+from wan_dist.cli.compose import conf_dir, rewrite_overrides, run_hydra
 
 __all__ = ["main", "usage", "conf_dir", "rewrite_overrides"]
 
@@ -23,38 +23,6 @@ VERBS = {
     "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
 }
 LATER: dict[str, str] = {}
-# Groups whose value may also be a free-form string: `model=/ckpt` means `model=custom model.source=/ckpt`.
-_FREE_GROUPS = {"model": ("custom", "source"), "output": ("local", "uri")}
-
-
-def conf_dir() -> Path:
-    """The Hydra config folder: conf/ at the repository root."""
-    return Path(__file__).resolve().parents[2] / "conf"
-
-
-def rewrite_overrides(overrides: list[str]) -> list[str]:
-    """Turn ``model=<path|url|repo>`` / ``output=<uri>`` into group option + field overrides."""
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if sep and key in _FREE_GROUPS and not (conf_dir() / key / f"{value}.yaml").exists():
-            option, field_name = _FREE_GROUPS[key]
-            out += [f"{key}={option}", f"{key}.{field_name}={value}"]
-        else:
-            out.append(item)
-    return out
-
-
-def _run_hydra(verb: str, task: Callable, overrides: list[str]) -> None:
-    import hydra
-
-    wrapped = hydra.main(config_path=str(conf_dir()), config_name=verb, version_base="1.3")(task)
-    saved = sys.argv
-    sys.argv = [f"wan-dist {verb}", *rewrite_overrides(overrides)]
-    try:
-        wrapped()
-    finally:
-        sys.argv = saved
 
 
 def usage() -> str:
@@ -94,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.manifest import manifest_main as task
     else:
         raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)} (wan-dist --help says more)")
-    _run_hydra(verb, task, overrides)
+    run_hydra(verb, task, overrides)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 from wan_dist.config import OutputConfig, ParallelConfig, from_dict
 
 log = logging.getLogger("wan_dist")
-_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def torch_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        name = "float32" if str(device).startswith("cpu") else "bfloat16"
-    if name not in _DTYPES:
-        raise ValueError(f"model.dtype: must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
-    return getattr(torch, name)
 
 
 def _request_from_config(cfg: DictConfig, folder):
@@ -56,9 +45,10 @@ def _source_of(cfg: DictConfig) -> str:
 def render_main(cfg: DictConfig) -> None:
     from tqdm import tqdm
 
-    from wan_dist.engine.pipeline import load_pipeline
+    from wan_dist.engine.loading import load_pipeline
     from wan_dist.engine.render import render
     from wan_dist.engine.sources import resolve_source
+    from wan_dist.models.dtypes import torch_dtype
 
     output = from_dict(OutputConfig, OmegaConf.to_container(cfg.output, resolve=True))
     source = _source_of(cfg)
@@ -95,6 +85,7 @@ def _report(result) -> None:
 
 
 def make_checkpoint_main(cfg: DictConfig) -> None:
+    from wan_dist.models.dtypes import torch_dtype
     from wan_dist.models.make_checkpoint import make_checkpoint
 
     folder = make_checkpoint(cfg.variant, cfg.out, layout=cfg.layout, seed=int(cfg.seed),

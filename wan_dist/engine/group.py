@@ -147,13 +147,13 @@ class RankWorker:
     def load(self, config: GroupConfig) -> dict[str, Any]:
         import torch
 
-        from wan_dist.cli.render import torch_dtype
-        from wan_dist.engine.pipeline import load_pipeline
+        from wan_dist.engine.pipeline import load_local_pipeline
         from wan_dist.engine.rank_program import RankProgram
+        from wan_dist.models.dtypes import torch_dtype
 
         device = "cuda" if config.use_gpus and torch.cuda.is_available() else "cpu"
         dtype = torch_dtype(config.dtype, device)
-        self.pipe = load_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
+        self.pipe = load_local_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
                                   expert_loader=self._sharded_loader(config, device, dtype))
         self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size,
                                    handoff_timeout_s=config.handoff_timeout_s, step_hook=config.step_hook)

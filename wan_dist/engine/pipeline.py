@@ -25,7 +25,7 @@ from wan_dist.sampling.solvers import make_solver
 from wan_dist.engine.images import image_size, prepare_image
 from wan_dist.engine.settings import RenderSettings, resolve_settings
 
-__all__ = ["WanPipeline", "WanOutput", "load_pipeline"]
+__all__ = ["WanPipeline", "WanOutput", "load_local_pipeline"]
 
 
 @dataclass
@@ -86,6 +86,12 @@ class WanPipeline:
         return self.text_encoder.encode(prompts, device=self.device, dtype=self.dtype)
 
     def _contexts(self, settings: RenderSettings, batch: int, prompt_embeds, negative_prompt_embeds):
+        """The render's text contexts [B, T, text_dim] on the pipeline's device, in its dtype.
+
+        Encoded prompts have text_len rows (true rows, then zeros). Given embeddings keep their rows in the
+        diffusers layout, whose pipeline attends what it is given, and are zero padded to text_len in the
+        reference layout, whose model pads every prompt so; the DiT attends the rows it gets.
+        """
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompt(settings.prompts)
         if negative_prompt_embeds is None:
@@ -93,7 +99,17 @@ class WanPipeline:
         if prompt_embeds.shape[0] != batch or negative_prompt_embeds.shape[0] != batch:
             raise ValueError(f"negative_prompt_embeds: batch {negative_prompt_embeds.shape[0]} does not match "
                              f"prompt_embeds batch {prompt_embeds.shape[0]}")
-        return prompt_embeds.to(self.device, self.dtype), negative_prompt_embeds.to(self.device, self.dtype)
+        return (self._layout_context("prompt_embeds", prompt_embeds),
+                self._layout_context("negative_prompt_embeds", negative_prompt_embeds))
+
+    def _layout_context(self, name: str, embeds: torch.Tensor) -> torch.Tensor:
+        text_len, text_dim = self.spec.dit.text_len, self.spec.dit.text_dim
+        if embeds.ndim != 3 or not 1 <= embeds.shape[1] <= text_len or embeds.shape[2] != text_dim:
+            raise ValueError(f"{name}: expected [batch, 1..{text_len}, {text_dim}], got {list(embeds.shape)}")
+        embeds = embeds.to(self.device, self.dtype)
+        if self.info.layout == "reference":
+            embeds = torch.nn.functional.pad(embeds, (0, 0, 0, text_len - embeds.shape[1]))
+        return embeds
 
     def _schedule(self, settings: RenderSettings):
         if settings.schedule == "reference":
@@ -234,32 +250,14 @@ def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
     return slice(index * size, (index + 1) * size)
 
 
-def load_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                  parallel=None, cache_dir=None, layout: str = "diffusers", cfg_mode: str = "sequential",
-                  expert_loader=None) -> WanPipeline:
-    """Load a pipeline from a preset name, a local folder, an fsspec URL or a Hugging Face repo id.
-
-    ``layout`` chooses the layout an embedded preset (``tiny``) is written in on first use.
-    ``cfg_mode``: "sequential" (cond then uncond: two forwards, half the activation memory; default) or
-    "batched" (both in one forward).
-    ``parallel``: None or degrees all 1 for one device; with more ranks, a
-    :class:`~wan_dist.engine.group_pipeline.GroupPipeline` (same ``generate``) on a Ray render group of that
-    layout (``ParallelConfig`` or its fields as a dict); close it when done.
-    """
+def load_local_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                        cache_dir=None, layout: str = "diffusers", cfg_mode: str = "sequential",
+                        expert_loader=None) -> WanPipeline:
+    """A pipeline in this process, on one device (see ``wan_dist.engine.loading.load_pipeline``, the public
+    entry, for the arguments); a render group's ranks load theirs with it."""
     from wan_dist.engine.sources import resolve_source
 
     folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
-    if parallel is not None:
-        from wan_dist.config import ParallelConfig, from_dict
-
-        config = parallel if isinstance(parallel, ParallelConfig) else from_dict(ParallelConfig, parallel)
-        if config.world_size != 1:
-            from wan_dist.engine.group_pipeline import GroupPipeline
-
-            if expert_loader is not None or cfg_mode != "sequential":
-                raise ValueError("parallel: expert_loader and cfg_mode are chosen by the group's layout")
-            return GroupPipeline(folder, config, device=str(device), dtype=str(dtype).replace("torch.", ""),
-                                 layout=layout)
     pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype, expert_loader=expert_loader)
     pipe.cfg_mode = cfg_mode
     pipe._default_predict()  # validates cfg_mode now rather than at the first generate

@@ -77,8 +77,8 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     process than the render. Failures while writing are returned as a failed RenderResult with the
     error (the caller may retry).
     """
+    from wan_dist.engine.clips import write_clip
     from wan_dist.storage.objects import join
-    from wan_dist.video.clip import write_clip
 
     fps = request.fps or model["default_fps"]  # a built request always has its fps
     prefix = join(output.uri, request.clip_name(out.seed))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from wan_dist.config import SamplingConfig
+from wan_dist.engine.settings import frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "RenderRequest", "BuiltRequest", "build_request",
            "request_fields", "frames_for_duration", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS"]
@@ -195,11 +196,6 @@ class BuiltRequest:
     @property
     def seconds(self) -> float:
         return (self.request.num_frames - 1) / self.request.fps
-
-
-def frames_for_duration(duration_s: float, fps: int, stride: int = 4) -> int:
-    """The ``stride*k+1`` frame count whose length ``(frames - 1) / fps`` is nearest ``duration_s`` (ties up)."""
-    return stride * math.floor(duration_s * fps / stride + 0.5) + 1
 
 
 def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",

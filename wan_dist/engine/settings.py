@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 
 from wan_dist.models.presets import VariantSpec
 
-__all__ = ["RenderSettings", "resolve_settings", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS", "SCHEDULES"]
+__all__ = ["RenderSettings", "resolve_settings", "frames_for_duration", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS",
+           "SCHEDULES"]
 
 # The reference's default negative prompt (Wan 2.2 shared config).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -20,6 +21,11 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 SOLVERS = ("unipc", "dpm++", "euler")
 SCHEDULES = ("reference", "diffusers")
+
+
+def frames_for_duration(duration_s: float, fps: int, stride: int = 4) -> int:
+    """The ``stride*k+1`` frame count (a length the VAE can encode) whose length ``(frames - 1) / fps`` is nearest ``duration_s`` (ties up)."""
+    return stride * math.floor(duration_s * fps / stride + 0.5) + 1
 
 
 @dataclass(frozen=True, kw_only=True)

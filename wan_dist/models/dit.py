@@ -17,6 +17,10 @@ zero padding: all padded rows of a prompt embed to the same vector, and attentio
 (k, v) pairs equals attention over one with a logit bias of log(n), so cross-attention runs over the
 true prompt rows plus one padding slot per sample (exact up to summation order).
 
+Cross-attention attends the text rows it is given, zero rows included, as diffusers' transformer does.
+The reference's model first pads every prompt with zero rows to ``text_len``; the reference layout's
+pipeline does that before calling (``wan_dist.engine.pipeline``), so the model itself serves both.
+
 A sequence-parallel wrapper slices ``state.tokens``, ``state.rope`` (or calls :func:`rope_cos_sin`
 for its token range) and a per-token ``state.e0``/``state.e`` along the token axis, swaps
 ``model.attention_fn`` for a distributed one and passes ``key_length`` when it padded the sequence.
@@ -182,7 +186,7 @@ class WanAttention(nn.Module):
                        value=self.v(text).unflatten(-1, heads), bias=bias)
 
     def cross_attention(self, x: torch.Tensor, context: torch.Tensor | CrossKV) -> torch.Tensor:
-        """x [B, L, dim] attends embedded text [B, text_len, dim] or its prepared keys and values -> [B, L, dim]."""
+        """x [B, L, dim] attends embedded text [B, T, dim] or its prepared keys and values -> [B, L, dim]."""
         kv = context if isinstance(context, CrossKV) else self.prepare_kv(context)
         q = self.norm_q(self.q(x), inplace=True).unflatten(-1, (self.num_heads, -1))
         del x  # as in self_attention
@@ -219,7 +223,7 @@ class WanBlock(nn.Module):
         """One block on the tokens this rank holds.
 
         x: fp32 [B, L, dim] residual stream. e0: fp32 [B, L or 1, 6, dim] (per token or per sample).
-        context: embedded text [B, text_len, dim], or a :class:`TextContext` (this block's prepared
+        context: embedded text [B, T, dim], or a :class:`TextContext` (this block's prepared
         keys and values). rope: (cos, sin) fp32 [L, head_dim/2] of exactly these tokens.
         key_length: valid tokens when x carries sequence padding (passed on to ``self.attention_fn``).
         inplace: x may be overwritten and returned (honoured only without autograd); otherwise x is
@@ -289,7 +293,7 @@ class DiTState:
     tokens: fp32 [B, L, dim], token order frame, row, column. grid: (f, h, w) token grid, L = f*h*w.
     rope: (cos, sin) fp32 [L, head_dim/2]. e0: fp32 [B, L or 1, 6, dim] block modulation input.
     e: fp32 [B, L or 1, dim] head modulation input (L when the timestep was per token).
-    context: the prepared text (:class:`TextContext`), or embedded text [B, text_len, dim] in the
+    context: the prepared text (:class:`TextContext`), or embedded text [B, T, dim] in the
     weights' dtype when a caller builds a state by hand.
     """
 
@@ -394,38 +398,34 @@ class WanDiT(nn.Module):
 
     def _check_context(self, context: torch.Tensor) -> None:
         text_len = self.config.text_len
-        if context.ndim != 3 or context.shape[1] > text_len or context.shape[2] != self.config.text_dim:
-            raise ValueError(f"WanDiT: context must be [B, <= {text_len}, {self.config.text_dim}], "
+        if (context.ndim != 3 or not 1 <= context.shape[1] <= text_len
+                or context.shape[2] != self.config.text_dim):
+            raise ValueError(f"WanDiT: context must be [B, 1..{text_len}, {self.config.text_dim}], "
                              f"got {tuple(context.shape)}")
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
-        """context [B, text_len, text_dim] -> [B, text_len, dim] in the weights' dtype.
-
-        A shorter context is zero padded to text_len, as the reference pads every prompt.
-        """
+        """context [B, T, text_dim] (T <= text_len) -> [B, T, dim] in the weights' dtype: the rows as given."""
         self._check_context(context)
         weight = self.text_embedding[0].weight
-        context = context.to(device=weight.device, dtype=weight.dtype)
-        return self.text_embedding(F.pad(context, (0, 0, 0, self.config.text_len - context.shape[1])))
+        return self.text_embedding(context.to(device=weight.device, dtype=weight.dtype))
 
     def prepare_context(self, context: torch.Tensor, *, compress: bool = True) -> TextContext:
         """Text embedding and every block's cross-attention keys and values, once per render.
 
-        context: [B, <= text_len, text_dim] text encoder output, zero padded after each prompt's true
-        length. With ``compress`` only the first ``max(length) + 1`` rows are embedded and attended,
-        the padding rows kept carrying a log-count logit bias (exact up to summation order; a prompt
-        of text_len rows disables it). ``compress=False`` keeps all text_len rows (the reference's
-        computation). The result is valid for this model's weights and a batch of B samples.
+        context: [B, T, text_dim] (T <= text_len), each prompt's true rows followed by zero rows; all T
+        rows are attended (see the module docstring). With ``compress`` only the first ``max(length) + 1``
+        rows are embedded and attended, the padding rows kept carrying a log-count logit bias (exact up
+        to summation order; a prompt of T true rows disables it). ``compress=False`` embeds and attends
+        all T rows. The result is valid for this model's weights and a batch of B samples.
         """
         self._check_context(context)
         weight = self.text_embedding[0].weight
         context = context.to(device=weight.device, dtype=weight.dtype)
-        text_len = self.config.text_len
+        given = context.shape[1]
         lengths = text_lengths(context)
-        window = min(int(lengths.max()) + 1, text_len) if compress else text_len
-        rows = context[:, :window]
-        text = self.text_embedding(F.pad(rows, (0, 0, 0, window - rows.shape[1])))
-        bias = padding_bias(lengths, window, text_len) if window < text_len else None
+        window = min(int(lengths.max()) + 1, given) if compress else given
+        text = self.text_embedding(context[:, :window])
+        bias = padding_bias(lengths, window, given) if window < given else None
         layers = tuple(block.cross_attn.prepare_kv(text, bias) for block in self.blocks)
         return TextContext(lengths=lengths, layers=layers)
 
@@ -452,7 +452,7 @@ class WanDiT(nn.Module):
                    key_length: int | None = None, *, inplace: bool = False) -> torch.Tensor:
         """All blocks in order. x fp32 [B, L, dim] (any slice of the tokens, with its rope and its
         e0 rows when e0 is per token) -> fp32 [B, L, dim]. context: a :class:`TextContext` or
-        embedded text [B, text_len, dim]. inplace: x may be overwritten (without autograd); else
+        embedded text [B, T, dim]. inplace: x may be overwritten (without autograd); else
         the first block copies it. See :meth:`WanBlock.forward`."""
         first = x
         for block in self.blocks:
@@ -471,7 +471,7 @@ class WanDiT(nn.Module):
         """Velocity prediction.
 
         latents: [B, C_in, F, H, W]. timestep: [B] or per token [B, L] with L = F/pt * H/ph * W/pw,
-        float or int. context: [B, text_len, text_dim] text encoder output, zero padded, or the
+        float or int. context: [B, T, text_dim] text encoder output (T <= text_len rows, all attended), or the
         :class:`TextContext` that :meth:`prepare_context` made of it (the same result, computed once
         for all steps of a render). Returns fp32 [B, C_out, F, H, W].
         """

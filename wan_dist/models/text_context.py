@@ -1,11 +1,12 @@
 """Text conditioning prepared once per render for the DiT's cross-attention.
 
-The text encoder trims each prompt to its true length and pads it with exact zeros to text_len.
-After the (row-wise) text embedding all padding rows of a prompt are the same vector, so every block
+A context holds each prompt's true rows followed by exact zeros (the text encoder pads to text_len; given
+embeddings may have any number of rows). After the (row-wise) text embedding all zero rows of a prompt
+are the same vector, so every block
 sees n identical (k, v) pairs, and attention over n identical pairs equals attention over one of
 them with a logit bias of log(n). :meth:`wan_dist.models.dit.WanDiT.prepare_context` therefore
 embeds and projects only the first ``max(length) + 1`` rows and carries that bias: exact up to
-summation order, and cross-attention cost no longer grows with text_len.
+summation order, and cross-attention cost no longer grows with the padding.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class CrossKV:
 
     key (RMS-normed), value: [B, S, heads, head_dim] in the weights' dtype, S = text rows kept.
     bias: fp32 [B, 1, 1, S] logit bias of the compressed padding (see :func:`padding_bias`), or
-    None when all text_len rows are kept.
+    None when all the context's rows are kept.
     """
 
     key: torch.Tensor
@@ -47,7 +48,7 @@ class TextContext:
 
     @property
     def num_rows(self) -> int:
-        """Text rows each cross-attention attends (true length of the longest prompt + 1, or text_len)."""
+        """Text rows each cross-attention attends (true length of the longest prompt + 1, or all given)."""
         return self.layers[0].key.shape[1] if self.layers else 0
 
 
@@ -62,15 +63,15 @@ def text_lengths(context: torch.Tensor) -> torch.Tensor:
     return (nonzero * positions).amax(dim=1)
 
 
-def padding_bias(lengths: torch.Tensor, window: int, text_len: int) -> torch.Tensor:
-    """Logit bias fp32 [B, 1, 1, window] for attention over the first ``window`` of ``text_len`` rows.
+def padding_bias(lengths: torch.Tensor, window: int, rows: int) -> torch.Tensor:
+    """Logit bias fp32 [B, 1, 1, window] for attention over the first ``window`` of a context's ``rows``.
 
     Rows >= length of a sample are its padding, all the same (k, v): each of the ``window - length``
-    padding rows kept stands for ``(text_len - length) / (window - length)`` of them, a factor that
+    padding rows kept stands for ``(rows - length) / (window - length)`` of them, a factor that
     enters the softmax as the additive bias log(factor); true rows get 0. Computed in float64.
     """
     kept = (window - lengths).double()
-    factor = torch.log((text_len - lengths).double() / kept).float()  # [B]
+    factor = torch.log((rows - lengths).double() / kept).float()  # [B]
     slots = torch.arange(window, device=lengths.device)
     bias = torch.where(slots.unsqueeze(0) >= lengths.unsqueeze(1), factor.unsqueeze(1), 0.0)
     return bias[:, None, None, :]

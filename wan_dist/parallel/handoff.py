@@ -19,14 +19,15 @@ from wan_dist.sampling.solvers import SolverState
 __all__ = ["HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff"]
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_HEADER = 16  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
-#               B, C, f, h, w (latent shape), T, D (context shape)
+_HEADER = 17  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
+#               B, C, f, h, w (latent shape), T, D (context shape), T of the negative context (0 without one)
 
 
 @dataclass(eq=False)
 class HandOff:
     """What stage 1 needs to continue a request: latents [B, C, f, h, w] after the high-noise steps,
-    the solver state (tensors shaped like the latents, same dtype), contexts [B, T, D] and the seed."""
+    the solver state (tensors shaped like the latents, same dtype), the context [B, T, D], the negative
+    context [B, T', D] (given embeddings may differ in rows: each is attended as it is) and the seed."""
 
     request: int
     seed: int
@@ -36,42 +37,44 @@ class HandOff:
     negative_context: torch.Tensor | None
 
     def header(self) -> torch.Tensor:
-        state, ctx = self.state, self.context
+        state, ctx, negative = self.state, self.context, self.negative_context
         for tensor in (*state.history, *(() if state.last_sample is None else (state.last_sample,))):
             if tensor.shape != self.latents.shape or tensor.dtype != self.latents.dtype:
                 raise ValueError("HandOff: solver state tensors must match the latents' shape and dtype")
         values = [self.request, self.seed, state.step_index, state.last_order, len(state.history),
-                  int(state.last_sample is not None), int(self.negative_context is not None),
-                  _DTYPES.index(self.latents.dtype), _DTYPES.index(ctx.dtype), *self.latents.shape, *ctx.shape[1:]]
+                  int(state.last_sample is not None), int(negative is not None),
+                  _DTYPES.index(self.latents.dtype), _DTYPES.index(ctx.dtype), *self.latents.shape, *ctx.shape[1:],
+                  0 if negative is None else negative.shape[1]]
         return torch.tensor(values, dtype=torch.int64)
 
     def payloads(self) -> list[torch.Tensor]:
-        """Two byte tensors: [latents, *history, last_sample] stacked, and [context, negative] stacked."""
+        """Two byte tensors: [latents, *history, last_sample] stacked, and context then negative, flat."""
         state = self.state
         stacked = torch.stack([self.latents, *state.history, *(() if state.last_sample is None else
                                                                 (state.last_sample,))])
-        contexts = torch.stack([self.context] + ([] if self.negative_context is None else [self.negative_context]))
-        return [_as_bytes(stacked), _as_bytes(contexts)]
+        negative = [] if self.negative_context is None else [self.negative_context.to(self.context.dtype).reshape(-1)]
+        return [_as_bytes(stacked), _as_bytes(torch.cat([self.context.reshape(-1), *negative]))]
 
     @classmethod
     def empty_payloads(cls, header: torch.Tensor, device: torch.device | str = "cpu") -> list[torch.Tensor]:
         h = [int(v) for v in header]
-        batch, shape, text = h[9], h[9:14], h[14:16]
+        batch, shape, (rows, dim), negative_rows = h[9], h[9:14], h[14:16], h[16]
         state_dtype, ctx_dtype = _DTYPES[h[7]], _DTYPES[h[8]]
         stacked = torch.empty(1 + h[4] + h[5], *shape, dtype=state_dtype, device=device)
-        contexts = torch.empty(1 + h[6], batch, *text, dtype=ctx_dtype, device=device)
+        contexts = torch.empty(batch * (rows + negative_rows) * dim, dtype=ctx_dtype, device=device)
         return [_as_bytes(stacked), _as_bytes(contexts)]
 
     @classmethod
     def from_wire(cls, header: torch.Tensor, payloads: list[torch.Tensor]) -> HandOff:
         h = [int(v) for v in header]
         stacked = payloads[0].view(_DTYPES[h[7]]).reshape(1 + h[4] + h[5], *h[9:14])
-        contexts = payloads[1].view(_DTYPES[h[8]]).reshape(1 + h[6], h[9], *h[14:16])
+        batch, (rows, dim), negative_rows = h[9], h[14:16], h[16]
+        context, negative = payloads[1].view(_DTYPES[h[8]]).split([batch * rows * dim, batch * negative_rows * dim])
         history = tuple(stacked[1:1 + h[4]])
         last = stacked[1 + h[4]] if h[5] else None
         state = SolverState(step_index=h[2], history=history, last_sample=last, last_order=h[3])
-        return cls(request=h[0], seed=h[1], latents=stacked[0], state=state, context=contexts[0],
-                   negative_context=contexts[1] if h[6] else None)
+        return cls(request=h[0], seed=h[1], latents=stacked[0], state=state, context=context.reshape(batch, rows, dim),
+                   negative_context=negative.reshape(batch, negative_rows, dim) if h[6] else None)
 
 
 def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:

@@ -105,8 +105,12 @@ class FirstFrameToVideo:
 
 
 def batch_contexts(context: torch.Tensor, negative_context: torch.Tensor | None) -> torch.Tensor | None:
-    """[context; negative_context] along the batch (what one batched CFG forward sees), or None."""
-    return None if negative_context is None else torch.cat([context, negative_context])
+    """[context; negative_context] along the batch (what one batched CFG forward sees), or None without a
+    negative context or when the two have different numbers of rows: the model attends every row it is
+    given, so padding the shorter one would change its result; such a pair runs as two forwards."""
+    if negative_context is None or negative_context.shape[1:] != context.shape[1:]:
+        return None
+    return torch.cat([context, negative_context])
 
 
 def guided_prediction(expert: Expert, model_input: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
@@ -116,12 +120,15 @@ def guided_prediction(expert: Expert, model_input: torch.Tensor, timestep: torch
 
     Without a negative context, or at g == 1 (where the formula is v_cond), only the cond half runs.
     ``batched_context``: :func:`batch_contexts` of the two, made once by the caller so the expert
-    sees the same tensor at every step; concatenated here when None.
+    sees the same tensor at every step; concatenated here when None. Contexts of different lengths
+    cannot share a forward: they run as :func:`sequential_guided_prediction`.
     """
     if negative_context is None or guidance_scale == 1.0:
         return expert(model_input, timestep, context)
     if batched_context is None:
         batched_context = batch_contexts(context, negative_context)
+    if batched_context is None:
+        return sequential_guided_prediction(expert, model_input, timestep, context, negative_context, guidance_scale)
     both = expert(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]), batched_context)
     cond, uncond = both.chunk(2)
     return uncond + guidance_scale * (cond - uncond)

@@ -1,4 +1,4 @@
-"""The FastAPI app of the HTTP API (the Serve ingress), and ``build_app`` for Serve config files.
+"""The FastAPI app of the HTTP API (the Serve ingress; Ray Serve wraps it in :mod:`wan_dist.serve.deploy`).
 
 Every route but ``/healthz``, ``/readyz`` and the OpenAPI schema needs ``Authorization: Bearer <key>``;
 ``Wan-Version`` selects the API generation (absent: the current one). A job is persisted before the
@@ -25,17 +25,18 @@ from wan_dist.serve.auth import ApiKeys, AuthError, retry_after_headers
 from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_queue, batch_results,
                                     validate_batch)
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
-from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash, open_store
+from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus, body_hash
 from wan_dist.serve.openapi import (BAD_VERSION, CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, BatchList, BatchObject,
                                     BatchResults, HealthStatus, JobList, JobObject, ModelList, VideoDeleted, VideoList,
                                     VideoObject, request_body_schema, responses)
 from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, error_body,
                                     public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
-from wan_dist.serve.service import API_VERSIONS, JobService, Notifier, QueueFull, ServeSettings, settings_from_dict
+from wan_dist.serve.service import API_VERSIONS, JobService, Notifier, QueueFull, ServeSettings
+from wan_dist.serve.stores import open_store
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
 
-__all__ = ["create_app", "ServeState", "build_app"]
+__all__ = ["create_app", "ServeState"]
 
 log = logging.getLogger("wan_dist.serve")
 _OPEN = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
@@ -467,11 +468,3 @@ async def _clip_response(s: ServeState, uri: str, *, redirect: bool = True) -> R
     from wan_dist.storage.objects import read_bytes
 
     return Response(await asyncio.to_thread(read_bytes, uri), media_type="video/mp4")
-
-
-def build_app(args: dict[str, Any]):
-    """Serve application for config files (`serve run` / `serve deploy`, KubeRay RayService):
-    ``import_path: wan_dist.serve.app:build_app`` with ``args`` = the fields of ServeSettings."""
-    from wan_dist.serve.deploy import application
-
-    return application(settings_from_dict(dict(args)))

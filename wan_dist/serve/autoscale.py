@@ -84,7 +84,8 @@ class QueueLengthPolicy:
     def demand(self) -> tuple[int, int]:
         """(queued, running) jobs of every kind for the model: its job queue and its batch queue."""
         from wan_dist.serve.batches import batch_queue
-        from wan_dist.serve.jobs import JobStatus, open_store
+        from wan_dist.serve.jobs import JobStatus
+        from wan_dist.serve.stores import open_store
 
         if self._store is None:
             self._store = open_store(self.store_uri)

@@ -3,7 +3,7 @@
 A batch is a record in the job store (``kind="batch"``, ``model="batch:<variant>"``, so renderers claim
 batches apart from interactive jobs): persisted before the API answers, leased by the renderer that runs it,
 requeued when that renderer dies, resumed from its published sidecars. The renderer runs
-:class:`wan_dist.batch.runner.BatchRunner`, the same runner as ``ray job submit``, on its own render group
+:class:`wan_dist.batch.BatchRunner`, the same runner as ``ray job submit``, on its own render group
 (``shared=``), so outputs, sidecars, results, retries and resume are the batch job's. Batch rows and the
 renderer's interactive jobs take turns on the group through :class:`FairGate`.
 
@@ -73,7 +73,7 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
     cannot be used is a 422 naming its columns or duplicate rows; bad rows are accepted and fail alone."""
     from pydantic import ValidationError
 
-    from wan_dist.batch.manifest import ManifestError, read_manifest
+    from wan_dist.batch import ManifestError, read_manifest
     from wan_dist.serve.schemas import resolve_model
     from wan_dist.storage.objects import StorageError
 
@@ -159,7 +159,7 @@ def _webhook(job: Job) -> dict | None:
 def _final_records(job: Job, output_root: str) -> dict[str, dict]:
     """Each row's final record over all runs of the batch (a row published by an earlier run and skipped by a
     resumed one is reported completed)."""
-    from wan_dist.batch.results import read_results
+    from wan_dist.batch import read_results
 
     records: dict[str, dict] = {}
     for record in read_results(batch_output(job, output_root)).to_pylist():
@@ -263,7 +263,7 @@ class BatchWorker:
         self.store = store
         self.variant = variant
         self.settings = settings
-        self.shared_group = shared_group  # () -> wan_dist.batch.runner.SharedGroup (the group, once loaded)
+        self.shared_group = shared_group  # () -> wan_dist.batch.SharedGroup (the group, once loaded)
         self.worker_id = worker_id
         self.poll_s = poll_s
         self.report_every_s = report_every_s
@@ -285,7 +285,7 @@ class BatchWorker:
                 log.exception("%s: batch %s broke", self.worker_id, job.id)
 
     def process(self, job: Job, stop: threading.Event) -> Job:
-        from wan_dist.batch.runner import BatchRunner
+        from wan_dist.batch import BatchRunner
         from wan_dist.config import BatchConfig, OutputConfig
 
         s = self.settings

@@ -2,8 +2,9 @@
 deployment per model served, each replica a RendererCore owning a render group (its placement-group bundles)
 and taking that model's jobs and batches from the shared store.
 
-``application(settings)`` builds it for ``serve.run``; ``wan_dist.serve.app:build_app`` is the entry of
-Serve config files and KubeRay RayService manifests. The store is the only channel between them, so
+``application(settings)`` builds it for ``serve.run``; ``wan_dist.serve.deploy:build_app`` is the entry of
+Serve config files and KubeRay RayService manifests (here, not beside the FastAPI app: the app knows nothing of
+Ray Serve). The store is the only channel between them, so
 any number of renderer replicas (``renderer_replicas``, or between the bounds of ``renderer_autoscaling`` by
 the length of the model's queue: ``wan_dist.serve.autoscale``) pull from one queue, and a restart of either
 side loses nothing.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Any
 
 from ray import serve
 
 from wan_dist.serve.app import ServeState, create_app
 from wan_dist.serve.service import ServeSettings, settings_from_dict
 
-__all__ = ["application", "Renderer"]
+__all__ = ["application", "build_app", "Renderer"]
 
 _STATE: dict[str, ServeState] = {}
 _LOCK = threading.Lock()
@@ -112,3 +114,9 @@ def application(settings: ServeSettings):
                  for model in settings.models}
     return Ingress.options(ray_actor_options={"num_cpus": 0, **({"runtime_env": env} if env else {})}
                            ).bind(renderers)
+
+
+def build_app(args: dict[str, Any]):
+    """Serve application for config files (`serve run` / `serve deploy`, KubeRay RayService):
+    ``import_path: wan_dist.serve.deploy:build_app`` with ``args`` = the fields of ServeSettings."""
+    return application(settings_from_dict(dict(args)))

@@ -1,5 +1,5 @@
 """The SQLite :class:`~wan_dist.serve.jobs.JobStore`, the default (the object-storage one is
-``wan_dist.serve.object_job_store``); pick one with :func:`~wan_dist.serve.jobs.open_store`.
+``wan_dist.serve.object_job_store``); pick one with :func:`~wan_dist.serve.stores.open_store`.
 
 ``SQLiteJobStore``: one table, the job as JSON plus the columns that queries filter on. WAL mode,
 ``synchronous=FULL`` (a committed job survives a power cut, not only a crash), one connection per thread

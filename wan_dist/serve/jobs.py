@@ -1,7 +1,8 @@
 """The durable job store of the HTTP API: every accepted job is persisted before the response.
 
 A :class:`Job` is one record (JSON-serializable with ``to_dict``/``from_dict``). A :class:`JobStore` keeps
-them; :func:`open_store` picks the backend from a URI (``job_stores.py``, ``object_job_store.py``):
+them; :func:`wan_dist.serve.stores.open_store` picks the backend from a URI (``job_stores.py``,
+``object_job_store.py``; the backends import this module, so the choice between them lives apart from it):
 
 - ``sqlite:///relative/jobs.db``, ``sqlite:////absolute/jobs.db`` (SQLAlchemy's spelling) or a plain path
   ending in ``.db``: :class:`~wan_dist.serve.job_stores.SQLiteJobStore`, the default. Embedded, WAL mode,
@@ -34,7 +35,7 @@ from typing import Any, Callable, Iterable
 __all__ = [
     "ACTIVE_STATUSES", "JOB_KINDS", "TERMINAL_STATUSES", "IdempotencyConflict", "InvalidTransition", "Job",
     "JobExists", "JobNotFound", "JobStatus", "JobStore", "JobStoreError", "LeaseLost", "VersionConflict",
-    "body_hash", "new_job_id", "open_store", "sqlite_path",
+    "body_hash", "new_job_id",
 ]
 
 
@@ -423,31 +424,6 @@ class JobStore(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def open_store(uri: str, **options) -> JobStore:
-    """The store at ``uri`` (see the module docstring); ``options`` go to the backend's constructor."""
-    from wan_dist.serve import job_stores
-
-    if not isinstance(uri, str) or not uri:
-        raise ValueError(f"open_store: uri must be a non-empty string, got {uri!r}")
-    if uri.startswith("sqlite:"):
-        return job_stores.SQLiteJobStore(sqlite_path(uri), **options)
-    if "://" not in uri and uri.endswith(".db"):
-        return job_stores.SQLiteJobStore(uri, **options)
-    from wan_dist.serve.object_job_store import ObjectJobStore
-
-    return ObjectJobStore(uri, **options)
-
-
-def sqlite_path(uri: str) -> str:
-    """``sqlite:///relative.db`` -> ``relative.db``; ``sqlite:////abs/jobs.db`` -> ``/abs/jobs.db`` (as SQLAlchemy)."""
-    rest = uri[len("sqlite:"):]
-    path = rest[3:] if rest.startswith("///") else ""
-    if not path or path.startswith(":memory:") or "?" in path:
-        raise ValueError(f"{uri!r}: expected sqlite:///relative/jobs.db or sqlite:////absolute/jobs.db "
-                         "(a file: an in-memory database is not durable and not shared between threads)")
-    return path
 
 
 def clock(now: float | None) -> float:

@@ -1,5 +1,5 @@
 """The object-storage :class:`~wan_dist.serve.jobs.JobStore` (any fsspec URL); pick a store with
-:func:`~wan_dist.serve.jobs.open_store`.
+:func:`~wan_dist.serve.stores.open_store`.
 
 ``ObjectJobStore``: ``{prefix}/jobs/{id}.json`` per job and ``{prefix}/idempotency/{owner}/{sha256(key)}.json``
 per idempotency key. Object stores have no transactions; every mutation is a compare-and-swap

@@ -21,9 +21,10 @@ import logging
 import threading
 
 from wan_dist.config import OutputConfig
-from wan_dist.serve.jobs import Job, LeaseLost, open_store
+from wan_dist.serve.jobs import Job, LeaseLost
 from wan_dist.serve.schemas import render_request
 from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.stores import open_store
 from wan_dist.serve.worker import JobCancelled, JobWorker, StoreStepControl
 
 __all__ = ["RendererCore", "group_config"]
@@ -110,7 +111,7 @@ class RendererCore:
             return self.group
 
     def shared_group(self):
-        from wan_dist.batch.runner import SharedGroup
+        from wan_dist.batch import SharedGroup
 
         return SharedGroup(group=self.group, model=self.model, record=self.record, gate=self.gate,
                            rebuild=self.rebuild)

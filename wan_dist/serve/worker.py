@@ -22,7 +22,8 @@ import time
 import uuid
 from typing import Callable
 
-from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost, open_store
+from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost
+from wan_dist.serve.stores import open_store
 
 __all__ = ["JobWorker", "JobCancelled", "Render", "StoreStepControl", "preview_uri"]
 

@@ -1,4 +1,5 @@
-"""``load_pipeline(source, parallel={...})`` with more than one rank: the pipeline's ``generate`` on a render group.
+"""``load_pipeline``, the public way to a pipeline: one device in this process, or with ``parallel={...}`` of more
+than one rank the pipeline's ``generate`` on a render group.
 
 :class:`GroupPipeline` has ``WanPipeline.generate``'s signature and results (``prompt_embeds``, ``latents``,
 ``output_type="latent"`` included): each call is sent once to every rank of a :class:`RenderGroup`, which runs
@@ -13,7 +14,35 @@ import os
 
 from wan_dist.config import ParallelConfig
 
-__all__ = ["GroupPipeline"]
+__all__ = ["GroupPipeline", "load_pipeline"]
+
+
+def load_pipeline(source, *, device="cpu", dtype=None, parallel=None, cache_dir=None, layout: str = "diffusers",
+                  cfg_mode: str = "sequential", expert_loader=None):
+    """Load a pipeline from a preset name, a local folder, an fsspec URL or a Hugging Face repo id.
+
+    ``dtype``: a torch dtype (default bfloat16). ``layout`` chooses the layout an embedded preset (``tiny``) is
+    written in on first use. ``cfg_mode``: "sequential" (cond then uncond: two forwards, half the activation
+    memory; default) or "batched" (both in one forward). ``parallel``: None or degrees all 1 for a
+    ``WanPipeline`` on one device here; with more ranks a :class:`GroupPipeline` (same ``generate``) on a Ray
+    render group of that layout (``ParallelConfig`` or its fields as a dict): close it when done.
+    """
+    import torch
+
+    from wan_dist.config import from_dict
+    from wan_dist.engine.pipeline import load_local_pipeline
+    from wan_dist.engine.sources import resolve_source
+
+    dtype = torch.bfloat16 if dtype is None else dtype
+    config = parallel if parallel is None or isinstance(parallel, ParallelConfig) else from_dict(ParallelConfig,
+                                                                                                 parallel)
+    if config is None or config.world_size == 1:
+        return load_local_pipeline(source, device=device, dtype=dtype, cache_dir=cache_dir, layout=layout,
+                                   cfg_mode=cfg_mode, expert_loader=expert_loader)
+    if expert_loader is not None or cfg_mode != "sequential":
+        raise ValueError("parallel: expert_loader and cfg_mode are chosen by the group's layout")
+    folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
+    return GroupPipeline(folder, config, device=str(device), dtype=str(dtype).replace("torch.", ""), layout=layout)
 
 
 class GroupPipeline:
