@@ -164,7 +164,9 @@ def _toy_dit(in_channels: int) -> DiTConfig:
 
 
 def _toy_defaults(base: SamplingDefaults) -> SamplingDefaults:
-    return replace(base, num_inference_steps=20, num_frames=17, fps=16, width=64, height=64, sizes=((64, 64),))
+    # diffusers_shift = shift: we publish the toy model in the diffusers layout and sample it as it was trained.
+    return replace(base, num_inference_steps=20, num_frames=17, fps=16, width=64, height=64, sizes=((64, 64),),
+                   diffusers_shift=base.shift)
 
 
 TOY = VariantSpec(name="toy", task="t2v", dit=_toy_dit(16), vae=_TOY_VAE21, text_encoder=_TOY_TEXT,

@@ -121,7 +121,7 @@ def _learning_rate(optim: OptimConfig, step: int) -> float:
 def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | None, plot: Path,
               fixed_batch: bool = False, progress: bool = True,
               on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train ``stage`` from its resumed step up to ``optim.steps``; returns {step, history, steps_per_s}.
+    """Train ``stage`` from its resumed step up to ``optim.steps``; returns {step, start_step, history, steps_per_s}.
 
     ``history``: [(step, loss, {metric: value})] of every step ever run (across resumes).
     """
@@ -147,7 +147,7 @@ def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | N
         optimizer.step()
         step += 1
         history.append((step, float(loss.detach()), metrics))
-        bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
         bar.update(1)
         if on_step is not None:
             on_step(step, float(loss))
@@ -155,5 +155,5 @@ def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | N
             _checkpoint(session, stage.name, step, modules, optimizer, history, plot)
     bar.close()
     elapsed = time.perf_counter() - started
-    return {"step": step, "history": history,
+    return {"step": step, "start_step": first, "history": history,
             "steps_per_s": (step - first) / elapsed if step > first and elapsed > 0 else 0.0}

@@ -59,7 +59,7 @@ def _stage_steps(kind: str, config: TrainConfig, session, data_path: str, resume
     result = run_steps(stage, session, optim=optim, seed=config.seed, resume=resume, plot=out / f"{kind}_loss.png",
                        fixed_batch=config.data.fixed_batch, progress=config.progress)
     if session.rank == 0:
-        summary = {"step": result["step"], "steps_per_s": result["steps_per_s"],
+        summary = {"step": result["step"], "start_step": result["start_step"], "steps_per_s": result["steps_per_s"],
                    "first_loss": result["history"][0][1] if result["history"] else None,
                    "last_loss": result["history"][-1][1] if result["history"] else None}
         (out / f"{kind}_summary.json").write_text(json.dumps(summary, indent=2))
