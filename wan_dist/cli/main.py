@@ -21,6 +21,7 @@ VERBS = {
     "serve": "start the HTTP API (job endpoints and the OpenAI-style videos API) on Ray Serve",
     "plan": "choose a parallel layout for a model on N GPUs, with the candidates and the reasons",
     "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
+    "train": "train the toy model (VAE, then the two experts) on Ray Train; a rerun with the same out resumes",
 }
 LATER: dict[str, str] = {}
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.batch import batch_main as task
     elif verb == "manifest":
         from wan_dist.cli.manifest import manifest_main as task
+    elif verb == "train":
+        from wan_dist.cli.train import train_main as task
     else:
         raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)} (wan-dist --help says more)")
     run_hydra(verb, task, overrides)

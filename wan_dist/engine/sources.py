@@ -19,7 +19,7 @@ from wan_dist.models.presets import PRESETS
 __all__ = ["resolve_source", "default_cache_dir", "EMBEDDED_PRESETS"]
 
 # Presets whose random checkpoints are small enough to write on first use (the rest need real weights).
-EMBEDDED_PRESETS = ("tiny", "tiny-i2v", "tiny-ti2v", "small")
+EMBEDDED_PRESETS = ("tiny", "tiny-i2v", "tiny-ti2v", "small", "toy", "toy-i2v")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -12,7 +12,9 @@ import json
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -20,7 +22,7 @@ from wan_dist.models.checkpoint import (DIFFUSERS_EXPERTS, DIT_INDEX, REF_EXPERT
                                         REF_VAE, Layout)
 from wan_dist.models.presets import VariantSpec, get_preset
 
-__all__ = ["make_checkpoint", "random_dit_tensors"]
+__all__ = ["make_checkpoint", "random_dit_tensors", "write_checkpoint", "TrainedParts"]
 
 _PIPELINE_CLASS = {"t2v": "WanPipeline", "i2v": "WanImageToVideoPipeline", "ti2v": "WanPipeline"}
 
@@ -68,8 +70,8 @@ def _plan_shards(spec: VariantSpec, shard_bytes: int, dtype: torch.dtype) -> lis
     return shards
 
 
-def _write_dit(spec: VariantSpec, folder: Path, *, layout: Layout, seed: int, dtype: torch.dtype,
-               shard_bytes: int) -> None:
+def _write_dit(spec: VariantSpec, folder: Path, *, layout: Layout, tensors: Iterable[tuple[str, torch.Tensor]],
+               dtype: torch.dtype, shard_bytes: int) -> None:
     from safetensors.torch import save_file
 
     from wan_dist.models.keymap import dit_config_to_diffusers, dit_config_to_reference, dit_keys_to_diffusers
@@ -87,9 +89,9 @@ def _write_dit(spec: VariantSpec, folder: Path, *, layout: Layout, seed: int, dt
     shard_of = {name: i for i, names in enumerate(plan) for name in names}
     buffers: list[dict[str, torch.Tensor]] = [{} for _ in plan]
     weight_map, total = {}, 0
-    for name, tensor in random_dit_tensors(spec, seed=seed, dtype=dtype):
+    for name, tensor in tensors:
         index = shard_of[name]
-        buffers[index][rename(name)] = tensor.contiguous()
+        buffers[index][rename(name)] = tensor.detach().to("cpu", dtype).contiguous()
         if len(buffers[index]) == len(plan[index]):  # shard complete: write it and let it go
             file = f"diffusion_pytorch_model-{index + 1:05d}-of-{count:05d}.safetensors"
             save_file(buffers[index], str(folder / file), metadata={"format": "pt"})
@@ -101,12 +103,16 @@ def _write_dit(spec: VariantSpec, folder: Path, *, layout: Layout, seed: int, dt
     (folder / DIT_INDEX).write_text(json.dumps(index_json, indent=2))
 
 
-def _write_vae(spec: VariantSpec, root: Path, layout: Layout, seed: int) -> None:
-    from wan_dist.models.ref_keymaps import vae_state_dict_to_reference
+def _random_vae(spec: VariantSpec, seed: int):
     from wan_dist.models.vae import build_vae
 
     torch.manual_seed(seed)
-    vae = build_vae(spec.vae)
+    return build_vae(spec.vae)
+
+
+def _write_vae(spec: VariantSpec, root: Path, layout: Layout, vae) -> None:
+    from wan_dist.models.ref_keymaps import vae_state_dict_to_reference
+
     if layout == "diffusers":
         from diffusers.utils import logging as diffusers_logging
 
@@ -117,19 +123,24 @@ def _write_vae(spec: VariantSpec, root: Path, layout: Layout, seed: int) -> None
         torch.save(state, root / REF_VAE[spec.vae.version])
 
 
-def _write_text_encoder(spec: VariantSpec, root: Path, layout: Layout, seed: int) -> None:
-    from wan_dist.models.ref_keymaps import t5_state_dict_to_reference
+def _random_text_encoder(spec: VariantSpec, seed: int):
     from wan_dist.models.text_encoder import build_text_encoder
-    from wan_dist.models.tokenizer import build_tokenizer
 
     torch.manual_seed(seed)
-    encoder = build_text_encoder(spec.text_encoder)
+    return build_text_encoder(spec.text_encoder)
+
+
+def _write_text_encoder(spec: VariantSpec, root: Path, layout: Layout, encoder,
+                        corpus: tuple[str, ...] | None = None) -> None:
+    from wan_dist.models.ref_keymaps import t5_state_dict_to_reference
+    from wan_dist.models.tokenizer import build_tokenizer
+
     if layout == "diffusers":
         encoder.save_pretrained(str(root / "text_encoder"), safe_serialization=True)
-        build_tokenizer(str(root / "tokenizer"), vocab_size=spec.text_encoder.vocab_size)
+        build_tokenizer(str(root / "tokenizer"), vocab_size=spec.text_encoder.vocab_size, corpus=corpus)
     else:
         torch.save(t5_state_dict_to_reference(encoder.state_dict()), root / REF_T5)
-        build_tokenizer(str(root / REF_TOKENIZER), vocab_size=spec.text_encoder.vocab_size)
+        build_tokenizer(str(root / REF_TOKENIZER), vocab_size=spec.text_encoder.vocab_size, corpus=corpus)
 
 
 def _write_diffusers_index(spec: VariantSpec, root: Path) -> None:
@@ -157,6 +168,58 @@ def _write_diffusers_index(spec: VariantSpec, root: Path) -> None:
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainedParts:
+    """Trained weights to publish in a real layout (see :func:`write_checkpoint`).
+
+    ``experts``: one state dict per expert, high-noise first, in the reference key names that
+    :class:`~wan_dist.models.dit.WanDiT` uses. ``vae``: an ``AutoencoderKLWan`` whose config carries the
+    latent statistics. ``text_encoder``: a ``UMT5EncoderModel``. ``tokenizer_corpus``: the lines the
+    tokenizer is trained on (None: the built-in corpus).
+    """
+
+    experts: tuple[dict[str, torch.Tensor], ...]
+    vae: object
+    text_encoder: object
+    tokenizer_corpus: tuple[str, ...] | None = None
+
+
+def _stage_and_publish(out_dir: Path, write: Callable[[Path], None], *, replace: bool) -> Path:
+    """Run ``write(staging)`` beside ``out_dir`` and rename the result into place (readers never see half)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        write(staging)
+        if out_dir.exists() and replace:
+            shutil.rmtree(out_dir)
+        try:
+            staging.rename(out_dir)
+        except OSError:
+            if replace or not out_dir.exists():
+                raise
+            shutil.rmtree(staging)  # another writer published the same checkpoint first
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _expert_dirs(spec: VariantSpec, layout: Layout) -> tuple[str, ...]:
+    if layout == "reference":
+        return REF_EXPERTS if spec.two_experts else (".",)
+    return DIFFUSERS_EXPERTS[: 2 if spec.two_experts else 1]
+
+
+def _write_all(spec: VariantSpec, root: Path, *, layout: Layout, experts: list[Iterator], vae, text_encoder,
+               corpus: tuple[str, ...] | None, dtype: torch.dtype, shard_bytes: int) -> None:
+    for name, tensors in zip(_expert_dirs(spec, layout), experts, strict=True):
+        _write_dit(spec, root / name, layout=layout, tensors=tensors, dtype=dtype, shard_bytes=shard_bytes)
+    _write_vae(spec, root, layout, vae)
+    _write_text_encoder(spec, root, layout, text_encoder, corpus)
+    if layout == "diffusers":
+        _write_diffusers_index(spec, root)
+
+
 def make_checkpoint(variant: str, out_dir: str | Path, *, layout: Layout = "diffusers", seed: int = 0,
                     dtype: torch.dtype = torch.float32, shard_bytes: int = 2 * 1024 * 1024,
                     replace: bool = True) -> Path:
@@ -171,29 +234,34 @@ def make_checkpoint(variant: str, out_dir: str | Path, *, layout: Layout = "diff
     if layout not in ("reference", "diffusers"):
         raise ValueError(f"layout: must be 'reference' or 'diffusers', got {layout!r}")
     spec = get_preset(variant)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        if layout == "reference":
-            experts = REF_EXPERTS if spec.two_experts else (".",)
-        else:
-            experts = DIFFUSERS_EXPERTS[: 2 if spec.two_experts else 1]
-        for i, name in enumerate(experts):
-            _write_dit(spec, staging / name, layout=layout, seed=seed + i, dtype=dtype, shard_bytes=shard_bytes)
-        _write_vae(spec, staging, layout, seed + 100)
-        _write_text_encoder(spec, staging, layout, seed + 200)
-        if layout == "diffusers":
-            _write_diffusers_index(spec, staging)
-        if out_dir.exists() and replace:
-            shutil.rmtree(out_dir)
-        try:
-            staging.rename(out_dir)
-        except OSError:
-            if replace or not out_dir.exists():
-                raise
-            shutil.rmtree(staging)  # another writer published the same checkpoint first
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+
+    def write(root: Path) -> None:
+        experts = [random_dit_tensors(spec, seed=seed + i, dtype=dtype)
+                   for i in range(len(_expert_dirs(spec, layout)))]
+        _write_all(spec, root, layout=layout, experts=experts, vae=_random_vae(spec, seed + 100),
+                   text_encoder=_random_text_encoder(spec, seed + 200), corpus=None, dtype=dtype,
+                   shard_bytes=shard_bytes)
+
+    return _stage_and_publish(Path(out_dir), write, replace=replace)
+
+
+def write_checkpoint(spec: VariantSpec, out_dir: str | Path, parts: TrainedParts, *, layout: Layout = "diffusers",
+                     dtype: torch.dtype = torch.float32, shard_bytes: int = 2 * 1024 * 1024) -> Path:
+    """Publish trained ``parts`` of ``spec`` in ``layout`` at ``out_dir`` (replacing it), the same files as
+    :func:`make_checkpoint` writes, so ``load_pipeline(out_dir)`` loads them. Returns the folder.
+
+    ``spec.vae`` must equal the VAE's own configuration (its latent statistics included): the
+    checkpoint is read back through the VAE's config.json.
+    """
+    if layout not in ("reference", "diffusers"):
+        raise ValueError(f"layout: must be 'reference' or 'diffusers', got {layout!r}")
+    if len(parts.experts) != len(_expert_dirs(spec, layout)):
+        raise ValueError(f"experts: {spec.name} needs {len(_expert_dirs(spec, layout))} expert state dicts, "
+                         f"got {len(parts.experts)}")
+
+    def write(root: Path) -> None:
+        _write_all(spec, root, layout=layout, experts=[iter(state.items()) for state in parts.experts],
+                   vae=parts.vae, text_encoder=parts.text_encoder, corpus=parts.tokenizer_corpus, dtype=dtype,
+                   shard_bytes=shard_bytes)
+
+    return _stage_and_publish(Path(out_dir), write, replace=True)

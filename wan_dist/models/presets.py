@@ -148,8 +148,34 @@ SMALL = VariantSpec(
                      sizes=((256, 256), (320, 192), (192, 320))),
 )
 
+# `toy`: the model wan_dist.train learns from the procedural world (wan_dist/world) on 2 CPU cores.
+# 64x64, 17 frames -> latents 16x5x8x8 (Wan 2.1 VAE family, 4x8x8) -> 80 tokens after the (1,2,2) patch.
+# Identity latent statistics: a random VAE has none worth publishing; training writes the measured ones
+# into the checkpoint's vae/config.json. The vocabulary holds the caption tokenizer (caption_words() plus
+# characters) and the fallback tokenizer of random weights (~210 characters of its built-in corpus).
+_TOY_TEXT = TextEncoderConfig(vocab_size=384, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2)
+_TOY_VAE21 = replace(_VAE21, base_dim=16, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
+
+
+def _toy_dit(in_channels: int) -> DiTConfig:
+    # head_dim 32 -> RoPE split (12, 10, 10); 6 heads of 32 keep attention cheap at 80 tokens.
+    return DiTConfig(dim=192, ffn_dim=512, num_heads=6, num_layers=6, in_channels=in_channels, out_channels=16,
+                     text_dim=_TOY_TEXT.d_model)
+
+
+def _toy_defaults(base: SamplingDefaults) -> SamplingDefaults:
+    # diffusers_shift = shift: we publish the toy model in the diffusers layout and sample it as it was trained.
+    return replace(base, num_inference_steps=20, num_frames=17, fps=16, width=64, height=64, sizes=((64, 64),),
+                   diffusers_shift=base.shift)
+
+
+TOY = VariantSpec(name="toy", task="t2v", dit=_toy_dit(16), vae=_TOY_VAE21, text_encoder=_TOY_TEXT,
+                  two_experts=True, defaults=_toy_defaults(T2V_A14B.defaults))
+TOY_I2V = VariantSpec(name="toy-i2v", task="i2v", dit=_toy_dit(36), vae=_TOY_VAE21, text_encoder=_TOY_TEXT,
+                      two_experts=True, defaults=_toy_defaults(I2V_A14B.defaults))
+
 PRESETS: dict[str, VariantSpec] = {
-    spec.name: spec for spec in (T2V_A14B, I2V_A14B, TI2V_5B, TINY, TINY_I2V, TINY_TI2V, SMALL)
+    spec.name: spec for spec in (T2V_A14B, I2V_A14B, TI2V_5B, TINY, TINY_I2V, TINY_TI2V, SMALL, TOY, TOY_I2V)
 }
 
 

@@ -123,14 +123,14 @@ def _precompiled_charsmap(model_bytes: bytes) -> bytes | None:
     return None
 
 
-def _train_spiece(vocab_size: int) -> bytes:
+def _train_spiece(vocab_size: int, corpus: tuple[str, ...] = CORPUS) -> bytes:
     import sentencepiece as spm
 
     spm.set_random_generator_seed(0)
     buffer = io.BytesIO()
     # sentence_iterator + model_writer: no file paths end up inside the model (determinism).
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buffer, vocab_size=vocab_size, model_type="unigram",
+        sentence_iterator=iter(corpus), model_writer=buffer, vocab_size=vocab_size, model_type="unigram",
         hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
         pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", num_threads=1,
         shuffle_input_sentence=False, input_sentence_size=0, minloglevel=2,
@@ -138,8 +138,11 @@ def _train_spiece(vocab_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def build_tokenizer(out_dir: str, *, vocab_size: int) -> None:
+def build_tokenizer(out_dir: str, *, vocab_size: int, corpus: tuple[str, ...] | None = None) -> None:
     """Write a deterministic T5-style tokenizer folder; every token id is < ``vocab_size``.
+
+    ``corpus``: the lines to train on (default: the built-in :data:`CORPUS`). A model that only ever
+    reads one small language (the ``toy`` model's captions) gets a tokenizer of whole words this way.
 
     ``vocab_size`` is the text encoder's embedding size. The trained vocabulary may be smaller
     (``hard_vocab_limit=False`` on a small corpus), never larger; no sentinel ids are added.
@@ -149,9 +152,9 @@ def build_tokenizer(out_dir: str, *, vocab_size: int) -> None:
     from transformers import T5Tokenizer
 
     try:
-        model_bytes = _train_spiece(vocab_size)
+        model_bytes = _train_spiece(vocab_size, CORPUS if corpus is None else tuple(corpus))
     except RuntimeError as error:  # e.g. fewer ids than the corpus' distinct characters
-        raise ValueError(f"build_tokenizer: vocab_size={vocab_size} is too small for the built-in corpus "
+        raise ValueError(f"build_tokenizer: vocab_size={vocab_size} is too small for the corpus "
                          f"(every character needs an id): {error}") from error
     processor = spm.SentencePieceProcessor(model_proto=model_bytes)
     size = processor.get_piece_size()

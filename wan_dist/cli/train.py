@@ -1,0 +1,53 @@
+"""Hydra task of ``wan-dist train``: conf/train.yaml -> TrainConfig -> wan_dist.train.train."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("wan_dist")
+_NOT_TRAIN_FIELDS = ("steps", "local", "ray")  # the CLI's own settings, not TrainConfig fields
+
+
+def train_config(cfg: DictConfig):
+    """TrainConfig of the composed config; ValueError names a bad field."""
+    from wan_dist.cli.paths import ray_job, resolve_output
+    from wan_dist.config.train import train_config_from_dict
+
+    fields = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _NOT_TRAIN_FIELDS}
+    if "://" in str(fields["out"]):
+        raise ValueError(f"out: {fields['out']!r} is a URL; training writes a local (or shared) folder")
+    fields["out"] = resolve_output("out", str(fields["out"]), cwd=os.getcwd(), job=ray_job(os.environ))
+    return train_config_from_dict(fields)
+
+
+def train_main(cfg: DictConfig) -> None:
+    from wan_dist.train import train
+
+    try:
+        config = train_config(cfg)
+    except ValueError as error:
+        raise SystemExit(f"wan-dist train: {error}") from None
+    if cfg.local:
+        result = train(config, local=True)
+    else:
+        import ray
+
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                     object_store_memory=int(cfg.ray.object_store_memory_mb) * 2**20)
+        try:
+            result = train(config)
+        finally:
+            ray.shutdown()
+    for stage, summary in result.summaries.items():
+        log.info("%s: %s", stage, json.dumps(summary))
+    if result.model is not None:
+        log.info("model: %s (load_pipeline(%r) or `wan-dist render model=%s`)", result.model, str(result.model),
+                 result.model)

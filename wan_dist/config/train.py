@@ -1,0 +1,140 @@
+"""Configuration of a training run (``wan-dist train``): one kw-only dataclass per part, validated here.
+
+Kept in its own module so ``wan_dist.config`` stays short; it imports nothing from the rest of wan_dist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["TrainDataConfig", "OptimConfig", "FlowConfig", "TrainConfig", "train_config_from_dict"]
+
+Stage = Literal["vae", "experts", "all"]
+STAGES = ("vae", "experts", "all")
+
+
+def _require(condition: bool, owner: str, field_name: str, reason: str) -> None:
+    if not condition:
+        raise ValueError(f"{owner}.{field_name}: {reason}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainDataConfig:
+    """Clips drawn from the procedural world (wan_dist.world). ``None`` sizes take the preset's defaults.
+
+    Clip i of the train split is ``sample_scene(seed * 1_000_003 + i, split="train")``; held-out clips (for
+    the VAE's PSNR) come from the ``heldout`` split the same way, so a run is reproducible from its config.
+    ``fixed_batch``: every step sees the same first ``batch_size`` clips (and the same noise draws do not
+    repeat): the smoke tests use it so the loss must fall.
+    """
+
+    num_clips: int = 256
+    heldout_clips: int = 8
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    fixed_batch: bool = False
+
+    def __post_init__(self) -> None:
+        name = "TrainDataConfig"
+        _require(self.num_clips >= 1, name, "num_clips", f"must be >= 1, got {self.num_clips}")
+        _require(self.heldout_clips >= 0, name, "heldout_clips", f"must be >= 0, got {self.heldout_clips}")
+        for f in ("height", "width", "num_frames"):
+            value = getattr(self, f)
+            _require(value is None or int(value) >= 1, name, f, f"must be >= 1 or null, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW on one stage. ``steps`` is the stage's total: a rerun with more steps continues to it."""
+
+    steps: int
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # 0: off
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        name = "OptimConfig"
+        for f in ("steps", "warmup_steps"):
+            _require(int(getattr(self, f)) >= 0, name, f, f"must be >= 0, got {getattr(self, f)}")
+        for f in ("batch_size", "checkpoint_every"):
+            _require(int(getattr(self, f)) >= 1, name, f, f"must be >= 1, got {getattr(self, f)}")
+        _require(self.lr > 0, name, "lr", f"must be > 0, got {self.lr}")
+        for f in ("weight_decay", "grad_clip"):
+            _require(getattr(self, f) >= 0, name, f, f"must be >= 0, got {getattr(self, f)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """Rectified-flow training of the experts (see wan_dist/train/flow.py for the exact sampling).
+
+    ``shift``: the timestep shift S (None: the preset's sampling shift, 12 for T2V as the reference samples).
+    ``cfg_dropout``: probability that a clip's caption is replaced by the empty prompt (classifier-free guidance).
+    ``loss_weighting``: "none" (plain MSE) or "bell" (DiffSynth-Studio's Wan weighting over timestep ids).
+    """
+
+    shift: float | None = None
+    cfg_dropout: float = 0.1
+    loss_weighting: Literal["none", "bell"] = "none"
+
+    def __post_init__(self) -> None:
+        name = "FlowConfig"
+        _require(self.shift is None or self.shift > 0, name, "shift", f"must be > 0 or null, got {self.shift}")
+        _require(0.0 <= self.cfg_dropout <= 1.0, name, "cfg_dropout", f"must be in [0, 1], got {self.cfg_dropout}")
+        _require(self.loss_weighting in ("none", "bell"), name, "loss_weighting",
+                 f"must be 'none' or 'bell', got {self.loss_weighting!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. ``out`` holds everything: checkpoints to resume from, the latent cache, loss
+    curves and the published model (``out/model``, loadable with ``load_pipeline``)."""
+
+    out: str
+    preset: str = "toy"
+    stage: Stage = "all"
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1
+    seed: int = 0
+    progress: bool = True
+    data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
+    vae: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=3e-4, batch_size=2))
+    experts: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=2e-4, batch_size=8))
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+
+    def __post_init__(self) -> None:
+        name = "TrainConfig"
+        _require(bool(self.out), name, "out", "must name the run's folder")
+        _require(self.stage in STAGES, name, "stage", f"must be one of {', '.join(STAGES)}; got {self.stage!r}")
+        _require(self.num_workers >= 1, name, "num_workers", f"must be >= 1, got {self.num_workers}")
+        _require(self.threads_per_worker >= 1, name, "threads_per_worker",
+                 f"must be >= 1, got {self.threads_per_worker}")
+        _require(self.cpus_per_worker > 0, name, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+
+
+_NESTED = {"data": TrainDataConfig, "vae": OptimConfig, "experts": OptimConfig, "flow": FlowConfig}
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from plain nested dicts (Hydra's), naming unknown fields in the error."""
+    data = dict(data)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+    for key, cls in _NESTED.items():
+        if isinstance(data.get(key), dict):
+            fields = {f.name for f in dataclasses.fields(cls)}
+            extra = sorted(set(data[key]) - fields)
+            if extra:
+                raise ValueError(f"TrainConfig.{key}: unknown field(s) {extra}; known: {sorted(fields)}")
+            data[key] = cls(**data[key])
+    return TrainConfig(**data)

@@ -1,0 +1,9 @@
+"""Training runs on Ray Train (a front door beside batch and serve): the ``toy`` model's VAE and experts.
+
+``train(TrainConfig(...))`` or ``wan-dist train stage=vae|experts|all out=... steps=...``; see
+wan_dist/train/run.py for the output folder and wan_dist/train/flow.py for the exact flow-matching recipe.
+"""
+
+from wan_dist.train.run import TrainResult, train
+
+__all__ = ["train", "TrainResult"]

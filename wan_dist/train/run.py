@@ -1,0 +1,203 @@
+"""``train(config)``: the stages of a run, each on a Ray Train ``TorchTrainer`` (or in-process with
+``local=True``), then the published checkpoint at ``<out>/model`` that ``load_pipeline`` loads.
+
+Layout of the output folder::
+
+    <out>/data/        clips (npz) and latents + text embeddings (safetensors), cached once
+    <out>/ray/<stage>/ Ray Train's storage: the stage's checkpoints (resume point)
+    <out>/vae/         the trained VAE (diffusers format, measured latent statistics in its config)
+    <out>/<stage>_loss.png, <out>/<stage>_summary.json
+    <out>/model/       the published checkpoint (diffusers layout)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wan_dist.config.train import TrainConfig, train_config_from_dict
+from wan_dist.models.presets import VariantSpec, get_preset
+from wan_dist.train.data import cached_clips, cached_latents, clips_path, latents_path, to_video, tokenizer_corpus
+from wan_dist.train.loop import STATE_FILE, LocalSession, RaySession, latest_checkpoint, run_steps
+from wan_dist.train.stages import ExpertStage, VAEStage
+
+__all__ = ["train", "TrainResult", "text_encoder_for"]
+
+_TEXT_SEED_OFFSET = 200  # the text encoder is frozen random: seed + 200, as make_checkpoint seeds it
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    out: Path
+    model: Path | None  # the published checkpoint, once the experts are trained
+    summaries: dict[str, dict[str, Any]]
+
+
+def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: str):
+    if kind == "vae":
+        with np.load(data_path) as archive:
+            clips = archive["clips"]
+        return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed)
+    from safetensors.torch import load_file
+
+    return ExpertStage(spec, tensors=load_file(data_path), optim=config.experts, flow_config=config.flow,
+                       seed=config.seed)
+
+
+def _stage_steps(kind: str, config: TrainConfig, session, data_path: str, resume: Path | None) -> dict:
+    torch.set_num_threads(config.threads_per_worker)
+    spec = get_preset(config.preset)
+    stage = _build_stage(kind, config, spec, data_path)
+    optim = config.vae if kind == "vae" else config.experts
+    out = Path(config.out)
+    result = run_steps(stage, session, optim=optim, seed=config.seed, resume=resume, plot=out / f"{kind}_loss.png",
+                       fixed_batch=config.data.fixed_batch, progress=config.progress)
+    if session.rank == 0:
+        summary = {"step": result["step"], "start_step": result["start_step"], "steps_per_s": result["steps_per_s"],
+                   "first_loss": result["history"][0][1] if result["history"] else None,
+                   "last_loss": result["history"][-1][1] if result["history"] else None}
+        (out / f"{kind}_summary.json").write_text(json.dumps(summary, indent=2))
+    return result
+
+
+def _ray_worker(payload: dict) -> None:
+    """Ray Train's per-worker function: resume from Ray's own checkpoint of this run when it has one
+    (a restarted worker group), else from the newest one in the output folder."""
+    import ray.train
+
+    config = train_config_from_dict(payload["config"])
+    resume = Path(payload["resume"]) if payload["resume"] else None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _stage_steps(payload["kind"], config, RaySession(), payload["data"], Path(folder))
+        return
+    _stage_steps(payload["kind"], config, RaySession(), payload["data"], resume)
+
+
+def _run_stage(kind: str, config: TrainConfig, data_path: str, *, local: bool) -> dict:
+    out = Path(config.out)
+    root = out / "ray" / kind
+    resume = latest_checkpoint(root)
+    if local:
+        root.mkdir(parents=True, exist_ok=True)
+        _stage_steps(kind, config, LocalSession(root), data_path, resume)
+    else:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        payload = {"kind": kind, "config": asdict(config), "data": data_path,
+                   "resume": str(resume) if resume else None}
+        trainer = TorchTrainer(
+            _ray_worker, train_loop_config=payload,
+            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                         resources_per_worker={"CPU": config.cpus_per_worker}),
+            run_config=RunConfig(name=kind, storage_path=str(out / "ray")))
+        trainer.fit()  # raises TrainingFailedError naming the worker's exception
+    return json.loads((out / f"{kind}_summary.json").read_text())
+
+
+def text_encoder_for(spec: VariantSpec, corpus: tuple[str, ...], folder: Path, *, seed: int):
+    """The frozen, deterministic text encoder of a run with its caption tokenizer (built in ``folder``)."""
+    from wan_dist.models.text_encoder import TextEncoder, build_text_encoder
+    from wan_dist.models.tokenizer import build_tokenizer, load_tokenizer
+
+    if not (folder / "tokenizer_config.json").exists():
+        build_tokenizer(str(folder), vocab_size=spec.text_encoder.vocab_size, corpus=corpus)
+    torch.manual_seed(seed + _TEXT_SEED_OFFSET)
+    model = build_text_encoder(spec.text_encoder)
+    return TextEncoder(model, load_tokenizer(folder), text_len=spec.dit.text_len)
+
+
+@torch.no_grad()
+def _finish_vae(config: TrainConfig, spec: VariantSpec) -> dict:
+    """Trained VAE -> measured latent statistics -> ``<out>/vae``; held-out PSNR into the summary."""
+    from wan_dist.models.vae import WanVAE, build_vae
+
+    out = Path(config.out)
+    state = torch.load(latest_checkpoint(out / "ray" / "vae") / STATE_FILE, map_location="cpu", weights_only=False)
+    model = build_vae(spec.vae)
+    model.load_state_dict(state["modules"]["vae"])
+    clips, _ = cached_clips(out, config.data, spec, split="train")
+    mu = torch.cat([model.encode(to_video(clips[i:i + 4])).latent_dist.mode() for i in range(0, min(len(clips), 64), 4)])
+    mean = mu.transpose(0, 1).flatten(1).mean(1)
+    std = mu.transpose(0, 1).flatten(1).std(1).clamp_min(1e-3)
+    vae_config = replace(spec.vae, latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()))
+    model.register_to_config(latents_mean=list(vae_config.latents_mean), latents_std=list(vae_config.latents_std))
+    model.save_pretrained(str(out / "vae"), safe_serialization=True)
+    summary = json.loads((out / "vae_summary.json").read_text())
+    heldout, _ = cached_clips(out, config.data, spec, split="heldout")
+    if len(heldout):
+        vae = WanVAE(model, vae_config)
+        video = to_video(heldout)
+        recon = torch.cat([vae.decode(vae.encode(video[i:i + 2])) for i in range(0, len(video), 2)])
+        mse = ((recon - video) / 2).pow(2).mean().clamp_min(1e-12)
+        summary["heldout_psnr_db"] = float(10 * torch.log10(1 / mse))
+    (out / "vae_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _trained_vae(out: Path):
+    from diffusers import AutoencoderKLWan
+
+    from wan_dist.models.vae import WanVAE, vae_config_from_diffusers
+
+    if not (out / "vae" / "config.json").exists():
+        raise ValueError(f"stage: experts need a trained VAE at {out / 'vae'}; run stage=vae (or all) first")
+    config = vae_config_from_diffusers(out / "vae")
+    model = AutoencoderKLWan.from_pretrained(str(out / "vae")).float().eval().requires_grad_(False)
+    return WanVAE(model, config)
+
+
+def _experts_data(config: TrainConfig, spec: VariantSpec) -> tuple[str, Any, tuple[str, ...]]:
+    out = Path(config.out)
+    vae = _trained_vae(out)
+    clips, captions = cached_clips(out, config.data, spec, split="train")
+    corpus = tokenizer_corpus(captions)
+    encoder = text_encoder_for(spec, corpus, out / "data" / "tokenizer", seed=config.seed)
+    vae_digest = sum(float(p.double().sum()) for p in vae.model.parameters())
+    key = {"vae": vae_digest, "stats": list(vae.config.latents_mean), "text_seed": config.seed,
+           "clips": [len(clips), *clips.shape[1:]], "data": asdict(config.data)}
+    cached_latents(out, key=key, vae=vae, text_encoder=encoder, clips=clips, captions=captions)
+    return str(latents_path(out, key)), (vae, encoder), corpus
+
+
+def _publish(config: TrainConfig, spec: VariantSpec, vae, encoder, corpus) -> Path:
+    from wan_dist.models.make_checkpoint import TrainedParts, write_checkpoint
+
+    out = Path(config.out)
+    state = torch.load(latest_checkpoint(out / "ray" / "experts") / STATE_FILE, map_location="cpu",
+                       weights_only=False)
+    experts = tuple(state["modules"][f"expert{e}"] for e in range(2 if spec.two_experts else 1))
+    parts = TrainedParts(experts=experts, vae=vae.model, text_encoder=encoder.model, tokenizer_corpus=corpus)
+    return write_checkpoint(replace(spec, vae=vae.config), out / "model", parts, layout="diffusers")
+
+
+def train(config: TrainConfig, *, local: bool = False) -> TrainResult:
+    """Run ``config.stage`` ("vae", "experts" or "all") into ``config.out``, resuming what is there.
+
+    ``local=True`` runs each stage in this process (no Ray) with the same loop and checkpoints; otherwise
+    Ray must be initialised (the CLI joins ``RAY_ADDRESS`` or starts a local one).
+    """
+    config = replace(config, out=os.path.abspath(config.out))
+    spec = get_preset(config.preset)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries: dict[str, dict[str, Any]] = {}
+    model = None
+    if config.stage in ("vae", "all"):
+        cached_clips(out, config.data, spec, split="train")
+        cached_clips(out, config.data, spec, split="heldout")
+        _run_stage("vae", config, str(clips_path(out, config.data, spec, split="train")), local=local)
+        summaries["vae"] = _finish_vae(config, spec)
+    if config.stage in ("experts", "all"):
+        data_path, (vae, encoder), corpus = _experts_data(config, spec)
+        summaries["experts"] = _run_stage("experts", config, data_path, local=local)
+        model = _publish(config, spec, vae, encoder, corpus)
+    return TrainResult(out=out, model=model, summaries=summaries)

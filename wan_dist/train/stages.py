@@ -1,0 +1,131 @@
+"""The two trainable stages: the VAE (reconstruction) and the DiT experts (rectified flow).
+
+A stage owns its modules and computes one step's loss on one worker; the loop (wan_dist/train/loop.py)
+owns optimisation, checkpoints and progress. Every random draw of a step comes from a generator seeded
+by (run seed, step, rank, purpose), so a resumed run continues with exactly the draws it would have made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wan_dist.config.train import FlowConfig, OptimConfig
+from wan_dist.models.presets import VariantSpec
+from wan_dist.train import flow
+from wan_dist.train.data import batch_indices, to_video
+
+__all__ = ["StepDraws", "VAEStage", "ExpertStage", "init_dit", "init_vae"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDraws:
+    """Where a step's randomness comes from. ``fixed``: the same draws every step (smoke tests)."""
+
+    seed: int
+    step: int
+    rank: int
+    fixed: bool = False
+
+    def generator(self, purpose: int) -> torch.Generator:
+        step = 0 if self.fixed else self.step
+        return torch.Generator().manual_seed(hash((self.seed, step, self.rank, purpose)) & (2**63 - 1))
+
+
+def init_dit(spec: VariantSpec, *, seed: int):
+    """A trainable WanDiT with the checkpoint writer's deterministic init; the output layer starts at 0
+    so the first predictions are 0 rather than large random velocities."""
+    from wan_dist.models.dit import WanDiT
+    from wan_dist.models.make_checkpoint import random_dit_tensors
+
+    model = WanDiT(spec.dit)
+    state = dict(random_dit_tensors(spec, seed=seed))
+    state["head.head.weight"].zero_()
+    state["head.head.bias"].zero_()
+    model.load_state_dict(state)
+    model.timestep_precision = "float32"  # the diffusers layout we publish embeds timesteps in fp32
+    return model.train().requires_grad_(True)
+
+
+def init_vae(spec: VariantSpec, *, seed: int):
+    from wan_dist.models.vae import build_vae
+
+    torch.manual_seed(seed)
+    return build_vae(spec.vae).train().requires_grad_(True)
+
+
+class VAEStage:
+    """Reconstruction: L1 of the decoded posterior sample plus a small KL term (Wan's VAE objective
+    without its perceptual and adversarial terms, which need pretrained networks we cannot download)."""
+
+    name = "vae"
+    kl_weight = 1e-6
+
+    def __init__(self, spec: VariantSpec, *, clips: np.ndarray, optim: OptimConfig, seed: int):
+        self.clips = torch.from_numpy(np.ascontiguousarray(clips))
+        self.optim = optim
+        self.modules = {"vae": init_vae(spec, seed=seed + 100)}
+
+    def loss(self, modules: dict[str, torch.nn.Module], draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = draws.generator(0)
+        fixed = None if draws.fixed else generator
+        video = to_video(self.clips[batch_indices(len(self.clips), self.optim.batch_size, generator=fixed)])
+        vae = modules["vae"]
+        posterior = vae.encode(video).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        l1 = (recon - video).abs().mean()
+        kl = posterior.kl().mean() / video[0].numel()
+        return l1 + self.kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+
+
+class ExpertStage:
+    """Both experts of a two-expert model, each on its own timestep range (see wan_dist/train/flow.py).
+
+    One optimizer step updates both: their parameters are disjoint, so summing their losses gives each
+    expert exactly its own gradient. Data: normalised latents and text embeddings (data.cached_latents).
+    """
+
+    name = "experts"
+
+    def __init__(self, spec: VariantSpec, *, tensors: dict[str, torch.Tensor], optim: OptimConfig,
+                 flow_config: FlowConfig, seed: int):
+        self.spec, self.optim, self.flow = spec, optim, flow_config
+        self.latents, self.context, self.empty = tensors["latents"], tensors["context"], tensors["empty"]
+        shift = flow_config.shift or spec.defaults.shift
+        self.sigmas, self.timesteps = flow.training_grid(shift)
+        boundary = spec.defaults.boundary_ratio if spec.two_experts else None
+        count = 2 if spec.two_experts else 1
+        self.ids = [flow.expert_ids(self.timesteps, boundary_ratio=boundary, expert=e) for e in range(count)]
+        self.weights = flow.bell_weights(self.timesteps) if flow_config.loss_weighting == "bell" else None
+        self.modules = {f"expert{e}": init_dit(spec, seed=seed + e) for e in range(count)}
+
+    def _caption_dropout(self, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        drop = torch.rand(context.shape[0], generator=generator) < self.flow.cfg_dropout
+        return torch.where(drop[:, None, None], self.empty.expand_as(context), context)
+
+    def loss(self, modules: dict[str, torch.nn.Module], draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
+        total, metrics = 0.0, {}
+        for expert, ids in enumerate(self.ids):
+            generator = draws.generator(expert)
+            index = batch_indices(len(self.latents), self.optim.batch_size, generator=None if draws.fixed else generator)
+            x0 = self.latents[index]
+            context = self._caption_dropout(self.context[index], generator)
+            picked, sigma, timestep = flow.sample_timesteps(ids, self.sigmas, self.timesteps, len(index),
+                                                            generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            x_t, target = flow.noised(x0, noise, sigma)
+            prediction = modules[f"expert{expert}"](x_t, timestep, context)
+            weights = None if self.weights is None else self.weights[picked]
+            loss = flow.flow_loss(prediction, target, weights)
+            total = total + loss
+            metrics[f"loss_expert{expert}"] = float(loss.detach())
+        return total / len(self.ids), metrics
+
+
+def load_stage_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
