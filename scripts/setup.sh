@@ -14,6 +14,6 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 # torch first and pinned: 2.13.0 is the CPU build on this machine's disk; anything looser pulls a CUDA build.
 # One resolver run for everything (installing moto later breaks s3fs's botocore pin).
-DS_BUILD_OPS=0 "$venv/bin/python" -m pip install -q -c requirements/constraints.txt torch==2.13.0 -e ".[dev]"
+DS_BUILD_OPS=0 "$venv/bin/python" -m pip install -q -c requirements/constraints.txt torch==2.13.0 -e ".[dev,train]"
 echo "$want" > "$stamp"
 echo "wan-dist installed in $venv"
