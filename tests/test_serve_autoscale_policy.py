@@ -102,3 +102,11 @@ def test_settings_validate_the_autoscaling_block():
                        ({"replicas": 2}, "unknown field")):
         with pytest.raises(ValueError, match=f"serve.renderer_autoscaling: .*{field}"):
             ServeSettings(renderer_autoscaling=bad)
+
+
+def test_settings_refuse_a_render_group_layout_the_api_cannot_honour_at_start():
+    assert ServeSettings(parallel={"ulysses": 2}).parallel_config.world_size == 2
+    with pytest.raises(ValueError, match="serve.parallel: placement=disaggregated is not supported"):
+        ServeSettings(parallel={"ulysses": 2, "placement": "disaggregated"})
+    with pytest.raises(ValueError, match="serve.parallel: .*unknown field"):
+        ServeSettings(parallel={"rings": 2})
