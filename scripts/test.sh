@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Ray: never token auth in tests (RUNTIME_NOTES); deepspeed builds its ops into the venv, not ~/.cache.
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions"
+# Ray starts its workers at niceness 15: beside any other busy process on the machine they get a few percent of
+# a core and every Ray test crawls (issue 21). Tests run them at the niceness of everything else.
+export RAY_worker_niceness=0
 if ! .venv/bin/lint-imports --no-logo; then
   echo "import contracts broken (lint-imports, see pyproject.toml [tool.importlinter]): failing" >&2
   exit 1

@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves its workers on a busy machine
 
 # Holds (tests/step_holds.py): Ray workers, started after this, import the step hook from this folder and
 # share the folder of hold plans with the test through the environment. Removed at the end of the session.
