@@ -57,13 +57,14 @@ def _test_spec(tiny: str):
 @pytest.fixture(scope="module")
 def sharded_checkpoint(checkpoint_factory, tmp_path_factory):
     """(tiny folder, folder with transformer/ and transformer_2/ of the test DiT in 16 KiB shards)."""
-    from wan_dist.models.make_checkpoint import _write_dit
+    from wan_dist.models.make_checkpoint import _write_dit, random_dit_tensors
 
     tiny = str(checkpoint_factory("tiny", "diffusers"))
     root = tmp_path_factory.mktemp("fsdp-experts")
+    spec = _test_spec(tiny)
     for index, name in enumerate(("transformer", "transformer_2")):
-        _write_dit(_test_spec(tiny), root / name, layout="diffusers", seed=10 + index, dtype=torch.float32,
-                   shard_bytes=16 * 1024)
+        _write_dit(spec, root / name, layout="diffusers", tensors=random_dit_tensors(spec, seed=10 + index),
+                   dtype=torch.float32, shard_bytes=16 * 1024)
     return tiny, str(root)
 
 
