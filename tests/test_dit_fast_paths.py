@@ -162,7 +162,9 @@ def test_forward_with_autograd_matches_inference():
         expected = model(*inputs)
     out = model(*inputs)
     out.square().mean().backward()
-    assert (out.detach() - expected).abs().max() <= 1e-6
+    # the same computation up to float32 rounding, relative to each output's size: the autograd path does not take
+    # the in-place kernels, so a value near 4 may land a few ulps (4.8e-7 each) away
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-6, atol=1e-6)
     assert model.blocks[0].cross_attn.k.weight.grad is not None
 
 

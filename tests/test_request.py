@@ -19,7 +19,7 @@ from wan_dist.serve.schemas import RequestError as HTTPError, validate_job_reque
 
 BASE = {"prompt": "a paper kite over the dunes", "seed": 5}
 # one value per field that differs from its default (``variant``: where the field applies); width and height
-# go together (their partner at its default)
+# go together (their partner at its default), as the HTTP door asks
 WALK: dict[str, tuple[str, object]] = {
     "prompt": ("tiny", "a red kite over the sea"),
     "negative_prompt": ("tiny", "blurry, dark"),

@@ -215,8 +215,6 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
             except ValueError as error:
                 problems.append((name, str(error)))
     _check_text(values, problems)
-    if ("width" in values) != ("height" in values):  # one side and a default other side: a distorted frame
-        problems.append(("height" if "width" in values else "width", "give width and height together"))
     if spec.task == "t2v" and values.get("image") is not None:
         problems.append(("image", f"the t2v variant {spec.name} takes no input image"))
     fps = values.get("fps") or spec.defaults.fps
