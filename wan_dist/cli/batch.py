@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from omegaconf import DictConfig, OmegaConf
 
-from wan_dist.cli.compose import run_hydra
+from wan_dist.cli.compose import init_ray, run_hydra
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig, from_dict
 
 log = logging.getLogger("wan_dist")
@@ -86,12 +86,7 @@ def batch_main(cfg: DictConfig) -> None:
         batch, output = _configs(cfg)
     except ValueError as error:
         raise SystemExit(f"wan-dist batch: {error}") from None
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                 object_store_memory=int(cfg.ray.object_store_memory_mb) * 2**20)
+    init_ray(cfg.ray)
     try:
         parallel, batch = _layout(cfg, batch)
         summary = run_batch(batch, output, parallel, install_signal_handlers=True)

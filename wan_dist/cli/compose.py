@@ -6,11 +6,12 @@ wan_dist.cli.batch``) reaches Hydra the same way without the entry points import
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["conf_dir", "rewrite_overrides", "run_hydra"]
+__all__ = ["conf_dir", "init_ray", "rewrite_overrides", "run_hydra"]
 
 # Groups whose value may also be a free-form string: `model=/ckpt` means `model=custom model.source=/ckpt`.
 _FREE_GROUPS = {"model": ("custom", "source"), "output": ("local", "uri")}
@@ -45,3 +46,16 @@ def run_hydra(verb: str, task: Callable, overrides: list[str]) -> None:
         wrapped()
     finally:
         sys.argv = saved
+
+
+def init_ray(ray_cfg) -> None:
+    """Join the cluster of ``RAY_ADDRESS``, else start a local Ray sized by the verb's ``ray`` group
+    (``num_cpus``, ``object_store_memory_mb``): never an existing cluster nobody named."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False,
+                 object_store_memory=int(ray_cfg.object_store_memory_mb) * 2**20)

@@ -36,12 +36,9 @@ def train_main(cfg: DictConfig) -> None:
     else:
         import ray
 
-        address = os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                     object_store_memory=int(cfg.ray.object_store_memory_mb) * 2**20)
+        from wan_dist.cli.compose import init_ray
+
+        init_ray(cfg.ray)
         try:
             result = train(config)
         finally:
