@@ -62,3 +62,29 @@ def test_a_waiting_interactive_job_is_ahead_of_the_next_batch_row():
 def test_burst_must_be_positive():
     with pytest.raises(ValueError, match="interactive_per_batch_row"):
         FairGate(0)
+
+
+def test_an_interactive_job_between_two_asks_still_goes_before_the_next_row():
+    """Its worker's ask timed out while a row held the group; until it asks again (one poll later) the group
+    must not go to the next row: the job would wait a whole extra row."""
+    now = [100.0]
+    gate = FairGate(2, clock=lambda: now[0])
+    assert gate.try_acquire()  # a row in flight
+    assert not gate.acquire_interactive(timeout_s=0.01)  # the job's ask timed out behind it
+    gate.release()  # the row is done, the job's worker sleeps a poll before asking again
+    assert not gate.try_acquire()  # the next row may not slip into that gap
+    assert gate.acquire_interactive(timeout_s=0.01)  # the job asks again and goes next
+    gate.release()
+    now[0] += 0.5
+    assert gate.try_acquire()  # it got its turn: the batch goes on
+    gate.release()
+
+
+def test_a_job_that_stopped_asking_no_longer_holds_the_batch_back():
+    now = [100.0]
+    gate = FairGate(2, clock=lambda: now[0])
+    assert gate.try_acquire()
+    assert not gate.acquire_interactive(timeout_s=0.01)
+    gate.release()
+    now[0] += 1.5  # no ask for longer than the grace: nobody is waiting any more
+    assert gate.try_acquire()

@@ -208,10 +208,11 @@ class FairGate:
     starved by a batch (at most the row in flight is ahead of them) and a batch keeps moving under any
     interactive load (one row per ``interactive_per_batch_row`` jobs at least). Batch rows ask without
     blocking (``try_acquire``: the batch runner's loop asks again); a batch counts as waiting for a second
-    after its last refused ask.
+    after its last refused ask, and so does an interactive job whose ask timed out (its worker asks again after a
+    poll: without that grace a row could take the group in the gap and run ahead of a waiting job).
     """
 
-    def __init__(self, interactive_per_batch_row: int = 2):
+    def __init__(self, interactive_per_batch_row: int = 2, *, clock=time.monotonic):
         if interactive_per_batch_row < 1:
             raise ValueError(f"serve.interactive_per_batch_row: must be >= 1, got {interactive_per_batch_row}")
         self.burst = interactive_per_batch_row
@@ -220,9 +221,14 @@ class FairGate:
         self._streak = 0  # interactive turns since the last batch turn
         self._interactive_waiting = 0
         self._batch_asked_at = float("-inf")
+        self._interactive_asked_at = float("-inf")
+        self._clock = clock
 
     def _batch_waiting(self) -> bool:
-        return time.monotonic() - self._batch_asked_at < 1.0
+        return self._clock() - self._batch_asked_at < 1.0
+
+    def _interactive_owed(self) -> bool:
+        return self._interactive_waiting > 0 or self._clock() - self._interactive_asked_at < 1.0
 
     def acquire_interactive(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -232,9 +238,11 @@ class FairGate:
                 while self._holder is not None or (self._batch_waiting() and self._streak >= self.burst):
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        self._interactive_asked_at = self._clock()
                         return False
                     self._cond.wait(min(left, 0.1))
                 self._holder, self._streak = "interactive", self._streak + 1
+                self._interactive_asked_at = float("-inf")
                 return True
             finally:
                 self._interactive_waiting -= 1
@@ -242,11 +250,11 @@ class FairGate:
     def try_acquire(self) -> bool:
         """A batch row's turn, if the group is free and no interactive job is owed it first."""
         with self._cond:
-            if self._holder is None and (self._interactive_waiting == 0 or self._streak >= self.burst):
+            if self._holder is None and (not self._interactive_owed() or self._streak >= self.burst):
                 self._holder, self._streak = "batch", 0
                 self._batch_asked_at = float("-inf")
                 return True
-            self._batch_asked_at = time.monotonic()
+            self._batch_asked_at = self._clock()
             return False
 
     def release(self) -> None:
