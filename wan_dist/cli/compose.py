@@ -57,5 +57,8 @@ def init_ray(ray_cfg) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        # Ray starts workers at niceness 15: on a machine doing anything else, this command's own render would get
+        # a few percent of a core. A local Ray here is the user's foreground work: its workers run at normal niceness.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False,
                  object_store_memory=int(ray_cfg.object_store_memory_mb) * 2**20)
