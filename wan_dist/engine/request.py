@@ -24,7 +24,7 @@ from wan_dist.config import SamplingConfig
 from wan_dist.engine.settings import frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "RenderRequest", "BuiltRequest", "build_request",
-           "request_fields", "frames_for_duration", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS"]
+           "frames_for_duration", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS"]
 
 MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
 MAX_PROMPT_CHARS = 10_000
@@ -294,9 +294,3 @@ def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
     settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)
-
-
-def request_fields(request: RenderRequest) -> dict[str, Any]:
-    """``request.to_dict()`` without the absent (None) values: what :func:`build_request` takes back."""
-    return {k: v for k, v in request.to_dict().items() if v is not None and v != {}}
-
