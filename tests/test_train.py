@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,8 +62,34 @@ def test_config_names_the_bad_field():
         TrainConfig(out="x", stage="dit")
     with pytest.raises(ValueError, match="FlowConfig.cfg_dropout"):
         FlowConfig(cfg_dropout=1.5)
+    with pytest.raises(ValueError, match="TrainConfig.vae_frames: must be 1 \\+ 4k"):
+        TrainConfig(out="x", vae_frames=4)
     with pytest.raises(ValueError, match=r"TrainConfig.vae: unknown field\(s\) \['step'\]"):
         train_config_from_dict({"out": "x", "vae": {"step": 3}})
+
+
+def test_vae_trains_on_random_windows_of_consecutive_frames():
+    from wan_dist.models.presets import get_preset
+    from wan_dist.train.stages import StepDraws, VAEStage
+
+    # clip c, frame f is filled with 10 * c + f, so a window's values name its clip and frames
+    clips = np.zeros((3, 9, 4, 4, 3), np.uint8) + (10 * np.arange(3)[:, None] + np.arange(9)[None, :]).astype(np.uint8)[
+        :, :, None, None, None]
+    stage = VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1, batch_size=4), seed=0, frames=5)
+    starts = set()
+    for step in range(12):
+        draws = StepDraws(seed=0, step=step, rank=0)
+        window = stage.clips_for(draws, draws.generator(0))[:, :, 0, 0, 0].long()
+        assert window.shape == (4, 5)
+        first = window[:, 0]
+        assert torch.equal(window, first[:, None] + torch.arange(5)), window  # consecutive frames of one clip
+        assert bool(((first % 10) <= 4).all())  # the window lies inside the clip
+        starts |= set((first % 10).tolist())
+    assert starts == {0, 1, 2, 3, 4}  # every start is drawn
+    fixed = StepDraws(seed=0, step=3, rank=0, fixed=True)
+    assert (stage.clips_for(fixed, fixed.generator(0))[:, :, 0, 0, 0].long() % 10 == torch.arange(5)).all()
+    with pytest.raises(ValueError, match="vae_frames: 13 is more than the clips' 9 frames"):
+        VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1), seed=0, frames=13)
 
 
 def test_loss_falls_resume_continues_and_the_checkpoint_loads(tmp_path):

@@ -65,15 +65,28 @@ class VAEStage:
     name = "vae"
     kl_weight = 1e-6
 
-    def __init__(self, spec: VariantSpec, *, clips: np.ndarray, optim: OptimConfig, seed: int):
+    def __init__(self, spec: VariantSpec, *, clips: np.ndarray, optim: OptimConfig, seed: int,
+                 frames: int | None = None):
         self.clips = torch.from_numpy(np.ascontiguousarray(clips))
-        self.optim = optim
+        if frames is not None and frames > self.clips.shape[1]:
+            raise ValueError(f"vae_frames: {frames} is more than the clips' {self.clips.shape[1]} frames")
+        self.optim, self.frames = optim, frames
         self.modules = {"vae": init_vae(spec, seed=seed + 100)}
+
+    def clips_for(self, draws: StepDraws, generator: torch.Generator) -> torch.Tensor:
+        """The step's uint8 clips [B, F, H, W, 3]: drawn clips, each cut to a random window of ``frames``
+        consecutive frames (a fixed batch: the first clips and their first window)."""
+        fixed = None if draws.fixed else generator
+        clips = self.clips[batch_indices(len(self.clips), self.optim.batch_size, generator=fixed)]
+        if self.frames is None:
+            return clips
+        starts = (torch.zeros(len(clips), dtype=torch.long) if fixed is None else
+                  torch.randint(clips.shape[1] - self.frames + 1, (len(clips),), generator=fixed))
+        return torch.stack([clip[s:s + self.frames] for clip, s in zip(clips, starts.tolist())])
 
     def loss(self, modules: dict[str, torch.nn.Module], draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
         generator = draws.generator(0)
-        fixed = None if draws.fixed else generator
-        video = to_video(self.clips[batch_indices(len(self.clips), self.optim.batch_size, generator=fixed)])
+        video = to_video(self.clips_for(draws, generator))
         vae = modules["vae"]
         posterior = vae.encode(video).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
