@@ -215,10 +215,12 @@ def test_handoff_wire_format_round_trips():
     assert torch.equal(received.latents, latents) and torch.equal(received.state.last_sample, state.last_sample)
     assert all(torch.equal(a, b) for a, b in zip(received.state.history, state.history))
     assert received.context.dtype == torch.bfloat16 and torch.equal(received.negative_context, -context)
+    assert received.stop == 0  # a request to continue
     euler = HandOff(request=0, seed=1, latents=latents, state=SolverState(step_index=3), context=context,
-                    negative_context=None)
+                    negative_context=None, stop=2)
     back = HandOff.from_wire(euler.header(), euler.payloads())
     assert back.state.history == () and back.state.last_sample is None and back.negative_context is None
+    assert back.stop == 2  # a request stage 0 stopped: stage 1 raises its StopRender
     # given embeddings: the negative context may have other rows than the context (each is attended as it is)
     uneven = HandOff(request=1, seed=2, latents=latents, state=state, context=context[:, :20],
                      negative_context=2 * context[:, :7])

@@ -104,9 +104,10 @@ def test_settings_validate_the_autoscaling_block():
             ServeSettings(renderer_autoscaling=bad)
 
 
-def test_settings_refuse_a_render_group_layout_the_api_cannot_honour_at_start():
+def test_settings_check_the_render_group_layout_at_start():
     assert ServeSettings(parallel={"ulysses": 2}).parallel_config.world_size == 2
-    with pytest.raises(ValueError, match="serve.parallel: placement=disaggregated is not supported"):
-        ServeSettings(parallel={"ulysses": 2, "placement": "disaggregated"})
+    # disaggregated stages report progress, stop between steps and send previews like the other layouts
+    assert ServeSettings(parallel={"ulysses": 2, "placement": "disaggregated"}).parallel_config.placement == \
+        "disaggregated"
     with pytest.raises(ValueError, match="serve.parallel: .*unknown field"):
         ServeSettings(parallel={"rings": 2})

@@ -15,8 +15,11 @@ The ranks of a group are inside collectives together, so they must all stop afte
 from the result rank to every rank after each step (torch.distributed's default group), then every
 rank raises the same ``StopRender``. This needs the per-step callback to be called on every rank at
 every step in the same order, which the SPMD generate (:mod:`wan_dist.parallel.runtime`) does: every
-rank runs every step (the data axis splits rows, never steps). Disaggregated placement does not (each
-stage runs only its own steps), so a control is refused there (:func:`check_control_supported`).
+rank runs every step (the data axis splits rows, never steps). Disaggregated placement runs a request's
+steps on two stages, one after the other: there each stage's leader runs the control for the steps its
+stage runs (steps 1 .. boundary on the high-noise stage, the rest on the low-noise one), broadcasts
+inside its stage, and a stop on the high-noise stage travels to the other stage in the hand-off
+(:mod:`wan_dist.parallel.stages`), so every rank of the group raises the same ``StopRender``.
 
 A *step hook* (``GroupConfig.step_hook``, ``"package.module:name"``) names a factory
 ``factory(request) -> control | None`` that every rank of a group imports at load; for each request its
@@ -31,61 +34,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Protocol
 
+from wan_dist.sampling.stop import STOP_CODES, StopRender, stop_code, stop_reason
+
 __all__ = ["StopRender", "StepControl", "STOP_CODES", "ChainedControl", "make_step_callback",
-           "check_control_supported", "load_step_hook", "stop_code", "stop_reason", "with_step_hook"]
+           "load_step_hook", "stop_code", "stop_reason", "with_step_hook"]
 
 log = logging.getLogger(__name__)
 
 
-class StopRender(Exception):
-    """Raised by a step control to stop a render between two steps; every rank then raises it too.
-
-    ``reason``: why, e.g. "cancelled" or "lease_lost" (see :data:`STOP_CODES` for what survives the
-    broadcast to the other ranks).
-    """
-
-    def __init__(self, reason: str = "stopped"):
-        super().__init__(reason)
-        self.reason = reason
-
-    def __reduce__(self):  # crosses Ray (rank -> driver) as itself, reason included
-        return (StopRender, (self.reason,))
-
-    def __str__(self) -> str:
-        return f"render stopped: {self.reason}"
-
-
 class StepControl(Protocol):
     def __call__(self, step: int, total: int) -> None: ...
-
-
-# The code the result rank broadcasts after every step. 0 lets every rank go on; any other code makes
-# every rank raise StopRender with the reason below. Reasons not in this table travel as 3 ("stopped"):
-# the other ranks only need to stop; the result rank's own exception (the one RenderGroup.wait reports
-# as the request's cause) keeps the exact reason.
-STOP_CODES: dict[int, str] = {1: "cancelled", 2: "lease_lost", 3: "stopped"}
-_CODE_OF = {reason: code for code, reason in STOP_CODES.items()}
-
-
-def stop_code(reason: str) -> int:
-    """The broadcast code of a stop ``reason`` (never 0)."""
-    return _CODE_OF.get(reason, 3)
-
-
-def stop_reason(code: int) -> str | None:
-    """The reason a broadcast code stands for; None for 0 (go on)."""
-    if code == 0:
-        return None
-    return STOP_CODES.get(code, "stopped")
-
-
-def check_control_supported(parallel) -> None:
-    """Raise ValueError if a step control cannot run on a group with ``parallel`` (a ParallelConfig):
-    disaggregated stages do not call the per-step callback on every rank, so the broadcast would hang."""
-    placement = getattr(parallel, "placement", "colocated")
-    if placement == "disaggregated":
-        raise ValueError(f"step control is not supported with placement={placement}: its stages run "
-                         "different steps, so the ranks cannot all stop at the same one")
 
 
 class ChainedControl:
@@ -134,8 +92,8 @@ def with_step_hook(control, hook: Callable[[Any], Any] | None, request):
 
 
 def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int, result_rank: int,
-                       world_size: int, device: Any = "cpu",
-                       preview: Callable[[Any], Any] | None = None) -> Callable[..., None] | None:
+                       world_size: int, device: Any = "cpu", preview: Callable[[Any], Any] | None = None,
+                       group: Any = None) -> Callable[..., None] | None:
     """``callback(step_index, num_steps, latents, estimate)`` for ``pipe.generate`` on one rank, or None without
     a control. ``preview(estimate tensor) -> frame``: the result rank's decoder of preview frames (see the
     module docstring), or None for no previews.
@@ -149,7 +107,9 @@ def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int,
     render, as ``StopRender("control_failed: <type>: <message>")`` on the result rank (logged there with
     its traceback; code 3 for the others): raised on the result rank alone it would leave the other ranks
     in the broadcast until the collective timeout and break the group.
-    Collective: every rank must call the callback at every step, in the same order.
+    Collective: every rank must call the callback at every step, in the same order. ``group``: the process
+    group of the broadcast (default: the default group), ``result_rank`` a global rank in it and
+    ``world_size`` its size (a disaggregated stage: its leader, its ranks, its group).
     """
     if control is None:
         return None
@@ -174,7 +134,7 @@ def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int,
             import torch.distributed as dist
 
             value = torch.tensor([0 if stop is None else stop_code(stop.reason)], dtype=torch.int64, device=device)
-            dist.broadcast(value, src=result_rank)
+            dist.broadcast(value, src=result_rank, group=group)
             code = int(value.item())
         else:
             code = 0 if stop is None else stop_code(stop.reason)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wan_dist.config import OutputConfig, ParallelConfig
-from wan_dist.engine.control import check_control_supported
+from wan_dist.engine.control import StopRender
 from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
 
 __all__ = ["GroupConfig", "GroupCall", "RenderGroup", "RenderGroupFailed", "RequestFailed", "RankWorker"]
@@ -238,19 +238,6 @@ class RankWorker:
             dist.destroy_process_group()
 
 
-def _control_of(method: str, args: tuple, kwargs: dict):
-    """The step control a ``RankWorker.<method>(*args, **kwargs)`` call carries (None if none)."""
-    import inspect
-
-    function = getattr(RankWorker, method, None)
-    if function is None or "control" not in inspect.signature(function).parameters:
-        return None
-    try:
-        return inspect.signature(function).bind(None, *args, **kwargs).arguments.get("control")
-    except TypeError:  # a wrong call: the rank reports it
-        return None
-
-
 class RenderGroup:
     """A gang of ``config.world_size`` RankWorker actors on one placement group."""
 
@@ -356,11 +343,8 @@ class RenderGroup:
         Thread-safe: calls from several threads reach every rank in one order.
 
         ``generate``/``render`` take a step control (``control=``, or positionally after their other
-        arguments; see :mod:`wan_dist.engine.control`); a control is refused (ValueError, nothing sent)
-        where the layout cannot stop every rank at one step (disaggregated placement).
+        arguments; see :mod:`wan_dist.engine.control`).
         """
-        if _control_of(method, args, kwargs) is not None:
-            check_control_supported(self.config.parallel)
         with self._submit_lock:
             if not self.workers:
                 raise RenderGroupFailed("render group is not running (start or rebuild it)")
@@ -400,7 +384,10 @@ class RenderGroup:
         if errors:
             # the result rank's error when it has one: with a step control it holds the exact stop reason
             cause = errors.get(call.result_index, next(iter(errors.values())))
-            if len(errors) < len(call.refs) or len({type(e) for e in errors.values()}) > 1:
+            # a disaggregated request stopped on the low-noise stage: the high-noise stage had handed it off
+            # and returned, every rank is out of the request's collectives, the group is healthy
+            stopped_late = all(isinstance(e, StopRender) for e in errors.values()) and call.result_index in errors
+            if (len(errors) < len(call.refs) and not stopped_late) or len({type(e) for e in errors.values()}) > 1:
                 self._broken(f"a rank failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", cause)
             permanent = isinstance(cause, (ValueError, FileNotFoundError))  # bad input: a retry cannot help
             raise RequestFailed(f"{type(cause).__name__}: {cause}", cause=cause, permanent=permanent)

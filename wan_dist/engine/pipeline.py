@@ -10,22 +10,21 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from wan_dist.models.vae import video_to_frames
 from wan_dist.models.checkpoint import CheckpointInfo, detect_checkpoint, load_dit, load_text_encoder, load_vae
 from wan_dist.sampling import conditioning as cond
-from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, TextToVideo, denoise, guided_prediction,
-                                       sequential_guided_prediction,
-                                       plan_steps)
+from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, StepPlan, TextToVideo, denoise,
+                                       guided_prediction, plan_steps, sequential_guided_prediction)
 from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
 from wan_dist.sampling.solvers import make_solver
 from wan_dist.engine.images import image_size, prepare_image
 from wan_dist.engine.settings import RenderSettings, resolve_settings
 
-__all__ = ["WanPipeline", "WanOutput", "load_local_pipeline"]
+__all__ = ["WanPipeline", "WanOutput", "PreparedRender", "load_local_pipeline"]
 
 
 @dataclass
@@ -135,7 +134,8 @@ class WanPipeline:
         mask = cond.ti2v_first_frame_mask((1, 1, f, h, w), device=self.device)
         return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size)
 
-    def _default_predict(self):
+    def default_predict(self):
+        """The guided prediction of this pipeline's ``cfg_mode`` (see __init__)."""
         if self.cfg_mode not in ("batched", "sequential"):
             raise ValueError(f"cfg_mode: must be 'batched' or 'sequential', got {self.cfg_mode!r}")
         return guided_prediction if self.cfg_mode == "batched" else sequential_guided_prediction
@@ -160,7 +160,107 @@ class WanPipeline:
 
         return expert
 
-    # ------------------------------------------------------------------------------------------
+    # -- the stages of a render: resolve -> prepare -> denoise -> finish -------------------------
+    def resolve(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None, *,
+                image=None, height: int | None = None, width: int | None = None, num_frames: int | None = None,
+                num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                guidance_scale_2: float | None = None, boundary_ratio: float | None = None,
+                shift: float | None = None, seed: int | None = None, solver: str | None = None,
+                schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
+                output_type: str = "np") -> RenderSettings:
+        """The request's settings with this checkpoint's defaults (a seed drawn when None); bad values raise
+        ValueError naming the argument. Nothing is computed: every rank of a group can check a request first."""
+        if seed is None:
+            seed = random.randrange(2**31)
+        return resolve_settings(
+            self.spec, layout=self.info.layout, prompt=prompt, negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, shift=shift, seed=seed,
+            solver=solver, schedule=schedule, output_type=output_type, has_image=image is not None,
+            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image))
+
+    def step_plan(self, settings: RenderSettings) -> tuple[Any, list[StepPlan]]:
+        """(schedule, one StepPlan per denoising step: expert, timestep, guidance) of resolved settings."""
+        schedule = self._schedule(settings)
+        return schedule, plan_steps(schedule.timesteps, boundary_ratio=settings.boundary_ratio,
+                                    guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
+
+    def latent_shape(self, settings: RenderSettings) -> tuple[int, int, int, int]:
+        """(z, f, h, w) of one clip's latents."""
+        return cond.latent_shape(settings.num_frames, settings.height, settings.width, z_dim=self.spec.vae.z_dim,
+                                 temporal_stride=self.vae.temporal_stride, spatial_stride=self.vae.spatial_stride)
+
+    @torch.no_grad()
+    def prepare(self, settings: RenderSettings, *, image=None, prompt_embeds: torch.Tensor | None = None,
+                negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
+                data_shard: tuple[int, int] | None = None,
+                contexts: tuple[torch.Tensor, torch.Tensor] | None = None) -> "PreparedRender":
+        """Text contexts, image conditioning, step plan and initial latents of a resolved request.
+
+        ``latents``: the initial noise of the whole batch (else drawn from the seed on the CPU, so a row gets
+        the same noise wherever it renders). ``data_shard=(index, count)``: keep only that shard's rows.
+        ``contexts``: (context, negative context) already encoded and laid out by a ``prepare`` elsewhere
+        (a disaggregated hand-off); the prompt is not encoded again.
+        """
+        started = time.perf_counter()
+        batch = settings.batch_size
+        if contexts is None:
+            contexts = self._contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
+        context, negative_context = (c.to(self.device, self.dtype) for c in contexts)
+        rows = _rows_of(batch, data_shard)
+        timings = {"text_encode_s": time.perf_counter() - started}
+        shape = self.latent_shape(settings)
+        if latents is None:
+            generator = torch.Generator("cpu").manual_seed(settings.seed)
+            latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != (batch, *shape):
+            raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
+        latents = latents[rows].to(self.device, torch.float32)
+        tick = time.perf_counter()
+        conditioning = self._conditioning(settings, image, shape, latents.shape[0])
+        timings["image_encode_s"] = time.perf_counter() - tick
+        schedule, steps = self.step_plan(settings)
+        return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
+                              latents=conditioning.after_step(latents), conditioning=conditioning,
+                              schedule=schedule, steps=steps, timings=timings, started=started)
+
+    @torch.no_grad()
+    def denoise(self, prepared: "PreparedRender", latents: torch.Tensor | None = None, *,
+                steps: Sequence[StepPlan] | None = None, solver=None, experts: list[Callable] | None = None,
+                predict: Callable | None = None, callback: Callable[..., None] | None = None) -> torch.Tensor:
+        """Run ``steps`` (default: all of ``prepared.steps``) from ``latents`` (default: the initial ones).
+
+        ``solver``: one made by ``prepared.make_solver()`` and carried across calls (its multistep state
+        continues); a fresh one by default. ``experts`` replace the local expert callables (high-noise first;
+        an expert a step range never uses may be a stub), ``predict`` the guided prediction.
+        ``callback(step_index, num_steps, latents, estimate)`` after every step, ``num_steps`` counting the
+        whole plan, so a stage running part of it reports the step's place in the render.
+        """
+        tick = time.perf_counter()
+        total = len(prepared.steps)
+        on_step = None if callback is None else (lambda plan, x, estimate: callback(plan.index, total, x, estimate))
+        latents = denoise(prepared.latents if latents is None else latents,
+                          steps=prepared.steps if steps is None else steps,
+                          solver=solver or prepared.make_solver(),
+                          experts=experts or [self._expert_fn(m) for m in self.experts], context=prepared.context,
+                          negative_context=prepared.negative_context if prepared.settings.use_cfg else None,
+                          conditioning=prepared.conditioning, model_dtype=self.dtype, on_step=on_step,
+                          predict=predict or self.default_predict())
+        prepared.timings["denoise_s"] = prepared.timings.get("denoise_s", 0.0) + time.perf_counter() - tick
+        return latents
+
+    @torch.no_grad()
+    def finish(self, prepared: "PreparedRender", latents: torch.Tensor) -> WanOutput:
+        """The WanOutput: latents as they are for output_type "latent", else decoded uint8 frames."""
+        timings = prepared.timings
+        if prepared.settings.output_type != "latent":
+            tick = time.perf_counter()
+            latents = video_to_frames(self.vae.decode(latents))  # already contiguous uint8
+            timings["decode_s"] = time.perf_counter() - tick
+        timings["total_s"] = time.perf_counter() - prepared.started
+        return WanOutput(frames=latents, settings=prepared.settings, timings=timings)
+
     @torch.no_grad()
     def generate(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None, *,
                  image=None, height: int | None = None, width: int | None = None, num_frames: int | None = None,
@@ -172,7 +272,8 @@ class WanPipeline:
                  output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
                  data_shard: tuple[int, int] | None = None) -> WanOutput:
-        """Render a batch of clips. See INTERFACES.md for the arguments.
+        """Render a batch of clips: :meth:`resolve`, :meth:`prepare`, :meth:`denoise`, :meth:`finish`.
+        See INTERFACES.md for the arguments.
 
         ``callback(step_index, num_steps, latents, estimate)`` runs after every denoising step; ``estimate()``
         gives that step's clean-latent estimate x0 (for previews; computed only when called).
@@ -185,57 +286,44 @@ class WanPipeline:
         evenly; the initial latents are still drawn for the whole batch, so a row gets the same noise
         wherever it is rendered).
         """
-        started = time.perf_counter()
-        if seed is None:
-            seed = random.randrange(2**31)
-        settings = resolve_settings(
-            self.spec, layout=self.info.layout, prompt=prompt, negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, shift=shift, seed=seed,
-            solver=solver, schedule=schedule, output_type=output_type, has_image=image is not None,
-            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image))
-        batch = settings.batch_size
-        timings: dict[str, float] = {}
-        context, negative_context = self._contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
-        rows = _rows_of(batch, data_shard)
-        timings["text_encode_s"] = time.perf_counter() - started
+        settings = self.resolve(prompt, negative_prompt, image=image, height=height, width=width,
+                                num_frames=num_frames, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
+                                boundary_ratio=boundary_ratio, shift=shift, seed=seed, solver=solver,
+                                schedule=schedule, prompt_embeds=prompt_embeds, output_type=output_type)
+        prepared = self.prepare(settings, image=image, prompt_embeds=prompt_embeds,
+                                negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard)
+        latents = self.denoise(prepared, experts=experts, predict=predict, callback=callback)
+        return self.finish(prepared, latents)
 
-        shape = cond.latent_shape(settings.num_frames, settings.height, settings.width, z_dim=self.spec.vae.z_dim,
-                                  temporal_stride=self.vae.temporal_stride, spatial_stride=self.vae.spatial_stride)
-        if latents is None:
-            generator = torch.Generator("cpu").manual_seed(seed)
-            latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
-        elif tuple(latents.shape) != (batch, *shape):
-            raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
-        latents = latents[rows].to(self.device, torch.float32)
-        context, negative_context = context[rows], negative_context[rows]
-        batch = latents.shape[0]
-        tick = time.perf_counter()
-        conditioning = self._conditioning(settings, image, shape, batch)
-        latents = conditioning.after_step(latents)
-        timings["image_encode_s"] = time.perf_counter() - tick
 
-        schedule_ = self._schedule(settings)
-        steps = plan_steps(schedule_.timesteps, boundary_ratio=settings.boundary_ratio,
-                           guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
-        num_steps = len(steps)
-        on_step = None if callback is None else (lambda plan, x, estimate: callback(plan.index, num_steps, x, estimate))
-        tick = time.perf_counter()
-        latents = denoise(latents, steps=steps, solver=make_solver(settings.solver, schedule_),
-                          experts=experts or [self._expert_fn(m) for m in self.experts], context=context,
-                          negative_context=negative_context if settings.use_cfg else None,
-                          conditioning=conditioning, model_dtype=self.dtype, on_step=on_step,
-                          predict=predict or self._default_predict())
-        timings["denoise_s"] = time.perf_counter() - tick
-        if output_type == "latent":
-            timings["total_s"] = time.perf_counter() - started
-            return WanOutput(frames=latents, settings=settings, timings=timings)
-        tick = time.perf_counter()
-        frames = video_to_frames(self.vae.decode(latents))
-        timings["decode_s"] = time.perf_counter() - tick
-        timings["total_s"] = time.perf_counter() - started
-        return WanOutput(frames=frames, settings=settings, timings=timings)  # already contiguous uint8
+@dataclass
+class PreparedRender:
+    """A request made ready to denoise (:meth:`WanPipeline.prepare`): what every stage of a render shares.
+
+    ``latents``: the initial latents of the rows this process renders (conditioning imposed);
+    ``steps``: the plan of every step (``steps[:boundary]`` are the high-noise expert's);
+    ``timings``: seconds per phase so far (``denoise`` and ``finish`` add theirs); ``started``: perf_counter
+    at prepare.
+    """
+
+    settings: RenderSettings
+    context: torch.Tensor
+    negative_context: torch.Tensor
+    latents: torch.Tensor
+    conditioning: Any
+    schedule: Any
+    steps: list[StepPlan]
+    timings: dict[str, float]
+    started: float
+
+    @property
+    def boundary(self) -> int:
+        """How many steps (the first ones) the high-noise expert runs."""
+        return sum(1 for plan in self.steps if plan.expert == 0)
+
+    def make_solver(self):
+        return make_solver(self.settings.solver, self.schedule)
 
 
 def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
@@ -260,5 +348,5 @@ def load_local_pipeline(source, *, device: str | torch.device = "cpu", dtype: to
     folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
     pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype, expert_loader=expert_loader)
     pipe.cfg_mode = cfg_mode
-    pipe._default_predict()  # validates cfg_mode now rather than at the first generate
+    pipe.default_predict()  # validates cfg_mode now rather than at the first generate
     return pipe

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from wan_dist.config import OutputConfig, ParallelConfig
-from wan_dist.engine.control import check_control_supported, load_step_hook, make_step_callback, with_step_hook
+from wan_dist.engine.control import load_step_hook, make_step_callback, with_step_hook
 from wan_dist.engine.render import RenderRequest, RenderResult, generate_for, model_record, publish
 
 __all__ = ["RankProgram"]
@@ -29,8 +29,6 @@ class RankProgram:
                  handoff_timeout_s: float | None = None, step_hook: str = ""):
         if parallel.world_size != world_size:
             raise ValueError(f"parallel: degrees multiply to {parallel.world_size}, the group has {world_size} ranks")
-        if step_hook:
-            check_control_supported(parallel)
         self.step_hook = load_step_hook(step_hook) if step_hook else None
         self.pipe = pipe
         self.parallel = parallel
@@ -59,11 +57,10 @@ class RankProgram:
 
         ``control``: a step control (:mod:`wan_dist.engine.control`), called on the result rank after
         every denoising step; a StopRender it raises stops every rank after that step (each raises it).
-        Every rank must get a control or none. Refused (ValueError) with disaggregated placement.
+        Every rank must get a control or none. With disaggregated placement each stage's leader calls it
+        for its stage's steps (see :mod:`wan_dist.engine.control`).
         """
         control = with_step_hook(control, self.step_hook, request)
-        if control is not None:
-            check_control_supported(self.parallel)
         counter = getattr(getattr(self.generate_fn, "mesh", None), "counter", None)
         if counter is not None:
             counter.reset()
@@ -94,13 +91,16 @@ class RankProgram:
 
             if dist.get_backend() == "nccl":
                 device = self.pipe.device
+        runner = getattr(self.generate_fn, "runner", None)
+        # where the control runs and its decision is broadcast: the group's result rank, or this rank's stage
+        leader, size, group = (self.result_rank, self.world_size, None) if runner is None else runner.control_scope
         preview = None
-        if self.rank == self.result_rank:
+        if self.rank == leader:
             from wan_dist.engine.preview import PreviewDecoder
 
             preview = PreviewDecoder(self.pipe.vae)
-        return make_step_callback(control, rank=self.rank, result_rank=self.result_rank,
-                                  world_size=self.world_size, device=device, preview=preview)
+        return make_step_callback(control, rank=self.rank, result_rank=leader, world_size=size, device=device,
+                                  preview=preview, group=group)
 
     def stage_events(self) -> list:
         """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty)."""

@@ -19,15 +19,17 @@ from wan_dist.sampling.solvers import SolverState
 __all__ = ["HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff"]
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_HEADER = 17  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
-#               B, C, f, h, w (latent shape), T, D (context shape), T of the negative context (0 without one)
+_HEADER = 18  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
+#               B, C, f, h, w (latent shape), T, D (context shape), T of the negative context (0 without one), stop
 
 
 @dataclass(eq=False)
 class HandOff:
     """What stage 1 needs to continue a request: latents [B, C, f, h, w] after the high-noise steps,
     the solver state (tensors shaped like the latents, same dtype), the context [B, T, D], the negative
-    context [B, T', D] (given embeddings may differ in rows: each is attended as it is) and the seed."""
+    context [B, T', D] (given embeddings may differ in rows: each is attended as it is) and the seed.
+    ``stop``: 0, or the stop code (wan_dist.sampling.stop) of a request its step control stopped on stage 0:
+    stage 1 then raises the same StopRender instead of running its steps (the tensors are placeholders)."""
 
     request: int
     seed: int
@@ -35,6 +37,7 @@ class HandOff:
     state: SolverState
     context: torch.Tensor
     negative_context: torch.Tensor | None
+    stop: int = 0
 
     def header(self) -> torch.Tensor:
         state, ctx, negative = self.state, self.context, self.negative_context
@@ -44,7 +47,7 @@ class HandOff:
         values = [self.request, self.seed, state.step_index, state.last_order, len(state.history),
                   int(state.last_sample is not None), int(negative is not None),
                   _DTYPES.index(self.latents.dtype), _DTYPES.index(ctx.dtype), *self.latents.shape, *ctx.shape[1:],
-                  0 if negative is None else negative.shape[1]]
+                  0 if negative is None else negative.shape[1], self.stop]
         return torch.tensor(values, dtype=torch.int64)
 
     def payloads(self) -> list[torch.Tensor]:
@@ -74,7 +77,7 @@ class HandOff:
         last = stacked[1 + h[4]] if h[5] else None
         state = SolverState(step_index=h[2], history=history, last_sample=last, last_order=h[3])
         return cls(request=h[0], seed=h[1], latents=stacked[0], state=state, context=context.reshape(batch, rows, dim),
-                   negative_context=negative.reshape(batch, negative_rows, dim) if h[6] else None)
+                   negative_context=negative.reshape(batch, negative_rows, dim) if h[6] else None, stop=h[17])
 
 
 def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -132,4 +135,5 @@ def _to_wire(handoff: HandOff, device: torch.device) -> HandOff:
     """The hand-off with its tensors on ``device``."""
     negative = None if handoff.negative_context is None else handoff.negative_context.to(device)
     return HandOff(request=handoff.request, seed=handoff.seed, latents=handoff.latents.to(device),
-                   state=handoff.state.to(device), context=handoff.context.to(device), negative_context=negative)
+                   state=handoff.state.to(device), context=handoff.context.to(device), negative_context=negative,
+                   stop=handoff.stop)

@@ -14,12 +14,15 @@ name global ranks). A ``data`` axis inside a stage is not supported (replicate t
 instead). Text encoding runs on stage 0 only (stage 1 gets the contexts in the hand-off); the I2V
 condition is recomputed on stage 1 from the request's image; the VAE decode runs on stage 1.
 
-Layering: the pipeline is duck-typed as in :mod:`wan_dist.parallel.runtime`, but a stage runs part
-of ``WanPipeline.generate``, so it uses the pipeline's step helpers (``_contexts``,
-``_conditioning``, ``_schedule``) and the engine's ``resolve_settings`` / ``WanOutput`` (imported
-lazily). A public prepare / denoise-slice / decode split of the pipeline would remove that. The
-hand-off's wire format and transport live in :mod:`wan_dist.parallel.handoff` (re-exported here),
-the pieces of ``WanPipeline.generate`` a stage reuses in :mod:`wan_dist.parallel.stage_pipeline`.
+Layering: the pipeline is duck-typed as in :mod:`wan_dist.parallel.runtime`; a stage runs part of a
+render through the pipeline's public stages (``resolve``, ``prepare``, ``denoise`` over a range of steps,
+``finish``), so nothing here imports the engine. The hand-off's wire format and transport live in
+:mod:`wan_dist.parallel.handoff` (re-exported here).
+
+Step controls: a request may carry ``callback`` (``callback(step_index, num_steps, latents, estimate)``,
+collective inside a stage: see :attr:`DisaggregatedRunner.control_scope`). Each stage calls it for the
+steps it runs. A :class:`~wan_dist.sampling.stop.StopRender` it raises on stage 0 is handed to stage 1
+(``HandOff.stop``) in place of the latents, so every rank of the group raises it for that request.
 """
 
 from __future__ import annotations
@@ -43,10 +46,24 @@ from wan_dist.parallel.dit import parallelize_dit
 from wan_dist.parallel.handoff import (HandOff, PendingSend, _to_wire, _wire_device, broadcast_handoff, recv_handoff,
                                        send_handoff)
 from wan_dist.parallel.mesh import AXES, AxisGroup, ParallelMesh, coords_of, rank_of
-from wan_dist.parallel.stage_pipeline import GENERATE_KEYS, _checked, _finish, _settings
-from wan_dist.sampling import conditioning as cond
-from wan_dist.sampling.denoise import denoise, plan_steps
-from wan_dist.sampling.solvers import make_solver
+from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
+
+# what a stage accepts of ``WanPipeline.generate``'s arguments (no experts / predict / data_shard hooks)
+GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
+                           "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
+                           "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
+                           "output_type", "callback"})
+_RESOLVE_KEYS = ("prompt", "negative_prompt", "image", "height", "width", "num_frames", "num_inference_steps",
+                 "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule",
+                 "prompt_embeds", "output_type")
+
+
+def _checked(kwargs: dict) -> dict:
+    unknown = sorted(set(kwargs) - GENERATE_KEYS)
+    if unknown:
+        raise TypeError(f"disaggregated generate: unsupported argument(s) {unknown}")
+    return dict(kwargs)
+
 
 __all__ = ["StageLayout", "plan_stages", "stage_sizes_by_steps", "load_stage_expert", "stage_expert_loader",
            "HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff", "StageEvent",
@@ -259,17 +276,24 @@ class DisaggregatedRunner:
         wrapped = parallelize_dit(model, self.mesh)
         self.experts = [_absent_expert(0, self.stage), _absent_expert(1, self.stage)]
         self.experts[self.stage] = lambda x, t, context: wrapped(x, t, context).float()
-        default = getattr(pipe, "_default_predict", None)  # the pipeline's cfg_mode when cfg is not split
+        default = getattr(pipe, "default_predict", None)  # the pipeline's cfg_mode when cfg is not split
         split = self.mesh.axis("cfg").size > 1
         self.predict = cfg_parallel_prediction(self.mesh) if split or default is None else default()
         self.events: list[StageEvent] = []
+
+    @property
+    def control_scope(self) -> tuple[int, int, Any]:
+        """(leader, size, process group) of this rank's stage: where a step callback runs its control and
+        broadcasts the decision (``make_step_callback(result_rank=leader, world_size=size, group=group)``)."""
+        return self.layout.leader(self.stage), len(self.layout.ranks(self.stage)), self.stage_group
 
     def run(self, requests: Sequence[dict], *, results_on: str = "all") -> list:
         """Render ``requests`` (``pipe.generate`` keyword dicts) in order, pipelined over the stages.
 
         Returns one WanOutput per request: on every rank with ``results_on="all"`` (one broadcast from
         stage 1's leader after the whole queue), on stage 1's ranks only with ``"last_stage"`` (stage 0
-        ranks get None per request).
+        ranks get None per request). A request stopped by its ``callback`` raises StopRender on every rank,
+        once every request of the call has run (the other stage is waiting for their hand-offs).
         """
         if results_on not in ("all", "last_stage"):
             raise ValueError(f"results_on: 'all' or 'last_stage', got {results_on!r}")
@@ -280,13 +304,21 @@ class DisaggregatedRunner:
             box = [results]
             dist.broadcast_object_list(box, src=self.layout.leader(1))
             results = box[0]
+        stopped = next((r for r in results if isinstance(r, StopRender)), None)
+        if stopped is not None:
+            raise stopped
         return results
 
+    def _resolve(self, kwargs: dict, seed: int):
+        return self.pipe.resolve(**{k: kwargs[k] for k in _RESOLVE_KEYS if k in kwargs}, seed=seed)
+
     # stage 0 ----------------------------------------------------------------------------------
-    def _run_high(self, requests: list[dict], first: int) -> list[None]:
+    def _run_high(self, requests: list[dict], first: int) -> list:
         pending: list[PendingSend] = []
+        results: list = []
         for index, kwargs in enumerate(requests, start=first):
-            handoff = self._high(index, kwargs)
+            handoff, stopped = self._high(index, kwargs)
+            results.append(stopped)
             if self.rank == self.layout.leader(0):
                 while len(pending) >= self.send_depth:
                     pending.pop(0).wait()
@@ -294,30 +326,29 @@ class DisaggregatedRunner:
                                             group=self.handoff_group))
         for send in pending:
             send.wait()
-        return [None] * len(requests)
+        return results
 
     @torch.no_grad()
-    def _high(self, index: int, kwargs: dict) -> HandOff:
+    def _high(self, index: int, kwargs: dict) -> tuple[HandOff, StopRender | None]:
+        """Stage 0's part of a request: its hand-off, and the StopRender its callback raised (then the
+        hand-off carries the stop code and placeholder tensors) or None."""
         pipe = self.pipe
         seed = self._stage_seed(kwargs.get("seed"))
-        settings = _settings(pipe, kwargs, seed)
-        batch = settings.batch_size
-        context, negative = pipe._contexts(settings, batch, kwargs.get("prompt_embeds"),
-                                           kwargs.get("negative_prompt_embeds"))
-        shape = self._latent_shape(settings)
-        latents = kwargs.get("latents")
-        if latents is None:
-            generator = torch.Generator("cpu").manual_seed(seed)
-            latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
-        elif tuple(latents.shape) != (batch, *shape):
-            raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
-        conditioning = pipe._conditioning(settings, kwargs.get("image"), shape, batch)
-        latents = conditioning.after_step(latents.to(pipe.device, torch.float32))
-        steps, schedule, boundary = self._plan(settings)
-        solver = make_solver(settings.solver, schedule)
-        latents = self._denoise(index, latents, steps[:boundary], solver, context, negative, settings, conditioning)
-        return HandOff(request=index, seed=seed, latents=latents, state=solver.get_state(), context=context,
-                       negative_context=negative)
+        prepared = pipe.prepare(self._resolve(kwargs, seed), image=kwargs.get("image"),
+                                prompt_embeds=kwargs.get("prompt_embeds"),
+                                negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"))
+        boundary = self._boundary(prepared.steps)
+        solver = prepared.make_solver()
+
+        def handoff(latents, stop: int = 0) -> HandOff:
+            return HandOff(request=index, seed=seed, latents=latents, state=solver.get_state(),
+                           context=prepared.context, negative_context=prepared.negative_context, stop=stop)
+
+        try:
+            latents = self._denoise(index, prepared, None, prepared.steps[:boundary], solver, kwargs)
+        except StopRender as stop:
+            return handoff(prepared.latents, stop_code(stop.reason)), stop
+        return handoff(latents), None
 
     def _stage_seed(self, seed: int | None) -> int:
         """``seed``, or one drawn on this stage's leader and broadcast inside the stage (stage 1 gets
@@ -334,7 +365,8 @@ class DisaggregatedRunner:
         results = []
         for index, kwargs in enumerate(requests, start=first):
             # bad input fails here as on stage 0, before any message: not as a hand-off that never comes
-            self._plan(_settings(self.pipe, kwargs, kwargs.get("seed") or 0))
+            settings = self._resolve(kwargs, kwargs.get("seed") or 0)
+            self._boundary(self.pipe.step_plan(settings)[1])
             waited = time.perf_counter()
             device = _wire_device(self.pipe)
             leader = self.rank == self.layout.leader(1)
@@ -344,52 +376,51 @@ class DisaggregatedRunner:
                 handoff = broadcast_handoff(handoff, self.layout.leader(1), self.stage_group, device=device)
             if handoff.request != index:
                 raise RuntimeError(f"stage 1: expected the hand-off of request {index}, got {handoff.request}")
-            results.append(self._low(index, kwargs, handoff, waited=time.perf_counter() - waited))
+            if handoff.stop:
+                results.append(StopRender(stop_reason(handoff.stop)))
+                continue
+            try:
+                results.append(self._low(index, kwargs, handoff, waited=time.perf_counter() - waited))
+            except StopRender as stop:
+                results.append(stop)
         return results
 
     @torch.no_grad()
     def _low(self, index: int, kwargs: dict, handoff: HandOff, *, waited: float):
-        pipe, started = self.pipe, time.perf_counter()
-        settings = _settings(pipe, kwargs, handoff.seed)
-        shape = self._latent_shape(settings)
-        conditioning = pipe._conditioning(settings, kwargs.get("image"), shape, settings.batch_size)
-        steps, schedule, boundary = self._plan(settings)
-        solver = make_solver(settings.solver, schedule)
-        solver.set_state(handoff.state.to(pipe.device))
-        context = handoff.context.to(pipe.device, pipe.dtype)
-        negative = None if handoff.negative_context is None else handoff.negative_context.to(pipe.device, pipe.dtype)
-        latents = self._denoise(index, handoff.latents.to(pipe.device, torch.float32), steps[boundary:], solver,
-                                context, negative, settings, conditioning)
-        timings = {"handoff_wait_s": waited, "denoise_s": time.perf_counter() - started}
-        return _finish(pipe, settings, latents, timings, started)
+        pipe = self.pipe
+        device = pipe.device
+        negative = handoff.negative_context
+        prepared = pipe.prepare(self._resolve(kwargs, handoff.seed), image=kwargs.get("image"),
+                                latents=handoff.latents, contexts=(handoff.context, negative))
+        prepared.timings["handoff_wait_s"] = waited
+        solver = prepared.make_solver()
+        solver.set_state(handoff.state.to(device))
+        latents = self._denoise(index, prepared, prepared.latents, prepared.steps[self._boundary(prepared.steps):],
+                                solver, kwargs)
+        return pipe.finish(prepared, latents)
 
     # both -------------------------------------------------------------------------------------
-    def _latent_shape(self, settings) -> tuple[int, int, int, int]:
-        vae = self.pipe.vae
-        return cond.latent_shape(settings.num_frames, settings.height, settings.width, z_dim=self.pipe.spec.vae.z_dim,
-                                 temporal_stride=vae.temporal_stride, spatial_stride=vae.spatial_stride)
-
-    def _plan(self, settings):
-        """(step plans, schedule, boundary): steps ``[:boundary]`` use the high-noise expert."""
-        schedule = self.pipe._schedule(settings)
-        steps = plan_steps(schedule.timesteps, boundary_ratio=settings.boundary_ratio,
-                           guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
+    @staticmethod
+    def _boundary(steps) -> int:
+        """How many (the first) steps use the high-noise expert; ValueError unless high-noise then low-noise."""
         experts = [plan.expert for plan in steps]
         if experts != sorted(experts):
             raise ValueError(f"disaggregated placement: expert plan {experts} is not high-noise then low-noise")
-        return steps, schedule, experts.count(0)
+        return experts.count(0)
 
-    def _denoise(self, index, latents, steps, solver, context, negative, settings, conditioning):
+    def _denoise(self, index, prepared, latents, steps, solver, kwargs):
         last = [time.monotonic()]
+        callback = kwargs.get("callback")
 
-        def on_step(plan, _latents, _estimate):
+        def on_step(step_index, num_steps, step_latents, estimate):
             now = time.monotonic()
-            self.events.append(StageEvent(stage=self.stage, request=index, step=plan.index, start=last[0], end=now))
+            self.events.append(StageEvent(stage=self.stage, request=index, step=step_index, start=last[0], end=now))
             last[0] = now
+            if callback is not None:
+                callback(step_index, num_steps, step_latents, estimate)
 
-        return denoise(latents, steps=steps, solver=solver, experts=self.experts, context=context,
-                       negative_context=negative if settings.use_cfg else None, conditioning=conditioning,
-                       predict=self.predict, model_dtype=self.pipe.dtype, on_step=on_step)
+        return self.pipe.denoise(prepared, latents, steps=steps, solver=solver, experts=self.experts,
+                                 predict=self.predict, callback=on_step)
 
 
 def make_disaggregated_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None,

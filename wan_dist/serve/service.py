@@ -82,13 +82,9 @@ class ServeSettings:
         if self.cpus_per_rank <= 0 or self.batch_retry_backoff_s < 0:
             raise ValueError("serve.cpus_per_rank: must be > 0 and serve.batch_retry_backoff_s >= 0")
         try:
-            parallel = self.parallel_config
+            self.parallel_config  # noqa: B018 - validated now
         except (TypeError, ValueError) as error:
             raise ValueError(f"serve.parallel: {error}") from None
-        if parallel.placement == "disaggregated":  # refused here, at start, never job by job
-            raise ValueError("serve.parallel: placement=disaggregated is not supported by the HTTP API yet: its "
-                             "stages cannot all stop at one step, so jobs could not report progress, be cancelled "
-                             "or send previews; use placement=colocated (batch jobs take disaggregated groups)")
         try:
             self.autoscaling  # noqa: B018 - validated now
         except (TypeError, ValueError) as error:
