@@ -25,6 +25,7 @@ from wan_dist.sampling import (
     guidance_from_reference,
     guidance_scale_for,
     i2v_condition,
+    i2v_condition_video,
     i2v_mask,
     i2v_model_input,
     join_cfg_batch,
@@ -355,6 +356,24 @@ def test_i2v_mask_and_condition_match_diffusers():
     assert torch.equal(model_input[:, :16], latents) and torch.equal(model_input[:, 16:], condition)
     with pytest.raises(ValueError):
         i2v_condition(condition[:, 4:], i2v_mask(2, 2, 3))
+
+
+@torch.no_grad()
+def test_i2v_condition_video_and_image_to_video_are_what_diffusers_encodes():
+    from wan_dist.sampling.denoise import ImageToVideo
+
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16).eval()
+    _, condition = _prepare_latents(vae, temporal=4, spatial=8, expand=False, height=16, width=24, batch=1)
+    image = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(8)) * 2 - 1  # _prepare_latents' image
+    video = i2v_condition_video(image, 9)
+    assert video.shape == (1, 3, 9, 16, 24)
+    assert torch.equal(video[:, :, 0], image) and not video[:, :, 1:].any()  # the image, then black frames
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    torch.testing.assert_close((vae.encode(video).latent_dist.mode() - mean) / std, condition[:, 4:])
+    assert torch.equal(ImageToVideo.from_image_latents(condition[:, 4:], temporal_stride=4).condition, condition)
+    with pytest.raises(ValueError, match="first_frames"):
+        i2v_condition_video(video, 9)
 
 
 def test_ti2v_mask_matches_diffusers_and_impose():

@@ -129,3 +129,131 @@ def test_ray_train_resumes_a_local_run_from_its_step(tmp_path, ray_local):
     result = train(replace(small_config(out, expert_steps=8), stage="experts"))
     assert (result.summaries["experts"]["start_step"], result.summaries["experts"]["step"]) == (4, 8)
     assert len(_history(out)["history"]) == 8 and (out / "experts_loss.png").stat().st_size > 1000
+
+
+# toy-i2v --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def toy_vae(tmp_path_factory):
+    """The VAE folder of a `toy` (text-to-video) checkpoint: the architecture toy-i2v shares, as a t2v run's
+    <out>/vae would give it (random weights here; the trainer only needs a fixed encoder)."""
+    from wan_dist.models.make_checkpoint import make_checkpoint
+
+    return make_checkpoint("toy", tmp_path_factory.mktemp("toy") / "checkpoint") / "vae"
+
+
+def i2v_config(out, vae_from, *, expert_steps: int, stage: str = "all", batch_size: int = 2) -> TrainConfig:
+    config = replace(small_config(out, expert_steps=expert_steps, stage=stage), preset="toy-i2v",
+                     vae_from=str(vae_from))
+    return replace(config, experts=replace(config.experts, batch_size=batch_size))
+
+
+def test_i2v_loss_falls_resume_continues_and_the_checkpoint_renders_from_an_image(tmp_path, toy_vae):
+    from safetensors.torch import load_file
+
+    from wan_dist import load_pipeline
+    from wan_dist.models.presets import get_preset
+    from wan_dist.train import train
+    from wan_dist.train.data import cached_clips
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    first = train(i2v_config(out, toy_vae, expert_steps=24), local=True)
+    assert first.summaries["vae"] == {"vae_from": str(toy_vae)}  # reused, not trained
+    assert not (out / "ray" / "vae").exists()
+    assert (out / "vae" / "config.json").read_bytes() == (toy_vae / "config.json").read_bytes()
+    losses = [h[1] for h in _history(out)["history"]]
+    assert len(losses) == 24
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    [cache] = (out / "data").glob("latents-*.safetensors")
+    tensors = load_file(str(cache))
+    assert tensors["image_latents"].shape == tensors["latents"].shape == (4, 16, 2, 4, 4)
+
+    again = train(replace(i2v_config(out, toy_vae, expert_steps=30), stage="experts"), local=True)
+    summary = json.loads((out / "experts_summary.json").read_text())
+    assert (summary["start_step"], summary["step"]) == (24, 30)
+    state = _history(out)
+    assert [h[1] for h in state["history"][:24]] == losses and len(state["history"]) == 30
+
+    pipe = load_pipeline(again.model, dtype=torch.float32)
+    assert (pipe.spec.name, pipe.spec.task) == ("toy-i2v", "i2v")
+    for expert, module in enumerate(pipe.experts):
+        loaded = dict(module.named_parameters())
+        assert loaded["patch_embedding.weight"].shape[1] == 36
+        for name, tensor in state["modules"][f"expert{expert}"].items():
+            torch.testing.assert_close(loaded[name], tensor, msg=name)
+    clips, captions = cached_clips(out, SMALL_DATA, get_preset("toy-i2v"), split="train")
+    frames = pipe.generate(captions[0], image=clips[0][0], height=32, width=32, num_frames=5, num_inference_steps=2,
+                           seed=0).frames
+    assert frames.shape == (1, 5, 32, 32, 3) and frames.dtype.name == "uint8"
+
+
+def test_i2v_training_input_is_what_the_pipeline_feeds_the_dit_for_that_first_frame(tmp_path, toy_vae):
+    """The trainer's assembled DiT input for clip i equals the input the pipeline gives the DiT when it renders
+    from clip i's first frame with the trainer's noised latents as its starting latents (a forward hook)."""
+    from safetensors.torch import load_file
+
+    from wan_dist import load_pipeline
+    from wan_dist.models.presets import get_preset
+    from wan_dist.train import train
+    from wan_dist.train.data import cached_clips
+    from wan_dist.train.stages import ExpertStage, StepDraws
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    result = train(i2v_config(out, toy_vae, expert_steps=1), local=True)
+    spec = get_preset("toy-i2v")
+    [cache] = (out / "data").glob("latents-*.safetensors")
+    stage = ExpertStage(spec, tensors=load_file(str(cache)), optim=OptimConfig(steps=1, batch_size=4),
+                        flow_config=FlowConfig(cfg_dropout=0.0), seed=0)
+    batch = stage.batch(0, StepDraws(seed=0, step=0, rank=0, fixed=True))
+    assert batch.index.tolist() == [0, 1, 2, 3] and batch.model_input.shape == (4, 36, 2, 4, 4)
+    clips, _ = cached_clips(out, SMALL_DATA, spec, split="train")
+
+    pipe = load_pipeline(result.model, dtype=torch.float32)
+    seen = []
+    hook = pipe.experts[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        for clip in range(4):
+            seen.clear()
+            pipe.generate("", image=clips[clip][0], latents=batch.model_input[clip:clip + 1, :16].clone(),
+                          height=32, width=32, num_frames=5, num_inference_steps=1, guidance_scale=1.0, seed=0,
+                          output_type="latent")
+            torch.testing.assert_close(seen[0], batch.model_input[clip:clip + 1], rtol=0, atol=1e-5)
+    finally:
+        hook.remove()
+    condition = batch.model_input[:, 20:]
+    assert (condition[0] - condition[1]).abs().max() > 1e-2  # each clip carries its own first frame
+    assert torch.equal(batch.model_input[:, 16:20, 0], torch.ones(4, 4, 4, 4))  # the mask: frame 0 given
+    assert not batch.model_input[:, 16:20, 1:].any()
+
+
+def test_vae_from_needs_the_presets_architecture_and_a_run_folder_holds_one_preset(tmp_path, toy_vae):
+    from wan_dist.models.make_checkpoint import make_checkpoint
+    from wan_dist.train import train
+
+    tiny_vae = make_checkpoint("tiny", tmp_path / "tiny") / "vae"
+    with pytest.raises(ValueError, match="vae_from: the VAE in .* is not toy-i2v's architecture"):
+        train(i2v_config(tmp_path / "a", tiny_vae, expert_steps=1, stage="vae"), local=True)
+    with pytest.raises(ValueError, match="vae_from: .* holds no diffusers VAE"):
+        train(i2v_config(tmp_path / "b", tmp_path / "tiny" / "scheduler", expert_steps=1, stage="vae"), local=True)
+    t2v = replace(small_config(tmp_path / "t2v", expert_steps=1, stage="vae"), vae_from=str(toy_vae))
+    assert train(t2v, local=True).summaries["vae"] == {"vae_from": str(toy_vae)}
+    with pytest.raises(ValueError, match="out: .* holds a 'toy' run, not 'toy-i2v'"):
+        train(i2v_config(tmp_path / "t2v", toy_vae, expert_steps=1, stage="vae"), local=True)
+
+
+def test_the_cli_composes_an_i2v_run(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from wan_dist.cli.main import conf_dir
+    from wan_dist.cli.train import train_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["out=runs/i2v", "preset=toy-i2v", "stage=experts",
+                                          "vae_from=runs/toy/vae"])
+    config = train_config(cfg)
+    assert (config.preset, config.stage) == ("toy-i2v", "experts")
+    assert (config.out, config.vae_from) == (str(tmp_path / "runs/i2v"), str(tmp_path / "runs/toy/vae"))

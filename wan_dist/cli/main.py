@@ -21,7 +21,7 @@ VERBS = {
     "serve": "start the HTTP API (job endpoints and the OpenAI-style videos API) on Ray Serve",
     "plan": "choose a parallel layout for a model on N GPUs, with the candidates and the reasons",
     "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
-    "train": "train the toy model (VAE, then the two experts) on Ray Train; a rerun with the same out resumes",
+    "train": "train the toy (or toy-i2v) model (VAE, then the two experts) on Ray Train; a rerun resumes",
 }
 LATER: dict[str, str] = {}
 

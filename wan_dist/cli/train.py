@@ -14,13 +14,18 @@ _NOT_TRAIN_FIELDS = ("steps", "local", "ray")  # the CLI's own settings, not Tra
 
 def train_config(cfg: DictConfig):
     """TrainConfig of the composed config; ValueError names a bad field."""
-    from wan_dist.cli.paths import ray_job, resolve_output
+    from wan_dist.cli.paths import ray_job, resolve_input, resolve_output
     from wan_dist.config.train import train_config_from_dict
 
     fields = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _NOT_TRAIN_FIELDS}
     if "://" in str(fields["out"]):
         raise ValueError(f"out: {fields['out']!r} is a URL; training writes a local (or shared) folder")
     fields["out"] = resolve_output("out", str(fields["out"]), cwd=os.getcwd(), job=ray_job(os.environ))
+    if fields.get("vae_from"):
+        if "://" in str(fields["vae_from"]):
+            raise ValueError(f"vae_from: {fields['vae_from']!r} is a URL; give a local (or shared) folder")
+        fields["vae_from"] = resolve_input("vae_from", str(fields["vae_from"]), cwd=os.getcwd(),
+                                           job=ray_job(os.environ))
     return train_config_from_dict(fields)
 
 

@@ -1,4 +1,5 @@
-"""Input images for I2V and TI2V: accepted types, resizing as the reference does, [-1, 1] tensors."""
+"""Input images for I2V and TI2V: accepted types, resizing as the reference does, [-1, 1] tensors, and the
+VAE encoding of an I2V condition (shared with the trainer, wan_dist/train)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["image_size", "prepare_image"]
+from wan_dist.sampling.conditioning import i2v_condition_video
+
+__all__ = ["image_size", "prepare_image", "i2v_image_latents"]
 
 
 def _to_pil(image) -> Image.Image:
@@ -68,3 +71,13 @@ def prepare_image(image, *, width: int, height: int, mode: str, batch: int) -> t
     if tensor.shape[0] != batch:
         raise ValueError(f"image: {tensor.shape[0]} images for a batch of {batch}")
     return tensor.contiguous()
+
+
+def i2v_image_latents(vae, first_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The I2V condition latents: ``vae.encode`` (a WanVAE: posterior mean, normalised) of each first frame
+    followed by black frames (:func:`~wan_dist.sampling.conditioning.i2v_condition_video`).
+
+    ``first_frames``: [B, 3, H, W] in [-1, 1] (:func:`prepare_image`'s output, or a clip's frame 0 when
+    training). Returns float32 [B, z, (num_frames - 1) / 4 + 1, H / s, W / s] on the VAE's device.
+    """
+    return vae.encode(i2v_condition_video(first_frames, num_frames).to(vae.device))

@@ -21,7 +21,7 @@ from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, StepPlan
                                        guided_prediction, plan_steps, sequential_guided_prediction)
 from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
 from wan_dist.sampling.solvers import make_solver
-from wan_dist.engine.images import image_size, prepare_image
+from wan_dist.engine.images import i2v_image_latents, image_size, prepare_image
 from wan_dist.engine.settings import RenderSettings, resolve_settings
 
 __all__ = ["WanPipeline", "WanOutput", "PreparedRender", "load_local_pipeline"]
@@ -121,11 +121,8 @@ class WanPipeline:
             return TextToVideo()
         if self.spec.task == "i2v":
             pixels = prepare_image(image, width=settings.width, height=settings.height, mode="i2v", batch=batch)
-            video = torch.cat([pixels.unsqueeze(2), pixels.new_zeros(batch, 3, settings.num_frames - 1,
-                                                                      settings.height, settings.width)], dim=2)
-            image_latents = self.vae.encode(video.to(self.device))
-            mask = cond.i2v_mask(f, h, w, temporal_stride=self.vae.temporal_stride).to(self.device)
-            return ImageToVideo(condition=cond.i2v_condition(image_latents, mask))
+            image_latents = i2v_image_latents(self.vae, pixels, settings.num_frames)
+            return ImageToVideo.from_image_latents(image_latents, temporal_stride=self.vae.temporal_stride)
         if image is None:  # text-only TI2V: every token gets t (diffusers' expand_timesteps)
             return FirstFrameToVideo(mask=torch.ones(1, 1, f, h, w, device=self.device), image_latents=None,
                                      patch_size=self.spec.dit.patch_size)

@@ -14,6 +14,7 @@ Typical loop (the models are passed in; CFG and expert hand-off are the caller's
 
 from wan_dist.sampling.conditioning import (
     i2v_condition,
+    i2v_condition_video,
     i2v_mask,
     i2v_model_input,
     latent_shape,
@@ -54,6 +55,6 @@ __all__ = [
     "Solver", "SolverState", "UniPCSolver", "DPMSolverPlusPlus", "EulerSolver", "SOLVERS", "make_solver",
     "HIGH_NOISE", "LOW_NOISE", "select_expert", "expert_schedule", "guidance_scale_for",
     "guidance_from_reference", "apply_cfg", "join_cfg_batch", "split_cfg_batch",
-    "latent_shape", "i2v_mask", "i2v_condition", "i2v_model_input", "ti2v_first_frame_mask",
+    "latent_shape", "i2v_condition_video", "i2v_mask", "i2v_condition", "i2v_model_input", "ti2v_first_frame_mask",
     "ti2v_impose_first_frame", "ti2v_token_timesteps",
 ]

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["latent_shape", "i2v_mask", "i2v_condition", "i2v_model_input", "ti2v_first_frame_mask",
-           "ti2v_impose_first_frame", "ti2v_token_timesteps"]
+__all__ = ["latent_shape", "i2v_condition_video", "i2v_mask", "i2v_condition", "i2v_model_input",
+           "ti2v_first_frame_mask", "ti2v_impose_first_frame", "ti2v_token_timesteps"]
 
 
 def latent_shape(num_frames: int, height: int, width: int, *, z_dim: int, temporal_stride: int = 4,
@@ -31,6 +31,22 @@ def latent_shape(num_frames: int, height: int, width: int, *, z_dim: int, tempor
             raise ValueError(f"{name} must be a positive multiple of {multiple} (VAE stride {spatial_stride} x "
                              f"patch {patch_size}), got {value}")
     return (z_dim, (num_frames - 1) // temporal_stride + 1, height // spatial_stride, width // spatial_stride)
+
+
+def i2v_condition_video(first_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The video an I2V-A14B model's condition encodes: each first frame followed by ``num_frames - 1`` black
+    (zero) frames, ``[B, 3, H, W] -> [B, 3, num_frames, H, W]`` in the input's dtype and range ([-1, 1]).
+
+    Inference encodes it for the given image and training for each clip's own first frame, through this one
+    function, so what the model learns from is what it is given.
+    """
+    if first_frames.ndim != 4 or first_frames.shape[1] != 3:
+        raise ValueError(f"first_frames: expected [B, 3, H, W], got {list(first_frames.shape)}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames: must be >= 1, got {num_frames}")
+    batch, _, height, width = first_frames.shape
+    zeros = first_frames.new_zeros(batch, 3, num_frames - 1, height, width)
+    return torch.cat([first_frames.unsqueeze(2), zeros], dim=2)
 
 
 def i2v_mask(num_latent_frames: int, latent_h: int, latent_w: int, *, temporal_stride: int = 4,

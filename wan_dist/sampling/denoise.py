@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from wan_dist.sampling.conditioning import ti2v_impose_first_frame, ti2v_token_timesteps
+from wan_dist.sampling.conditioning import i2v_condition, i2v_mask, ti2v_impose_first_frame, ti2v_token_timesteps
 from wan_dist.sampling.guidance import guidance_scale_for, select_expert
 
 __all__ = ["sequential_guided_prediction", "StepPlan", "plan_steps", "Conditioning", "TextToVideo", "ImageToVideo", "FirstFrameToVideo",
@@ -75,6 +75,14 @@ class ImageToVideo(TextToVideo):
     """I2V-A14B: the model input is [latents (16), y = mask (4) + image latents (16)] = 36 channels."""
 
     condition: torch.Tensor  # y [B, 20, f, h, w]
+
+    @classmethod
+    def from_image_latents(cls, image_latents: torch.Tensor, *, temporal_stride: int = 4) -> "ImageToVideo":
+        """``y = [i2v_mask (4), image_latents (16)]`` from the normalised encoding ``[B, 16, f, h, w]`` of
+        :func:`~wan_dist.sampling.conditioning.i2v_condition_video` (the pipeline's and the trainer's way)."""
+        _, _, frames, height, width = image_latents.shape
+        mask = i2v_mask(frames, height, width, temporal_stride=temporal_stride, device=image_latents.device)
+        return cls(condition=i2v_condition(image_latents, mask))
 
     def model_input(self, latents: torch.Tensor) -> torch.Tensor:
         return torch.cat([latents, self.condition.to(latents.dtype)], dim=1)

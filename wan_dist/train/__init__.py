@@ -1,4 +1,5 @@
-"""Training runs on Ray Train (a front door beside batch and serve): the ``toy`` model's VAE and experts.
+"""Training runs on Ray Train (a front door beside batch and serve): the VAE and experts of the ``toy`` model
+and of ``toy-i2v`` (image-to-video, conditioned on each clip's first frame as the pipeline conditions).
 
 ``train(TrainConfig(...))`` or ``wan-dist train stage=vae|experts|all out=... steps=...``; see
 wan_dist/train/run.py for the output folder and wan_dist/train/flow.py for the exact flow-matching recipe.

@@ -90,30 +90,54 @@ def batch_indices(count: int, batch: int, *, generator: torch.Generator | None) 
     return torch.randint(count, (batch,), generator=generator)
 
 
-def latents_path(out: Path, key: dict) -> Path:
+# Names the I2V condition in a cache key: a file of a run without it (t2v) has another digest.
+_IMAGE_CONDITION = "i2v: vae.encode([first frame, black frames])"
+
+
+def latents_path(out: Path, key: dict, *, image_condition: bool = False) -> Path:
+    """Where :func:`cached_latents` keeps the tensors made by ``key``; ``image_condition`` files (I2V runs)
+    are keyed apart, so an I2V run never reads a T2V run's file, nor the other way round."""
+    if image_condition:
+        key = {**key, "image_condition": _IMAGE_CONDITION}
     return out / "data" / f"latents-{_digest(key)}.safetensors"
+
+
+def _image_latents(vae, clips: np.ndarray) -> torch.Tensor:
+    """The I2V condition of each clip: its own first frame through the pipeline's encoder of an image."""
+    from wan_dist.engine.images import i2v_image_latents
+
+    first_frames = to_video(clips[:, :1])[:, :, 0]  # [B, 3, H, W] in [-1, 1], as prepare_image gives a uint8 image
+    return i2v_image_latents(vae, first_frames, clips.shape[1])
 
 
 @torch.no_grad()
 def cached_latents(out: Path, *, key: dict, vae, text_encoder, clips: np.ndarray, captions: list[str],
-                   chunk: int = 4) -> dict[str, torch.Tensor]:
+                   chunk: int = 4, image_condition: bool = False) -> dict[str, torch.Tensor]:
     """Normalised VAE latents and text embeddings of the clips, computed once into a safetensors file.
 
     Returns ``latents`` fp32 [N, z, f, h, w], ``context`` fp32 [N, L, text_dim] (zero past each caption's
     length, L the longest caption's tokens) and ``empty`` fp32 [1, L, text_dim] (the empty prompt, for
     classifier-free-guidance dropout). ``key`` names what made them (VAE weights, encoder seed, data).
+    ``image_condition`` (I2V): also ``image_latents`` fp32 [N, z, f, h, w], each clip's first frame followed
+    by black frames, encoded (engine.images.i2v_image_latents, what the pipeline encodes for an image).
     """
     from safetensors.torch import load_file, save_file
 
-    path = latents_path(out, key)
+    path = latents_path(out, key, image_condition=image_condition)
     if path.exists():
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        if image_condition and "image_latents" not in tensors:
+            raise ValueError(f"{path}: an I2V latent cache without image_latents; delete it to rebuild")
+        return tensors
     latents = torch.cat([vae.encode(to_video(clips[i:i + chunk])) for i in range(0, len(clips), chunk)])
     context = text_encoder.encode(list(captions), dtype=torch.float32)
     empty = text_encoder.encode([""], dtype=torch.float32)
     length = int(context.abs().sum(-1).gt(0).sum(1).max())  # rows past every caption are all zero
     tensors = {"latents": latents.contiguous(), "context": context[:, :length].contiguous(),
                "empty": empty[:, :length].contiguous()}
+    if image_condition:
+        tensors["image_latents"] = torch.cat([_image_latents(vae, clips[i:i + chunk])
+                                              for i in range(0, len(clips), chunk)]).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".tmp")
     save_file(tensors, str(staging))

@@ -1,20 +1,25 @@
 """``train(config)``: the stages of a run, each on a Ray Train ``TorchTrainer`` (or in-process with
 ``local=True``), then the published checkpoint at ``<out>/model`` that ``load_pipeline`` loads.
 
-Layout of the output folder::
+Presets ``toy`` (T2V) and ``toy-i2v`` (I2V-A14B style: the experts also see each clip's first frame, encoded
+and masked as the pipeline conditions on an image). Layout of the output folder::
 
-    <out>/data/        clips (npz) and latents + text embeddings (safetensors), cached once
+    <out>/run.json     the run's preset (one folder holds one model's run)
+    <out>/data/        clips (npz); latents, text embeddings and I2V condition latents (safetensors), cached once
     <out>/ray/<stage>/ Ray Train's storage: the stage's checkpoints (resume point)
-    <out>/vae/         the trained VAE (diffusers format, measured latent statistics in its config)
+    <out>/vae/         the trained VAE (diffusers format, measured latent statistics in its config), or the
+                       one ``vae_from`` names, copied
     <out>/<stage>_loss.png, <out>/<stage>_summary.json
     <out>/model/       the published checkpoint (diffusers layout)
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+import shutil
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +154,8 @@ def _trained_vae(out: Path):
     from wan_dist.models.vae import WanVAE, vae_config_from_diffusers
 
     if not (out / "vae" / "config.json").exists():
-        raise ValueError(f"stage: experts need a trained VAE at {out / 'vae'}; run stage=vae (or all) first")
+        raise ValueError(f"stage: experts need a trained VAE at {out / 'vae'}; run stage=vae (or all) first, "
+                         "or give vae_from=<a trained vae folder>")
     config = vae_config_from_diffusers(out / "vae")
     model = AutoencoderKLWan.from_pretrained(str(out / "vae")).float().eval().requires_grad_(False)
     return WanVAE(model, config)
@@ -164,8 +170,10 @@ def _experts_data(config: TrainConfig, spec: VariantSpec) -> tuple[str, Any, tup
     vae_digest = sum(float(p.double().sum()) for p in vae.model.parameters())
     key = {"vae": vae_digest, "stats": list(vae.config.latents_mean), "text_seed": config.seed,
            "clips": [len(clips), *clips.shape[1:]], "data": asdict(config.data)}
-    cached_latents(out, key=key, vae=vae, text_encoder=encoder, clips=clips, captions=captions)
-    return str(latents_path(out, key)), (vae, encoder), corpus
+    image_condition = spec.task == "i2v"
+    cached_latents(out, key=key, vae=vae, text_encoder=encoder, clips=clips, captions=captions,
+                   image_condition=image_condition)
+    return str(latents_path(out, key, image_condition=image_condition)), (vae, encoder), corpus
 
 
 def _publish(config: TrainConfig, spec: VariantSpec, vae, encoder, corpus) -> Path:
@@ -179,19 +187,72 @@ def _publish(config: TrainConfig, spec: VariantSpec, vae, encoder, corpus) -> Pa
     return write_checkpoint(replace(spec, vae=vae.config), out / "model", parts, layout="diffusers")
 
 
+def _claim_folder(out: Path, spec: VariantSpec) -> None:
+    """Record the run's preset in ``<out>/run.json``; refuse a folder of another preset's run, whose expert
+    checkpoints and published model an I2V run (36 input channels) must not resume from or replace."""
+    if spec.task not in ("t2v", "i2v"):
+        raise ValueError(f"preset: {spec.name} is a {spec.task} model; the trainer knows t2v and i2v presets")
+    marker = out / "run.json"
+    if marker.exists():
+        theirs = json.loads(marker.read_text()).get("preset")
+        if theirs != spec.name:
+            raise ValueError(f"out: {out} holds a {theirs!r} run, not {spec.name!r}; give this run its own folder "
+                             f"(vae_from={out / 'vae'} reuses that run's VAE)")
+        return
+    marker.write_text(json.dumps({"preset": spec.name}))
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir() if p.is_file())
+    return names == sorted(p.name for p in b.iterdir() if p.is_file()) and all(
+        filecmp.cmp(a / name, b / name, shallow=False) for name in names)
+
+
+def _adopt_vae(config: TrainConfig, spec: VariantSpec) -> dict[str, Any]:
+    """Copy the trained VAE ``config.vae_from`` names into ``<out>/vae`` (see TrainConfig.vae_from)."""
+    from wan_dist.models.vae import vae_config_from_diffusers
+
+    source = Path(config.vae_from)
+    if not (source / "config.json").exists() and (source / "vae" / "config.json").exists():
+        source = source / "vae"  # a checkpoint (diffusers layout) or a run folder
+    if not (source / "config.json").exists():
+        raise ValueError(f"vae_from: {source} holds no diffusers VAE (config.json); give a run's <out>/vae folder")
+    theirs = vae_config_from_diffusers(source)
+    differ = [f"{f.name} {getattr(theirs, f.name)!r} (needs {getattr(spec.vae, f.name)!r})"
+              for f in fields(spec.vae) if f.name not in ("latents_mean", "latents_std")
+              and getattr(theirs, f.name) != getattr(spec.vae, f.name)]
+    if differ:
+        raise ValueError(f"vae_from: the VAE in {source} is not {spec.name}'s architecture: {', '.join(differ)}")
+    target = Path(config.out) / "vae"
+    if target.exists():
+        if not _same_files(source, target):
+            raise ValueError(f"vae_from: {target} already holds another VAE; remove it or drop vae_from")
+    else:
+        staging = target.with_name(".vae-staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        staging.rename(target)  # a reader never sees half a VAE
+    return {"vae_from": str(source)}
+
+
 def train(config: TrainConfig, *, local: bool = False) -> TrainResult:
     """Run ``config.stage`` ("vae", "experts" or "all") into ``config.out``, resuming what is there.
 
     ``local=True`` runs each stage in this process (no Ray) with the same loop and checkpoints; otherwise
-    Ray must be initialised (the CLI joins ``RAY_ADDRESS`` or starts a local one).
+    Ray must be initialised (the CLI joins ``RAY_ADDRESS`` or starts a local one). With ``config.vae_from``
+    the VAE is copied from there instead of trained.
     """
-    config = replace(config, out=os.path.abspath(config.out))
+    config = replace(config, out=os.path.abspath(config.out),
+                     vae_from=os.path.abspath(config.vae_from) if config.vae_from else None)
     spec = get_preset(config.preset)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _claim_folder(out, spec)
     summaries: dict[str, dict[str, Any]] = {}
     model = None
-    if config.stage in ("vae", "all"):
+    if config.vae_from:
+        summaries["vae"] = _adopt_vae(config, spec)
+    elif config.stage in ("vae", "all"):
         cached_clips(out, config.data, spec, split="train")
         cached_clips(out, config.data, spec, split="heldout")
         _run_stage("vae", config, str(clips_path(out, config.data, spec, split="train")), local=local)

@@ -1,4 +1,5 @@
-"""The two trainable stages: the VAE (reconstruction) and the DiT experts (rectified flow).
+"""The two trainable stages: the VAE (reconstruction) and the DiT experts (rectified flow; T2V, or I2V with
+the first-frame condition the pipeline builds).
 
 A stage owns its modules and computes one step's loss on one worker; the loop (wan_dist/train/loop.py)
 owns optimisation, checkpoints and progress. Every random draw of a step comes from a generator seeded
@@ -19,7 +20,7 @@ from wan_dist.models.presets import VariantSpec
 from wan_dist.train import flow
 from wan_dist.train.data import batch_indices, to_video
 
-__all__ = ["StepDraws", "VAEStage", "ExpertStage", "init_dit", "init_vae"]
+__all__ = ["StepDraws", "VAEStage", "ExpertStage", "ExpertBatch", "init_dit", "init_vae"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,19 +97,42 @@ class VAEStage:
         return l1 + self.kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExpertBatch:
+    """One expert's inputs and target for a step.
+
+    ``model_input`` [B, in_channels, f, h, w]: the noised latents x_t (16 channels) through the task's
+    conditioning, the one the denoising loop uses (I2V: then mask (4) and image latents (16), 36 in all).
+    """
+
+    index: torch.Tensor  # [B] clip ids
+    model_input: torch.Tensor
+    timestep: torch.Tensor  # [B] fp32
+    context: torch.Tensor  # [B, L, text_dim]
+    target: torch.Tensor  # [B, 16, f, h, w] velocity noise - x0
+    weights: torch.Tensor | None  # [B] loss weights (None: 1)
+
+
 class ExpertStage:
     """Both experts of a two-expert model, each on its own timestep range (see wan_dist/train/flow.py).
 
     One optimizer step updates both: their parameters are disjoint, so summing their losses gives each
-    expert exactly its own gradient. Data: normalised latents and text embeddings (data.cached_latents).
+    expert exactly its own gradient. Data: normalised latents and text embeddings (data.cached_latents),
+    and for an I2V model each clip's ``image_latents`` (its first frame encoded as the pipeline encodes an
+    image), which the model sees through :class:`~wan_dist.sampling.denoise.ImageToVideo`, as when sampling.
     """
 
     name = "experts"
 
     def __init__(self, spec: VariantSpec, *, tensors: dict[str, torch.Tensor], optim: OptimConfig,
                  flow_config: FlowConfig, seed: int):
+        if spec.task not in ("t2v", "i2v"):
+            raise ValueError(f"preset: {spec.name} is a {spec.task} model; the trainer knows t2v and i2v")
+        if spec.task == "i2v" and "image_latents" not in tensors:
+            raise ValueError(f"preset: {spec.name} (i2v) trains on image_latents, which the latent cache lacks")
         self.spec, self.optim, self.flow = spec, optim, flow_config
         self.latents, self.context, self.empty = tensors["latents"], tensors["context"], tensors["empty"]
+        self.image_latents = tensors["image_latents"] if spec.task == "i2v" else None
         shift = flow_config.shift or spec.defaults.shift
         self.sigmas, self.timesteps = flow.training_grid(shift)
         boundary = spec.defaults.boundary_ratio if spec.two_experts else None
@@ -121,20 +145,36 @@ class ExpertStage:
         drop = torch.rand(context.shape[0], generator=generator) < self.flow.cfg_dropout
         return torch.where(drop[:, None, None], self.empty.expand_as(context), context)
 
+    def conditioning(self, index: torch.Tensor):
+        """The denoising loop's conditioning of clips ``index``: TextToVideo, or ImageToVideo of their
+        first frames."""
+        from wan_dist.sampling.denoise import ImageToVideo, TextToVideo
+
+        if self.image_latents is None:
+            return TextToVideo()
+        return ImageToVideo.from_image_latents(self.image_latents[index],
+                                               temporal_stride=self.spec.vae.temporal_stride)
+
+    def batch(self, expert: int, draws: StepDraws) -> ExpertBatch:
+        """Expert ``expert``'s clips, timesteps, noise and inputs of the step ``draws`` names."""
+        generator = draws.generator(expert)
+        index = batch_indices(len(self.latents), self.optim.batch_size, generator=None if draws.fixed else generator)
+        x0 = self.latents[index]
+        context = self._caption_dropout(self.context[index], generator)
+        picked, sigma, timestep = flow.sample_timesteps(self.ids[expert], self.sigmas, self.timesteps, len(index),
+                                                        generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x_t, target = flow.noised(x0, noise, sigma)
+        return ExpertBatch(index=index, model_input=self.conditioning(index).model_input(x_t), timestep=timestep,
+                           context=context, target=target,
+                           weights=None if self.weights is None else self.weights[picked])
+
     def loss(self, modules: dict[str, torch.nn.Module], draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
         total, metrics = 0.0, {}
-        for expert, ids in enumerate(self.ids):
-            generator = draws.generator(expert)
-            index = batch_indices(len(self.latents), self.optim.batch_size, generator=None if draws.fixed else generator)
-            x0 = self.latents[index]
-            context = self._caption_dropout(self.context[index], generator)
-            picked, sigma, timestep = flow.sample_timesteps(ids, self.sigmas, self.timesteps, len(index),
-                                                            generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            x_t, target = flow.noised(x0, noise, sigma)
-            prediction = modules[f"expert{expert}"](x_t, timestep, context)
-            weights = None if self.weights is None else self.weights[picked]
-            loss = flow.flow_loss(prediction, target, weights)
+        for expert in range(len(self.ids)):
+            batch = self.batch(expert, draws)
+            prediction = modules[f"expert{expert}"](batch.model_input, batch.timestep, batch.context)
+            loss = flow.flow_loss(prediction, batch.target, batch.weights)
             total = total + loss
             metrics[f"loss_expert{expert}"] = float(loss.detach())
         return total / len(self.ids), metrics
