@@ -48,7 +48,8 @@ def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: s
     if kind == "vae":
         with np.load(data_path) as archive:
             clips = archive["clips"]
-        return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames)
+        return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames,
+                        sample_posterior=config.vae_sample_posterior)
     from safetensors.torch import load_file
 
     return ExpertStage(spec, tensors=load_file(data_path), optim=config.experts, flow_config=config.flow,
