@@ -55,10 +55,13 @@ def test_renderers_follow_the_queue_from_zero_to_the_bound_and_back(app, holds):
             assert response.status_code == 202, response.text
             ids.append(response.json()["id"])
         wait_for(lambda: running_replicas() == 2, 120, interval_s=0.25, what="two renderer replicas")
-        # two jobs render at once, on two replicas (held mid-render until both are seen)
-        wait_for(lambda: len({store.get(i).lease_owner for i in ids if store.get(i).status == "in_progress"}) == 2,
-                 120, interval_s=0.05, what="two jobs in progress on two renderers")
-        assert sum(holds.reached(p) is not None for p in prompts) == 2
+        # two jobs render at once, on two replicas (held mid-render until both are seen): a job is in progress
+        # from its claim, before its render reaches the hold, so wait for the holds themselves
+        wait_for(lambda: sum(holds.reached(p) is not None for p in prompts) == 2, 120, interval_s=0.05,
+                 what="two renders held at once")
+        held = [i for i, p in zip(ids, prompts) if holds.reached(p) is not None]
+        assert len({store.get(i).lease_owner for i in held}) == 2  # on two renderers
+        assert all(store.get(i).status == "in_progress" for i in held)
         holds.release_all()
         wait_for(lambda: all(store.get(i).terminal for i in ids), 180, interval_s=0.25, what="every job to finish")
         jobs = [store.get(i) for i in ids]

@@ -10,6 +10,7 @@ rank's traceback; a hang fails after ``timeout_s`` (collectives time out too, so
 from __future__ import annotations
 
 import os
+import pickle
 import queue as queue_module
 import socket
 import traceback
@@ -41,7 +42,10 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple, res
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=collective_timeout_s))
         try:
-            results.put((rank, True, fn(rank, world_size, *args)))
+            # pickled here, by value: a tensor put on the queue as it is travels as a shared-memory handle that
+            # the parent opens through this process's resource sharer, which is gone if this process exits
+            # before the parent reads it (seen on a loaded machine: FileNotFoundError in rebuild_storage_fd)
+            results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - every failure goes back to the parent with its traceback
@@ -68,7 +72,7 @@ def run_local_group(fn: Callable[..., Any], world_size: int, *args: Any, timeout
                                  f"{sorted(set(range(world_size)) - set(collected))} within {timeout_s} s") from None
             if not ok:
                 raise RankFailed(f"rank {rank} of {world_size} failed:\n{value}")
-            collected[rank] = value
+            collected[rank] = pickle.loads(value)
     finally:
         for process in processes:
             process.join(timeout=10)
