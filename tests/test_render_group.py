@@ -13,6 +13,7 @@ import torch
 from wan_dist import load_pipeline
 from wan_dist.config import OutputConfig, ParallelConfig, SamplingConfig
 from wan_dist.engine.group import GroupCall, GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
+from wan_dist.engine.rank_calls import Generate, ModelRecord
 from wan_dist.engine.render import RenderRequest
 from wan_dist.video.mp4 import decode_mp4
 
@@ -113,13 +114,13 @@ def test_a_disaggregated_group_returns_the_low_noise_leaders_value(disaggregated
     group = disaggregated_group
     assert GroupCall(("rank 0", "rank 1"), 1).leader == "rank 0"  # colocated: rank 0 holds the result
     assert group.result_rank == 1  # stage 1's leader: stage 0 returns once it has handed the request over
-    call = group.submit("generate", QUEUED[0])
+    call = group.submit(Generate(QUEUED[0]))
     assert call.result_index == 1 and call.leader == call.refs[1]
     ref = group.wait(call, fetch=False)
     assert ref == call.refs[1]
     assert ray.get(call.refs[0]) is None
     assert ray.get(ref).frames.shape == (1, 9, 48, 80, 3)
-    assert group.wait(group.submit("model_record", "tiny"))["variant"] == "tiny"
+    assert group.wait(group.submit(ModelRecord("tiny")))["variant"] == "tiny"
 
 
 def test_bad_input_fails_on_both_stages_and_the_disaggregated_group_stays_up(disaggregated_group):
@@ -127,9 +128,9 @@ def test_bad_input_fails_on_both_stages_and_the_disaggregated_group_stays_up(dis
     bad = RenderRequest(prompt="a kite", seed=1, height=50, width=80, num_frames=9,
                         sampling=SamplingConfig(num_inference_steps=2))
     with pytest.raises(RequestFailed, match="height") as failure:
-        group.wait(group.submit("generate", bad), timeout_s=60)
+        group.wait(group.submit(Generate(bad)), timeout_s=60)
     assert failure.value.permanent
-    assert group.wait(group.submit("generate", QUEUED[1])).frames.shape == (1, 9, 48, 80, 3)
+    assert group.wait(group.submit(Generate(QUEUED[1]))).frames.shape == (1, 9, 48, 80, 3)
 
 
 def test_prefetched_prompts_are_used_by_the_stage_that_encodes_text(disaggregated_group):
@@ -140,7 +141,7 @@ def test_prefetched_prompts_are_used_by_the_stage_that_encodes_text(disaggregate
     request = RenderRequest(prompt="a prefetched lighthouse", seed=4, height=48, width=80, num_frames=9,
                             sampling=SamplingConfig(num_inference_steps=2))
     ray.get(group.prefetch(request))
-    assert group.wait(group.submit("generate", request)).frames.shape == (1, 9, 48, 80, 3)
+    assert group.wait(group.submit(Generate(request))).frames.shape == (1, 9, 48, 80, 3)
     after = [ray.get(w.prompt_cache_stats.remote()) for w in group.workers]
     # stage 0 found prompt and negative prompt encoded already; stage 1 gets contexts in the hand-off
     assert after[0]["hits"] - before[0]["hits"] == 2 and after[0]["misses"] == before[0]["misses"]
@@ -150,7 +151,7 @@ def test_prefetched_prompts_are_used_by_the_stage_that_encodes_text(disaggregate
 def test_stage_0_starts_the_next_queued_request_while_stage_1_finishes_one(disaggregated_group):
     group = disaggregated_group
     seen = [len(events) for events in group.stage_events()]
-    calls = [group.submit("generate", request) for request in QUEUED]  # back to back, as a batch driver queues
+    calls = [group.submit(Generate(request)) for request in QUEUED]  # back to back, as a batch driver queues
     outputs = [group.wait(call) for call in calls]
     high, low = (events[n:] for events, n in zip(group.stage_events(), seen))
     first, second = sorted({e.request for e in high})

@@ -14,6 +14,7 @@ import pytest
 from wan_dist.config import OutputConfig, ParallelConfig, SamplingConfig
 from wan_dist.engine.control import STOP_CODES, StopRender, make_step_callback, stop_code, stop_reason
 from wan_dist.engine.group import GroupConfig, RenderGroup, RequestFailed
+from wan_dist.engine.rank_calls import Generate, Render
 from wan_dist.engine.render import RenderRequest
 
 STEPS = 4
@@ -145,7 +146,7 @@ def test_a_group_that_is_not_running_refuses_a_call():
     from wan_dist.engine.group import RenderGroupFailed
 
     with pytest.raises(RenderGroupFailed, match="not running"):  # no control: the usual path
-        group.submit("generate", REQUEST)
+        group.submit(Generate(REQUEST))
 
 
 # -- render groups of one and two ranks -----------------------------------------------------------------
@@ -193,7 +194,7 @@ def test_a_cancel_at_step_k_stops_every_rank_and_the_group_renders_the_next_requ
     import ray
 
     path = tmp_path / "calls.txt"
-    call = group.submit("generate", REQUEST, RecordingControl(str(path), stop_at=2))
+    call = group.submit(Generate(REQUEST, RecordingControl(str(path), stop_at=2)))
     with pytest.raises(RequestFailed) as failure:
         group.wait(call, timeout_s=120)
     cause = failure.value.cause
@@ -205,7 +206,7 @@ def test_a_cancel_at_step_k_stops_every_rank_and_the_group_renders_the_next_requ
         assert stopped.value.reason == "cancelled"
     assert _calls(path) == [(_controller(group, REQUEST, step), step, STEPS) for step in (1, 2)]
 
-    out = group.wait(group.submit("generate", NEXT), timeout_s=120)  # the group is still healthy
+    out = group.wait(group.submit(Generate(NEXT)), timeout_s=120)  # the group is still healthy
     assert out.frames.shape == (1, 9, 48, 80, 3) and out.settings.num_inference_steps == 2
 
 
@@ -220,7 +221,7 @@ def test_a_disaggregated_render_stopped_on_the_low_noise_stage_fails_alone(group
     boundary = _boundary(REQUEST)
     assert 1 <= boundary < STEPS
     path = tmp_path / "calls.txt"
-    call = group.submit("generate", REQUEST, RecordingControl(str(path), stop_at=boundary + 1))
+    call = group.submit(Generate(REQUEST, RecordingControl(str(path), stop_at=boundary + 1)))
     with pytest.raises(RequestFailed) as failure:
         group.wait(call, timeout_s=120)
     assert isinstance(failure.value.cause, StopRender) and failure.value.cause.reason == "cancelled"
@@ -229,15 +230,15 @@ def test_a_disaggregated_render_stopped_on_the_low_noise_stage_fails_alone(group
         ray.get(call.refs[group.result_rank])
     steps = range(1, boundary + 2)
     assert _calls(path) == [(_controller(group, REQUEST, step), step, STEPS) for step in steps]
-    out = group.wait(group.submit("generate", NEXT), timeout_s=120)
+    out = group.wait(group.submit(Generate(NEXT)), timeout_s=120)
     assert out.frames.shape == (1, 9, 48, 80, 3)
 
 
 @pytest.mark.slow
 def test_a_control_that_never_stops_sees_every_step_and_the_clip_is_published(group, tmp_path):
     path = tmp_path / "calls.txt"
-    result = group.wait(group.submit("render", REQUEST, OutputConfig(uri=str(tmp_path / "out")), "tiny",
-                                     control=RecordingControl(str(path))), timeout_s=120)
+    result = group.wait(group.submit(Render(REQUEST, OutputConfig(uri=str(tmp_path / "out")), "tiny",
+                                            control=RecordingControl(str(path)))), timeout_s=120)
     assert result.status == "completed", result.error
     assert (tmp_path / "out" / "kite").is_dir()
     assert _calls(path) == [(_controller(group, REQUEST, step), step, STEPS) for step in range(1, STEPS + 1)]
@@ -253,7 +254,7 @@ def test_previews_come_from_the_controlling_rank_and_the_last_one_is_the_clips_f
 
     path = tmp_path / "calls.txt"
     request = dataclasses.replace(REQUEST, sampling=SamplingConfig(num_inference_steps=STEPS, solver="euler"))
-    out = group.wait(group.submit("generate", request, PreviewingControl(str(path), every=1)), timeout_s=120)
+    out = group.wait(group.submit(Generate(request, PreviewingControl(str(path), every=1))), timeout_s=120)
     saved = sorted(p.name for p in tmp_path.glob("calls.txt.*.npy"))
     assert saved == [f"calls.txt.{step}.npy" for step in range(1, STEPS + 1)]
     first = np.load(tmp_path / "calls.txt.1.npy")
@@ -269,7 +270,7 @@ def test_a_stopped_render_publishes_nothing_and_other_reasons_reach_the_driver(g
     path = tmp_path / "calls.txt"
     control = RecordingControl(str(path), stop_at=1, reason="lease_lost")
     with pytest.raises(RequestFailed) as failure:
-        group.wait(group.submit("render", REQUEST, OutputConfig(uri=str(tmp_path / "out")), "tiny", control),
+        group.wait(group.submit(Render(REQUEST, OutputConfig(uri=str(tmp_path / "out")), "tiny", control)),
                    timeout_s=120)
     assert failure.value.cause.reason == "lease_lost"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("clip.mp4"))
@@ -285,7 +286,7 @@ def test_two_threads_submitting_at_once_both_get_their_clips(group):
 
     def submit_half(first: int) -> None:
         barrier.wait()
-        calls = [(i, group.submit("generate", requests[i])) for i in (first, first + 2)]
+        calls = [(i, group.submit(Generate(requests[i]))) for i in (first, first + 2)]
         outputs.update({i: group.wait(call, timeout_s=120) for i, call in calls})
 
     threads = [threading.Thread(target=submit_half, args=(first,)) for first in (0, 1)]
@@ -310,7 +311,7 @@ class _Owner:
                                         cpus_per_rank=0.5, reuse_placement_group=True)).start(ready_timeout_s=60)
         try:
             same = group.placement_group.id == get_current_placement_group().id
-            out = group.wait(group.submit("generate", request), timeout_s=120)
+            out = group.wait(group.submit(Generate(request)), timeout_s=120)
         finally:
             group.shutdown()
         return same, out.frames.shape

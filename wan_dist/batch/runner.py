@@ -43,6 +43,7 @@ from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
 from wan_dist.engine.clips import SIDECAR_NAME
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
+from wan_dist.engine.rank_calls import Generate
 from wan_dist.batch.resume import plan_resume, published_rows
 from wan_dist.storage.objects import join, presigned_url
 
@@ -314,7 +315,7 @@ class BatchRunner:
         self._first_submit = self._first_submit or now
         slot.first_submit = slot.first_submit or now
         self.progress.rendering_started()
-        call = slot.group.submit("generate", task.row.request)
+        call = slot.group.submit(Generate(task.row.request))
         slot.group.prefetch(task.row.request)  # its prompts are encoded while the call before it renders
         slot.calls.append((call, task, set(call.refs)))
         for ref in call.refs:

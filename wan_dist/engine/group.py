@@ -22,6 +22,7 @@ from typing import Any
 
 from wan_dist.config import OutputConfig, ParallelConfig
 from wan_dist.engine.control import StopRender
+from wan_dist.engine.rank_calls import ModelRecord, RankCall, Render
 from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
 
 __all__ = ["GroupConfig", "GroupCall", "RenderGroup", "RenderGroupFailed", "RequestFailed", "RankWorker"]
@@ -187,21 +188,9 @@ class RankWorker:
     def warmup(self) -> None:
         self.program.warmup()
 
-    def render(self, request, output: OutputConfig, model_source: str | None, control=None):
-        """Every rank runs the request; the result rank returns the RenderResult, the others None.
-        ``control``: a step control run on the result rank after every step (see engine.control)."""
-        return self.program.render(request, output, model_source=model_source, control=control)
-
-    def generate(self, request, control=None):
-        """Every rank runs the request; the result rank returns the WanOutput (frames to publish
-        elsewhere), the others None. ``control``: as in ``render``."""
-        return self.program.generate(request, control)
-
-    def generate_call(self, args: tuple, kwargs: dict):
-        """``WanPipeline.generate(*args, **kwargs)`` on every rank (the SPMD one of this rank's layout): what
-        ``load_pipeline(source, parallel=...)`` sends. The result rank returns the WanOutput, the others None."""
-        out = self.program.generate_fn(*args, **kwargs)
-        return out if self.rank == self.program.result_rank else None
+    def run(self, call: RankCall) -> Any:
+        """Run one :class:`~wan_dist.engine.rank_calls.RankCall` (every rank gets the same calls in one order)."""
+        return call.run(self.program)
 
     def prefetch_text(self, request) -> None:
         """Encode ``request``'s prompts into the pipeline's PromptCache. Runs in the "prefetch" concurrency
@@ -225,11 +214,6 @@ class RankWorker:
         """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty).
         Times are ``time.monotonic()``: comparable between ranks of one machine only."""
         return self.program.stage_events()
-
-    def model_record(self, source: str | None) -> dict[str, Any]:
-        from wan_dist.engine.render import model_record
-
-        return model_record(self.pipe, source)
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -335,20 +319,20 @@ class RenderGroup:
         Raises RenderGroupFailed (and tears the gang down) if a rank dies, RequestFailed if every
         rank rejected the request (the group stays up).
         """
-        return self.wait(self.submit("render", request, output, model_source))
+        return self.wait(self.submit(Render(request, output, model_source)))
 
-    def submit(self, method: str, *args, **kwargs) -> GroupCall:
+    def submit(self, call: RankCall) -> GroupCall:
         """Send one call to every rank without waiting. Calls run in submission order on each rank, so a
         driver can queue the next request while the current one renders (the group never idles).
         Thread-safe: calls from several threads reach every rank in one order.
 
-        ``generate``/``render`` take a step control (``control=``, or positionally after their other
-        arguments; see :mod:`wan_dist.engine.control`).
+        ``call``: a :mod:`wan_dist.engine.rank_calls` type (``Generate``, ``Render`` take a step control:
+        see :mod:`wan_dist.engine.control`).
         """
         with self._submit_lock:
             if not self.workers:
                 raise RenderGroupFailed("render group is not running (start or rebuild it)")
-            refs = tuple(getattr(w, method).remote(*args, **kwargs) for w in self.workers)
+            refs = tuple(w.run.remote(call) for w in self.workers)
             return GroupCall(refs, self.generation, self.result_rank)
 
     def wait(self, call: GroupCall, *, timeout_s: float | None = None, fetch: bool = True):
@@ -399,7 +383,7 @@ class RenderGroup:
 
     def model_record(self, source: str | None = None) -> dict[str, Any]:
         """The sidecar's model section for clips this group renders (see ``engine.render.model_record``)."""
-        return self.wait(self.submit("model_record", source))
+        return self.wait(self.submit(ModelRecord(source)))
 
     def prefetch(self, request) -> list:
         """Encode ``request``'s prompts on every rank beside the render in progress: queue it with the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from wan_dist.config import ParallelConfig
+from wan_dist.engine.rank_calls import GenerateCall
 
 __all__ = ["GroupPipeline", "load_pipeline"]
 
@@ -73,7 +74,7 @@ class GroupPipeline:
             raise ValueError("callback: not available on a render group (its steps run in the rank processes); "
                              "use a step control with RenderGroup.submit")
         kwargs.pop("callback", None)
-        return self.group.wait(self.group.submit("generate_call", args, kwargs))
+        return self.group.wait(self.group.submit(GenerateCall(args, kwargs)))
 
     def __call__(self, *args, **kwargs):
         return self.generate(*args, **kwargs)

@@ -34,10 +34,11 @@ class RankProgram:
         self.parallel = parallel
         self.rank = rank
         self.world_size = world_size
-        self.generate_fn = pipe.generate if world_size == 1 else _parallel_generate(pipe, parallel, handoff_timeout_s)
-        self.result_rank: int = getattr(self.generate_fn, "result_rank", 0)
-        runner = getattr(self.generate_fn, "runner", None)  # disaggregated: stage 1 gets contexts in the hand-off
-        self.encodes_text: bool = runner is None or runner.stage == 0
+        # this rank's generate of the layout: a callable with result_rank, mesh, control_scope, encodes_text, events()
+        self.generate_fn = (SingleDevice(pipe) if world_size == 1 else
+                            _parallel_generate(pipe, parallel, handoff_timeout_s))
+        self.result_rank: int = self.generate_fn.result_rank
+        self.encodes_text: bool = self.generate_fn.encodes_text
 
     def warmup(self) -> None:
         """One tiny step so first-request costs (allocations, collectives' first use) are paid at start."""
@@ -61,7 +62,7 @@ class RankProgram:
         for its stage's steps (see :mod:`wan_dist.engine.control`).
         """
         control = with_step_hook(control, self.step_hook, request)
-        counter = getattr(getattr(self.generate_fn, "mesh", None), "counter", None)
+        counter = None if self.generate_fn.mesh is None else self.generate_fn.mesh.counter
         if counter is not None:
             counter.reset()
         out = generate_for(self.pipe, request, generate=self.generate_fn, callback=self._step_callback(control))
@@ -91,9 +92,8 @@ class RankProgram:
 
             if dist.get_backend() == "nccl":
                 device = self.pipe.device
-        runner = getattr(self.generate_fn, "runner", None)
         # where the control runs and its decision is broadcast: the group's result rank, or this rank's stage
-        leader, size, group = (self.result_rank, self.world_size, None) if runner is None else runner.control_scope
+        leader, size, group = self.generate_fn.control_scope
         preview = None
         if self.rank == leader:
             from wan_dist.engine.preview import PreviewDecoder
@@ -102,10 +102,32 @@ class RankProgram:
         return make_step_callback(control, rank=self.rank, result_rank=leader, world_size=size, device=device,
                                   preview=preview, group=group)
 
+    def generate_call(self, args: tuple, kwargs: dict):
+        """``generate(*args, **kwargs)`` through this rank's layout; the result rank returns the WanOutput."""
+        out = self.generate_fn(*args, **kwargs)
+        return out if self.rank == self.result_rank else None
+
     def stage_events(self) -> list:
         """This rank's ``StageEvent`` per denoising step so far (disaggregated placement; else empty)."""
-        runner = getattr(self.generate_fn, "runner", None)
-        return list(runner.events) if runner is not None else []
+        return self.generate_fn.events()
+
+
+class SingleDevice:
+    """The layout program of a one-rank group: the pipeline's own generate."""
+
+    result_rank = 0
+    mesh = None
+    encodes_text = True
+    control_scope = (0, 1, None)  # the control runs here, nothing to broadcast
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __call__(self, *args, **kwargs):
+        return self.pipe.generate(*args, **kwargs)
+
+    def events(self) -> list:
+        return []
 
 
 def _parallel_generate(pipe, parallel: ParallelConfig, handoff_timeout_s: float | None):

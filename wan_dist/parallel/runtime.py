@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from wan_dist.parallel.comm import all_gather_cat
 from wan_dist.parallel.dit import parallelize_dit
 from wan_dist.parallel.mesh import ParallelMesh
 
-__all__ = ["make_parallel_generate", "parallel_generate", "parallel_experts"]
+__all__ = ["ParallelGenerate", "make_parallel_generate", "parallel_generate", "parallel_experts"]
 
 
 def parallel_experts(pipe, mesh: ParallelMesh) -> list:
@@ -107,23 +108,43 @@ def _decode_across_group(pipe, out):
                                timings=timings)
 
 
+class ParallelGenerate:
+    """This rank's ``generate(*args, **kwargs)`` of a colocated layout (Ulysses, ring, CFG, data, FSDP): the
+    pipeline's generate with this rank's parallel experts on ``mesh``. Every rank returns the same WanOutput;
+    ``result_rank`` 0 is the one a driver reads. A step control runs on rank 0 and broadcasts over the default
+    group (``control_scope``). Collective to build (new process groups) and to call."""
+
+    result_rank = 0
+    encodes_text = True
+
+    def __init__(self, pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None):
+        self.pipe = pipe
+        self.mesh = ParallelMesh.build(parallel, num_heads=pipe.spec.dit.num_heads, timeout=timeout)
+        self.experts = parallel_experts(pipe, self.mesh)
+
+    def __call__(self, *args, **kwargs):
+        return parallel_generate(self.pipe, self.mesh, *args, experts=self.experts, **kwargs)
+
+    @property
+    def control_scope(self) -> tuple[int, int, Any]:
+        """(rank running the step control, ranks taking part in its broadcast, their process group)."""
+        return self.result_rank, dist.get_world_size(), None
+
+    def events(self) -> list:
+        return []
+
+
 def make_parallel_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None):
-    """Build this rank's mesh and parallel experts once; return ``generate(*args, **kwargs)``.
+    """Build this rank's mesh and parallel experts once; return its layout's generate (a callable with
+    ``result_rank``, ``mesh``, ``control_scope``, ``encodes_text`` and ``events()``).
 
     Collective (new process groups): every rank of the default group calls it together.
     ``parallel.placement == "disaggregated"``: the group splits into a high-noise and a low-noise
-    stage, one expert each (:func:`wan_dist.parallel.stages.make_disaggregated_generate`; every
+    stage, one expert each (:class:`wan_dist.parallel.stages.DisaggregatedGenerate`; every
     rank returns the same WanOutput).
     """
     if parallel.placement == "disaggregated":
         from wan_dist.parallel.stages import make_disaggregated_generate
 
         return make_disaggregated_generate(pipe, parallel, timeout=timeout)
-    mesh = ParallelMesh.build(parallel, num_heads=pipe.spec.dit.num_heads, timeout=timeout)
-    experts = parallel_experts(pipe, mesh)
-
-    def generate(*args, **kwargs):
-        return parallel_generate(pipe, mesh, *args, experts=experts, **kwargs)
-
-    generate.mesh = mesh
-    return generate
+    return ParallelGenerate(pipe, parallel, timeout=timeout)

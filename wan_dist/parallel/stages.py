@@ -67,7 +67,7 @@ def _checked(kwargs: dict) -> dict:
 
 __all__ = ["StageLayout", "plan_stages", "stage_sizes_by_steps", "load_stage_expert", "stage_expert_loader",
            "HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff", "StageEvent",
-           "DisaggregatedRunner", "make_disaggregated_generate"]
+           "DisaggregatedRunner", "DisaggregatedGenerate", "make_disaggregated_generate"]
 
 
 # ----------------------------------------------------------------------------- layout
@@ -423,20 +423,48 @@ class DisaggregatedRunner:
                                  predict=self.predict, callback=on_step)
 
 
+class DisaggregatedGenerate:
+    """This rank's ``generate(*args, **kwargs)`` with ``pipe.generate``'s signature over a disaggregated group
+    (one request per call through :attr:`runner`).
+
+    ``results_on="all"``: every rank returns the same WanOutput (broadcast from stage 1's leader, so stage 0
+    waits for stage 1's part). ``"last_stage"``: stage 0's ranks return None as soon as their hand-off is
+    taken, so consecutive calls pipeline (stage 0 renders call i + 1 while stage 1 renders call i); stage 1's
+    ranks return the WanOutput. ``result_rank``: a rank that holds the result (0, or stage 1's leader);
+    ``mesh``: this rank's mesh inside its stage; ``layout``: the :class:`StageLayout`; ``encodes_text``: only
+    stage 0 encodes prompts (stage 1 gets the contexts in the hand-off).
+    """
+
+    def __init__(self, runner: DisaggregatedRunner, *, results_on: str):
+        if results_on not in ("all", "last_stage"):
+            raise ValueError(f"results_on: 'all' or 'last_stage', got {results_on!r}")
+        self.runner, self.results_on = runner, results_on
+        self.mesh, self.layout = runner.mesh, runner.layout
+        self.result_rank = 0 if results_on == "all" else runner.layout.leader(1)
+        self.encodes_text = runner.stage == 0
+
+    def __call__(self, *args, **kwargs):
+        if len(args) > 2:
+            raise TypeError("generate: at most prompt and negative_prompt are positional")
+        kwargs.update(zip(("prompt", "negative_prompt"), args))
+        return self.runner.run([kwargs], results_on=self.results_on)[0]
+
+    @property
+    def control_scope(self) -> tuple[int, int, Any]:
+        return self.runner.control_scope
+
+    def events(self) -> list:
+        """This rank's :class:`StageEvent` per denoising step so far."""
+        return list(self.runner.events)
+
+
 def make_disaggregated_generate(pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None,
                                 stage_sizes: Sequence[int] | None = None,
                                 stage_parallel: Sequence[ParallelConfig] | None = None,
-                                results_on: str = "all", handoff_timeout: timedelta | None = None):
-    """``generate(*args, **kwargs)`` with ``pipe.generate``'s signature over a disaggregated group.
-
-    Collective to build and to call. Stages from :func:`plan_stages` (default: an even split of the
-    default group). ``results_on="all"``: every rank returns the same WanOutput (broadcast from stage
-    1's leader, so stage 0 waits for stage 1's part). ``"last_stage"``: stage 0's ranks return None as
-    soon as their hand-off is taken, so consecutive calls pipeline (stage 0 renders call i + 1 while
-    stage 1 renders call i); stage 1's ranks return the WanOutput. ``generate.result_rank``: a rank
-    that holds the result (0, or stage 1's leader). ``generate.runner`` is the
-    :class:`DisaggregatedRunner` (``runner.run(requests)`` for a queue); ``generate.mesh`` this rank's
-    mesh inside its stage; ``generate.layout`` the :class:`StageLayout`. ``handoff_timeout``: see
+                                results_on: str = "all", handoff_timeout: timedelta | None = None
+                                ) -> DisaggregatedGenerate:
+    """This rank's :class:`DisaggregatedGenerate`. Collective to build and to call. Stages from
+    :func:`plan_stages` (default: an even split of the default group). ``handoff_timeout``: see
     :class:`DisaggregatedRunner`.
     """
     if results_on not in ("all", "last_stage"):
@@ -445,15 +473,4 @@ def make_disaggregated_generate(pipe, parallel: ParallelConfig, *, timeout: time
     layout = plan_stages(parallel, world, stage_sizes=stage_sizes, stage_parallel=stage_parallel,
                          num_heads=pipe.spec.dit.num_heads)
     runner = DisaggregatedRunner(pipe, layout, timeout=timeout, handoff_timeout=handoff_timeout)
-
-    def generate(*args, **kwargs):
-        if len(args) > 2:
-            raise TypeError("generate: at most prompt and negative_prompt are positional")
-        kwargs.update(zip(("prompt", "negative_prompt"), args))
-        return runner.run([kwargs], results_on=results_on)[0]
-
-    generate.mesh = runner.mesh
-    generate.runner = runner
-    generate.layout = layout
-    generate.result_rank = 0 if results_on == "all" else layout.leader(1)
-    return generate
+    return DisaggregatedGenerate(runner, results_on=results_on)

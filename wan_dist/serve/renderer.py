@@ -121,6 +121,7 @@ class RendererCore:
         """Render and publish ``job`` on the group (the JobWorker holds the gate); see the module doc."""
         from wan_dist.engine.control import StopRender
         from wan_dist.engine.group import RenderGroupFailed, RequestFailed
+        from wan_dist.engine.rank_calls import Render
 
         request = dataclasses.replace(render_request(job.request), name=job.id)
         s = self.settings
@@ -129,7 +130,7 @@ class RendererCore:
                                    preview_max_side=s.preview_max_side)
         group = self.group
         try:
-            call = group.submit("render", request, OutputConfig(uri=s.output), self.source, control)
+            call = group.submit(Render(request, OutputConfig(uri=s.output), self.source, control))
             return group.wait(call)
         except RequestFailed as error:
             if isinstance(error.cause, StopRender):
