@@ -68,28 +68,39 @@ def test_config_names_the_bad_field():
         train_config_from_dict({"out": "x", "vae": {"step": 3}})
 
 
-def test_vae_trains_on_random_windows_of_consecutive_frames():
+def test_vae_trains_on_random_windows_of_consecutive_frames_and_random_crops():
     from wan_dist.models.presets import get_preset
     from wan_dist.train.stages import StepDraws, VAEStage
 
-    # clip c, frame f is filled with 10 * c + f, so a window's values name its clip and frames
-    clips = np.zeros((3, 9, 4, 4, 3), np.uint8) + (10 * np.arange(3)[:, None] + np.arange(9)[None, :]).astype(np.uint8)[
-        :, :, None, None, None]
-    stage = VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1, batch_size=4), seed=0, frames=5)
-    starts = set()
-    for step in range(12):
+    # channel 0 of clip c, frame f holds 10 * c + f; channels 1 and 2 hold the pixel's row and column
+    clips = np.zeros((3, 9, 24, 24, 3), np.uint8)
+    clips[..., 0] = (10 * np.arange(3)[:, None] + np.arange(9)[None, :])[:, :, None, None]
+    clips[..., 1] = np.arange(24)[None, None, :, None]
+    clips[..., 2] = np.arange(24)[None, None, None, :]
+    stage = VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1, batch_size=4), seed=0, frames=5,
+                     crop=16)
+    starts, corners = set(), set()
+    for step in range(16):
         draws = StepDraws(seed=0, step=step, rank=0)
-        window = stage.clips_for(draws, draws.generator(0))[:, :, 0, 0, 0].long()
-        assert window.shape == (4, 5)
-        first = window[:, 0]
-        assert torch.equal(window, first[:, None] + torch.arange(5)), window  # consecutive frames of one clip
+        window = stage.clips_for(draws, draws.generator(0)).long()
+        assert window.shape == (4, 5, 16, 16, 3)
+        first = window[:, 0, 0, 0, 0]
+        assert torch.equal(window[:, :, 0, 0, 0], first[:, None] + torch.arange(5))  # consecutive frames of a clip
         assert bool(((first % 10) <= 4).all())  # the window lies inside the clip
+        top, left = window[:, 0, 0, 0, 1], window[:, 0, 0, 0, 2]
+        assert torch.equal(window[:, 0, :, 0, 1], top[:, None] + torch.arange(16))  # a square of whole rows
+        assert torch.equal(window[:, 0, 0, :, 2], left[:, None] + torch.arange(16))  # ... and columns
+        assert bool(((top <= 8) & (left <= 8)).all())
         starts |= set((first % 10).tolist())
-    assert starts == {0, 1, 2, 3, 4}  # every start is drawn
+        corners |= set(zip(top.tolist(), left.tolist()))
+    assert starts == {0, 1, 2, 3, 4} and len(corners) > 20  # every start is drawn, and many corners
     fixed = StepDraws(seed=0, step=3, rank=0, fixed=True)
-    assert (stage.clips_for(fixed, fixed.generator(0))[:, :, 0, 0, 0].long() % 10 == torch.arange(5)).all()
+    same = stage.clips_for(fixed, fixed.generator(0)).long()
+    assert (same[:, :, 0, 0, 0] % 10 == torch.arange(5)).all() and int(same[..., 1:].min()) == 0
     with pytest.raises(ValueError, match="vae_frames: 13 is more than the clips' 9 frames"):
         VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1), seed=0, frames=13)
+    with pytest.raises(ValueError, match="vae_crop: 12 must be a multiple of the VAE's stride 8"):
+        VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1), seed=0, crop=12)
 
 
 def test_loss_falls_resume_continues_and_the_checkpoint_loads(tmp_path):

@@ -48,7 +48,7 @@ def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: s
     if kind == "vae":
         with np.load(data_path) as archive:
             clips = archive["clips"]
-        return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames,
+        return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames, crop=config.vae_crop,
                         sample_posterior=config.vae_sample_posterior)
     from safetensors.torch import load_file
 

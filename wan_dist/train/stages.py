@@ -73,23 +73,30 @@ class VAEStage:
     kl_weight = 1e-6
 
     def __init__(self, spec: VariantSpec, *, clips: np.ndarray, optim: OptimConfig, seed: int,
-                 frames: int | None = None, sample_posterior: bool = False):
+                 frames: int | None = None, crop: int | None = None, sample_posterior: bool = False):
         self.clips = torch.from_numpy(np.ascontiguousarray(clips))
         if frames is not None and frames > self.clips.shape[1]:
             raise ValueError(f"vae_frames: {frames} is more than the clips' {self.clips.shape[1]} frames")
-        self.optim, self.frames, self.sample_posterior = optim, frames, sample_posterior
+        stride = spec.vae.spatial_stride
+        if crop is not None and (crop % stride or crop > min(self.clips.shape[2:4])):
+            raise ValueError(f"vae_crop: {crop} must be a multiple of the VAE's stride {stride} and fit the clips' "
+                             f"{self.clips.shape[2]}x{self.clips.shape[3]} frames")
+        self.optim, self.frames, self.crop, self.sample_posterior = optim, frames, crop, sample_posterior
         self.modules = {"vae": init_vae(spec, seed=seed + 100)}
 
     def clips_for(self, draws: StepDraws, generator: torch.Generator) -> torch.Tensor:
         """The step's uint8 clips [B, F, H, W, 3]: drawn clips, each cut to a random window of ``frames``
-        consecutive frames (a fixed batch: the first clips and their first window)."""
+        consecutive frames and a random ``crop`` x ``crop`` square (a fixed batch: the first clips, their first
+        window, their top-left square)."""
         fixed = None if draws.fixed else generator
         clips = self.clips[batch_indices(len(self.clips), self.optim.batch_size, generator=fixed)]
-        if self.frames is None:
-            return clips
-        starts = (torch.zeros(len(clips), dtype=torch.long) if fixed is None else
-                  torch.randint(clips.shape[1] - self.frames + 1, (len(clips),), generator=fixed))
-        return torch.stack([clip[s:s + self.frames] for clip, s in zip(clips, starts.tolist())])
+        frames = self.frames or clips.shape[1]
+        crop = self.crop or min(clips.shape[2:4])
+        limits = (clips.shape[1] - frames + 1, clips.shape[2] - crop + 1, clips.shape[3] - crop + 1)
+        starts = (torch.zeros(len(clips), 3, dtype=torch.long) if fixed is None else
+                  torch.stack([torch.randint(limit, (len(clips),), generator=fixed) for limit in limits], dim=1))
+        return torch.stack([clip[t:t + frames, y:y + crop, x:x + crop]
+                            for clip, (t, y, x) in zip(clips, starts.tolist())])
 
     def loss(self, modules: dict[str, torch.nn.Module], draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
         generator = draws.generator(0)
