@@ -18,8 +18,9 @@ from typing import Any
 
 from ray import serve
 
-from wan_dist.serve.app import ServeState, create_app
+from wan_dist.serve.app import create_app
 from wan_dist.serve.service import ServeSettings, settings_from_dict
+from wan_dist.serve.state import ServeState
 
 __all__ = ["application", "build_app", "Renderer"]
 
