@@ -195,7 +195,7 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
     manifest = str(tmp_path / "m.parquet")
     write_manifest(rows, manifest)
     reference = str(tmp_path / "reference")
-    summary = run_batch(BatchConfig(manifest=manifest, groups=1, cpus_per_rank=1), OutputConfig(uri=reference))
+    summary = run_batch(BatchConfig(manifest=manifest, groups=1), OutputConfig(uri=reference))
     assert (summary["completed"], summary["failed"]) == (8, 2)
 
     http_rows = results(api, body["id"])
