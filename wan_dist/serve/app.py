@@ -24,7 +24,8 @@ from wan_dist.serve.auth import AuthError, retry_after_headers
 from wan_dist.serve.jobs import JobNotFound
 from wan_dist.serve.routes import batches, health, jobs, videos
 from wan_dist.serve.schemas import RequestError, error_body
-from wan_dist.serve.service import API_VERSIONS, QueueFull, ServeSettings
+from wan_dist.serve.service import API_VERSIONS, QueueFull
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
 
 __all__ = ["create_app", "ServeState"]

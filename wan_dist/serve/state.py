@@ -8,7 +8,8 @@ from typing import Callable
 from fastapi import Request
 
 from wan_dist.serve.auth import ApiKeys
-from wan_dist.serve.service import JobService, Notifier, ServeSettings
+from wan_dist.serve.service import JobService, Notifier
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.stores import open_store
 
 __all__ = ["ServeState", "state_of"]
@@ -22,13 +23,13 @@ class ServeState:
 
         self.settings = settings
         self.store = open_store(settings.store)
-        self.keys = ApiKeys.from_sources(list(settings.api_keys), allow_anonymous=settings.allow_anonymous)
+        self.keys = ApiKeys.from_sources(list(settings.auth.api_keys), allow_anonymous=settings.auth.allow_anonymous)
         self.service = JobService(settings, self.store)
         self.ready = ready
-        signer = WebhookSigner(settings.webhook_secret or secret_from_env())
+        webhooks = settings.webhooks
+        signer = WebhookSigner(webhooks.secret or secret_from_env())
         dispatcher = WebhookDispatcher(signer, allow_private=settings.allow_private_urls,
-                                       max_attempts=settings.webhook_max_attempts,
-                                       base_delay_s=settings.webhook_base_delay_s)
+                                       max_attempts=webhooks.max_attempts, base_delay_s=webhooks.base_delay_s)
         self.notifier = Notifier(self.service, dispatcher)
         if notify:
             self.notifier.start()

@@ -15,7 +15,7 @@ from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject,
                                     responses)
 from wan_dist.serve.routes.common import check_webhook_url, clip_response, list_body, page, poll_headers, read_body
 from wan_dist.serve.schemas import RequestError
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
 
 __all__ = ["router"]
@@ -85,7 +85,7 @@ async def _create_batch(s: ServeState, request: Request, settings: ServeSettings
                                    allow_private=settings.allow_private_urls)
     await check_webhook_url(spec.webhook_url, s)
     key = request.headers.get("idempotency-key")
-    job = Job.new(model=batch_queue(spec.variant), owner=owner, kind="batch", max_attempts=settings.max_attempts,
+    job = Job.new(model=batch_queue(spec.variant), owner=owner, kind="batch", max_attempts=settings.jobs.max_attempts,
                   request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
                            "invalid_rows": spec.invalid_rows},
                   webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,

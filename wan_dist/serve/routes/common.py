@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.jobs import IdempotencyConflict, JobStatus, body_hash
 from wan_dist.serve.schemas import MAX_IMAGE_BYTES, RequestError
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
 
@@ -27,7 +27,7 @@ MAX_JSON_DEPTH = 32  # a valid body nests 3 levels at most
 
 
 def poll_headers(settings: ServeSettings) -> dict:
-    return {"openai-poll-after-ms": str(settings.poll_after_ms)}
+    return {"openai-poll-after-ms": str(settings.jobs.poll_after_ms)}
 
 
 # -- bodies ---------------------------------------------------------------------------------------

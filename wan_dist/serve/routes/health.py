@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from wan_dist.serve.openapi import BAD_VERSION, HealthStatus, ModelList, responses
 from wan_dist.serve.schemas import public_model_name
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import state_of
 
 __all__ = ["router"]

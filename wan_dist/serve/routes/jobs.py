@@ -15,7 +15,7 @@ from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, JobLis
                                     responses)
 from wan_dist.serve.routes.common import content, list_body, page, persist_job, poll_headers, preview_bytes, read_body
 from wan_dist.serve.schemas import MODEL_NAMES, JobCreate, RequestError, resolve_model, validate_job_request
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
 
 __all__ = ["router"]

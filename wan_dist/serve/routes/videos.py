@@ -11,7 +11,7 @@ from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, VideoDeleted, VideoList
                                     responses)
 from wan_dist.serve.routes.common import content, list_body, page, persist_job, poll_headers, read_body
 from wan_dist.serve.schemas import VideoCreate, validate_video_request
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import state_of
 
 __all__ = ["router"]
