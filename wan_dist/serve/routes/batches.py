@@ -1,8 +1,6 @@
 """Batches: a Parquet manifest rendered by the batch runner on the renderers' groups. Create (JSON with a
 ``manifest_uri`` or a form with the manifest file), read, list, cancel, the results table, and each row's clip."""
 
-from __future__ import annotations
-
 import asyncio
 
 from fastapi import APIRouter, Request

@@ -1,7 +1,5 @@
 """Health (open: no key needed) and the list of served models."""
 
-from __future__ import annotations
-
 import asyncio
 
 from fastapi import APIRouter, Request

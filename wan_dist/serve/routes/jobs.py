@@ -1,8 +1,6 @@
 """Interactive jobs: create one under a model, read, list, cancel, follow (server-sent events), the latest
 preview frame, and the clip."""
 
-from __future__ import annotations
-
 import asyncio
 import base64
 import json

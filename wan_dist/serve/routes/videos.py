@@ -1,7 +1,5 @@
 """OpenAI-compatible videos (the openai SDK's ``client.videos``): create, read, list, download, delete."""
 
-from __future__ import annotations
-
 import asyncio
 
 from fastapi import APIRouter, Request
