@@ -166,7 +166,7 @@ def _run(cfg: DictConfig) -> dict:
     from ray import serve
 
     from wan_dist.serve.deploy import application
-    from wan_dist.serve.service import ServeSettings
+    from wan_dist.serve.settings import AuthSettings, LimitSettings, ServeSettings
 
     if cfg.clients < 1 or cfg.creates < cfg.clients:
         raise SystemExit("need clients >= 1 and creates >= clients")
@@ -174,8 +174,10 @@ def _run(cfg: DictConfig) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     store = f"sqlite:///{out / 'jobs.db'}"
-    settings = ServeSettings(models=(cfg.model,), store=store, output=str(out / "clips"), api_keys=(API_KEY,),
-                             rate_per_s=1e6, burst=10**6, max_active_per_key=10**6, max_queue_per_model=10**6)
+    settings = ServeSettings(models=(cfg.model,), store=store, output=str(out / "clips"),
+                             auth=AuthSettings(api_keys=(API_KEY,)),
+                             limits=LimitSettings(rate_per_s=1e6, burst=10**6, max_active_per_key=10**6,
+                                                  max_queue_per_model=10**6))
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     load_before = os.getloadavg()[0]

@@ -1,8 +1,8 @@
 """Holding a render at a chosen step, so a test acts while it is in progress and never races it.
 
 The render groups of a test run with the step hook :data:`HOOK` (``GroupConfig.step_hook``,
-``serve.step_hook``, ``batch.step_hook``; see ``wan_dist.engine.control``). Before a request starts, a
-test plans a hold for the request's prompt (:meth:`Holds.plan`): when the render of that prompt reaches
+``serve.renderer.group.step_hook``, ``batch.group.step_hook``; see ``wan_dist.engine.control``). Before a request
+starts, a test plans a hold for the request's prompt (:meth:`Holds.plan`): when the render of that prompt reaches
 step ``step`` its result rank writes a "reached" note (its actor id and process id) and waits there until
 the test releases it (:meth:`Holds.release`). A hold happens once per plan: a rerun of the same prompt
 (the job's next attempt, a batch's rerun) passes the step.

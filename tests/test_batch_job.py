@@ -63,7 +63,7 @@ def _submit(ray_head, s3_server, cache: Path, manifest: str, output: str, *extra
     if not wait:
         command.append("--no-wait")
     command += ["--", sys.executable, "-m", "wan_dist.cli.batch", f"manifest={manifest}", f"output={output}",
-                "batch.groups=2", "batch.cpus_per_rank=1", "batch.progress_interval_s=2", *extra]
+                "batch.groups=2", "batch.group.cpus_per_rank=1", "batch.progress_interval_s=2", *extra]
     return subprocess.run(command, env=ray_head["env"], capture_output=True, text=True, timeout=600)
 
 
@@ -150,7 +150,7 @@ def test_a_stopped_job_reruns_without_rendering_twice_or_missing_a_clip(ray_head
     write_manifest(rows, manifest)
     output = s3_server.uri("kites")
     submitted = _submit(ray_head, s3_server, tmp_path / "cache", manifest, output, "batch.groups=1",
-                        f"batch.step_hook={HOOK}", wait=False)
+                        f"batch.group.step_hook={HOOK}", wait=False)
     assert submitted.returncode == 0, submitted.stderr
     job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
     holds.wait_reached(rows[3]["prompt"], 300)  # the job is mid-run: row 3 cannot be published before the stop

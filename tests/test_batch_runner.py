@@ -15,7 +15,7 @@ from wan_dist.batch.manifest import ManifestError, write_manifest
 from wan_dist.batch.results import latest_results, read_results
 from wan_dist.batch.runner import BatchRunner, published_rows
 from wan_dist.batch.sizing import group_count, planned_layout
-from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
+from wan_dist.config import BatchConfig, GroupSpec, OutputConfig, ParallelConfig
 from wan_dist.video.mp4 import decode_mp4, encode_mp4
 
 pytestmark = pytest.mark.slow
@@ -28,9 +28,10 @@ def _rows(count: int, **extra) -> list[dict]:
             for i in range(count)]
 
 
-def _run(manifest: str, out: Path, *, parallel=None, crf: int = 18, **config):
-    config = {"groups": 2, "cpus_per_rank": 0.5, "progress_interval_s": 0.5, "retry_backoff_s": 0.1, **config}
-    runner = BatchRunner(BatchConfig(manifest=manifest, **config), OutputConfig(uri=str(out), crf=crf), parallel)
+def _run(manifest: str, out: Path, *, crf: int = 18, **config):
+    config = {"groups": 2, "group": GroupSpec(cpus_per_rank=0.5), "progress_interval_s": 0.5, "retry_backoff_s": 0.1,
+              **config}
+    runner = BatchRunner(BatchConfig(manifest=manifest, **config), OutputConfig(uri=str(out), crf=crf))
     return runner, runner.run()
 
 
@@ -115,9 +116,10 @@ def test_a_killed_rank_costs_a_retry_and_every_row_is_published_once(ray_local, 
     rows[2]["prompt"] = holds.plan("killed rank: a boat whose group breaks mid-render", 2)  # mid-run
     write_manifest(rows, str(tmp_path / "m.parquet"))
     out = tmp_path / "out"
-    runner = BatchRunner(BatchConfig(manifest=str(tmp_path / "m.parquet"), groups=1, cpus_per_rank=0.5,
-                                     retry_backoff_s=0.1, progress_interval_s=1, step_hook=HOOK),
-                         OutputConfig(uri=str(out)), ParallelConfig(ring=2))
+    group = GroupSpec(parallel=ParallelConfig(ring=2), cpus_per_rank=0.5, step_hook=HOOK)
+    runner = BatchRunner(BatchConfig(manifest=str(tmp_path / "m.parquet"), groups=1, group=group,
+                                     retry_backoff_s=0.1, progress_interval_s=1),
+                         OutputConfig(uri=str(out)))
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(runner.run()))
     thread.start()
@@ -138,10 +140,16 @@ def test_a_killed_rank_costs_a_retry_and_every_row_is_published_once(ray_local, 
 
 
 def test_group_count_and_planned_layout():
-    config = BatchConfig(manifest="m.parquet")
-    assert group_count(config, ParallelConfig(ulysses=4), {"GPU": 16, "CPU": 64}) == (4, True)
-    assert group_count(config, ParallelConfig(ulysses=2), {"CPU": 7}) == (3, False)
-    assert group_count(BatchConfig(manifest="m", groups=5), ParallelConfig(), {"CPU": 2}) == (5, False)
+    def count(resources, groups=None, **group):
+        config = BatchConfig(manifest="m.parquet", groups=groups, group=GroupSpec(**group))
+        number, placed = group_count(config, resources)
+        return number, placed.use_gpus
+
+    assert count({"GPU": 16, "CPU": 64}, parallel=ParallelConfig(ulysses=4)) == (4, True)
+    assert count({"GPU": 16, "CPU": 64}, parallel=ParallelConfig(ulysses=4), use_gpus=False) == (16, False)
+    assert count({"CPU": 7}, parallel=ParallelConfig(ulysses=2)) == (3, False)
+    assert count({"CPU": 7}, parallel=ParallelConfig(ulysses=2), cpus_per_rank=0.5) == (7, False)
+    assert count({"CPU": 2}, groups=5) == (5, False)
     parallel, per_node, table = planned_layout("t2v-a14b", gpus=8, gpu_memory_gb=80)
     assert parallel.data == 1 and per_node * parallel.world_size <= 8 and "clips/h" in table
 

@@ -581,14 +581,14 @@ def test_head_script_start_status_stop():
 
 def test_rayservice_args_are_serve_settings():
     """The RayService's build_app args parse into ServeSettings (the fields build_app really takes)."""
-    from wan_dist.serve.service import settings_from_dict
+    from wan_dist.serve.settings import settings_from_dict
 
     serve_config = yaml.safe_load(yaml.safe_load((REPO / "cluster" / "kuberay-rayservice.yaml").read_text())
                                   ["spec"]["serveConfigV2"])
     app = next(a for a in serve_config["applications"] if a.get("import_path") == SERVE_IMPORT_PATH)
     settings = settings_from_dict(app["args"])
-    assert settings.models == ("t2v-a14b", "i2v-a14b") and settings.device == "cuda"
-    assert settings.parallel_config.world_size == 1
+    assert settings.models == ("t2v-a14b", "i2v-a14b") and settings.renderer.group.use_gpus is True
+    assert settings.renderer.group.world_size == 1 and settings.renderer.autoscaling.max_replicas == 8
     with pytest.raises(ValueError, match="gpus_per_replica"):
         settings_from_dict({**app["args"], "gpus_per_replica": 8})
 
@@ -597,7 +597,7 @@ def test_serve_config_file_is_valid_for_serve_and_build_app():
     """cluster/serve-config.yaml passes Ray Serve's own schema and its args parse into ServeSettings."""
     from ray.serve.schema import ServeDeploySchema
 
-    from wan_dist.serve.service import settings_from_dict
+    from wan_dist.serve.settings import settings_from_dict
 
     config = yaml.safe_load((REPO / "cluster" / "serve-config.yaml").read_text())
     ServeDeploySchema.model_validate(config)

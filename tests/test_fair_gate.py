@@ -60,7 +60,7 @@ def test_a_waiting_interactive_job_is_ahead_of_the_next_batch_row():
 
 
 def test_burst_must_be_positive():
-    with pytest.raises(ValueError, match="interactive_per_batch_row"):
+    with pytest.raises(ValueError, match="interactive_per_row"):
         FairGate(0)
 
 

@@ -17,8 +17,10 @@ import pytest
 
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, wait_for
 from step_holds import HOOK
+from wan_dist.config import GroupSpec
 from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import (AuthSettings, JobSettings, LimitSettings, PreviewSettings, RendererSettings,
+                                     ServeSettings, WebhookSettings)
 from wan_dist.serve.stores import open_store
 from wan_dist.serve.webhooks import generate_secret
 from wan_dist.video.mp4 import decode_mp4
@@ -37,10 +39,12 @@ QUEUE_BOUND = 4
 
 
 def settings_for(root) -> ServeSettings:
-    return ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"), api_keys=KEYS,
-                         rate_per_s=1000.0, burst=1000, max_queue_per_model=QUEUE_BOUND, allow_private_urls=True,
-                         poll_after_ms=100, webhook_base_delay_s=0.05, webhook_secret=SECRET, lease_s=3.0,
-                         preview_every_s=0.2, step_hook=HOOK)
+    return ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"),
+                         allow_private_urls=True, auth=AuthSettings(api_keys=KEYS),
+                         limits=LimitSettings(rate_per_s=1000.0, burst=1000, max_queue_per_model=QUEUE_BOUND),
+                         jobs=JobSettings(poll_after_ms=100, lease_s=3.0), previews=PreviewSettings(every_s=0.2),
+                         webhooks=WebhookSettings(base_delay_s=0.05, secret=SECRET),
+                         renderer=RendererSettings(group=GroupSpec(step_hook=HOOK)))
 
 
 @pytest.fixture(scope="module")
@@ -408,7 +412,7 @@ def test_private_webhook_urls_are_refused_unless_allowed(tmp_path):
     from wan_dist.serve.app import ServeState, create_app
 
     settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
-                             api_keys=KEYS, webhook_secret=SECRET)
+                             auth=AuthSettings(api_keys=KEYS), webhooks=WebhookSettings(secret=SECRET))
     state = ServeState(settings, notify=False)
     try:
         with TestClient(create_app(settings, state=lambda: state), headers={"Authorization": "Bearer k1"}) as client:

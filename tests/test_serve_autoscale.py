@@ -9,8 +9,10 @@ import pytest
 
 from serve_fixtures import APP_NAME, ServeApp, free_port, wait_for
 from step_holds import HOOK
+from wan_dist.config import GroupSpec
+from wan_dist.serve.autoscale import RendererAutoscaling
+from wan_dist.serve.settings import AuthSettings, JobSettings, LimitSettings, RendererSettings, ServeSettings
 from wan_dist.serve.stores import open_store
-from wan_dist.serve.service import ServeSettings
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +34,13 @@ def app(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("autoscale")
     # the object-store backend (JSON objects in a folder): the API, both renderers and Serve's controller all
     # write or read it from their own processes (compare-and-swap writes)
+    scaling = RendererAutoscaling(min_replicas=0, max_replicas=2, jobs_per_replica=1, upscale_delay_s=0,
+                                  downscale_delay_s=2, refresh_s=0.2)
     settings = ServeSettings(models=("tiny",), store=(root / "store").as_uri(), output=str(root / "out"),
-                             api_keys=("k1",), rate_per_s=1000.0, burst=1000, lease_s=30.0, cpus_per_rank=0.5,
-                             renderer_autoscaling={"min_replicas": 0, "max_replicas": 2, "jobs_per_replica": 1,
-                                                   "upscale_delay_s": 0, "downscale_delay_s": 2, "refresh_s": 0.2},
-                             step_hook=HOOK)
+                             auth=AuthSettings(api_keys=("k1",)), limits=LimitSettings(rate_per_s=1000.0, burst=1000),
+                             jobs=JobSettings(lease_s=30.0),
+                             renderer=RendererSettings(autoscaling=scaling,
+                                                       group=GroupSpec(cpus_per_rank=0.5, step_hook=HOOK)))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -82,7 +86,8 @@ def test_a_stopped_renderer_hands_its_running_job_back_at_once(ray_local, tmp_pa
     from wan_dist.serve.schemas import validate_job_request
 
     settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
-                             lease_s=600.0, cpus_per_rank=0.5, step_hook=HOOK)
+                             jobs=JobSettings(lease_s=600.0),
+                             renderer=RendererSettings(group=GroupSpec(cpus_per_rank=0.5, step_hook=HOOK)))
     with open_store(settings.store) as store:
         body = {**JOB, "prompt": holds.plan("hand back: a fox whose renderer stops", 2), "seed": 3}
         request = validate_job_request(body, variant="tiny").record()

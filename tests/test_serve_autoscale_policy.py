@@ -8,7 +8,6 @@ import pytest
 from wan_dist.serve.autoscale import POLICY, QueueLengthPolicy, RendererAutoscaling, desired_replicas
 from wan_dist.serve.batches import batch_queue
 from wan_dist.serve.jobs import Job
-from wan_dist.serve.service import ServeSettings
 from wan_dist.serve.stores import open_store
 
 
@@ -91,23 +90,3 @@ def test_serves_own_wrapper_applies_the_bounds_and_scales_from_zero(tmp_path):
             store.request_cancel(job.id)
     assert policy(context(3, config=config))[0] == 1  # the queue emptied: Serve steps down to 1, then to 0
     assert policy(context(1, config=config))[0] == 0
-
-
-def test_settings_validate_the_autoscaling_block():
-    settings = ServeSettings(renderer_autoscaling={"min_replicas": 0, "max_replicas": 4})
-    assert settings.autoscaling == RendererAutoscaling(min_replicas=0, max_replicas=4)
-    assert ServeSettings().autoscaling is None
-    for bad, field in (({"max_replicas": 0}, "max_replicas"), ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
-                       ({"jobs_per_replica": 0}, "jobs_per_replica"), ({"downscale_delay_s": -1}, "downscale_delay_s"),
-                       ({"replicas": 2}, "unknown field")):
-        with pytest.raises(ValueError, match=f"serve.renderer_autoscaling: .*{field}"):
-            ServeSettings(renderer_autoscaling=bad)
-
-
-def test_settings_check_the_render_group_layout_at_start():
-    assert ServeSettings(parallel={"ulysses": 2}).parallel_config.world_size == 2
-    # disaggregated stages report progress, stop between steps and send previews like the other layouts
-    assert ServeSettings(parallel={"ulysses": 2, "placement": "disaggregated"}).parallel_config.placement == \
-        "disaggregated"
-    with pytest.raises(ValueError, match="serve.parallel: .*unknown field"):
-        ServeSettings(parallel={"rings": 2})

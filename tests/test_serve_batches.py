@@ -18,8 +18,10 @@ import pytest
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
 from step_holds import HOOK
 from wan_dist.batch.manifest import write_manifest
+from wan_dist.config import GroupSpec
 from wan_dist.serve.jobs import ACTIVE_STATUSES
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import (AuthSettings, BatchSettings, JobSettings, LimitSettings, RendererSettings,
+                                     ServeSettings, WebhookSettings)
 from wan_dist.serve.stores import open_store
 from wan_dist.serve.webhooks import generate_secret
 
@@ -45,10 +47,13 @@ def app(ray_local, s3, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve-batches")
-    settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=s3.uri("serve"),
-                             api_keys=KEYS, rate_per_s=1000.0, burst=1000, allow_private_urls=True, poll_after_ms=100,
-                             env=s3.env, lease_s=3.0, interactive_per_batch_row=1, batch_results_flush_rows=1,
-                             webhook_secret=SECRET, webhook_base_delay_s=0.05, step_hook=HOOK)
+    settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=s3.uri("serve"), env=s3.env,
+                             allow_private_urls=True, auth=AuthSettings(api_keys=KEYS),
+                             limits=LimitSettings(rate_per_s=1000.0, burst=1000),
+                             jobs=JobSettings(poll_after_ms=100, lease_s=3.0),
+                             batches=BatchSettings(interactive_per_row=1, results_flush_rows=1),
+                             webhooks=WebhookSettings(secret=SECRET, base_delay_s=0.05),
+                             renderer=RendererSettings(group=GroupSpec(step_hook=HOOK)))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     served = ServeApp(port)
@@ -195,7 +200,7 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
     manifest = str(tmp_path / "m.parquet")
     write_manifest(rows, manifest)
     reference = str(tmp_path / "reference")
-    summary = run_batch(BatchConfig(manifest=manifest, groups=1, cpus_per_rank=1), OutputConfig(uri=reference))
+    summary = run_batch(BatchConfig(manifest=manifest, groups=1), OutputConfig(uri=reference))
     assert (summary["completed"], summary["failed"]) == (8, 2)
 
     http_rows = results(api, body["id"])

@@ -23,9 +23,9 @@ def test_wan_dist_serve_renders_a_job_and_stops_on_sigterm(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WAN_DIST_API_KEYS": "k-env"})
     process = subprocess.Popen(
-        [sys.executable, "-m", "wan_dist.cli.main", "serve", f"serve.port={port}", "serve.app.api_keys=[k-conf]",
+        [sys.executable, "-m", "wan_dist.cli.main", "serve", f"serve.port={port}", "serve.app.auth.api_keys=[k-conf]",
          f"serve.app.store=sqlite:///{tmp_path / 'jobs.db'}", f"serve.app.output={tmp_path / 'out'}",
-         "serve.app.cpus_per_rank=0.5", "serve.app.preview_every_s=0"],
+         "serve.app.renderer.group.cpus_per_rank=0.5", "serve.app.previews.every_s=0"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     base = f"http://127.0.0.1:{port}"

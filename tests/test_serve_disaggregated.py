@@ -12,8 +12,10 @@ import pytest
 from serve_fixtures import ServeApp, free_port, wait_for
 from step_holds import HOOK
 from test_serve_api import assert_clip, create, get, wait_status
+from wan_dist.config import GroupSpec, ParallelConfig
 from wan_dist.serve.jobs import ACTIVE_STATUSES
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import (AuthSettings, JobSettings, LimitSettings, PreviewSettings, RendererSettings,
+                                     ServeSettings)
 from wan_dist.serve.stores import open_store
 
 pytestmark = pytest.mark.slow
@@ -39,10 +41,13 @@ def serve_app(ray_local, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve-disaggregated")
+    group = GroupSpec(parallel=ParallelConfig(ulysses=2, placement="disaggregated"), cpus_per_rank=0.5,
+                      step_hook=HOOK)
     settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"),
-                             api_keys=("k1",), rate_per_s=1000.0, burst=1000, allow_private_urls=True,
-                             poll_after_ms=100, lease_s=30.0, preview_every_s=0.2, step_hook=HOOK,
-                             parallel={"ulysses": 2, "placement": "disaggregated"}, cpus_per_rank=0.5)
+                             allow_private_urls=True, auth=AuthSettings(api_keys=("k1",)),
+                             limits=LimitSettings(rate_per_s=1000.0, burst=1000),
+                             jobs=JobSettings(poll_after_ms=100, lease_s=30.0), previews=PreviewSettings(every_s=0.2),
+                             renderer=RendererSettings(group=group))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = ServeApp(port)

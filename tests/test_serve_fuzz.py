@@ -24,15 +24,17 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 
 from wan_dist.serve.app import ServeState, create_app
 from wan_dist.serve.jobs import Job, JobStatus
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import AuthSettings, LimitSettings, ServeSettings, WebhookSettings
 
 KEY, OTHER_KEY = "sk-fuzz", "sk-other"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # store and output are per-test (the fixture below); the app reads only models/layout/poll settings itself
 SETTINGS = ServeSettings(models=("tiny",), store="sqlite:///unused.db", output="unused",
-                         api_keys=(KEY, OTHER_KEY), rate_per_s=1e6, burst=10**6, max_active_per_key=10**6,
-                         max_queue_per_model=10**6, webhook_secret="whsec_" + "A" * 43 + "=")
+                         auth=AuthSettings(api_keys=(KEY, OTHER_KEY)),
+                         limits=LimitSettings(rate_per_s=1e6, burst=10**6, max_active_per_key=10**6,
+                                              max_queue_per_model=10**6),
+                         webhooks=WebhookSettings(secret="whsec_" + "A" * 43 + "="))
 STATE: dict[str, ServeState] = {}
 SEEDED: dict[str, list[str]] = {"all": [], "terminal": []}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import AuthSettings, LimitSettings, ServeSettings
 
 KEYS = ("k1", "k2")
 BODY = {"prompt": "a fox in the snow", "num_frames": 5, "num_inference_steps": 2, "size": "64x64"}
@@ -20,8 +20,9 @@ def app(tmp_path):
     from wan_dist.serve.app import ServeState, create_app
 
     settings = ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
-                             api_keys=KEYS, rate_per_s=1000.0, burst=1000, max_active_per_key=3,
-                             max_queue_per_model=5)
+                             auth=AuthSettings(api_keys=KEYS),
+                             limits=LimitSettings(rate_per_s=1000.0, burst=1000, max_active_per_key=3,
+                                                  max_queue_per_model=5))
     state = ServeState(settings, notify=False)
     clients = {key: TestClient(create_app(settings, state=lambda: state), headers={"Authorization": f"Bearer {key}"})
                for key in KEYS}

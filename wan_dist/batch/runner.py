@@ -40,7 +40,7 @@ from wan_dist.batch.manifest import ManifestRow, read_manifest
 from wan_dist.batch.progress import Progress
 from wan_dist.batch.results import ResultsWriter, write_summary
 from wan_dist.batch.sizing import group_count
-from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig
+from wan_dist.config import BatchConfig, OutputConfig
 from wan_dist.engine.clips import SIDECAR_NAME
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
 from wan_dist.engine.rank_calls import Generate
@@ -101,9 +101,9 @@ class _Slot:
 
 
 class BatchRunner:
-    """Runs ``config.manifest`` into ``output.uri`` with render groups of layout ``parallel``."""
+    """Runs ``config.manifest`` into ``output.uri`` with render groups laid out and placed as ``config.group``."""
 
-    def __init__(self, config: BatchConfig, output: OutputConfig, parallel: ParallelConfig | None = None, *,
+    def __init__(self, config: BatchConfig, output: OutputConfig, *,
                  storage_options: dict | None = None, install_signal_handlers: bool = False,
                  shared: SharedGroup | None = None, on_tick=None):
         if shared is not None:
@@ -112,7 +112,7 @@ class BatchRunner:
         self.shared = shared
         self.on_tick = on_tick  # called with the runner on every turn of the loop (lease renewal, cancel checks)
         self.output = output
-        self.parallel = parallel or ParallelConfig()
+        self.group = config.group  # use_gpus decided for the cluster when the groups start
         self.storage_options = storage_options
         self.run_id = config.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.stop_requested = threading.Event()
@@ -126,7 +126,6 @@ class BatchRunner:
         self.failed_rows: list[dict[str, Any]] = []  # the first 20 (id, error, column), for the summary
         self._first_submit: float | None = None
         self._last_publish: float | None = None
-        self.use_gpus = False
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="group-start")
 
     # -- entry --------------------------------------------------------------------------------
@@ -160,11 +159,10 @@ class BatchRunner:
                 slots.append(_Slot(0, model=shared.model, group=shared.group, record=shared.record))
                 self._loop(slots)
             elif todo:
-                count, use_gpus = group_count(cfg, self.parallel, ray.cluster_resources())
-                self.use_gpus = use_gpus
+                count, self.group = group_count(cfg, ray.cluster_resources())
                 slots.extend(_Slot(i) for i in range(min(count, len(todo))))
-                log.info("starting %d render group(s) of %d rank(s) on %s", len(slots), self.parallel.world_size,
-                         "GPUs" if use_gpus else "CPUs")
+                log.info("starting %d render group(s) of %d rank(s) on %s", len(slots), self.group.world_size,
+                         "GPUs" if self.group.use_gpus else "CPUs")
                 self._loop(slots)
         finally:
             for slot in slots:
@@ -279,10 +277,7 @@ class BatchRunner:
 
     def _start(self, slot: _Slot, model: str) -> None:
         cfg = self.config
-        group = RenderGroup(GroupConfig(source=cfg.sources.get(model, model), parallel=self.parallel,
-                                        use_gpus=self.use_gpus, cpus_per_rank=cfg.cpus_per_rank, dtype=cfg.dtype,
-                                        layout=cfg.layout, threads_per_rank=cfg.threads_per_rank,
-                                        step_hook=cfg.step_hook))
+        group = RenderGroup(GroupConfig.from_spec(self.group, source=cfg.sources.get(model, model), layout=cfg.layout))
         slot.model, slot.group = model, None
 
         def start():
@@ -488,7 +483,7 @@ class BatchRunner:
         return {"run_id": self.run_id, "manifest": self.config.manifest, "output": self.output.uri,
                 "rows": self.progress.total, **counts,
                 "stopped": self.stop_requested.is_set(), "groups": len(slots),
-                "group_size": self.parallel.world_size, "parallel": dataclasses.asdict(self.parallel),
+                "group_size": self.group.world_size, "parallel": dataclasses.asdict(self.group.parallel),
                 "wall_s": time.time() - started, "render_s": self.busy_s,
                 # per group: rendering time / (first request submitted .. last one rendered); 1.0 = never idle
                 "group_busy_share": (self.busy_s / render_span) if render_span else None,
@@ -497,6 +492,6 @@ class BatchRunner:
                 "failed_rows": list(self.failed_rows)}
 
 
-def run_batch(config: BatchConfig, output: OutputConfig, parallel: ParallelConfig | None = None, **kwargs):
+def run_batch(config: BatchConfig, output: OutputConfig, **kwargs):
     """Run a manifest to the end (or until SIGTERM); returns the run summary."""
-    return BatchRunner(config, output, parallel, **kwargs).run()
+    return BatchRunner(config, output, **kwargs).run()

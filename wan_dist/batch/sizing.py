@@ -6,21 +6,23 @@ groups; a dead GPU stops one group only), each with the planner's layout for one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
-from wan_dist.config import BatchConfig, ParallelConfig
+from wan_dist.config import BatchConfig, GroupSpec, ParallelConfig
 
 __all__ = ["group_count", "planned_layout"]
 
 
-def group_count(config: BatchConfig, parallel: ParallelConfig, resources: dict[str, float]) -> tuple[int, bool]:
-    """(number of groups, on GPUs?) for the cluster's ``resources``: as many groups as fit, at least one."""
-    use_gpus = config.use_gpus if config.use_gpus is not None else resources.get("GPU", 0) >= 1
+def group_count(config: BatchConfig, resources: Mapping[str, float]) -> tuple[int, GroupSpec]:
+    """(number of groups, ``config.group`` with use_gpus decided) for the cluster's ``resources``: as many
+    groups as fit, at least one."""
+    group = config.group.for_cluster(resources)
     if config.groups is not None:
-        return config.groups, use_gpus
-    if use_gpus:
-        return max(1, int(resources.get("GPU", 0) // parallel.world_size)), True
-    return max(1, int(resources.get("CPU", 1) // (parallel.world_size * config.cpus_per_rank))), False
+        return config.groups, group
+    if group.use_gpus:
+        return max(1, int(resources.get("GPU", 0) // group.world_size)), group
+    return max(1, int(resources.get("CPU", 1) // (group.world_size * group.cpus_per_rank))), group
 
 
 def planned_layout(model: str, *, gpus: int, gpu_memory_gb: float, resolution: str = "720p",

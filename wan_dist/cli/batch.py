@@ -19,15 +19,15 @@ from dataclasses import replace
 from omegaconf import DictConfig, OmegaConf
 
 from wan_dist.cli.compose import init_ray, run_hydra
-from wan_dist.config import BatchConfig, OutputConfig, ParallelConfig, from_dict
+from wan_dist.config import BatchConfig, GroupSpec, OutputConfig, ParallelConfig, from_dict
 
 log = logging.getLogger("wan_dist")
 
 
-def _layout(cfg: DictConfig, batch: BatchConfig) -> tuple[ParallelConfig, BatchConfig]:
-    parallel = from_dict(ParallelConfig, OmegaConf.to_container(cfg.parallel, resolve=True))
+def _planned(cfg: DictConfig, batch: BatchConfig) -> BatchConfig:
+    """``batch`` with the planner's group layout and count when ``plan.enabled``."""
     if not cfg.plan.enabled:
-        return parallel, batch
+        return batch
     import ray
 
     from wan_dist.batch.sizing import planned_layout
@@ -40,20 +40,25 @@ def _layout(cfg: DictConfig, batch: BatchConfig) -> tuple[ParallelConfig, BatchC
                                               resolution=cfg.plan.resolution, frames=cfg.plan.frames,
                                               objective=cfg.plan.objective)
     log.info("planner: %d group(s) per %d-GPU node\n%s", per_node, gpus, text)
-    return parallel, replace(batch, groups=batch.groups or per_node * len(nodes))
+    return replace(batch, group=replace(batch.group, parallel=parallel), groups=batch.groups or per_node * len(nodes))
 
 
 def _configs(cfg: DictConfig) -> tuple[BatchConfig, OutputConfig]:
-    """The run's configs, with relative local paths resolved (wan_dist/cli/paths.py); ValueError names a field."""
+    """The run's configs, with relative local paths resolved (wan_dist/cli/paths.py); ValueError names a field.
+    The group layout is the top-level ``parallel`` (spelled as for ``wan-dist render``); the rest of the group's
+    placement is ``batch.group``."""
     from wan_dist.cli.paths import ray_job, resolve_input, resolve_output
 
     job, cwd = ray_job(os.environ), os.getcwd()
     output = from_dict(OutputConfig, OmegaConf.to_container(cfg.output, resolve=True))
     output = replace(output, uri=resolve_output("output", output.uri, cwd=cwd, job=job))
     manifest = resolve_input("manifest", str(cfg.manifest), cwd=cwd, job=job)
+    parallel = from_dict(ParallelConfig, OmegaConf.to_container(cfg.parallel, resolve=True), path="parallel")
     settings = OmegaConf.to_container(cfg.batch, resolve=True)
-    batch = from_dict(BatchConfig, {**settings, "manifest": manifest, "default_model": cfg.default_model,
-                                    "layout": cfg.layout, "sources": dict(cfg.sources or {})})
+    group = from_dict(GroupSpec, {**(settings.pop("group", None) or {}), "parallel": parallel}, path="batch.group")
+    batch = from_dict(BatchConfig, {**settings, "group": group, "manifest": manifest,
+                                    "default_model": cfg.default_model, "layout": cfg.layout,
+                                    "sources": dict(cfg.sources or {})})
     return batch, output
 
 
@@ -88,8 +93,8 @@ def batch_main(cfg: DictConfig) -> None:
         raise SystemExit(f"wan-dist batch: {error}") from None
     init_ray(cfg.ray)
     try:
-        parallel, batch = _layout(cfg, batch)
-        summary = run_batch(batch, output, parallel, install_signal_handlers=True)
+        batch = _planned(cfg, batch)
+        summary = run_batch(batch, output, install_signal_handlers=True)
     finally:
         ray.shutdown()
     _report(summary, output)

@@ -1,7 +1,7 @@
 """``wan-dist serve [overrides]``: start the HTTP API on Ray Serve and block (Ctrl-C stops it).
 
 Joins the cluster named by ``RAY_ADDRESS`` or starts a local Ray. ``serve.host`` defaults to
-127.0.0.1; ``serve.app`` holds the ServeSettings fields (conf/serve.yaml).
+127.0.0.1; ``serve.app`` holds the ServeSettings fields, each concern in its block (conf/serve.yaml).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ def serve_main(cfg: DictConfig) -> None:
     from ray import serve
 
     from wan_dist.serve.deploy import application
-    from wan_dist.serve.service import settings_from_dict
+    from wan_dist.serve.settings import settings_from_dict
 
-    settings = settings_from_dict(OmegaConf.to_container(cfg.serve.app, resolve=True))
+    try:
+        settings = settings_from_dict(OmegaConf.to_container(cfg.serve.app, resolve=True))
+    except ValueError as error:  # names the field by its path: serve.webhooks.max_attempts: must be >= 1
+        raise SystemExit(f"wan-dist serve: {error}") from None
     if settings.store.startswith("sqlite:///") and not settings.store.startswith("sqlite:////"):
         os.makedirs(os.path.dirname(settings.store[len("sqlite:///"):]) or ".", exist_ok=True)
     ray.init(address=os.environ.get("RAY_ADDRESS", "local"))

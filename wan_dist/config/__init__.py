@@ -8,6 +8,9 @@ its own sub-config, never the root.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +21,7 @@ __all__ = [
     "SamplingConfig",
     "ParallelConfig",
     "OutputConfig",
+    "GroupSpec",
     "BatchConfig",
     "from_dict",
 ]
@@ -206,9 +210,56 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BatchConfig:
-    """How a batch job runs a manifest (the rendering itself is configured by ParallelConfig / OutputConfig).
+class GroupSpec:
+    """How the render groups of a front door are laid out and placed: ``batch.group`` of a batch run,
+    ``serve.app.renderer.group`` of each renderer replica. The engine's ``GroupConfig`` is a GroupSpec plus
+    what one group loads (its checkpoint source, ...).
 
+    ``parallel``: the layout of one group (its degrees multiply to the number of ranks). Each rank gets a
+    placement-group bundle of ``cpus_per_rank`` CPUs and, with ``use_gpus``, one GPU (None: GPUs when the
+    cluster has them, see :meth:`for_cluster`). ``threads_per_rank``: torch threads of each rank process.
+    ``dtype``: "auto" (float32 on CPU, bfloat16 on GPU) or a dtype name. ``step_hook``:
+    ``"package.module:name"`` of a step-control factory run for every render (wan_dist.engine.control), "" none.
+    """
+
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    use_gpus: bool | None = None
+    cpus_per_rank: float = 1.0
+    threads_per_rank: int = 1
+    dtype: str = "auto"
+    step_hook: str = ""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _require(isinstance(self.parallel, ParallelConfig), name, "parallel",
+                 f"must be a ParallelConfig, got {type(self.parallel).__name__}")
+        _require(self.use_gpus in (None, True, False), name, "use_gpus",
+                 f"must be true, false or null, got {self.use_gpus!r}")
+        _require(self.cpus_per_rank > 0, name, "cpus_per_rank", f"must be > 0, got {self.cpus_per_rank}")
+        _require(int(self.threads_per_rank) >= 1, name, "threads_per_rank",
+                 f"must be >= 1, got {self.threads_per_rank}")
+
+    @property
+    def world_size(self) -> int:
+        return self.parallel.world_size
+
+    def for_cluster(self, resources: Mapping[str, float]):
+        """This spec with ``use_gpus`` decided for a cluster of ``resources`` (``ray.cluster_resources()``):
+        an explicit value is kept; None becomes "the cluster has a GPU"."""
+        if self.use_gpus is not None:
+            return self
+        return dataclasses.replace(self, use_gpus=resources.get("GPU", 0) >= 1)
+
+    def rank_bundle(self) -> dict[str, float]:
+        """The placement-group bundle of one rank."""
+        return {"CPU": self.cpus_per_rank, **({"GPU": 1} if self.use_gpus else {})}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchConfig:
+    """How a batch job runs a manifest (clips are written as OutputConfig says).
+
+    ``group``: the layout and placement of every render group (GroupSpec).
     ``groups``: render groups to start (None: as many as the cluster's GPUs, or CPUs, hold).
     ``queue_depth``: requests queued on each group, so the next one starts the moment the current one ends.
     ``publishers``: clips encoded and uploaded at once, outside the groups, while they render on.
@@ -223,11 +274,8 @@ class BatchConfig:
     default_model: str = "tiny"
     sources: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> checkpoint source
     layout: str = "diffusers"
+    group: GroupSpec = dataclasses.field(default_factory=GroupSpec)
     groups: int | None = None
-    use_gpus: bool | None = None  # None: when the cluster has GPUs
-    cpus_per_rank: float = 1.0
-    threads_per_rank: int = 1
-    dtype: str = "auto"
     queue_depth: int = 2
     publishers: int = 2
     publish_cpus: float = 0.0
@@ -240,7 +288,6 @@ class BatchConfig:
     progress_interval_s: float = 10.0
     group_ready_timeout_s: float = 600.0
     run_id: str | None = None
-    step_hook: str = ""  # "package.module:name": a step control for every render (wan_dist.engine.control)
     fail_on_row_errors: bool = True
 
     def __post_init__(self) -> None:
@@ -248,20 +295,64 @@ class BatchConfig:
         _require(isinstance(self.fail_on_row_errors, bool), name, "fail_on_row_errors",
                  f"must be true or false, got {self.fail_on_row_errors!r}")
         _require(bool(self.manifest), name, "manifest", "must name a Parquet file (path or URL)")
+        _require(isinstance(self.group, GroupSpec), name, "group",
+                 f"must be a GroupSpec, got {type(self.group).__name__}")
         _require(self.groups is None or self.groups >= 1, name, "groups", f"must be >= 1, got {self.groups}")
-        for f in ("queue_depth", "publishers", "max_attempts", "results_flush_rows", "threads_per_rank"):
+        for f in ("queue_depth", "publishers", "max_attempts", "results_flush_rows"):
             _require(int(getattr(self, f)) >= 1, name, f, f"must be >= 1, got {getattr(self, f)}")
         for f in ("retry_backoff_s", "publish_cpus", "results_flush_s", "progress_interval_s"):
             _require(float(getattr(self, f)) >= 0, name, f, f"must be >= 0, got {getattr(self, f)}")
-        _require(self.cpus_per_rank > 0, name, "cpus_per_rank", f"must be > 0, got {self.cpus_per_rank}")
 
 
-def from_dict(cls: type, data: dict[str, Any] | None):
-    """Build dataclass ``cls`` from a plain dict, naming unknown fields in the error."""
+def from_dict(cls: type, data: Mapping[str, Any] | None, *, path: str | None = None):
+    """Build dataclass ``cls`` from plain data (Hydra, YAML, JSON), naming unknown fields in the error.
+
+    A mapping given for a field typed with a config dataclass (``GroupSpec``, ``ParallelConfig | None``, ...)
+    becomes that dataclass, recursively; a list given for a tuple field becomes a tuple. With ``path`` (the
+    name of ``cls``'s block, e.g. ``"serve"``), a ValueError names the bad field by its full dotted path:
+    ``serve.webhooks.max_attempts: must be >= 1, got 0``.
+    """
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
-    return cls(**data)
+        raise ValueError(f"{path or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        config_type = _config_type(hints[name])
+        if config_type is not None and isinstance(value, Mapping):
+            data[name] = from_dict(config_type, value, path=f"{path or cls.__name__}.{name}")
+        elif isinstance(value, list) and _is_tuple(hints[name]):
+            data[name] = tuple(value)
+    try:
+        return cls(**data)
+    except ValueError as error:
+        if path is None:
+            raise
+        raise ValueError(_at_path(str(error), path, cls, names)) from None
 
+
+def _at_path(message: str, path: str, cls: type, names: set[str]) -> str:
+    """``Owner.field: reason`` or ``field: reason`` as ``{path}.field: reason``; other messages as ``{path}: ...``."""
+    if message.startswith(f"{path}.") or message.startswith(f"{path}:"):
+        return message  # named by its path already (a nested block of cls)
+    rest = message.removeprefix(f"{cls.__name__}.")
+    head = rest.split(":", 1)[0]
+    return f"{path}.{rest}" if head.split(".")[0] in names else f"{path}: {rest}"
+
+
+def _config_type(hint: Any) -> type | None:
+    """The config dataclass a field is typed with (alone or ``| None``), else None."""
+    found = [t for t in _members(hint) if isinstance(t, type) and dataclasses.is_dataclass(t)]
+    return found[0] if len(found) == 1 else None
+
+
+def _is_tuple(hint: Any) -> bool:
+    return any(t is tuple or typing.get_origin(t) is tuple for t in _members(hint))
+
+
+def _members(hint: Any) -> tuple:
+    """The types of a union hint (``A | B``, ``Optional[A]``), or the hint alone."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return (hint,)

@@ -14,13 +14,14 @@ denoising step on the result rank and can stop every rank between two steps: ``w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from wan_dist.config import OutputConfig, ParallelConfig
+from wan_dist.config import GroupSpec, OutputConfig
 from wan_dist.engine.control import StopRender
 from wan_dist.engine.rank_calls import ModelRecord, RankCall, Render
 from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
@@ -76,24 +77,19 @@ class GroupCall:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GroupConfig:
-    """What a render group loads and how it is placed."""
+class GroupConfig(GroupSpec):
+    """What a render group loads, on top of how it is laid out and placed (its GroupSpec fields: parallel,
+    use_gpus, cpus_per_rank, threads_per_rank, dtype, step_hook; see wan_dist.config.GroupSpec).
+    ``use_gpus=None`` is decided when the group starts: GPUs when the cluster has them."""
 
     source: str
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    use_gpus: bool = False
-    cpus_per_rank: float = 1.0
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
     layout: str = "diffusers"  # layout an embedded preset is written in
-    threads_per_rank: int = 1
     collective_timeout_s: float = 120.0
     # disaggregated placement: the stage leaders' hand-off waits for the other stage to finish its
     # previous request (denoise, decode, publish), so this must exceed one stage's time per request;
     # it has its own process group, so collective_timeout_s can stay short
     handoff_timeout_s: float = 1800.0
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the rank processes
-    # "package.module:name" of a step-control factory run for every request (engine.control: step hooks); "" none
-    step_hook: str = ""
     # Place the ranks in the caller's placement group (rank i in bundle bundle_offset + i) instead of
     # creating one, when the caller runs in one: a Ray Serve replica sits in bundle 0 of its
     # placement_group_bundles and owns its render group this way. That group is not ours: shutdown()
@@ -102,19 +98,18 @@ class GroupConfig:
     bundle_offset: int = 1
 
     def __post_init__(self) -> None:
-        if self.cpus_per_rank <= 0:
-            raise ValueError(f"cpus_per_rank: must be > 0, got {self.cpus_per_rank}")
-        if self.threads_per_rank < 1:
-            raise ValueError(f"threads_per_rank: must be >= 1, got {self.threads_per_rank}")
+        super().__post_init__()
         if self.bundle_offset < 0:
-            raise ValueError(f"bundle_offset: must be >= 0, got {self.bundle_offset}")
+            raise ValueError(f"GroupConfig.bundle_offset: must be >= 0, got {self.bundle_offset}")
         for name in ("collective_timeout_s", "handoff_timeout_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"GroupConfig.{name}: must be > 0, got {getattr(self, name)}")
 
-    @property
-    def world_size(self) -> int:
-        return self.parallel.world_size
+    @classmethod
+    def from_spec(cls, spec: GroupSpec, *, source: str, **fields: Any) -> "GroupConfig":
+        """The GroupConfig of a group laid out and placed as ``spec`` that loads ``source``."""
+        placed = {f.name: getattr(spec, f.name) for f in dataclasses.fields(GroupSpec)}
+        return cls(**placed, source=source, **fields)
 
 
 class RankWorker:
@@ -244,6 +239,8 @@ class RenderGroup:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        if self.config.use_gpus is None:  # GPUs when the cluster has them (GroupSpec.for_cluster)
+            self.config = self.config.for_cluster(ray.cluster_resources())
         config = self.config
         if config.source in EMBEDDED_PRESETS:  # written once here, not raced by every rank (local Ray only)
             with _RESOLVE_LOCK:
@@ -288,8 +285,7 @@ class RenderGroup:
             # the caller runs in it, so it is ready already
             self.placement_group, self._owns_placement_group, self._bundle_offset = current, False, config.bundle_offset
             return
-        bundle = {"CPU": config.cpus_per_rank, **({"GPU": 1} if config.use_gpus else {})}
-        self.placement_group = placement_group([dict(bundle) for _ in range(config.world_size)],
+        self.placement_group = placement_group([config.rank_bundle() for _ in range(config.world_size)],
                                                strategy="STRICT_PACK")
         self._owns_placement_group, self._bundle_offset = True, 0
         ray.get(self.placement_group.ready(), timeout=ready_timeout_s)

@@ -34,7 +34,7 @@ POLICY = "wan_dist.serve.autoscale:QueueLengthPolicy"
 
 @dataclass(frozen=True, kw_only=True)
 class RendererAutoscaling:
-    """``serve.renderer_autoscaling`` (conf/serve.yaml): bounds and pace of a model's renderer replicas."""
+    """``serve.app.renderer.autoscaling`` (conf/serve.yaml): bounds and pace of a model's renderer replicas."""
 
     min_replicas: int = 0
     max_replicas: int = 1

@@ -214,7 +214,7 @@ class FairGate:
 
     def __init__(self, interactive_per_batch_row: int = 2, *, clock=time.monotonic):
         if interactive_per_batch_row < 1:
-            raise ValueError(f"serve.interactive_per_batch_row: must be >= 1, got {interactive_per_batch_row}")
+            raise ValueError(f"serve.batches.interactive_per_row: must be >= 1, got {interactive_per_batch_row}")
         self.burst = interactive_per_batch_row
         self._cond = threading.Condition()
         self._holder: str | None = None
@@ -280,7 +280,8 @@ class BatchWorker:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                job = self.store.claim(batch_queue(self.variant), worker=self.worker_id, lease_s=self.settings.lease_s)
+                job = self.store.claim(batch_queue(self.variant), worker=self.worker_id,
+                                       lease_s=self.settings.jobs.lease_s)
             except Exception:  # noqa: BLE001 - a broken store must not end the loop
                 log.exception("%s: claiming a batch failed", self.worker_id)
                 job = None
@@ -299,9 +300,10 @@ class BatchWorker:
         s = self.settings
         output = batch_output(job, s.output)
         config = BatchConfig(manifest=job.request["manifest_uri"], default_model=self.variant, sources=dict(s.sources),
-                             layout=s.layout, max_attempts=s.max_attempts, retry_backoff_s=s.batch_retry_backoff_s,
-                             presign_expires_s=s.presign_expires_s, results_flush_rows=s.batch_results_flush_rows,
-                             results_flush_s=5.0, progress_interval_s=30.0, run_id=f"{job.id}-{job.attempts}")
+                             layout=s.layout, group=s.renderer.group, max_attempts=s.jobs.max_attempts,
+                             retry_backoff_s=s.batches.retry_backoff_s, presign_expires_s=s.jobs.presign_expires_s,
+                             results_flush_rows=s.batches.results_flush_rows, results_flush_s=5.0,
+                             progress_interval_s=30.0, run_id=f"{job.id}-{job.attempts}")
         state = {"last": 0.0, "checked": 0.0, "lost": False}
 
         def tick(runner: BatchRunner) -> None:
@@ -312,7 +314,7 @@ class BatchWorker:
             if now - state["last"] >= self.report_every_s:  # renew the lease, publish the counts
                 state["last"] = now
                 try:
-                    current = self.store.renew(job.id, self.worker_id, s.lease_s)
+                    current = self.store.renew(job.id, self.worker_id, s.jobs.lease_s)
                 except LeaseLost:  # taken back (expired and requeued): stop here, the next owner resumes
                     state["lost"] = True
                     runner.stop_requested.set()

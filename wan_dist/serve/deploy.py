@@ -5,7 +5,7 @@ and taking that model's jobs and batches from the shared store.
 ``application(settings)`` builds it for ``serve.run``; ``wan_dist.serve.deploy:build_app`` is the entry of
 Serve config files and KubeRay RayService manifests (here, not beside the FastAPI app: the app knows nothing of
 Ray Serve). The store is the only channel between them, so
-any number of renderer replicas (``renderer_replicas``, or between the bounds of ``renderer_autoscaling`` by
+any number of renderer replicas (``renderer.replicas``, or between the bounds of ``renderer.autoscaling`` by
 the length of the model's queue: ``wan_dist.serve.autoscale``) pull from one queue, and a restart of either
 side loses nothing.
 """
@@ -18,8 +18,9 @@ from typing import Any
 
 from ray import serve
 
-from wan_dist.serve.app import ServeState, create_app
-from wan_dist.serve.service import ServeSettings, settings_from_dict
+from wan_dist.serve.app import create_app
+from wan_dist.serve.settings import ServeSettings, settings_from_dict, settings_to_dict
+from wan_dist.serve.state import ServeState
 
 __all__ = ["application", "build_app", "Renderer"]
 
@@ -70,7 +71,8 @@ class Renderer:
 
 
 def application(settings: ServeSettings):
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    settings = _placed(settings)
+    plain = settings_to_dict(settings)
 
     api = create_app(settings, state=lambda: _process_state(settings))
 
@@ -95,17 +97,17 @@ def application(settings: ServeSettings):
     env = {"env_vars": dict(settings.env)} if settings.env else None
     # One placement-group bundle per rank of the replica's render group; the replica itself (no resources)
     # sits in bundle 0 beside rank 0, and its ranks are placed in bundles 0..n-1 (renderer.group_config).
-    rank_bundle = {"CPU": settings.cpus_per_rank, **({"GPU": 1} if settings.device == "cuda" else {})}
-    bundles = [dict(rank_bundle) for _ in range(settings.parallel_config.world_size)]
+    group = settings.renderer.group
+    bundles = [group.rank_bundle() for _ in range(group.world_size)]
     options = {"num_cpus": 0, "num_gpus": 0, **({"runtime_env": env} if env else {})}
-    scaling = settings.autoscaling
+    scaling = settings.renderer.autoscaling
 
     def on_demand(model: str) -> bool:
         return scaling is not None and scaling.min_replicas == 0
 
     def replicas(model: str) -> dict:  # a fixed count, or bounds and a queue-length policy (serve/autoscale.py)
         if scaling is None:
-            return {"num_replicas": settings.renderer_replicas}
+            return {"num_replicas": settings.renderer.replicas}
         return {"autoscaling_config": scaling.serve_config(settings.store, model)}
 
     renderers = {model: Renderer.options(name=f"renderer-{model}", ray_actor_options=options,
@@ -118,5 +120,18 @@ def application(settings: ServeSettings):
 
 def build_app(args: dict[str, Any]):
     """Serve application for config files (`serve run` / `serve deploy`, KubeRay RayService):
-    ``import_path: wan_dist.serve.deploy:build_app`` with ``args`` = the fields of ServeSettings."""
+    ``import_path: wan_dist.serve.deploy:build_app`` with ``args`` = ServeSettings as plain data (its blocks
+    nested, as ``serve.app`` of conf/serve.yaml)."""
     return application(settings_from_dict(dict(args)))
+
+
+def _placed(settings: ServeSettings) -> ServeSettings:
+    """``settings`` with the renderer group's ``use_gpus`` decided for this cluster (None: GPUs when it has
+    them): the replicas' bundles are fixed when the application is built."""
+    group = settings.renderer.group
+    if group.use_gpus is not None:
+        return settings
+    import ray
+
+    placed = group.for_cluster(ray.cluster_resources())
+    return dataclasses.replace(settings, renderer=dataclasses.replace(settings.renderer, group=placed))

@@ -1,4 +1,4 @@
-"""The API's documented bodies: OpenAPI only (the routes of ``wan_dist.serve.app`` build their answers
+"""The API's documented bodies: OpenAPI only (the routes of ``wan_dist.serve.routes`` build their answers
 themselves, from ``serve.schemas`` and ``serve.batches``), and the ``responses=`` helper every route uses."""
 
 from __future__ import annotations

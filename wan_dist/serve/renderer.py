@@ -1,8 +1,8 @@
 """A renderer: one model on a render group this replica owns, fed with interactive jobs and batch rows.
 
-The group (``wan_dist.engine.group.RenderGroup``, layout ``serve.parallel``) sits in the replica's own
-placement group when Serve gave it one (``placement_group_bundles``: one bundle per rank), else in one of its
-own. Two threads feed it, taking turns through a :class:`~wan_dist.serve.batches.FairGate`:
+The group (``wan_dist.engine.group.RenderGroup``, laid out and placed as ``serve.renderer.group``) sits in the
+replica's own placement group when Serve gave it one (``placement_group_bundles``: one bundle per rank), else in
+one of its own. Two threads feed it, taking turns through a :class:`~wan_dist.serve.batches.FairGate`:
 
 * a :class:`~wan_dist.serve.worker.JobWorker` claims the oldest queued interactive job of the model and
   renders it on the group; the result rank runs :class:`StoreStepControl` after every denoising step
@@ -23,7 +23,7 @@ import threading
 from wan_dist.config import OutputConfig
 from wan_dist.serve.jobs import Job, LeaseLost
 from wan_dist.serve.schemas import render_request
-from wan_dist.serve.service import ServeSettings
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.stores import open_store
 from wan_dist.serve.worker import JobCancelled, JobWorker, StoreStepControl
 
@@ -36,10 +36,9 @@ def group_config(settings: ServeSettings, model: str):
     """The GroupConfig of a renderer replica of ``model``."""
     from wan_dist.engine.group import GroupConfig
 
-    return GroupConfig(source=settings.sources.get(model, model), parallel=settings.parallel_config,
-                       use_gpus=settings.device == "cuda", cpus_per_rank=settings.cpus_per_rank, dtype=settings.dtype,
-                       layout=settings.layout, env=dict(settings.env), reuse_placement_group=True, bundle_offset=0,
-                       step_hook=settings.step_hook)
+    return GroupConfig.from_spec(settings.renderer.group, source=settings.sources.get(model, model),
+                                 layout=settings.layout, env=dict(settings.env), reuse_placement_group=True,
+                                 bundle_offset=0)
 
 
 class RendererCore:
@@ -52,9 +51,9 @@ class RendererCore:
         self.group = None
         self.record: dict | None = None
         self.store = open_store(settings.store)
-        self.gate = FairGate(settings.interactive_per_batch_row)
+        self.gate = FairGate(settings.batches.interactive_per_row)
         self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s, gate=self.gate,
-                                lease_s=settings.lease_s if lease_s is None else lease_s)
+                                lease_s=settings.jobs.lease_s if lease_s is None else lease_s)
         self.batches = BatchWorker(self.store, model, settings=settings, shared_group=self.shared_group,
                                    worker_id=self.worker.worker_id + "-batch")
         self._rebuild_lock = threading.Lock()
@@ -126,8 +125,8 @@ class RendererCore:
         request = dataclasses.replace(render_request(job.request), name=job.id)
         s = self.settings
         control = StoreStepControl(job.id, s.store, self.worker.worker_id, self.worker.lease_s,
-                                   self.worker.progress_every_s, output=s.output, preview_every_s=s.preview_every_s,
-                                   preview_max_side=s.preview_max_side)
+                                   self.worker.progress_every_s, output=s.output, preview_every_s=s.previews.every_s,
+                                   preview_max_side=s.previews.max_side)
         group = self.group
         try:
             call = group.submit(Render(request, OutputConfig(uri=s.output), self.source, control))
@@ -144,7 +143,7 @@ class RendererCore:
             self.rebuild(group.generation)
             raise
         finally:
-            if s.preview_every_s > 0:
+            if s.previews.every_s > 0:
                 _discard_preview(s.output, job.id)
 
 

@@ -1,7 +1,7 @@
 """The API's rules, independent of HTTP framing and of Ray: who may create what, when a queue is full,
 and the webhook notifier that turns terminal jobs into signed deliveries.
 
-``ServeSettings`` is the typed config of ``wan-dist serve`` (conf/serve.yaml). ``JobService.create``
+The typed config is ``wan_dist.serve.settings.ServeSettings`` (conf/serve.yaml). ``JobService.create``
 persists an accepted job before the API answers. ``Notifier`` polls the store for jobs that reached a
 terminal state (or made progress, when asked) and delivers their events at least once: the delivery
 state lives on the job, so a restarted API resumes deliveries that were pending.
@@ -12,96 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
-from wan_dist.config import from_dict
 from wan_dist.serve.auth import RateLimiter
 from wan_dist.serve.jobs import ACTIVE_STATUSES, Job, JobStatus, JobStore, VersionConflict
 from wan_dist.serve.schemas import RequestError, ValidatedRequest, job_view, video_object
+from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.webhooks import WebhookDispatcher
 
-__all__ = ["ServeSettings", "JobService", "QueueFull", "Notifier", "API_VERSIONS"]
+__all__ = ["JobService", "QueueFull", "Notifier", "API_VERSIONS"]
 
 log = logging.getLogger("wan_dist.serve")
 API_VERSIONS = ("2.2",)  # Wan-Version header values this server answers; the first is the default
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeSettings:
-    models: tuple[str, ...] = ("tiny",)  # variants (presets) served, one renderer deployment each
-    sources: dict = field(default_factory=dict)  # variant -> checkpoint source (default: the name)
-    store: str = "sqlite:///outputs/serve/jobs.db"
-    output: str = "outputs/serve"  # clips land at {output}/{job id}/clip.mp4
-    api_keys: tuple[str, ...] = ()
-    allow_anonymous: bool = False
-    rate_per_s: float = 10.0
-    burst: int = 20
-    max_active_per_key: int = 100  # queued + in_progress jobs of one key
-    max_queue_per_model: int = 1000
-    default_deadline_s: float = 3600.0
-    max_attempts: int = 3
-    allow_private_urls: bool = False
-    poll_after_ms: int = 2000
-    presign_expires_s: int = 3600
-    layout: str = "diffusers"
-    device: str = "cpu"
-    dtype: str = "auto"
-    renderer_replicas: int = 1  # fixed count, unless renderer_autoscaling is set
-    # {} = a fixed renderer_replicas; else RendererAutoscaling fields (min/max_replicas, jobs_per_replica, delays):
-    # replicas follow the model's queue length (wan_dist.serve.autoscale)
-    renderer_autoscaling: dict = field(default_factory=dict)
-    # each renderer replica owns a render group of this layout (ParallelConfig fields; {} = one rank), one
-    # placement-group bundle per rank: cpus_per_rank CPUs, and one GPU when device is "cuda"
-    parallel: dict = field(default_factory=dict)
-    cpus_per_rank: float = 1.0
-    env: dict = field(default_factory=dict)  # environment of the API, renderer and rank processes (e.g. AWS_*)
-    interactive_per_batch_row: int = 2  # fair turns: at most this many interactive jobs while a batch row waits
-    batch_retry_backoff_s: float = 2.0
-    batch_results_flush_rows: int = 25
-    webhook_max_attempts: int = 8
-    webhook_base_delay_s: float = 1.0
-    webhook_secret: str | None = field(default=None, repr=False)  # whsec_...; None: $WAN_DIST_WEBHOOK_SECRET
-    preview_every_s: float = 2.0  # a preview frame of a rendering job at most this often (0: none); engine/preview.py
-    preview_max_side: int = 256
-    lease_s: float = 60.0  # a renderer's lease on its job (renewed while rendering): a dead one's job reruns after it
-    step_hook: str = ""  # "package.module:name": a step control for every render of the renderers (engine/control.py)
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("serve.models: name at least one model")
-        for name in ("rate_per_s", "default_deadline_s", "lease_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"serve.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("burst", "max_active_per_key", "max_queue_per_model", "max_attempts", "renderer_replicas",
-                     "interactive_per_batch_row", "batch_results_flush_rows"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.preview_every_s < 0 or self.preview_max_side < 16:
-            raise ValueError(f"serve.preview_every_s must be >= 0 and serve.preview_max_side >= 16, got "
-                             f"{self.preview_every_s} / {self.preview_max_side}")
-        if self.cpus_per_rank <= 0 or self.batch_retry_backoff_s < 0:
-            raise ValueError("serve.cpus_per_rank: must be > 0 and serve.batch_retry_backoff_s >= 0")
-        try:
-            self.parallel_config  # noqa: B018 - validated now
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"serve.parallel: {error}") from None
-        try:
-            self.autoscaling  # noqa: B018 - validated now
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"serve.renderer_autoscaling: {error}") from None
-
-    @property
-    def autoscaling(self):
-        """The RendererAutoscaling of ``renderer_autoscaling``, or None for a fixed replica count."""
-        from wan_dist.serve.autoscale import RendererAutoscaling
-
-        return from_dict(RendererAutoscaling, dict(self.renderer_autoscaling)) if self.renderer_autoscaling else None
-
-    @property
-    def parallel_config(self):
-        from wan_dist.config import ParallelConfig
-
-        return from_dict(ParallelConfig, dict(self.parallel))
 
 
 class QueueFull(RequestError):
@@ -114,26 +35,29 @@ class JobService:
     def __init__(self, settings: ServeSettings, store: JobStore):
         self.settings = settings
         self.store = store
-        self.limiter = RateLimiter(settings.rate_per_s, settings.burst)
+        self.limiter = RateLimiter(settings.limits.rate_per_s, settings.limits.burst)
 
     def check_rate(self, owner: str) -> None:
         wait = self.limiter.check(owner)
         if wait is not None:
-            raise QueueFull(f"rate limit of {self.settings.rate_per_s:g} requests/s exceeded", wait, "rate_limited")
+            raise QueueFull(f"rate limit of {self.settings.limits.rate_per_s:g} requests/s exceeded", wait,
+                            "rate_limited")
 
     def create(self, *, owner: str, variant: str, validated: ValidatedRequest, kind: str,
                idempotency_key: str | None, body_hash: str | None) -> tuple[Job, bool]:
         """Persist a queued job (before the API answers). Raises QueueFull past the model's queue bound or
         the key's active-job quota; an Idempotency-Key seen before returns the first job (created False)."""
-        s = self.settings
+        limits, jobs = self.settings.limits, self.settings.jobs
         if idempotency_key is None or self.store.find_by_key(owner, idempotency_key) is None:
-            if self.store.count(model=variant, status=JobStatus.QUEUED) >= s.max_queue_per_model:
-                raise QueueFull(f"the queue of {variant} is full ({s.max_queue_per_model} jobs)", 5.0, "queue_full")
-            if self.store.count(owner=owner, status=tuple(ACTIVE_STATUSES)) >= s.max_active_per_key:
-                raise QueueFull(f"this key has {s.max_active_per_key} jobs queued or running", 5.0, "too_many_jobs")
-        deadline = validated.deadline_s or s.default_deadline_s
+            if self.store.count(model=variant, status=JobStatus.QUEUED) >= limits.max_queue_per_model:
+                raise QueueFull(f"the queue of {variant} is full ({limits.max_queue_per_model} jobs)", 5.0,
+                                "queue_full")
+            if self.store.count(owner=owner, status=tuple(ACTIVE_STATUSES)) >= limits.max_active_per_key:
+                raise QueueFull(f"this key has {limits.max_active_per_key} jobs queued or running", 5.0,
+                                "too_many_jobs")
+        deadline = validated.deadline_s or jobs.default_deadline_s
         job = Job.new(model=variant, owner=owner, request=validated.record(), kind=kind, deadline_s=deadline,
-                      max_attempts=s.max_attempts, webhook_url=validated.webhook_url,
+                      max_attempts=jobs.max_attempts, webhook_url=validated.webhook_url,
                       metadata=dict(validated.metadata), idempotency_key=idempotency_key, body_hash=body_hash,
                       webhook={"progress": validated.progress_webhooks})
         return self.store.create(job)
@@ -167,7 +91,7 @@ class JobService:
         from wan_dist.storage.objects import presigned_url
 
         try:
-            return presigned_url(uri, expires_s=self.settings.presign_expires_s)
+            return presigned_url(uri, expires_s=self.settings.jobs.presign_expires_s)
         except Exception:  # noqa: BLE001 - a URL is a convenience
             return None
 
@@ -288,16 +212,3 @@ class Notifier:
             except VersionConflict:
                 time.sleep(0.01)
         log.warning("webhook state of %s %s not saved (busy record)", job_id, event)
-
-
-def settings_from_dict(data: dict) -> ServeSettings:
-    """ServeSettings from plain config (Hydra, Serve `args`): lists become tuples, model names variants."""
-    data = {k: tuple(v) if k in ("models", "api_keys") else v for k, v in data.items()}
-    if "models" in data:  # public names (wan2.2-t2v-a14b) or variant names (t2v-a14b, tiny)
-        from wan_dist.serve.schemas import MODEL_NAMES
-
-        unknown = [m for m in data["models"] if m not in MODEL_NAMES]
-        if unknown:
-            raise ValueError(f"serve.models: unknown model(s) {unknown}; known: {sorted(MODEL_NAMES)}")
-        data["models"] = tuple(MODEL_NAMES[m] for m in data["models"])
-    return from_dict(ServeSettings, data)  # names unknown fields

@@ -1,0 +1,96 @@
+"""Batches: a Parquet manifest rendered by the batch runner on the renderers' groups. Create (JSON with a
+``manifest_uri`` or a form with the manifest file), read, list, cancel, the results table, and each row's clip."""
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_queue, batch_results,
+                                    validate_batch)
+from wan_dist.serve.jobs import IdempotencyConflict, Job
+from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject, BatchResults, request_body_schema,
+                                    responses)
+from wan_dist.serve.routes.common import check_webhook_url, clip_response, list_body, page, poll_headers, read_body
+from wan_dist.serve.schemas import RequestError
+from wan_dist.serve.settings import ServeSettings
+from wan_dist.serve.state import ServeState, state_of
+
+__all__ = ["router"]
+
+
+def router(settings: ServeSettings) -> APIRouter:
+    api = APIRouter()
+
+    @api.post("/v1/batches", status_code=202, openapi_extra=request_body_schema(BatchCreate),
+              responses=responses(*CREATE_ERRORS, ok=202, model=BatchObject))
+    async def create_batch(request: Request):
+        s = state_of(request)
+        job = await _create_batch(s, request, settings)
+        return JSONResponse(s.service.batch(job), status_code=202, headers=poll_headers(settings))
+
+    @api.get("/v1/batches/{batch_id}", responses=responses(404, 422, model=BatchObject))
+    async def get_batch(batch_id: str, request: Request):
+        s = state_of(request)
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        return JSONResponse(s.service.batch(job), headers=poll_headers(settings))
+
+    @api.get("/v1/batches", responses=responses(404, 422, model=BatchList))
+    async def list_batches(request: Request, limit: int = 20, after: str | None = None):
+        s = state_of(request)
+        jobs, more = await page(s, request, limit, after, kind="batch")
+        return list_body(jobs, more, s.service.batch)
+
+    @api.post("/v1/batches/{batch_id}/cancel", responses=responses(404, 422, model=BatchObject))
+    async def cancel_batch(batch_id: str, request: Request):
+        s = state_of(request)
+        await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        job = await asyncio.to_thread(s.store.request_cancel, batch_id)
+        return s.service.batch(job)
+
+    @api.get("/v1/batches/{batch_id}/results", responses=responses(404, 422, model=BatchResults))
+    async def get_batch_results(batch_id: str, request: Request, limit: int = 100, after: int | None = None):
+        s = state_of(request)
+        if not 1 <= limit <= 1000:
+            raise RequestError(422, "limit: must be between 1 and 1000", param="limit", code="invalid_value")
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        return await asyncio.to_thread(batch_results, job, output_root=settings.output, limit=limit, after=after,
+                                       presign=s.service.presign, base_url=str(request.base_url))
+
+    @api.get("/v1/batches/{batch_id}/clips/{row_id}", response_class=Response,
+             responses={**responses(404, 422, content=CLIP),
+                        307: {"description": "Redirect to a presigned URL of the clip"}})
+    async def get_batch_clip(batch_id: str, row_id: str, request: Request):
+        """The clip of one row of the caller's batch (a redirect where the store presigns http URLs)."""
+        s = state_of(request)
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        uri = await asyncio.to_thread(batch_clip_uri, job, row_id, output_root=settings.output)
+        if uri is None:
+            raise RequestError(404, f"row_id: batch {batch_id} has no published clip for row {row_id!r}",
+                               param="row_id", code="not_found")
+        return await clip_response(s, uri)
+
+    return api
+
+
+async def _create_batch(s: ServeState, request: Request, settings: ServeSettings) -> Job:
+    """Validate the manifest (every row checked now; bad rows are reported, not rendered) and persist the batch."""
+    owner = request.state.owner
+    s.service.check_rate(owner)
+    body, uploaded, digest = await read_body(request, BatchCreate, s, ("manifest",), MAX_MANIFEST_BYTES)
+    spec = await asyncio.to_thread(validate_batch, body, served=settings.models, output_root=settings.output,
+                                   layout=settings.layout, uploaded=uploaded,
+                                   allow_private=settings.allow_private_urls)
+    await check_webhook_url(spec.webhook_url, s)
+    key = request.headers.get("idempotency-key")
+    job = Job.new(model=batch_queue(spec.variant), owner=owner, kind="batch", max_attempts=settings.jobs.max_attempts,
+                  request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
+                           "invalid_rows": spec.invalid_rows},
+                  webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,
+                  body_hash=digest if key else None)
+    try:
+        job, _created = await asyncio.to_thread(s.store.create, job)
+    except IdempotencyConflict as err:
+        raise RequestError(409, f"Idempotency-Key {key!r} was used for batch {err.job_id} with a different body",
+                           param="Idempotency-Key", code="idempotency_conflict") from None
+    return job

@@ -1,0 +1,176 @@
+"""What the routes of several resources share: reading a create body (JSON, or a form with uploaded files),
+refusing unsafe URLs, persisting a new job, paging a list, the poll-interval header, and answering with a
+clip or a preview frame. Every refusal is a ``RequestError`` (OpenAI's error shape, see ``serve.app``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, Callable
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+
+from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
+from wan_dist.serve.jobs import IdempotencyConflict, JobStatus, body_hash
+from wan_dist.serve.schemas import MAX_IMAGE_BYTES, RequestError
+from wan_dist.serve.settings import ServeSettings
+from wan_dist.serve.state import ServeState
+from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
+
+__all__ = ["IMAGE_FILES", "MAX_JSON_DEPTH", "check_webhook_url", "clip_response", "content", "persist_job",
+           "list_body", "page", "poll_headers", "preview_bytes", "read_body"]
+
+IMAGE_FILES = ("image", "input_reference")
+MAX_JSON_DEPTH = 32  # a valid body nests 3 levels at most
+
+
+def poll_headers(settings: ServeSettings) -> dict:
+    return {"openai-poll-after-ms": str(settings.jobs.poll_after_ms)}
+
+
+# -- bodies ---------------------------------------------------------------------------------------
+async def read_body(request: Request, model, s: ServeState, file_fields: tuple[str, ...] = IMAGE_FILES,
+                    max_bytes: int = MAX_IMAGE_BYTES) -> tuple[dict, str | None, str]:
+    """(body, URI of the uploaded file or None, hash of the body for Idempotency-Key). A form may carry the
+    files ``file_fields`` (each at most ``max_bytes``), stored under the output's ``_uploads/``."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await _read_form(request, model, s, file_fields, max_bytes)
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, RecursionError):
+        raise RequestError(400, "the body is not valid JSON", param=None, code="invalid_json") from None
+    if _nested_deeper(body, MAX_JSON_DEPTH):  # json.dumps (body_hash) and pydantic would recurse past the stack
+        raise RequestError(400, f"the body is nested more than {MAX_JSON_DEPTH} levels deep", param=None,
+                           code="invalid_json")
+    if not isinstance(body, dict):
+        raise RequestError(422, "the body must be a JSON object", param=None, code="invalid_value")
+    for name in IMAGE_FILES:
+        value = body.get(name)
+        url = value.get("image_url") if isinstance(value, dict) else value
+        if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
+            try:
+                await asyncio.to_thread(check_public_url, url, field=name, schemes=IMAGE_SCHEMES,
+                                        allow_private=s.settings.allow_private_urls)
+            except ValueError as err:
+                raise RequestError(422, str(err), param=name, code="unsafe_url") from None
+    return body, None, body_hash(body)
+
+
+async def _read_form(request: Request, model, s: ServeState, file_fields: tuple[str, ...],
+                     max_bytes: int) -> tuple[dict, str | None, str]:
+    form = await request.form()
+    body = parse_form(list(form.multi_items()))
+    files = pop_files(body)
+    body = coerce_scalars(body, model)
+    unknown = sorted(set(files) - set(file_fields))
+    if unknown:
+        raise RequestError(422, f"{unknown[0]}: unexpected file", param=unknown[0], code="unknown_parameter")
+    uploaded, digest_parts = None, [json.dumps(body, sort_keys=True, default=str)]
+    for name, upload in files.items():
+        data = await upload.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise RequestError(413, f"{name}: larger than {max_bytes} bytes", param=name, code="file_too_large")
+        uploaded = await asyncio.to_thread(_store_upload, s.settings.output, data, upload.filename or "")
+        digest_parts.append(body_hash(data))
+    return body, uploaded, body_hash("|".join(digest_parts))
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether lists/objects in ``value`` nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _store_upload(output: str, data: bytes, filename: str) -> str:
+    from wan_dist.storage.objects import join, write_bytes_atomic
+
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else "bin"
+    uri = join(output, "_uploads", f"{uuid.uuid4().hex}.{suffix[:8]}")
+    write_bytes_atomic(uri, data)
+    return uri
+
+
+async def check_webhook_url(url: str | None, s: ServeState) -> None:
+    """Refuse a webhook URL that points at a loopback/private address (unless ``allow_private_urls``)."""
+    if not url:
+        return
+    try:
+        await asyncio.to_thread(check_public_url, url, field="webhook_url",
+                                allow_private=s.settings.allow_private_urls)
+    except ValueError as err:
+        raise RequestError(422, str(err), param="webhook_url", code="unsafe_url") from None
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+async def persist_job(s: ServeState, request: Request, variant: str, validated, kind: str, digest: str):
+    """Persist the validated job (kind ``job`` or ``video``) of the caller, once per Idempotency-Key."""
+    owner = request.state.owner
+    s.service.check_rate(owner)
+    await check_webhook_url(validated.webhook_url, s)
+    key = request.headers.get("idempotency-key")
+    try:
+        job, _created = await asyncio.to_thread(s.service.create, owner=owner, variant=variant, validated=validated,
+                                                kind=kind, idempotency_key=key, body_hash=digest if key else None)
+    except IdempotencyConflict as err:
+        raise RequestError(409, f"Idempotency-Key {key!r} was used for job {err.job_id} with a different body",
+                           param="Idempotency-Key", code="idempotency_conflict") from None
+    return job
+
+
+async def page(s: ServeState, request: Request, limit: int, after: str | None, *, kind, order: str = "desc"):
+    """(the caller's records of ``kind``, more after them?) for a list route."""
+    if not 1 <= limit <= 100:
+        raise RequestError(422, "limit: must be between 1 and 100", param="limit", code="invalid_value")
+    if order not in ("asc", "desc"):
+        raise RequestError(422, "order: must be asc or desc", param="order", code="invalid_value")
+    return await asyncio.to_thread(s.store.list, owner=request.state.owner, kind=kind, limit=limit, after=after,
+                                   order=order)
+
+
+def list_body(jobs: list, more: bool, view: Callable[[Any], dict]) -> dict:
+    """A paged list answer: ``{object: "list", data, has_more, first_id, last_id}``."""
+    return {"object": "list", "data": [view(j) for j in jobs], "has_more": more,
+            "first_id": jobs[0].id if jobs else None, "last_id": jobs[-1].id if jobs else None}
+
+
+# -- content --------------------------------------------------------------------------------------
+async def preview_bytes(job) -> bytes | None:
+    """The JPEG of the job's latest preview frame while it renders, or None."""
+    from wan_dist.storage import ObjectNotFoundError
+    from wan_dist.storage.objects import read_bytes
+
+    if job.status != JobStatus.IN_PROGRESS or not job.preview:
+        return None
+    try:
+        return await asyncio.to_thread(read_bytes, job.preview["uri"])
+    except ObjectNotFoundError:  # the render just ended and took it away
+        return None
+
+
+async def content(s: ServeState, job_id: str, owner: str, *, redirect: bool = True) -> Response:
+    """The clip of the owner's completed job (409 before it completed)."""
+    job = await asyncio.to_thread(s.service.get, job_id, owner)
+    if job.status != JobStatus.COMPLETED or not job.result:
+        raise RequestError(409, f"job {job_id} is {job.status}; its content exists once it is completed",
+                           param="id", code="not_ready")
+    return await clip_response(s, job.result["clip_uri"], redirect=redirect)
+
+
+async def clip_response(s: ServeState, uri: str, *, redirect: bool = True) -> Response:
+    """The clip at ``uri``: a redirect to a presigned http URL where the store has one, else its bytes."""
+    url = s.service.presign(uri)
+    if redirect and url and url.startswith(("http://", "https://")):
+        return RedirectResponse(url, status_code=307)  # the CDN / object store serves the bytes
+    from wan_dist.storage.objects import read_bytes
+
+    return Response(await asyncio.to_thread(read_bytes, uri), media_type="video/mp4")
