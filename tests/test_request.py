@@ -39,6 +39,9 @@ WALK: dict[str, tuple[str, object]] = {
     "seed": ("tiny", 11),
     "name": ("tiny", "kite-walk"),
     "metadata": ("tiny", {"campaign": "walk"}),
+    "camera": ("tiny", {"moves": [{"type": "pan", "amount": 12.5, "easing": "linear"},
+                                  {"type": "zoom", "amount": 1.2, "start": 0.5}], "shake": {"intensity": 0.3}}),
+    "layers": ("tiny", {"parallax": 3.0, "foreground_box": [0.2, 0.25, 0.8, 0.9]}),  # with WALK's camera
 }
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
@@ -84,11 +87,7 @@ def cli():
         for key, value in fields.items():
             if key in _SAMPLING:
                 key = f"sampling.{key}"
-            if isinstance(value, dict):
-                value = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
-            elif isinstance(value, str):
-                value = "'" + value.replace("'", "\\'") + "'"  # Hydra's quoting, as on a shell: key='a, b'
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{key}={_hydra(value)}")
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("render", overrides=rewrite_overrides(overrides))
         return _request_from_config(cfg, resolve_source(variant, layout="diffusers"))
@@ -96,10 +95,22 @@ def cli():
     return request
 
 
+def _hydra(value) -> str:
+    """``value`` in Hydra's override grammar: mappings and lists nest, strings quoted as on a shell: key='a, b'."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_hydra(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"
+    return "null" if value is None else str(value)
+
+
 @pytest.mark.parametrize("name", list(WALK))
 def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
     variant, value = WALK[name]
-    base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {})}
+    base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {}),
+            **({"camera": WALK["camera"][1]} if name == "layers" else {})}  # layers move along a camera path
     fields = {**base, name: value}
     if name in ("width", "height"):
         fields.setdefault("height" if name == "width" else "width", 64)
@@ -120,7 +131,11 @@ def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
 
 
 @pytest.mark.parametrize(("name", "bad"), [("num_frames", 6), ("fps", 0), ("solver", "rk45"), ("shift", -1.0),
-                                           ("width", 70), ("guidance_scale", "high")])
+                                           ("width", 70), ("guidance_scale", "high"),
+                                           ("camera", {"moves": [{"type": "spin", "amount": 1}]}),
+                                           ("camera", {"moves": [{"type": "pan", "amount": 5, "start": 0.8,
+                                                                  "end": 0.2}]}),
+                                           ("camera", {"shake": {"intensity": 1.5}})])
 def test_a_bad_value_is_refused_at_every_door_naming_the_field(name, bad, cli, tmp_path):
     fields = {**BASE, name: bad, **({"height": 64} if name == "width" else {})}
     with pytest.raises(RequestError) as python:
