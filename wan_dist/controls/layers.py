@@ -178,7 +178,7 @@ def warp_layer(layer: Layer, path: SampledPath, t: float, shutter: float = 0.0,
     """``layer`` seen at frame ``t``: premultiplied colour [H, W, 3] and alpha [H, W] float32. ``shutter``: the
     share of a frame interval the shutter is open, centred on ``t``: the layer is averaged over its motion
     then (sub-frame poses no more than a pixel apart), so blur length = shutter x this layer's motion.
-    ``view``: a 3x3 map applied after the path's (the exact mode's crop)."""
+    ``view``: a 3x3 map applied before the path's (the exact mode's crop: render to first output frame)."""
     start, end = t - shutter / 2, t + shutter / 2
     samples = 1 if shutter <= 0 else min(MAX_BLUR_SAMPLES, int(math.ceil(_travel(path, layer.depth, start, end))) + 1)
     times = [t] if samples == 1 else list(np.linspace(start, end, samples))
@@ -189,7 +189,7 @@ def warp_layer(layer: Layer, path: SampledPath, t: float, shutter: float = 0.0,
     for time in times:
         matrix = path.homography(time, layer.depth)
         if view is not None:
-            matrix = view @ matrix
+            matrix = matrix @ view
         colour += cv2.warpPerspective(premultiplied, matrix, size, flags=cv2.INTER_LINEAR, borderMode=border)
         alpha += cv2.warpPerspective(layer.alpha, matrix, size, flags=cv2.INTER_LINEAR, borderMode=border)
     return colour / len(times), alpha / len(times)

@@ -7,9 +7,9 @@
   frame is a distinct sample of frame 0's noise (nearest source, each source used once) or a fresh draw, so
   each frame stays exactly i.i.d. N(0, 1): interpolating noise would shrink its variance and correlate
   neighbours, which a diffusion model reads as signal.
-- :func:`virtual_camera`: the exact mode. The render is the overscanned view; output frame ``i`` is the
-  render's frame ``i`` seen through the path's pose ``i`` (background plane) inside a crop ``overscan`` times
-  smaller than the frame, so framing follows the path to interpolation accuracy whatever the model drew.
+- :func:`virtual_camera`: the exact mode. The render is the overscanned view (a field of view ``overscan``
+  times wider than the output's); output frame ``i`` is the render's frame ``i`` seen through the path's pose
+  ``i`` (background plane), so framing follows the path to interpolation accuracy whatever the model drew.
 """
 
 from __future__ import annotations
@@ -97,27 +97,28 @@ def warp_noise(noise: np.ndarray, path: SampledPath, *, temporal_stride: int, sp
 
 
 def overscan_matrix(scale: float, width: int, height: int, offset=(0.0, 0.0)) -> np.ndarray:
-    """The 3x3 map of a crop ``scale`` times smaller than the frame, enlarged back to the frame; ``offset``
-    (pixels of the render) shifts the content before the crop, so the crop sits off-centre by -offset."""
+    """The 3x3 map from the render's pixels to the first output frame's view: the render enlarged ``scale``
+    times about its centre (a crop ``scale`` times smaller), its centre then at ``offset`` pixels from the
+    frame's. The path's poses act after it, in output pixels, so a move is the size it asks for in the output."""
     cx, cy = (width - 1) / 2, (height - 1) / 2
-    return np.array([[scale, 0, cx * (1 - scale) + scale * offset[0]],
-                     [0, scale, cy * (1 - scale) + scale * offset[1]], [0, 0, 1.0]])
+    return np.array([[scale, 0, cx * (1 - scale) + offset[0]], [0, scale, cy * (1 - scale) + offset[1]],
+                     [0, 0, 1.0]])
 
 
 def _centring(path: SampledPath) -> tuple[float, float]:
-    """The shift that centres the background's travel over the clip in the render: a crop that follows a
-    one-sided move needs half the overscan of a crop held at the centre."""
+    """Where the render's centre goes in the first frame's view so that the view's travel over the clip is
+    centred on the render: a crop that follows a one-sided move needs half the overscan of a centred one."""
     motion = np.array([path.image_motion(index) for index in range(path.num_frames)])
     return tuple(float(-(motion[:, axis].min() + motion[:, axis].max()) / 2) for axis in range(2))
 
 
-def _inside(path: SampledPath, scale: float, offset, margin: float = 1.0) -> bool:
+def _inside(path: SampledPath, scale: float, offset, margin: float = -1e-6) -> bool:
     """Whether every output frame's corners, through the crop and the path, come from inside the render."""
     w, h = path.width - 1, path.height - 1
     corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64).T
     crop = overscan_matrix(scale, path.width, path.height, offset)
     for index in range(path.num_frames):
-        source = np.linalg.inv(crop @ path.homography(index)) @ corners
+        source = np.linalg.inv(path.homography(index) @ crop) @ corners
         if np.any(source[2] <= 0):
             return False
         x, y = source[0] / source[2], source[1] / source[2]
@@ -146,7 +147,7 @@ def virtual_camera(frames: np.ndarray, path: SampledPath, *, overscan: float | N
                    motion_blur: float = 0.0) -> tuple[np.ndarray, float, tuple[float, float]]:
     """The exact mode's pass: (frames [F, H, W, 3] uint8, the overscan and crop offset used). ``frames`` is a render made with
     the camera still; output frame i is its frame i seen through pose i inside a crop ``overscan`` times smaller
-    (default: :func:`required_overscan`; the crop is shifted to centre the path's travel), blurred over
+    (default: :func:`required_overscan`; the crop is placed to centre the path's travel), blurred over
     ``motion_blur`` of a frame interval."""
     if frames.shape[0] != path.num_frames or frames.shape[1:3] != (path.height, path.width):
         raise ValueError(f"virtual_camera: frames {list(frames.shape)} do not match the path "
@@ -164,5 +165,5 @@ def virtual_camera(frames: np.ndarray, path: SampledPath, *, overscan: float | N
             colour, _ = warp_layer(plane, path, index, motion_blur, view=crop)
             out[index] = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
         else:
-            out[index] = warp_image(frame, crop @ path.homography(index))
+            out[index] = warp_image(frame, path.homography(index) @ crop)
     return out, scale, offset
