@@ -237,6 +237,8 @@ class WanPipeline:
         schedule, steps = self.step_plan(settings)
         if plan is not None and plan.uses_proxy(self.spec.task, image is not None):
             schedule, steps, latents = self._start_from_proxy(plan, settings, image, latents, schedule, rows)
+        if plan is not None:  # what the camera cost, beside the other phases (and in the sidecar's camera_path)
+            timings.update({f"camera_{name}": seconds for name, seconds in plan.timings.items()})
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
                               latents=conditioning.after_step(latents), conditioning=conditioning,
                               schedule=schedule, steps=steps, timings=timings, started=started, camera=plan)
