@@ -198,7 +198,7 @@ class WanPipeline:
                 negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
                 data_shard: tuple[int, int] | None = None,
                 contexts: tuple[torch.Tensor, torch.Tensor] | None = None, camera=None, layers=None,
-                fps: int | None = None) -> "PreparedRender":
+                fps: int | None = None, handoff: bool = False) -> "PreparedRender":
         """Text contexts, image conditioning, step plan and initial latents of a resolved request.
 
         ``latents``: the initial noise of the whole batch (else drawn from the seed on the CPU, so a row gets
@@ -208,6 +208,8 @@ class WanPipeline:
         ``camera``, ``layers``, ``fps``: the request's camera path (engine/camera.py): guided text-to-video warps
         the initial noise along it; guided image-to-video starts part-way from a proxy clip at the camera's
         strength; the exact mode's crop is checked now and applied by :meth:`finish`.
+        ``handoff``: ``latents`` are a trajectory another stage began (disaggregated placement): the camera's
+        start (noise warp, proxy clip) is not applied to them again; its step plan (a part-way start) is.
         """
         started = time.perf_counter()
         batch = settings.batch_size
@@ -225,7 +227,7 @@ class WanPipeline:
             latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != (batch, *shape):
             raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
-        if plan is not None and plan.warps_noise(self.spec.task, image is not None):
+        if plan is not None and not handoff and plan.warps_noise(self.spec.task, image is not None):
             tick = time.perf_counter()
             latents = plan.warp(latents, temporal_stride=self.vae.temporal_stride,
                                 spatial_stride=self.vae.spatial_stride)
@@ -236,7 +238,8 @@ class WanPipeline:
         timings["image_encode_s"] = time.perf_counter() - tick
         schedule, steps = self.step_plan(settings)
         if plan is not None and plan.uses_proxy(self.spec.task, image is not None):
-            schedule, steps, latents = self._start_from_proxy(plan, settings, image, latents, schedule, rows)
+            schedule, steps, latents = self._start_from_proxy(plan, settings, image, latents, schedule, rows,
+                                                              encode=not handoff)
         if plan is not None:  # what the camera cost, beside the other phases (and in the sidecar's camera_path)
             timings.update({f"camera_{name}": seconds for name, seconds in plan.timings.items()})
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
@@ -244,20 +247,23 @@ class WanPipeline:
                               schedule=schedule, steps=steps, timings=timings, started=started, camera=plan)
 
     def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, noise: torch.Tensor, schedule,
-                          rows: slice):
+                          rows: slice, *, encode: bool = True):
         """SDEdit from the proxy clip: its VAE latents noised to step ``start_step(strength)``, the schedule
-        and step plan from there on; (schedule, steps, latents)."""
+        and step plan from there on; (schedule, steps, latents). ``encode`` False: only the plan (``noise``
+        is a trajectory already under way)."""
         tick = time.perf_counter()
         start = start_step(schedule.num_steps, plan.path.strength)
         if start == 0:  # strength high enough that no step is skipped: the proxy would be drowned anyway
             return schedule, self.step_plan(settings)[1], noise
-        pixels = prepare_image(image, width=settings.width, height=settings.height, mode=self.spec.task,
-                               batch=settings.batch_size)[rows]
-        clean = self.vae.encode(plan.proxy_video(pixels).to(self.device)).to(noise.dtype)
         tail = tail_schedule(schedule, start)
         steps = plan_steps(tail.timesteps, boundary_ratio=settings.boundary_ratio,
                            guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
         plan.start_step = start
+        if not encode:
+            return tail, steps, noise
+        pixels = prepare_image(image, width=settings.width, height=settings.height, mode=self.spec.task,
+                               batch=settings.batch_size)[rows]
+        clean = self.vae.encode(plan.proxy_video(pixels).to(self.device)).to(noise.dtype)
         plan.timings["proxy_s"] = time.perf_counter() - tick
         return tail, steps, noise_to(clean, noise, float(tail.sigmas[0]))
 
