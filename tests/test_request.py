@@ -9,10 +9,13 @@ request field is shown to work everywhere the day it is written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
 from wan_dist.batch.manifest import read_manifest, write_manifest
+from wan_dist.controls import CameraPath
 from wan_dist.engine.request import REQUEST_FIELDS, RenderRequest, RequestError, build_request
 from wan_dist.models.presets import PRESETS
 from wan_dist.serve.schemas import RequestError as HTTPError, validate_job_request
@@ -163,6 +166,11 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
         RenderRequest.from_dict({**loose, "colour": "red"})
     assert request.digest() == RenderRequest.from_dict(loose).digest()
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
+    # a field added later counts only when set: clips published before it existed are still recognised
+    before = {k: v for k, v in loose.items() if k not in ("camera", "layers")}
+    assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+                                              ).hexdigest()[:32]
+    assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()
 
 
 def test_every_problem_of_a_request_is_reported_at_once():

@@ -124,6 +124,7 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  normalise=_control(LayerSpec)),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
+_LATER_FIELDS = ("camera", "layers")  # see RenderRequest.digest
 
 
 class RequestError(ValueError):
@@ -192,7 +193,10 @@ class RenderRequest:
     def digest(self) -> str:
         """A hash of the loose form: equal for the same render request (a rerun may skip its clip), different
         for any change of what is rendered or recorded."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        # fields added after the first release count only when set: a published clip of a request that does not
+        # use them keeps its digest, so a rerun after an upgrade still skips it
+        loose = {k: v for k, v in self.to_dict().items() if not (k in _LATER_FIELDS and v is None)}
+        text = json.dumps(loose, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @classmethod
