@@ -24,6 +24,7 @@ CONTRACTS = {
     "leaves-apart": "storage and video do not import each other",
     "single-device": "models and sampling: no Ray, Hydra, fsspec/s3fs, object storage or torch.distributed",
     "hydra": "only cli imports hydra and omegaconf",
+    "controls": "controls: no Ray, Hydra, fsspec/s3fs, object storage, video or torch.distributed",
 }
 
 
@@ -63,6 +64,8 @@ VIOLATIONS = [
      "wan_dist.models.dit -> torch.distributed"),
     ("sampling/guidance.py", "def _bad():\n    import ray\n", "single-device", "wan_dist.sampling.guidance -> ray"),
     ("serve/urls.py", "def _bad():\n    import omegaconf\n", "hydra", "wan_dist.serve.urls -> omegaconf"),
+    ("controls/warp.py", "def _bad():\n    from wan_dist.storage import join\n", "controls",
+     "wan_dist.controls.warp -> wan_dist.storage"),
 ]
 
 

@@ -98,8 +98,10 @@ def stage_rank_program(rank: int, world_size: int, cases: list[dict]) -> dict:
 def _cases(checkpoint_factory, world_size: int) -> list[dict]:
     tiny = str(checkpoint_factory("tiny", "diffusers"))
     if world_size == 2:
+        # with a camera path: stage 0 warps the initial noise along it, stage 1 must not warp the hand-off again
         render = dict(prompt=["a red fox in snow", "a blue bird"], negative_prompt=["blurry", "static"],
-                      height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=STEPS, output_type="np")
+                      height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=STEPS, output_type="np",
+                      camera={"moves": [{"type": "truck", "amount": 0.3}], "strength": 0.2}, fps=16)
         return [dict(name="queue_1+1", folder=tiny, parallel=dict(data=2, placement="disaggregated"),
                      requests=[_request(0), _request(1, solver="dpm++"), _request(2)]),
                 dict(name="entry_1+1_np", folder=tiny, parallel=dict(data=2, placement="disaggregated"),

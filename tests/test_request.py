@@ -9,10 +9,13 @@ request field is shown to work everywhere the day it is written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
 from wan_dist.batch.manifest import read_manifest, write_manifest
+from wan_dist.controls import CameraPath
 from wan_dist.engine.request import REQUEST_FIELDS, RenderRequest, RequestError, build_request
 from wan_dist.models.presets import PRESETS
 from wan_dist.serve.schemas import RequestError as HTTPError, validate_job_request
@@ -39,6 +42,9 @@ WALK: dict[str, tuple[str, object]] = {
     "seed": ("tiny", 11),
     "name": ("tiny", "kite-walk"),
     "metadata": ("tiny", {"campaign": "walk"}),
+    "camera": ("tiny", {"moves": [{"type": "pan", "amount": 12.5, "easing": "linear"},
+                                  {"type": "zoom", "amount": 1.2, "start": 0.5}], "shake": {"intensity": 0.3}}),
+    "layers": ("tiny", {"parallax": 3.0, "foreground_box": [0.2, 0.25, 0.8, 0.9]}),  # with WALK's camera
 }
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
@@ -84,11 +90,7 @@ def cli():
         for key, value in fields.items():
             if key in _SAMPLING:
                 key = f"sampling.{key}"
-            if isinstance(value, dict):
-                value = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
-            elif isinstance(value, str):
-                value = "'" + value.replace("'", "\\'") + "'"  # Hydra's quoting, as on a shell: key='a, b'
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{key}={_hydra(value)}")
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("render", overrides=rewrite_overrides(overrides))
         return _request_from_config(cfg, resolve_source(variant, layout="diffusers"))
@@ -96,10 +98,22 @@ def cli():
     return request
 
 
+def _hydra(value) -> str:
+    """``value`` in Hydra's override grammar: mappings and lists nest, strings quoted as on a shell: key='a, b'."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_hydra(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"
+    return "null" if value is None else str(value)
+
+
 @pytest.mark.parametrize("name", list(WALK))
 def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
     variant, value = WALK[name]
-    base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {})}
+    base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {}),
+            **({"camera": WALK["camera"][1]} if name == "layers" else {})}  # layers move along a camera path
     fields = {**base, name: value}
     if name in ("width", "height"):
         fields.setdefault("height" if name == "width" else "width", 64)
@@ -120,7 +134,11 @@ def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
 
 
 @pytest.mark.parametrize(("name", "bad"), [("num_frames", 6), ("fps", 0), ("solver", "rk45"), ("shift", -1.0),
-                                           ("width", 70), ("guidance_scale", "high")])
+                                           ("width", 70), ("guidance_scale", "high"),
+                                           ("camera", {"moves": [{"type": "spin", "amount": 1}]}),
+                                           ("camera", {"moves": [{"type": "pan", "amount": 5, "start": 0.8,
+                                                                  "end": 0.2}]}),
+                                           ("camera", {"shake": {"intensity": 1.5}})])
 def test_a_bad_value_is_refused_at_every_door_naming_the_field(name, bad, cli, tmp_path):
     fields = {**BASE, name: bad, **({"height": 64} if name == "width" else {})}
     with pytest.raises(RequestError) as python:
@@ -148,6 +166,11 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
         RenderRequest.from_dict({**loose, "colour": "red"})
     assert request.digest() == RenderRequest.from_dict(loose).digest()
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
+    # a field added later counts only when set: clips published before it existed are still recognised
+    before = {k: v for k, v in loose.items() if k not in ("camera", "layers")}
+    assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+                                              ).hexdigest()[:32]
+    assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()
 
 
 def test_every_problem_of_a_request_is_reported_at_once():

@@ -43,7 +43,8 @@ _ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING}  # 
 # The request's own fields are its columns (engine.request.REQUEST_FIELDS; ``name`` is the row's ``id``), between
 # the row's id and model and where its clip goes.
 _REQUEST_COLUMNS = [f for f in REQUEST_FIELDS if f.name not in ("name", "metadata")]
-RESERVED_COLUMNS = ("camera", "safe_zone", "style", "layers", "lora")
+_OBJECT_COLUMNS = frozenset(f.name for f in _REQUEST_COLUMNS if f.type is dict)  # JSON text in the file
+RESERVED_COLUMNS = ("safe_zone", "style", "lora")
 MANIFEST_SCHEMA = pa.schema([
     pa.field("id", _STRING, nullable=False), ("model", _STRING),
     *[pa.field(f.name, _ARROW[f.type], nullable=f.name != "prompt") for f in _REQUEST_COLUMNS],
@@ -228,6 +229,13 @@ def _output_prefix(value) -> str:
 def _metadata(value) -> dict:
     if value is None:
         return {}
+    return _json_object(value)
+
+
+def _json_object(value) -> dict | None:
+    """An object column's JSON text parsed (null stays None); ValueError unless it is a JSON object."""
+    if value is None:
+        return None
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as error:
@@ -260,7 +268,8 @@ def _validate_row(index: int, r: dict, *, default_model: str, layout: str
     output_prefix = checked("output_prefix", _output_prefix, "")
     built = None
     if spec is not None:
-        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS}
+        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS if f.type is not dict}
+        fields.update({f.name: checked(f.name, _json_object) for f in _REQUEST_COLUMNS if f.type is dict})
         try:
             name = {"name": row_id} if id_ok else {}  # a bad id is reported once, above
             built = build_request({**fields, **name, "metadata": metadata}, spec=spec, layout=layout,
@@ -283,7 +292,7 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     arrays = []
     for target in MANIFEST_SCHEMA:
         values = [row.get(target.name) for row in rows]
-        if target.name == "metadata":
+        if target.name == "metadata" or target.name in _OBJECT_COLUMNS:
             values = [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in values]
         try:
             arrays.append(pa.array(values, type=target.type))

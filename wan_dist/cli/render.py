@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wan_dist.config import OutputConfig, ParallelConfig, from_dict
 
@@ -26,8 +26,9 @@ def _request_from_config(cfg: DictConfig, folder):
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     # every request field is a top-level key of conf/render.yaml, the sampling ones in the sampling group
     fields = {f.name: sampling[f.name] if f.name in sampling else cfg.get(f.name) for f in REQUEST_FIELDS}
-    if isinstance(fields["metadata"], DictConfig):
-        fields["metadata"] = OmegaConf.to_container(fields["metadata"], resolve=True)
+    # structured fields (metadata, camera, layers) arrive as Hydra mappings: plain dicts and lists for the request
+    fields = {name: OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig))
+              else value for name, value in fields.items()}
     try:
         return build_request(fields, spec=info.spec, layout=info.layout).request
     except RequestError as error:

@@ -20,7 +20,9 @@ from wan_dist.sampling import conditioning as cond
 from wan_dist.sampling.denoise import (FirstFrameToVideo, ImageToVideo, StepPlan, TextToVideo, denoise,
                                        guided_prediction, plan_steps, sequential_guided_prediction)
 from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
+from wan_dist.sampling.sdedit import noise_to, start_step, tail_schedule
 from wan_dist.sampling.solvers import make_solver
+from wan_dist.engine.camera import CameraPlan, camera_prompt, plan_camera
 from wan_dist.engine.images import i2v_image_latents, image_size, prepare_image
 from wan_dist.engine.settings import RenderSettings, resolve_settings
 
@@ -29,11 +31,13 @@ __all__ = ["WanPipeline", "WanOutput", "PreparedRender", "load_local_pipeline"]
 
 @dataclass
 class WanOutput:
-    """``frames``: uint8 [B, F, H, W, 3] for output_type "np", latents [B, C, f, h, w] for "latent"."""
+    """``frames``: uint8 [B, F, H, W, 3] for output_type "np", latents [B, C, f, h, w] for "latent".
+    ``camera``: the render's CameraPlan (engine/camera.py) when the request had a camera path."""
 
     frames: Any
     settings: RenderSettings
     timings: dict[str, float] = field(default_factory=dict)
+    camera: CameraPlan | None = None
 
     @property
     def seed(self) -> int:
@@ -164,13 +168,14 @@ class WanPipeline:
                 guidance_scale_2: float | None = None, boundary_ratio: float | None = None,
                 shift: float | None = None, seed: int | None = None, solver: str | None = None,
                 schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
-                output_type: str = "np") -> RenderSettings:
+                output_type: str = "np", camera=None) -> RenderSettings:
         """The request's settings with this checkpoint's defaults (a seed drawn when None); bad values raise
-        ValueError naming the argument. Nothing is computed: every rank of a group can check a request first."""
+        ValueError naming the argument. Nothing is computed: every rank of a group can check a request first.
+        ``camera``: a camera path (dict or ``controls.CameraPath``): the prompt gains its camera phrases."""
         if seed is None:
             seed = random.randrange(2**31)
         return resolve_settings(
-            self.spec, layout=self.info.layout, prompt=prompt, negative_prompt=negative_prompt,
+            self.spec, layout=self.info.layout, prompt=camera_prompt(prompt, camera), negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, shift=shift, seed=seed,
@@ -192,13 +197,19 @@ class WanPipeline:
     def prepare(self, settings: RenderSettings, *, image=None, prompt_embeds: torch.Tensor | None = None,
                 negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
                 data_shard: tuple[int, int] | None = None,
-                contexts: tuple[torch.Tensor, torch.Tensor] | None = None) -> "PreparedRender":
+                contexts: tuple[torch.Tensor, torch.Tensor] | None = None, camera=None, layers=None,
+                fps: int | None = None, handoff: bool = False) -> "PreparedRender":
         """Text contexts, image conditioning, step plan and initial latents of a resolved request.
 
         ``latents``: the initial noise of the whole batch (else drawn from the seed on the CPU, so a row gets
         the same noise wherever it renders). ``data_shard=(index, count)``: keep only that shard's rows.
         ``contexts``: (context, negative context) already encoded and laid out by a ``prepare`` elsewhere
         (a disaggregated hand-off); the prompt is not encoded again.
+        ``camera``, ``layers``, ``fps``: the request's camera path (engine/camera.py): guided text-to-video warps
+        the initial noise along it; guided image-to-video starts part-way from a proxy clip at the camera's
+        strength; the exact mode's crop is checked now and applied by :meth:`finish`.
+        ``handoff``: ``latents`` are a trajectory another stage began (disaggregated placement): the camera's
+        start (noise warp, proxy clip) is not applied to them again; its step plan (a part-way start) is.
         """
         started = time.perf_counter()
         batch = settings.batch_size
@@ -208,19 +219,53 @@ class WanPipeline:
         rows = _rows_of(batch, data_shard)
         timings = {"text_encode_s": time.perf_counter() - started}
         shape = self.latent_shape(settings)
+        plan = None if camera is None else plan_camera(
+            camera, layers, num_frames=settings.num_frames, width=settings.width, height=settings.height,
+            fps=fps or self.spec.defaults.fps, seed=settings.seed)
         if latents is None:
             generator = torch.Generator("cpu").manual_seed(settings.seed)
             latents = torch.randn((batch, *shape), generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != (batch, *shape):
             raise ValueError(f"latents: shape {list(latents.shape)} does not match {[batch, *shape]}")
+        if plan is not None and not handoff and plan.warps_noise(self.spec.task, image is not None):
+            tick = time.perf_counter()
+            latents = plan.warp(latents, temporal_stride=self.vae.temporal_stride,
+                                spatial_stride=self.vae.spatial_stride)
+            plan.timings["noise_warp_s"] = time.perf_counter() - tick
         latents = latents[rows].to(self.device, torch.float32)
         tick = time.perf_counter()
         conditioning = self._conditioning(settings, image, shape, latents.shape[0])
         timings["image_encode_s"] = time.perf_counter() - tick
         schedule, steps = self.step_plan(settings)
+        if plan is not None and plan.uses_proxy(self.spec.task, image is not None):
+            schedule, steps, latents = self._start_from_proxy(plan, settings, image, latents, schedule, rows,
+                                                              encode=not handoff)
+        if plan is not None:  # what the camera cost, beside the other phases (and in the sidecar's camera_path)
+            timings.update({f"camera_{name}": seconds for name, seconds in plan.timings.items()})
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
                               latents=conditioning.after_step(latents), conditioning=conditioning,
-                              schedule=schedule, steps=steps, timings=timings, started=started)
+                              schedule=schedule, steps=steps, timings=timings, started=started, camera=plan)
+
+    def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, noise: torch.Tensor, schedule,
+                          rows: slice, *, encode: bool = True):
+        """SDEdit from the proxy clip: its VAE latents noised to step ``start_step(strength)``, the schedule
+        and step plan from there on; (schedule, steps, latents). ``encode`` False: only the plan (``noise``
+        is a trajectory already under way)."""
+        tick = time.perf_counter()
+        start = start_step(schedule.num_steps, plan.path.strength)
+        if start == 0:  # strength high enough that no step is skipped: the proxy would be drowned anyway
+            return schedule, self.step_plan(settings)[1], noise
+        tail = tail_schedule(schedule, start)
+        steps = plan_steps(tail.timesteps, boundary_ratio=settings.boundary_ratio,
+                           guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
+        plan.start_step = start
+        if not encode:
+            return tail, steps, noise
+        pixels = prepare_image(image, width=settings.width, height=settings.height, mode=self.spec.task,
+                               batch=settings.batch_size)[rows]
+        clean = self.vae.encode(plan.proxy_video(pixels).to(self.device)).to(noise.dtype)
+        plan.timings["proxy_s"] = time.perf_counter() - tick
+        return tail, steps, noise_to(clean, noise, float(tail.sigmas[0]))
 
     @torch.no_grad()
     def denoise(self, prepared: "PreparedRender", latents: torch.Tensor | None = None, *,
@@ -255,8 +300,20 @@ class WanPipeline:
             tick = time.perf_counter()
             latents = video_to_frames(self.vae.decode(latents))  # already contiguous uint8
             timings["decode_s"] = time.perf_counter() - tick
+            latents = self.post_pass(prepared.camera, latents, timings)
         timings["total_s"] = time.perf_counter() - prepared.started
-        return WanOutput(frames=latents, settings=prepared.settings, timings=timings)
+        return WanOutput(frames=latents, settings=prepared.settings, timings=timings, camera=prepared.camera)
+
+    @staticmethod
+    def post_pass(camera: CameraPlan | None, frames, timings: dict[str, float]):
+        """The controls' passes over decoded frames [B, F, H, W, 3] uint8 (the exact mode's virtual camera);
+        a group that decodes elsewhere calls it after its own decode."""
+        if camera is None or not camera.exact:
+            return frames
+        tick = time.perf_counter()
+        frames = camera.post_pass(frames)
+        timings["camera_post_s"] = time.perf_counter() - tick
+        return frames
 
     @torch.no_grad()
     def generate(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None, *,
@@ -268,7 +325,8 @@ class WanPipeline:
                  negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
-                 data_shard: tuple[int, int] | None = None) -> WanOutput:
+                 data_shard: tuple[int, int] | None = None, camera=None, layers=None,
+                 fps: int | None = None) -> WanOutput:
         """Render a batch of clips: :meth:`resolve`, :meth:`prepare`, :meth:`denoise`, :meth:`finish`.
         See INTERFACES.md for the arguments.
 
@@ -282,14 +340,19 @@ class WanPipeline:
         renders only rows ``[index * B / count, (index + 1) * B / count)`` of the batch (B must divide
         evenly; the initial latents are still drawn for the whole batch, so a row gets the same noise
         wherever it is rendered).
+
+        ``camera`` / ``layers``: the request fields of those names (INTERFACES.md; dicts or ``controls``
+        objects), ``fps`` the clip's rate (the shake's frequency is in Hz; default: the variant's).
         """
         settings = self.resolve(prompt, negative_prompt, image=image, height=height, width=width,
                                 num_frames=num_frames, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
                                 boundary_ratio=boundary_ratio, shift=shift, seed=seed, solver=solver,
-                                schedule=schedule, prompt_embeds=prompt_embeds, output_type=output_type)
+                                schedule=schedule, prompt_embeds=prompt_embeds, output_type=output_type,
+                                camera=camera)
         prepared = self.prepare(settings, image=image, prompt_embeds=prompt_embeds,
-                                negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard)
+                                negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard,
+                                camera=camera, layers=layers, fps=fps)
         latents = self.denoise(prepared, experts=experts, predict=predict, callback=callback)
         return self.finish(prepared, latents)
 
@@ -313,6 +376,7 @@ class PreparedRender:
     steps: list[StepPlan]
     timings: dict[str, float]
     started: float
+    camera: CameraPlan | None = None  # the request's camera path, sampled (engine/camera.py)
 
     @property
     def boundary(self) -> int:

@@ -56,11 +56,13 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     """Run ``request`` through ``generate`` (default ``pipe.generate``; a render group passes its SPMD one)."""
     s = request.sampling
     generate = generate or pipe.generate
+    # the camera's arguments only when there is a camera: a generate without camera support still renders the rest
+    camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers, "fps": request.fps}
     return generate(request.prompt, request.negative_prompt, image=_load_image(request.image),
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
-                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback)
+                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera)
 
 
 def model_record(pipe, source: str | None = None) -> dict[str, Any]:
@@ -92,6 +94,8 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
         "versions": versions(),
         "created_at": time.time(),
     }
+    if getattr(out, "camera", None) is not None:  # the sampled camera path: every frame's pose
+        sidecar["camera_path"] = out.camera.record()
     tick = time.perf_counter()
     try:
         uris = write_clip(out.frames[0], fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,

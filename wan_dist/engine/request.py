@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from wan_dist.config import SamplingConfig
+from wan_dist.controls import CameraPath, ControlError, LayerSpec
 from wan_dist.engine.settings import frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "RenderRequest", "BuiltRequest", "build_request",
@@ -46,6 +47,7 @@ class RequestField:
     choices: tuple[str, ...] | None = None
     max_length: int | None = None
     input_only: bool = False  # accepted by build_request, never stored (``duration_s``)
+    normalise: Callable[[Any], Any] | None = None  # a structured field's own check: its normalised form
 
     def check(self, value: Any) -> Any:
         """``value`` checked (ints stay ints; an int is a fine float); ValueError with the reason."""
@@ -62,6 +64,8 @@ class RequestField:
             raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
         if self.max_length is not None and len(value) > self.max_length:
             raise ValueError(f"at most {self.max_length} characters, got {len(value)}")
+        if self.normalise is not None:
+            value = self.normalise(value)
         return value
 
 
@@ -80,6 +84,17 @@ class RequestField:
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+
+
+def _control(kind):
+    """The normalised loose form of a creative control (wan_dist.controls), checked by the control itself."""
+    def normalise(value: dict) -> dict:
+        try:
+            return kind.from_dict(value).to_dict()
+        except ControlError as error:
+            raise ValueError(str(error)) from None
+    return normalise
+
 
 REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("prompt", str, "what to render", max_length=MAX_PROMPT_CHARS),
@@ -103,8 +118,13 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  high=2**63 - 1),
     RequestField("name", str, "clip folder under the output (a manifest row's id)", max_length=200),
     RequestField("metadata", dict, "free-form data kept with the clip"),
+    RequestField("camera", dict, "camera path: {moves: [{type, amount, start, end, easing}], shake: {intensity, "
+                 "frequency_hz}, mode: guided|exact, strength} (INTERFACES.md)", normalise=_control(CameraPath)),
+    RequestField("layers", dict, "layer-aware motion of the camera path: {parallax, motion_blur, foreground_box}",
+                 normalise=_control(LayerSpec)),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
+_LATER_FIELDS = ("camera", "layers")  # see RenderRequest.digest
 
 
 class RequestError(ValueError):
@@ -134,6 +154,8 @@ class RenderRequest:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     name: str | None = None  # clip folder under the output URI; derived from seed and prompt when None
     metadata: dict[str, Any] = field(default_factory=dict)
+    camera: dict[str, Any] | None = None  # controls.CameraPath's loose form, normalised
+    layers: dict[str, Any] | None = None  # controls.LayerSpec's loose form, normalised
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -171,7 +193,10 @@ class RenderRequest:
     def digest(self) -> str:
         """A hash of the loose form: equal for the same render request (a rerun may skip its clip), different
         for any change of what is rendered or recorded."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        # fields added after the first release count only when set: a published clip of a request that does not
+        # use them keeps its digest, so a rerun after an upgrade still skips it
+        loose = {k: v for k, v in self.to_dict().items() if not (k in _LATER_FIELDS and v is None)}
+        text = json.dumps(loose, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @classmethod
@@ -180,9 +205,12 @@ class RenderRequest:
         s = sidecar["settings"]
         request = sidecar.get("request", {})
         sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING})
-        return cls(prompt=s["prompts"][0], negative_prompt=s["negative_prompts"][0], image=request.get("image"),
+        # a camera path's phrases are in the resolved prompt: the request's own prompt gets them again
+        prompt = request["prompt"] if request.get("camera") is not None else s["prompts"][0]
+        return cls(prompt=prompt, negative_prompt=s["negative_prompts"][0], image=request.get("image"),
                    height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
-                   seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})))
+                   seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
+                   camera=request.get("camera"), layers=request.get("layers"))
 
 
 @dataclass(frozen=True)
@@ -215,6 +243,8 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
             except ValueError as error:
                 problems.append((name, str(error)))
     _check_text(values, problems)
+    if values.get("layers") is not None and values.get("camera") is None and "camera" not in dict(problems):
+        problems.append(("layers", "moves the scene's layers along a camera path: give camera too"))
     if spec.task == "t2v" and values.get("image") is not None:
         problems.append(("image", f"the t2v variant {spec.name} takes no input image"))
     fps = values.get("fps") or spec.defaults.fps
@@ -290,7 +320,8 @@ def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
     request = RenderRequest(
         prompt=values["prompt"], negative_prompt=values.get("negative_prompt"), image=values.get("image"),
         height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
-        fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}))
+        fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}),
+        camera=values.get("camera"), layers=values.get("layers"))
     settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)

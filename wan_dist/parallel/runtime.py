@@ -104,6 +104,7 @@ def _decode_across_group(pipe, out):
     tick = time.perf_counter()
     frames = video_to_frames(decode_distributed(pipe.vae, out.frames))
     timings = {**out.timings, "decode_s": time.perf_counter() - tick}
+    frames = pipe.post_pass(out.camera, frames, timings)  # the controls' passes (exact camera) after the decode
     return dataclasses.replace(out, frames=frames, settings=dataclasses.replace(out.settings, output_type="np"),
                                timings=timings)
 

@@ -52,10 +52,11 @@ from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
 GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
                            "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
                            "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
-                           "output_type", "callback"})
+                           "output_type", "callback", "camera", "layers", "fps"})
 _RESOLVE_KEYS = ("prompt", "negative_prompt", "image", "height", "width", "num_frames", "num_inference_steps",
                  "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule",
-                 "prompt_embeds", "output_type")
+                 "prompt_embeds", "output_type", "camera")
+_CAMERA_KEYS = ("camera", "layers", "fps")  # the request's camera path: both stages plan it alike
 
 
 def _checked(kwargs: dict) -> dict:
@@ -336,7 +337,8 @@ class DisaggregatedRunner:
         seed = self._stage_seed(kwargs.get("seed"))
         prepared = pipe.prepare(self._resolve(kwargs, seed), image=kwargs.get("image"),
                                 prompt_embeds=kwargs.get("prompt_embeds"),
-                                negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"))
+                                negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"),
+                                **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
         boundary = self._boundary(prepared.steps)
         solver = prepared.make_solver()
 
@@ -391,7 +393,8 @@ class DisaggregatedRunner:
         device = pipe.device
         negative = handoff.negative_context
         prepared = pipe.prepare(self._resolve(kwargs, handoff.seed), image=kwargs.get("image"),
-                                latents=handoff.latents, contexts=(handoff.context, negative))
+                                latents=handoff.latents, contexts=(handoff.context, negative), handoff=True,
+                                **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
         prepared.timings["handoff_wait_s"] = waited
         solver = prepared.make_solver()
         solver.set_state(handoff.state.to(device))
