@@ -1,6 +1,7 @@
 """Turn a checkpoint ``source`` into a local folder the model loaders can read.
 
-A source is a preset name (``tiny``: a random checkpoint in the real layout, written once into the
+A source is a preset name (``toy`` / ``toy-i2v``: the trained weights the package ships,
+``wan_dist.models.shipped``; ``tiny`` and the others: a random checkpoint in the real layout, written once into the
 cache), a local folder, any fsspec URL (copied into the cache once, keyed by URL), or a Hugging Face
 repo id (fetched with huggingface_hub; fails cleanly when offline).
 """
@@ -57,6 +58,13 @@ def _embedded(name: str, cache: Path, layout: str) -> Path:
         raise ValueError(f"model: preset {name!r} has no embedded weights (real weights cannot be generated "
                          f"on the fly); pass a checkpoint folder, URL or repo id, or write random weights with "
                          f"`wan-dist make-checkpoint variant={name} out=...`")
+    from wan_dist.models.shipped import shipped_checkpoint
+
+    shipped = shipped_checkpoint(name, cache)
+    if shipped is not None:
+        if layout != "diffusers":
+            raise ValueError(f"layout: {name}'s trained weights ship in the diffusers layout only, not {layout!r}")
+        return shipped
     folder = cache / "checkpoints" / f"{name}-{layout}-seed0"
     if not folder.exists():
         from wan_dist.models.make_checkpoint import make_checkpoint
