@@ -52,7 +52,7 @@ from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
 GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
                            "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
                            "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
-                           "output_type", "callback"})
+                           "output_type", "callback", "loras"})
 _RESOLVE_KEYS = ("prompt", "negative_prompt", "image", "height", "width", "num_frames", "num_inference_steps",
                  "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule",
                  "prompt_embeds", "output_type")
@@ -336,7 +336,8 @@ class DisaggregatedRunner:
         seed = self._stage_seed(kwargs.get("seed"))
         prepared = pipe.prepare(self._resolve(kwargs, seed), image=kwargs.get("image"),
                                 prompt_embeds=kwargs.get("prompt_embeds"),
-                                negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"))
+                                negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"),
+                                loras=kwargs.get("loras"))
         boundary = self._boundary(prepared.steps)
         solver = prepared.make_solver()
 
@@ -391,7 +392,7 @@ class DisaggregatedRunner:
         device = pipe.device
         negative = handoff.negative_context
         prepared = pipe.prepare(self._resolve(kwargs, handoff.seed), image=kwargs.get("image"),
-                                latents=handoff.latents, contexts=(handoff.context, negative))
+                                latents=handoff.latents, contexts=(handoff.context, negative), loras=kwargs.get("loras"))
         prepared.timings["handoff_wait_s"] = waited
         solver = prepared.make_solver()
         solver.set_state(handoff.state.to(device))
