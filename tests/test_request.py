@@ -9,6 +9,7 @@ request field is shown to work everywhere the day it is written.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -39,6 +40,8 @@ WALK: dict[str, tuple[str, object]] = {
     "seed": ("tiny", 11),
     "name": ("tiny", "kite-walk"),
     "metadata": ("tiny", {"campaign": "walk"}),
+    "loras": ("tiny", [{"path": "s3://loras/style.safetensors", "scale": 0.8, "transformer": "both"},
+                       {"path": "https://example.com/lightning-low.safetensors"}]),
 }
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
@@ -69,6 +72,17 @@ def _http(variant: str, fields: dict) -> RenderRequest:
     return validate_job_request(body, variant=variant, strict_sizes=False, name=fields.get("name")).request
 
 
+def _hydra_value(value) -> str:
+    """``value`` as a Hydra override writes it: mappings ``{k: v}``, lists ``[a, b]``, strings quoted as on a shell."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "\\'") + "'"  # Hydra's quoting, as on a shell: key='a, b'
+    return str(value)
+
+
 @pytest.fixture(scope="module")
 def cli():
     """The CLI door: conf/render.yaml composed with `key=value` overrides as `wan-dist render` composes them,
@@ -84,11 +98,7 @@ def cli():
         for key, value in fields.items():
             if key in _SAMPLING:
                 key = f"sampling.{key}"
-            if isinstance(value, dict):
-                value = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
-            elif isinstance(value, str):
-                value = "'" + value.replace("'", "\\'") + "'"  # Hydra's quoting, as on a shell: key='a, b'
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{key}={_hydra_value(value)}")
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("render", overrides=rewrite_overrides(overrides))
         return _request_from_config(cfg, resolve_source(variant, layout="diffusers"))
@@ -155,3 +165,33 @@ def test_every_problem_of_a_request_is_reported_at_once():
         build_request({"prompt": " ", "num_frames": 6, "fps": 0, "colour": "red"}, spec=PRESETS["tiny"])
     fields = [field for field, _ in caught.value.problems]
     assert set(fields) == {"prompt", "num_frames", "fps", "colour"}, caught.value.problems
+
+
+@pytest.mark.parametrize(("item", "field"), [
+    ({"path": "s3://l/a.safetensors", "scale": 99.0}, "loras[0].scale"),
+    ({"path": "s3://l/a.safetensors", "transformer": "middle"}, "loras[0].transformer"),
+    ({"scale": 0.5}, "loras[0].path"),
+])
+def test_a_bad_lora_is_refused_at_every_door_naming_its_part(item, field, cli, tmp_path):
+    fields = {**BASE, "loras": [item]}
+    with pytest.raises(RequestError) as python:
+        _python("tiny", fields)
+    assert python.value.field == field
+    with pytest.raises(HTTPError) as http:
+        _http("tiny", fields)
+    assert http.value.param == field and http.value.status == 422
+    path = str(tmp_path / "bad.parquet")
+    write_manifest([{"id": "bad", **fields}], path)
+    (error,) = read_manifest(path, default_model="tiny").invalid
+    assert error.column == field
+    with pytest.raises(SystemExit, match=f"^wan-dist render: {re.escape(field)}: "):
+        cli("tiny", fields)
+
+
+def test_lora_transformer_low_needs_two_experts_and_http_takes_urls_only():
+    with pytest.raises(RequestError) as caught:
+        _python("tiny-ti2v", {**BASE, "image": "s3://f/a.png", "loras": [{"path": "a.safetensors", "transformer": "low"}]})
+    assert caught.value.field == "loras[0].transformer"
+    with pytest.raises(HTTPError) as http:  # a client names URLs, never files of the server
+        _http("tiny", {**BASE, "loras": [{"path": "/etc/passwd"}]})
+    assert http.value.param == "loras[0].path"

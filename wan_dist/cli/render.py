@@ -26,8 +26,9 @@ def _request_from_config(cfg: DictConfig, folder):
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     # every request field is a top-level key of conf/render.yaml, the sampling ones in the sampling group
     fields = {f.name: sampling[f.name] if f.name in sampling else cfg.get(f.name) for f in REQUEST_FIELDS}
-    if isinstance(fields["metadata"], DictConfig):
-        fields["metadata"] = OmegaConf.to_container(fields["metadata"], resolve=True)
+    for name, value in fields.items():  # structured fields (metadata, loras) as plain dicts and lists
+        if OmegaConf.is_config(value):
+            fields[name] = OmegaConf.to_container(value, resolve=True)
     try:
         return build_request(fields, spec=info.spec, layout=info.layout).request
     except RequestError as error:

@@ -29,8 +29,8 @@ from wan_dist.serve.jobs import IdempotencyConflict, Job, JobNotFound, JobStatus
 from wan_dist.serve.openapi import (BAD_VERSION, CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, BatchList, BatchObject,
                                     BatchResults, HealthStatus, JobList, JobObject, ModelList, VideoDeleted, VideoList,
                                     VideoObject, request_body_schema, responses)
-from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, error_body,
-                                    public_model_name, resolve_model, validate_job_request,
+from wan_dist.serve.schemas import (MAX_IMAGE_BYTES, MODEL_NAMES, JobCreate, RequestError, VideoCreate, body_urls,
+                                    error_body, public_model_name, resolve_model, validate_job_request,
                                     validate_video_request)
 from wan_dist.serve.service import API_VERSIONS, JobService, Notifier, QueueFull, ServeSettings
 from wan_dist.serve.stores import open_store
@@ -352,15 +352,12 @@ async def _read_body(request: Request, model, s: ServeState, file_fields: tuple[
                            code="invalid_json")
     if not isinstance(body, dict):
         raise RequestError(422, "the body must be a JSON object", param=None, code="invalid_value")
-    for name in ("image", "input_reference"):
-        value = body.get(name)
-        url = value.get("image_url") if isinstance(value, dict) else value
-        if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
-            try:
-                await asyncio.to_thread(check_public_url, url, field=name, schemes=IMAGE_SCHEMES,
-                                        allow_private=s.settings.allow_private_urls)
-            except ValueError as err:
-                raise RequestError(422, str(err), param=name, code="unsafe_url") from None
+    for name, url in body_urls(body):  # image, input_reference, loras[i].path
+        try:
+            await asyncio.to_thread(check_public_url, url, field=name, schemes=IMAGE_SCHEMES,
+                                    allow_private=s.settings.allow_private_urls)
+        except ValueError as err:
+            raise RequestError(422, str(err), param=name, code="unsafe_url") from None
     return body, None, body_hash(body)
 
 
