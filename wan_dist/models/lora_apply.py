@@ -76,10 +76,11 @@ def clear_runtime_loras(model: nn.Module) -> None:
             module.lora_branch = None
 
 
-def _branch_for(branches: dict, modules: dict, name: str, loose: list[str]) -> tuple[LoraBranch, nn.Linear] | None:
+def _branch_for(branches: dict, modules: dict, name: str, leaf: str = "weight"
+                ) -> tuple[LoraBranch, nn.Linear] | None:
+    """The branch of Linear ``name`` (made on first use), or None when ``name.leaf`` is not a Linear's."""
     module = modules.get(name)
-    if not isinstance(module, nn.Linear):
-        loose.append(name)
+    if not isinstance(module, nn.Linear) or leaf not in ("weight", "bias"):
         return None
     return branches.setdefault(name, LoraBranch()), module
 
@@ -91,16 +92,19 @@ def set_runtime_loras(model: nn.Module, loras: Active) -> None:
     loose: list[str] = []
     for weights, strength in loras:
         for name, pair in weights.low_rank.items():
-            found = _branch_for(branches, modules, name, loose)
-            if found:
+            found = _branch_for(branches, modules, name)
+            if found is None:
+                loose.append(f"{name}.weight")
+            else:
                 branch, layer = found
                 dtype, device = layer.weight.dtype, layer.weight.device
                 branch.low_rank.append((pair.down.to(device, dtype), pair.up.to(device, dtype),
                                         strength * pair.scale))
         for param, delta in weights.full.items():
             name, _, leaf = param.rpartition(".")
-            found = _branch_for(branches, modules, name, loose) if leaf in ("weight", "bias") else loose.append(param)
-            if not found:
+            found = _branch_for(branches, modules, name, leaf)
+            if found is None:
+                loose.append(param)
                 continue
             branch, layer = found
             delta = delta.to(layer.weight.device, layer.weight.dtype)
