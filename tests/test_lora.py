@@ -113,6 +113,27 @@ def test_diffusers_spelling_load_lora_weights_and_set_adapters(tiny, pipe, input
 
 
 @torch.no_grad()
+def test_a_peft_files_lora_alpha_and_patterns_scale_as_in_diffusers(tiny, pipe, inputs, base, tmp_path):
+    """A diffusers-format file whose ``lora_adapter_metadata`` (as diffusers' save_lora_weights writes it) sets
+    lora_alpha, a rank_pattern and an alpha_pattern: the scale of each layer is its alpha over its rank."""
+    from diffusers import WanPipeline
+
+    state = diffusers_lora(pipe.spec.dit, seed=5)
+    ranks = {k.removeprefix("transformer.").removesuffix(".lora_B.weight"): v.shape[1]
+             for k, v in state.items() if k.endswith(".lora_B.weight")}
+    config = {"r": 4, "lora_alpha": 8, "lora_bias": True, "target_modules": sorted(ranks),
+              "rank_pattern": {k: v for k, v in ranks.items() if v != 4}, "alpha_pattern": {"blocks.1.attn1.to_q": 2}}
+    metadata = {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()}), "format": "pt"}
+    path = write_lora(state, tmp_path / "peft.safetensors", metadata=metadata)
+    oracle = WanPipeline.from_pretrained(tiny, torch_dtype=torch.float32)
+    oracle.load_lora_weights(path, adapter_name="peft")
+    expected = oracle(**{**inputs, "latents": inputs["latents"].clone()}).frames
+    assert (_render(pipe, inputs, loras=[{"path": path}]) - expected).abs().max().item() <= TOLERANCE
+    plain = write_lora(state, tmp_path / "plain.safetensors")  # the same tensors, scale 1: another result
+    assert (_render(pipe, inputs, loras=[{"path": plain}]) - expected).abs().max().item() > 1e-2
+
+
+@torch.no_grad()
 def test_merge_then_unmerge_restores_the_base_weights_bit_exactly(pipe):
     model = pipe.experts[0]
     shapes = {name: param.shape for name, param in model.named_parameters()}

@@ -223,13 +223,16 @@ class LoraAdapters:
     # -- per render ------------------------------------------------------------------------------------
     def sync(self, request_loras: Sequence[LoraSpec] = ()) -> list[dict]:
         """Bring every expert this process holds to the active adapters plus ``request_loras``; returns what
-        each request LoRA was (uri, sha256, scale, transformer: the sidecar's record). Raises ValueError /
-        LoraError naming ``loras[i]``."""
+        each was (uri, sha256, scale, transformer, experts; ``adapter``: its name, for the adapters): the
+        sidecar's record. Raises ValueError / LoraError naming ``loras[i]``."""
         wanted: list[list[tuple[LoraFile, float, str]]] = [[] for _ in self.experts]
-        for name, per in self.active.items():
-            for expert, weight in per.items():
-                wanted[expert].append((self.adapters[name].file, weight, name))
         records = []
+        for name, per in self.active.items():
+            file = self.adapters[name].file
+            for expert, weight in per.items():
+                wanted[expert].append((file, weight, name))
+                records.append({"uri": file.uri, "sha256": file.sha256, "scale": weight,
+                                "transformer": ("high", "low")[expert], "experts": [expert], "adapter": name})
         for index, spec in enumerate(request_loras):
             field = f"loras[{index}]"
             experts = expert_indices(spec.transformer, len(self.experts), field=f"{field}.transformer")
