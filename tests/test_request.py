@@ -170,10 +170,12 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() == RenderRequest.from_dict(loose).digest()
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
-    before = {k: v for k, v in loose.items() if k not in ("camera", "layers")}
+    before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()
+    lora = {"path": "s3://l/a.safetensors", "scale": 1.0, "transformer": "high"}
+    assert request.digest() != dataclasses.replace(request, loras=[lora]).digest()
 
 
 def test_every_problem_of_a_request_is_reported_at_once():
