@@ -184,7 +184,7 @@ def test_a_lora_for_another_model_is_refused_naming_the_key(pipe, inputs, base, 
 
     wider = replace(pipe.spec.dit, dim=48, ffn_dim=96)  # another model's dims: every shape differs
     path = write_lora(wan_lora(wider, seed=6), tmp_path / "wider.safetensors")
-    with pytest.raises(LoraError, match=r"^loras\[1\]: shape mismatch: diffusion_model\.blocks\.") as caught:
+    with pytest.raises(LoraError, match=r"^loras\[1\]: shape mismatch: diffusion_model\.\w") as caught:
         pipe.generate(**inputs, seed=0, loras=[{"path": write_lora(wan_lora(pipe.spec.dit), tmp_path / "ok.st")},
                                                 {"path": path, "transformer": "both"}])
     assert len(caught.value.keys) == 1
