@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import httpx
 
-__all__ = ["APP_NAME", "ServeApp", "WebhookReceiver", "free_port", "read_sse", "wait_for"]
+__all__ = ["APP_NAME", "ServeApp", "WebhookReceiver", "free_port", "read_sse", "settle", "wait_for"]
 
 APP_NAME = "wan"
 HOST = "127.0.0.1"
@@ -41,6 +41,17 @@ def wait_for(check: Callable[[], Any], timeout_s: float, *, interval_s: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {value!r})")
         time.sleep(interval_s)
+
+
+def settle(store, holds, timeout_s: float) -> None:
+    """After a test: every hold released, every job still queued or running cancelled, the renderer idle."""
+    from wan_dist.serve.jobs import ACTIVE_STATUSES
+
+    holds.release_all()
+    jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
+    for job in jobs:
+        store.request_cancel(job.id)
+    wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, timeout_s, what="an idle renderer")
 
 
 class ServeApp:

@@ -15,7 +15,7 @@ import threading
 import httpx
 import pytest
 
-from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, wait_for
+from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, settle, wait_for
 from step_holds import HOOK
 from wan_dist.config import GroupSpec
 from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
@@ -75,11 +75,7 @@ def api(serve_app, store, holds):
     cancelled and the renderer is idle, so each test starts with an empty queue."""
     with serve_app.client("k1") as client:
         yield client
-    holds.release_all()
-    jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
-    for job in jobs:
-        store.request_cancel(job.id)
-    wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, 60, what="an idle renderer")
+    settle(store, holds, 60)
 
 
 def held(holds, prompt: str) -> dict:

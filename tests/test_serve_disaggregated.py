@@ -9,11 +9,10 @@ import os
 
 import pytest
 
-from serve_fixtures import ServeApp, free_port, wait_for
+from serve_fixtures import ServeApp, free_port, settle
 from step_holds import HOOK
 from test_serve_api import assert_clip, create, get, wait_status
 from wan_dist.config import GroupSpec, ParallelConfig
-from wan_dist.serve.jobs import ACTIVE_STATUSES
 from wan_dist.serve.settings import (AuthSettings, JobSettings, LimitSettings, PreviewSettings, RendererSettings,
                                      ServeSettings)
 from wan_dist.serve.stores import open_store
@@ -60,15 +59,9 @@ def serve_app(ray_local, tmp_path_factory):
 
 @pytest.fixture
 def api(serve_app, holds):
-    store = open_store(serve_app.settings.store)
-    with serve_app.client("k1") as client:
+    with open_store(serve_app.settings.store) as store, serve_app.client("k1") as client:
         yield client
-    holds.release_all()
-    jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
-    for job in jobs:
-        store.request_cancel(job.id)
-    wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, 120, what="an idle renderer")
-    store.close()
+        settle(store, holds, 120)
 
 
 def _held_job(api, holds, prompt: str, step: int) -> tuple[dict, dict]:

@@ -3,7 +3,8 @@
 ``check_public_url`` accepts a URL only if its scheme is allowed and, for http/https, its host resolves
 exclusively to public addresses: one loopback, private, link-local, multicast, reserved, unspecified or
 otherwise non-global address among the answers is enough to refuse it (IPv4-mapped, 6to4 and Teredo IPv6
-forms are unwrapped first). The operator can lift this with ``allow_private`` (Hydra
+forms are unwrapped first; the rules are ``wan_dist.storage.fetch.forbidden_reason``, which the fetcher applies
+at fetch time). The operator can lift this with ``allow_private`` (Hydra
 ``serve.allow_private_urls=true``). Webhook delivery calls it again before every attempt, so a name that is
 re-pointed at a private address after acceptance (DNS rebinding) is still refused.
 
@@ -18,13 +19,13 @@ import socket
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from wan_dist.storage.fetch import IPAddress, forbidden_reason
+
 __all__ = ["IMAGE_SCHEMES", "WEBHOOK_SCHEMES", "UnsafeURL", "check_public_url", "forbidden_reason"]
 
 WEBHOOK_SCHEMES = ("http", "https")
 IMAGE_SCHEMES = ("http", "https", "s3", "data")
 _RESOLVED_SCHEMES = {"http": 80, "https": 443}
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class UnsafeURL(ValueError):
@@ -34,30 +35,6 @@ class UnsafeURL(ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
-
-
-def _unwrap(ip: IPAddress) -> list[IPAddress]:
-    """Any IPv4 address ``ip`` embeds (IPv4-mapped, 6to4, Teredo), then ``ip`` itself."""
-    out: list[IPAddress] = []
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is judged as a.b.c.d
-            return [ip.ipv4_mapped]
-        if ip.sixtofour is not None:
-            out.append(ip.sixtofour)
-        if ip.teredo is not None:
-            out.extend(ip.teredo)
-    return out + [ip]
-
-
-def forbidden_reason(ip: IPAddress) -> str | None:
-    """Why ``ip`` may not be contacted (e.g. ``"loopback address 127.0.0.1"``), or None if it is public."""
-    for addr in _unwrap(ip):
-        for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
-            if getattr(addr, f"is_{kind}"):
-                return f"{kind.replace('_', '-')} address {ip}"
-        if not addr.is_global:  # e.g. 100.64.0.0/10 (carrier-grade NAT), 64:ff9b:1::/48
-            return f"non-public address {ip}"
-    return None
 
 
 def _resolve(host: str, port: int, resolver: Callable) -> list[IPAddress]:
