@@ -50,14 +50,30 @@ def test_a_parallel_pipeline_renders_the_latents_of_one_device(ray_local, single
     assert pipe.group is None  # closed by the with block: its ranks are gone
 
 
-def test_a_dict_layout_and_bad_arguments(ray_local):
+def test_a_dict_layout_and_bad_arguments(ray_local, single, tmp_path):
+    """Also: LoRAs loaded the diffusers way on a group reach every rank (and render as on one device)."""
+    from lora_files import wan_lora, write_lora
+
     with pytest.raises(ValueError, match="unknown field"):
         load_pipeline("tiny", parallel={"ulysses": 2, "rings": 2})
+    one = load_pipeline("tiny", dtype=torch.float32)
+    path = write_lora(wan_lora(one.spec.dit, seed=1), tmp_path / "style.safetensors")
     with load_pipeline("tiny", dtype=torch.float32, parallel={"ulysses": 2}) as pipe:
         with pytest.raises(ValueError, match="callback"):
             pipe.generate("a fox", callback=lambda *a: None)
         out = pipe.generate("a fox", height=32, width=32, num_frames=5, num_inference_steps=2, seed=1)
+        for target in (pipe, one):
+            target.load_lora_weights(path, adapter_name="style")
+            target.load_lora_weights(path, adapter_name="style-low", load_into_transformer_2=True)
+            target.set_adapters(["style", "style-low"], adapter_weights=[0.6, 1.2])
+        with_lora = pipe.generate(**_kwargs(single[0]))
     assert out.frames.shape == (1, 5, 32, 32, 3)
+    expected = one.generate(**_kwargs(single[0]))
+    assert [(r["adapter"], r["scale"], r["experts"]) for r in expected.loras] == [("style", 0.6, [0]),
+                                                                                   ("style-low", 1.2, [1])]
+    assert (expected.frames - single[1]).abs().max() > 0.1
+    assert (with_lora.frames - expected.frames).abs().max().item() < 1e-5
+    assert [(r["scale"], r["transformer"]) for r in with_lora.loras] == [(0.6, "high"), (1.2, "low")]
 
 
 def test_wan_dist_render_on_a_ulysses_2_group_renders_the_clip_of_one_device(tmp_path):

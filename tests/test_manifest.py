@@ -112,7 +112,11 @@ BAD_CASES = [
     ({"output_prefix": "../escape"}, "output_prefix", ".."),
     ({"output_prefix": "/abs/dir"}, "output_prefix", "leading '/'"),
     ({"output_prefix": "s3://other/bucket"}, "output_prefix", "URL"),
-    *[({column: "on"}, column, "reserved for a feature to come") for column in RESERVED_COLUMNS],
+    ({"loras": "[{not json"}, "loras", "not valid JSON"),
+    ({"loras": '[{"scale": 0.5}]'}, "loras[0].path", "required"),
+    ({"loras": '[{"path": "a.safetensors", "transformer": "mid"}]'}, "loras[0].transformer", "must be one of"),
+    ({"lora": "a.safetensors"}, "lora", "use the loras column"),
+    *[({column: "on"}, column, "reserved for a feature to come") for column in RESERVED_COLUMNS if column != "lora"],
 ]
 
 

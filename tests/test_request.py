@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -45,6 +46,8 @@ WALK: dict[str, tuple[str, object]] = {
     "camera": ("tiny", {"moves": [{"type": "pan", "amount": 12.5, "easing": "linear"},
                                   {"type": "zoom", "amount": 1.2, "start": 0.5}], "shake": {"intensity": 0.3}}),
     "layers": ("tiny", {"parallax": 3.0, "foreground_box": [0.2, 0.25, 0.8, 0.9]}),  # with WALK's camera
+    "loras": ("tiny", [{"path": "s3://loras/style.safetensors", "scale": 0.8, "transformer": "both"},
+                       {"path": "https://example.com/lightning-low.safetensors"}]),
 }
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
@@ -167,10 +170,12 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() == RenderRequest.from_dict(loose).digest()
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
-    before = {k: v for k, v in loose.items() if k not in ("camera", "layers")}
+    before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()
+    lora = {"path": "s3://l/a.safetensors", "scale": 1.0, "transformer": "high"}
+    assert request.digest() != dataclasses.replace(request, loras=[lora]).digest()
 
 
 def test_every_problem_of_a_request_is_reported_at_once():
@@ -178,3 +183,33 @@ def test_every_problem_of_a_request_is_reported_at_once():
         build_request({"prompt": " ", "num_frames": 6, "fps": 0, "colour": "red"}, spec=PRESETS["tiny"])
     fields = [field for field, _ in caught.value.problems]
     assert set(fields) == {"prompt", "num_frames", "fps", "colour"}, caught.value.problems
+
+
+@pytest.mark.parametrize(("item", "field"), [
+    ({"path": "s3://l/a.safetensors", "scale": 99.0}, "loras[0].scale"),
+    ({"path": "s3://l/a.safetensors", "transformer": "middle"}, "loras[0].transformer"),
+    ({"scale": 0.5}, "loras[0].path"),
+])
+def test_a_bad_lora_is_refused_at_every_door_naming_its_part(item, field, cli, tmp_path):
+    fields = {**BASE, "loras": [item]}
+    with pytest.raises(RequestError) as python:
+        _python("tiny", fields)
+    assert python.value.field == field
+    with pytest.raises(HTTPError) as http:
+        _http("tiny", fields)
+    assert http.value.param == field and http.value.status == 422
+    path = str(tmp_path / "bad.parquet")
+    write_manifest([{"id": "bad", **fields}], path)
+    (error,) = read_manifest(path, default_model="tiny").invalid
+    assert error.column == field
+    with pytest.raises(SystemExit, match=f"^wan-dist render: {re.escape(field)}: "):
+        cli("tiny", fields)
+
+
+def test_lora_transformer_low_needs_two_experts_and_http_takes_urls_only():
+    with pytest.raises(RequestError) as caught:
+        _python("tiny-ti2v", {**BASE, "image": "s3://f/a.png", "loras": [{"path": "a.safetensors", "transformer": "low"}]})
+    assert caught.value.field == "loras[0].transformer"
+    with pytest.raises(HTTPError) as http:  # a client names URLs, never files of the server
+        _http("tiny", {**BASE, "loras": [{"path": "/etc/passwd"}]})
+    assert http.value.param == "loras[0].path"

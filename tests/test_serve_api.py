@@ -418,6 +418,9 @@ def test_private_webhook_urls_are_refused_unless_allowed(tmp_path):
                 assert_error(response, 422, "webhook_url", "unsafe_url")
             image = client.post("/v1/videos", json={**FAST, "model": "tiny-i2v", "image": "http://127.0.0.1/a.png"})
             assert_error(image, 422, "image", "unsafe_url")
+            loras = [{"path": "s3://loras/ok.safetensors"}, {"path": "http://10.0.0.7/lora.safetensors"}]
+            lora = client.post("/v1/models/tiny/jobs", json={**FAST, "loras": loras})
+            assert_error(lora, 422, "loras[1].path", "unsafe_url")  # LoRA URLs follow the image rules
         assert state.store.count() == 0  # nothing refused was persisted
     finally:
         state.close()

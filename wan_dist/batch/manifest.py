@@ -39,12 +39,14 @@ __all__ = ["MANIFEST_SCHEMA", "REQUIRED_COLUMNS", "RESERVED_COLUMNS", "ManifestE
            "manifest_from_prompts", "derive_seed", "frames_for_duration"]
 
 _STRING = pa.string()
-_ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING}  # an object column holds JSON
+# an object or list column holds JSON
+_ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING, list: _STRING}
 # The request's own fields are its columns (engine.request.REQUEST_FIELDS; ``name`` is the row's ``id``), between
 # the row's id and model and where its clip goes.
 _REQUEST_COLUMNS = [f for f in REQUEST_FIELDS if f.name not in ("name", "metadata")]
-_OBJECT_COLUMNS = frozenset(f.name for f in _REQUEST_COLUMNS if f.type is dict)  # JSON text in the file
 RESERVED_COLUMNS = ("safe_zone", "style", "lora")
+_JSON_COLUMNS = {f.name for f in _REQUEST_COLUMNS if f.type in (dict, list)} | {"metadata"}  # JSON text in the file
+_RESERVED_HINTS = {"lora": "use the loras column (a JSON list of {path, scale, transformer})"}
 MANIFEST_SCHEMA = pa.schema([
     pa.field("id", _STRING, nullable=False), ("model", _STRING),
     *[pa.field(f.name, _ARROW[f.type], nullable=f.name != "prompt") for f in _REQUEST_COLUMNS],
@@ -245,6 +247,16 @@ def _json_object(value) -> dict | None:
     raise ValueError(f"must be a JSON object, got {type(parsed).__name__}")
 
 
+def _json_value(value):
+    """A structured column's value: JSON text (null: absent)."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+
+
 def _validate_row(index: int, r: dict, *, default_model: str, layout: str
                   ) -> tuple[ManifestRow | None, RowError | None]:
     errors: list[tuple[str, str]] = []
@@ -263,13 +275,15 @@ def _validate_row(index: int, r: dict, *, default_model: str, layout: str
         errors.append(("model", f"unknown variant {r['model']!r}; known: {', '.join(sorted(PRESETS))}"))
     for column in RESERVED_COLUMNS:
         if r[column] is not None:
-            errors.append((column, "reserved for a feature to come, not supported yet (leave it null)"))
+            errors.append((column, _RESERVED_HINTS.get(column, "reserved for a feature to come, not supported yet "
+                                                                "(leave it null)")))
     metadata = checked("metadata", _metadata, {})
     output_prefix = checked("output_prefix", _output_prefix, "")
     built = None
     if spec is not None:
-        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS if f.type is not dict}
-        fields.update({f.name: checked(f.name, _json_object) for f in _REQUEST_COLUMNS if f.type is dict})
+        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS if f.name not in _JSON_COLUMNS}
+        fields.update({f.name: checked(f.name, _json_object if f.type is dict else _json_value)
+                       for f in _REQUEST_COLUMNS if f.name in _JSON_COLUMNS})
         try:
             name = {"name": row_id} if id_ok else {}  # a bad id is reported once, above
             built = build_request({**fields, **name, "metadata": metadata}, spec=spec, layout=layout,
@@ -292,8 +306,8 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     arrays = []
     for target in MANIFEST_SCHEMA:
         values = [row.get(target.name) for row in rows]
-        if target.name == "metadata" or target.name in _OBJECT_COLUMNS:
-            values = [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in values]
+        if target.name in _JSON_COLUMNS:
+            values = [json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in values]
         try:
             arrays.append(pa.array(values, type=target.type))
         except (pa.ArrowException, TypeError, ValueError) as error:

@@ -26,7 +26,7 @@ def _request_from_config(cfg: DictConfig, folder):
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     # every request field is a top-level key of conf/render.yaml, the sampling ones in the sampling group
     fields = {f.name: sampling[f.name] if f.name in sampling else cfg.get(f.name) for f in REQUEST_FIELDS}
-    # structured fields (metadata, camera, layers) arrive as Hydra mappings: plain dicts and lists for the request
+    # structured fields (metadata, camera, layers, loras) arrive as Hydra mappings: plain dicts and lists for the request
     fields = {name: OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig))
               else value for name, value in fields.items()}
     try:

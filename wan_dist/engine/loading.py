@@ -53,6 +53,8 @@ class GroupPipeline:
 
         from wan_dist.engine.group import GroupConfig, RenderGroup
 
+        self._adapters: dict[str, tuple[str, str]] = {}  # LoRA adapter name -> (path, transformer)
+        self._weights: dict[str, float] = {}  # the active adapters' weights
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             address = os.environ.get("RAY_ADDRESS") or "local"
@@ -69,12 +71,52 @@ class GroupPipeline:
             raise
 
     def generate(self, *args, **kwargs):
-        """``WanPipeline.generate(*args, **kwargs)`` on the group (see that method for the arguments)."""
+        """``WanPipeline.generate(*args, **kwargs)`` on the group (see that method for the arguments). The active
+        adapters of :meth:`load_lora_weights` go to every rank before the call's own ``loras``."""
         if kwargs.get("callback") is not None:
             raise ValueError("callback: not available on a render group (its steps run in the rank processes); "
                              "use a step control with RenderGroup.submit")
         kwargs.pop("callback", None)
+        adapters = [{"path": path, "scale": self._weights.get(name, 1.0), "transformer": transformer}
+                    for name, (path, transformer) in self._adapters.items() if name in self._weights]
+        if adapters or kwargs.get("loras"):
+            kwargs["loras"] = adapters + list(kwargs.get("loras") or ())
         return self.group.wait(self.group.submit(GenerateCall(args, kwargs)))
+
+    # -- LoRAs, diffusers' spelling: every rank reads the file itself (a path or URL it can reach) ------------------
+    def load_lora_weights(self, path: str, adapter_name: str | None = None, load_into_transformer_2: bool = False,
+                          *, weight_name: str | None = None) -> str:
+        """As ``WanPipeline.load_lora_weights``, for a file path or URL (a state dict cannot travel to the ranks
+        here: write it to a file). The LoRA is checked by the ranks at the next call."""
+        if not isinstance(path, str):
+            raise ValueError("path_or_state_dict: a render group takes a LoRA file path or URL, not a state dict")
+        if weight_name is not None:
+            from wan_dist.storage.objects import join
+
+            path = join(path, weight_name)
+        name = adapter_name or f"default_{len(self._adapters)}"
+        expert = "low" if load_into_transformer_2 else "high"
+        if name in self._adapters and self._adapters[name][0] != path:
+            raise ValueError(f"adapter_name: {name!r} is already a different LoRA; choose another name")
+        if name in self._adapters and self._adapters[name][1] != expert:
+            expert = "both"
+        self._adapters[name] = (path, expert)
+        self._weights[name] = 1.0
+        return name
+
+    def set_adapters(self, adapter_names, adapter_weights=None) -> None:
+        """As ``WanPipeline.set_adapters`` (a number per adapter; one weight for both of its experts)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
+        unknown = [n for n in names if n not in self._adapters]
+        if unknown or len(weights) != len(names):
+            raise ValueError(f"adapter_names: not loaded: {unknown}" if unknown else
+                             f"adapter_weights: {len(weights)} weights for {len(names)} adapters")
+        self._weights = {name: 1.0 if weight is None else float(weight) for name, weight in zip(names, weights)}
+
+    def unload_lora_weights(self) -> None:
+        self._adapters.clear()
+        self._weights.clear()
 
     def __call__(self, *args, **kwargs):
         return self.generate(*args, **kwargs)

@@ -24,6 +24,7 @@ from wan_dist.sampling.sdedit import noise_to, start_step, tail_schedule
 from wan_dist.sampling.solvers import make_solver
 from wan_dist.engine.camera import CameraPlan, camera_prompt, plan_camera
 from wan_dist.engine.images import i2v_image_latents, image_size, prepare_image
+from wan_dist.engine.loras import LoraAdapters, lora_specs
 from wan_dist.engine.settings import RenderSettings, resolve_settings
 
 __all__ = ["WanPipeline", "WanOutput", "PreparedRender", "load_local_pipeline"]
@@ -38,6 +39,7 @@ class WanOutput:
     settings: RenderSettings
     timings: dict[str, float] = field(default_factory=dict)
     camera: CameraPlan | None = None
+    loras: list[dict] = field(default_factory=list)  # the request's LoRAs: uri, sha256, scale, transformer, experts
 
     @property
     def seed(self) -> int:
@@ -62,6 +64,7 @@ class WanPipeline:
         # one sample leaves the device idle (small sizes on a GPU).
         self.cfg_mode = "sequential"
         self.prompt_cache = None  # a PromptCache (engine/prompt_cache.py) where prompts are encoded ahead
+        self.loras = LoraAdapters(self)  # LoRAs of the experts (engine/loras.py); files cached per pipeline
 
     @classmethod
     def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None) -> "WanPipeline":
@@ -135,6 +138,41 @@ class WanPipeline:
         mask = cond.ti2v_first_frame_mask((1, 1, f, h, w), device=self.device)
         return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size)
 
+    # -- LoRAs, diffusers' spelling (engine/loras.py) ------------------------------------------------
+    @property
+    def lora_mode(self) -> str:
+        """``"runtime"`` (a branch beside each touched layer; weights never written) or ``"merged"``."""
+        return self.loras.mode
+
+    @lora_mode.setter
+    def lora_mode(self, mode: str) -> None:
+        self.loras.set_mode(mode)
+
+    def load_lora_weights(self, path_or_state_dict, adapter_name: str | None = None,
+                          load_into_transformer_2: bool = False, *, weight_name: str | None = None,
+                          image_branch: str = "error") -> str:
+        """Load a LoRA (a file path / URL, a folder + ``weight_name``, or a state dict in any format of
+        ``models.lora``) into the high-noise expert, or the low-noise one with ``load_into_transformer_2``, and
+        make it active at weight 1; it applies from the next render on. Returns the adapter name."""
+        if weight_name is not None and isinstance(path_or_state_dict, str):
+            from wan_dist.storage.objects import join
+
+            path_or_state_dict = join(path_or_state_dict, weight_name)
+        return self.loras.load(path_or_state_dict, adapter_name=adapter_name,
+                               expert=1 if load_into_transformer_2 else 0, image_branch=image_branch)
+
+    def set_adapters(self, adapter_names, adapter_weights=None) -> None:
+        """Only ``adapter_names`` are active, at ``adapter_weights`` (one number per adapter, or a dict with
+        ``transformer`` / ``transformer_2``; default 1), as in diffusers."""
+        self.loras.set_active(adapter_names, adapter_weights)
+
+    def get_active_adapters(self) -> list[str]:
+        return list(self.loras.active)
+
+    def unload_lora_weights(self) -> None:
+        """Forget every loaded adapter; the experts get their base weights back now."""
+        self.loras.unload()
+
     def default_predict(self):
         """The guided prediction of this pipeline's ``cfg_mode`` (see __init__)."""
         if self.cfg_mode not in ("batched", "sequential"):
@@ -198,7 +236,7 @@ class WanPipeline:
                 negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
                 data_shard: tuple[int, int] | None = None,
                 contexts: tuple[torch.Tensor, torch.Tensor] | None = None, camera=None, layers=None,
-                fps: int | None = None, handoff: bool = False) -> "PreparedRender":
+                fps: int | None = None, handoff: bool = False, loras=None) -> "PreparedRender":
         """Text contexts, image conditioning, step plan and initial latents of a resolved request.
 
         ``latents``: the initial noise of the whole batch (else drawn from the seed on the CPU, so a row gets
@@ -210,14 +248,19 @@ class WanPipeline:
         strength; the exact mode's crop is checked now and applied by :meth:`finish`.
         ``handoff``: ``latents`` are a trajectory another stage began (disaggregated placement): the camera's
         start (noise warp, proxy clip) is not applied to them again; its step plan (a part-way start) is.
+        ``loras``: this render's LoRAs (``[{path, scale, transformer}]`` or :class:`~wan_dist.engine.loras.LoraSpec`),
+        added to the adapters loaded with :meth:`load_lora_weights`; the experts this process holds are brought to
+        that set here.
         """
         started = time.perf_counter()
+        lora_records = self.loras.sync(lora_specs(loras))
+        timings_lora = time.perf_counter() - started
         batch = settings.batch_size
         if contexts is None:
             contexts = self._contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
         context, negative_context = (c.to(self.device, self.dtype) for c in contexts)
         rows = _rows_of(batch, data_shard)
-        timings = {"text_encode_s": time.perf_counter() - started}
+        timings = {"lora_s": timings_lora, "text_encode_s": time.perf_counter() - started - timings_lora}
         shape = self.latent_shape(settings)
         plan = None if camera is None else plan_camera(
             camera, layers, num_frames=settings.num_frames, width=settings.width, height=settings.height,
@@ -244,7 +287,8 @@ class WanPipeline:
             timings.update({f"camera_{name}": seconds for name, seconds in plan.timings.items()})
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
                               latents=conditioning.after_step(latents), conditioning=conditioning,
-                              schedule=schedule, steps=steps, timings=timings, started=started, camera=plan)
+                              schedule=schedule, steps=steps, timings=timings, started=started, camera=plan,
+                              loras=lora_records)
 
     def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, noise: torch.Tensor, schedule,
                           rows: slice, *, encode: bool = True):
@@ -302,7 +346,8 @@ class WanPipeline:
             timings["decode_s"] = time.perf_counter() - tick
             latents = self.post_pass(prepared.camera, latents, timings)
         timings["total_s"] = time.perf_counter() - prepared.started
-        return WanOutput(frames=latents, settings=prepared.settings, timings=timings, camera=prepared.camera)
+        return WanOutput(frames=latents, settings=prepared.settings, timings=timings, camera=prepared.camera,
+                         loras=list(prepared.loras))
 
     @staticmethod
     def post_pass(camera: CameraPlan | None, frames, timings: dict[str, float]):
@@ -326,12 +371,14 @@ class WanPipeline:
                  output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
                  data_shard: tuple[int, int] | None = None, camera=None, layers=None,
-                 fps: int | None = None) -> WanOutput:
+                 fps: int | None = None, loras=None) -> WanOutput:
         """Render a batch of clips: :meth:`resolve`, :meth:`prepare`, :meth:`denoise`, :meth:`finish`.
         See INTERFACES.md for the arguments.
 
         ``callback(step_index, num_steps, latents, estimate)`` runs after every denoising step; ``estimate()``
         gives that step's clean-latent estimate x0 (for previews; computed only when called).
+        ``loras``: ``[{"path", "scale", "transformer"}]`` for this call (see :meth:`prepare`); the output's ``loras``
+        records each one's uri, sha256, scale and expert.
         Returns WanOutput with frames uint8 [B, F, H, W, 3] ("np") or latents [B, C, f, h, w] ("latent").
 
         Hooks for a rank of a render group (wan_dist.engine.parallel_generate): ``experts`` replace
@@ -352,7 +399,7 @@ class WanPipeline:
                                 camera=camera)
         prepared = self.prepare(settings, image=image, prompt_embeds=prompt_embeds,
                                 negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard,
-                                camera=camera, layers=layers, fps=fps)
+                                camera=camera, layers=layers, fps=fps, loras=loras)
         latents = self.denoise(prepared, experts=experts, predict=predict, callback=callback)
         return self.finish(prepared, latents)
 
@@ -377,6 +424,7 @@ class PreparedRender:
     timings: dict[str, float]
     started: float
     camera: CameraPlan | None = None  # the request's camera path, sampled (engine/camera.py)
+    loras: list[dict] = field(default_factory=list)
 
     @property
     def boundary(self) -> int:

@@ -62,7 +62,8 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
-                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera)
+                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera,
+                    **({"loras": list(request.loras)} if request.loras else {}))
 
 
 def model_record(pipe, source: str | None = None) -> dict[str, Any]:
@@ -91,6 +92,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
         "model": {k: v for k, v in model.items() if k != "default_fps"},
         "fps": fps,
         "timings": dict(out.timings),
+        "loras": list(getattr(out, "loras", None) or []),  # each LoRA's uri, sha256, scale and expert
         "versions": versions(),
         "created_at": time.time(),
     }

@@ -24,11 +24,14 @@ from wan_dist.config import SamplingConfig
 from wan_dist.controls import CameraPath, ControlError, LayerSpec
 from wan_dist.engine.settings import frames_for_duration
 
-__all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "RenderRequest", "BuiltRequest", "build_request",
-           "frames_for_duration", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS"]
+__all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
+           "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
+           "LORA_TRANSFORMERS"]
 
 MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
 MAX_PROMPT_CHARS = 10_000
+MAX_LORAS, MAX_LORA_SCALE, MAX_URI_CHARS = 8, 10.0, 2048
+LORA_TRANSFORMERS = ("high", "low", "both")
 _SAMPLING = ("solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2",
              "boundary_ratio")
 
@@ -48,9 +51,15 @@ class RequestField:
     max_length: int | None = None
     input_only: bool = False  # accepted by build_request, never stored (``duration_s``)
     normalise: Callable[[Any], Any] | None = None  # a structured field's own check: its normalised form
+    items: Callable[[int, Any], Any] | None = None  # a list field: checks and normalises item i
 
     def check(self, value: Any) -> Any:
-        """``value`` checked (ints stay ints; an int is a fine float); ValueError with the reason."""
+        """``value`` checked (ints stay ints; an int is a fine float); ValueError with the reason
+        (:class:`ItemError` for an item of a list, naming it)."""
+        if self.items is not None and isinstance(value, (list, tuple)):
+            if self.max_length is not None and len(value) > self.max_length:
+                raise ValueError(f"at most {self.max_length} items, got {len(value)}")
+            return [self.items(index, item) for index, item in enumerate(value)]
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, self.type):
@@ -83,7 +92,40 @@ class RequestField:
         return f"in {'(' if self.open_low else '['}{self.low:g}, {high}]"
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+
+
+class ItemError(ValueError):
+    """A bad part of a structured field: ``path`` is what follows the field's name (``[0].scale``)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(reason)
+        self.path = path
+
+
+def lora_item(index: int, item: Any) -> dict:
+    """One entry of ``loras``, normalised to ``{"path", "scale", "transformer"}`` (defaults 1.0 and "high")."""
+    at = f"[{index}]"
+    if not isinstance(item, dict):
+        raise ItemError(at, f"must be an object {{path, scale, transformer}}, got {type(item).__name__}")
+    unknown = sorted(set(item) - {"path", "scale", "transformer"})
+    if unknown:
+        raise ItemError(f"{at}.{unknown[0]}", "unknown field; known: path, scale, transformer")
+    path = item.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ItemError(f"{at}.path", "required: a path or URL of a LoRA .safetensors file")
+    if len(path) > MAX_URI_CHARS or any(ord(c) < 32 for c in path):
+        raise ItemError(f"{at}.path", f"must be a path or URL of at most {MAX_URI_CHARS} characters")
+    scale = 1.0 if item.get("scale") is None else item["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ItemError(f"{at}.scale", f"must be a finite number, got {scale!r:.60}")
+    if abs(scale) > MAX_LORA_SCALE:
+        raise ItemError(f"{at}.scale", f"must be in [-{MAX_LORA_SCALE:g}, {MAX_LORA_SCALE:g}], got {scale}")
+    transformer = "high" if item.get("transformer") is None else item["transformer"]
+    if transformer not in LORA_TRANSFORMERS:
+        raise ItemError(f"{at}.transformer", f"must be one of {', '.join(LORA_TRANSFORMERS)}; got {transformer!r:.60}")
+    return {"path": path, "scale": float(scale), "transformer": transformer}
+
 
 
 def _control(kind):
@@ -122,9 +164,11 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  "frequency_hz}, mode: guided|exact, strength} (INTERFACES.md)", normalise=_control(CameraPath)),
     RequestField("layers", dict, "layer-aware motion of the camera path: {parallax, motion_blur, foreground_box}",
                  normalise=_control(LayerSpec)),
+    RequestField("loras", list, "LoRAs: [{path (file or URL), scale (default 1), transformer: high (default) | low "
+                                "| both}]", max_length=MAX_LORAS, items=lora_item),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
-_LATER_FIELDS = ("camera", "layers")  # see RenderRequest.digest
+_LATER_FIELDS = ("camera", "layers", "loras")  # see RenderRequest.digest
 
 
 class RequestError(ValueError):
@@ -156,6 +200,7 @@ class RenderRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     camera: dict[str, Any] | None = None  # controls.CameraPath's loose form, normalised
     layers: dict[str, Any] | None = None  # controls.LayerSpec's loose form, normalised
+    loras: list[dict[str, Any]] = field(default_factory=list)  # [{path, scale, transformer}], normalised
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -174,6 +219,7 @@ class RenderRequest:
         data = {f.name: getattr(self, f.name) for f in REQUEST_FIELDS if not f.input_only and f.name not in _SAMPLING}
         data.update({name: getattr(self.sampling, name) for name in _SAMPLING})
         data["metadata"] = dict(self.metadata)
+        data["loras"] = [dict(item) for item in self.loras]
         return {f.name: data[f.name] for f in REQUEST_FIELDS if not f.input_only}
 
     @classmethod
@@ -187,15 +233,15 @@ class RenderRequest:
             raise RequestError([(unknown[0], "unknown field")])
         sampling = {k: data.pop(k) for k in _SAMPLING if k in data}
         sampling = SamplingConfig(**{k: v for k, v in sampling.items() if v is not None})
-        return cls(**{k: v for k, v in data.items() if k != "metadata"}, sampling=sampling,
-                   metadata=dict(data.get("metadata") or {}))
+        return cls(**{k: v for k, v in data.items() if k not in ("metadata", "loras")}, sampling=sampling,
+                   metadata=dict(data.get("metadata") or {}), loras=[dict(x) for x in data.get("loras") or ()])
 
     def digest(self) -> str:
         """A hash of the loose form: equal for the same render request (a rerun may skip its clip), different
         for any change of what is rendered or recorded."""
-        # fields added after the first release count only when set: a published clip of a request that does not
-        # use them keeps its digest, so a rerun after an upgrade still skips it
-        loose = {k: v for k, v in self.to_dict().items() if not (k in _LATER_FIELDS and v is None)}
+        # fields added after the first release count only when set (a null camera, an empty loras list): a
+        # published clip of a request that does not use them keeps its digest, so a rerun after an upgrade skips it
+        loose = {k: v for k, v in self.to_dict().items() if not (k in _LATER_FIELDS and v in (None, []))}
         text = json.dumps(loose, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -210,7 +256,8 @@ class RenderRequest:
         return cls(prompt=prompt, negative_prompt=s["negative_prompts"][0], image=request.get("image"),
                    height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
                    seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
-                   camera=request.get("camera"), layers=request.get("layers"))
+                   camera=request.get("camera"), layers=request.get("layers"),
+                   loras=[dict(x) for x in request.get("loras") or ()])
 
 
 @dataclass(frozen=True)
@@ -241,10 +288,13 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
             try:
                 values[name] = _FIELDS[name].check(value)
             except ValueError as error:
-                problems.append((name, str(error)))
+                problems.append((name + getattr(error, "path", ""), str(error)))
     _check_text(values, problems)
     if values.get("layers") is not None and values.get("camera") is None and "camera" not in dict(problems):
         problems.append(("layers", "moves the scene's layers along a camera path: give camera too"))
+    if not spec.two_experts:
+        problems += [(f"loras[{i}].transformer", f"'low' needs a two-expert model; {spec.name} has one expert")
+                     for i, item in enumerate(values.get("loras") or ()) if item["transformer"] == "low"]
     if spec.task == "t2v" and values.get("image") is not None:
         problems.append(("image", f"the t2v variant {spec.name} takes no input image"))
     fps = values.get("fps") or spec.defaults.fps
@@ -321,7 +371,8 @@ def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
         prompt=values["prompt"], negative_prompt=values.get("negative_prompt"), image=values.get("image"),
         height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
         fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}),
-        camera=values.get("camera"), layers=values.get("layers"))
+        camera=values.get("camera"), layers=values.get("layers"),
+        loras=list(values.get("loras") or ()))
     settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)

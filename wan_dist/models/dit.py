@@ -121,8 +121,12 @@ def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` in fp32 whatever the weights' dtype (the reference's fp32 autocast regions)."""
-    return F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    """``layer(x)`` in fp32 whatever the weights' dtype (the reference's fp32 autocast regions), plus the
+    layer's runtime LoRA branch when it has one (``models.lora_apply``: calling the module runs it as a hook)."""
+    x = x.float()
+    y = F.linear(x, layer.weight.float(), layer.bias.float())
+    branch = getattr(layer, "lora_branch", None)
+    return y if branch is None else branch(x, y)
 
 
 # ----------------------------------------------------------------------------- modules

@@ -52,7 +52,7 @@ from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
 GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
                            "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
                            "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
-                           "output_type", "callback", "camera", "layers", "fps"})
+                           "output_type", "callback", "camera", "layers", "fps", "loras"})
 _RESOLVE_KEYS = ("prompt", "negative_prompt", "image", "height", "width", "num_frames", "num_inference_steps",
                  "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule",
                  "prompt_embeds", "output_type", "camera")
@@ -338,7 +338,7 @@ class DisaggregatedRunner:
         prepared = pipe.prepare(self._resolve(kwargs, seed), image=kwargs.get("image"),
                                 prompt_embeds=kwargs.get("prompt_embeds"),
                                 negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"),
-                                **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
+                                loras=kwargs.get("loras"), **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
         boundary = self._boundary(prepared.steps)
         solver = prepared.make_solver()
 
@@ -394,6 +394,7 @@ class DisaggregatedRunner:
         negative = handoff.negative_context
         prepared = pipe.prepare(self._resolve(kwargs, handoff.seed), image=kwargs.get("image"),
                                 latents=handoff.latents, contexts=(handoff.context, negative), handoff=True,
+                                loras=kwargs.get("loras"),
                                 **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
         prepared.timings["handoff_wait_s"] = waited
         solver = prepared.make_solver()

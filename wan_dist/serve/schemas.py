@@ -25,6 +25,7 @@ needs an image), as at every front door. Rules of this door:
   ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
 - ``image``: an http(s)/s3 URL or a ``data:image/...;base64`` URI up to :data:`MAX_IMAGE_BYTES`; never a
   local path from a client (the app passes its stored upload as ``uploaded_image``). SSRF is ``serve.urls``'.
+- ``loras[i].path``: an http(s) or s3 URL, as images (:func:`body_urls` lists them for the SSRF check).
 
 :func:`video_object` and :func:`job_view` read job dicts shaped like ``serve.jobs.Job.to_dict()``.
 """
@@ -41,13 +42,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from wan_dist.engine.request import (MAX_NUM_FRAMES, MAX_PROMPT_CHARS, REQUEST_FIELDS, RenderRequest, RequestError as
-                                     BuildError, RequestField, build_request)
+from wan_dist.engine.request import (LORA_TRANSFORMERS, MAX_NUM_FRAMES, MAX_PROMPT_CHARS, REQUEST_FIELDS, RenderRequest,
+                                     RequestError as BuildError, RequestField, build_request)
 from wan_dist.models.presets import PRESETS, RELEASED, VariantSpec, public_model_name
 
 __all__ = ["MODEL_NAMES", "MAX_NUM_FRAMES", "MAX_IMAGE_BYTES", "RequestError", "error_body", "resolve_model",
            "public_model_name", "JobCreate", "VideoCreate", "ValidatedRequest", "validate_job_request",
-           "validate_video_request", "render_request", "size_for_resolution", "video_object", "job_view"]
+           "validate_video_request", "render_request", "body_urls", "LoraItem", "size_for_resolution", "video_object",
+           "job_view"]
 
 MODEL_NAMES: dict[str, str] = {**{public_model_name(name): name for name in RELEASED},
                                **{name: name for name in PRESETS}}
@@ -90,12 +92,24 @@ def resolve_model(name: Any, served: Iterable[str]) -> str:
     return variant
 
 
+class LoraItem(BaseModel):
+    """One entry of ``loras`` (engine.request.lora_item checks the values and names a bad one)."""
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="an http(s) or s3 URL of a LoRA .safetensors file")
+    scale: float | None = Field(None, description="strength (default 1)")
+    transformer: Literal[LORA_TRANSFORMERS] | None = Field(None, description="expert: high (default), low, both")
+
+
+# the pydantic type of a structured request field; its items are checked again by build_request
+_STRUCTURED = {dict: dict[str, Any], list: list[LoraItem]}
+
+
 def _annotation(f: RequestField):
     """The pydantic type of a request field: its type, choices and bounds, as REQUEST_FIELDS declares them."""
     bounds = {"gt" if f.open_low else "ge": f.low} if f.low is not None else {}
     bounds.update({"le": f.high} if f.high is not None else {})
     bounds.update({"max_length": f.max_length} if f.max_length is not None else {})
-    base = Literal[f.choices] if f.choices else (dict[str, Any] if f.type is dict else f.type)
+    base = Literal[f.choices] if f.choices else _STRUCTURED.get(f.type, f.type)
     return Annotated[base, Field(description=f.help, **bounds)]
 
 
@@ -268,6 +282,11 @@ def _build(job: JobCreate, spec: VariantSpec, *, layout: str, image: str | None,
     length, length_param = _length(job)
     fields = {f.name: getattr(job, f.name) for f in _REQUEST_BODY_FIELDS if f.name not in ("num_frames", "duration_s")}
     fields.update(length, width=width, height=height, image=image, name=name, metadata=metadata)
+    if job.loras is not None:  # plain data for build_request; a client names URLs, never server paths
+        fields["loras"] = [item.model_dump(exclude_none=True) for item in job.loras]
+        for index, item in enumerate(job.loras):
+            if not re.fullmatch(r"(https?|s3)://[^/\s?#]+\S*", item.path, re.I):
+                raise _invalid(f"loras[{index}].path", "must be an http(s) or s3 URL")
     params = {"num_frames": length_param, "duration_s": length_param, "image": image_param,
               **dict.fromkeys(("height", "width"), size_param)}
     try:
@@ -281,6 +300,23 @@ def _build(job: JobCreate, spec: VariantSpec, *, layout: str, image: str | None,
         variant=spec.name, request=request, settings=built.settings, seconds=f"{built.seconds:g}",
         size=None if by_image else f"{request.width}x{request.height}", webhook_url=job.webhook_url,
         metadata=metadata, progress_webhooks=job.progress_webhooks, deadline_s=job.deadline_s)
+
+
+def body_urls(body: Any) -> list[tuple[str, str]]:
+    """(param, URL) of every URL in a create body the server would fetch from a client-chosen host: ``image``,
+    ``input_reference`` (or its ``image_url``) and each ``loras[i].path``; the app checks each against
+    ``serve.urls.check_public_url`` (private addresses refused unless allowed)."""
+    if not isinstance(body, dict):
+        return []
+    found = []
+    for name in ("image", "input_reference"):
+        value = body.get(name)
+        found.append((name, value.get("image_url") if isinstance(value, dict) else value))
+    loras = body.get("loras")
+    for index, item in enumerate(loras if isinstance(loras, list) else []):
+        found.append((f"loras[{index}].path", item.get("path") if isinstance(item, dict) else None))
+    return [(param, url) for param, url in found
+            if isinstance(url, str) and url.lower().startswith(("http://", "https://"))]
 
 
 def _one_image(sources: list[tuple[str, str | None]]) -> tuple[str | None, str]:

@@ -14,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from wan_dist.serve.forms import coerce_scalars, parse_form, pop_files
 from wan_dist.serve.jobs import IdempotencyConflict, JobStatus, body_hash
-from wan_dist.serve.schemas import MAX_IMAGE_BYTES, RequestError
+from wan_dist.serve.schemas import MAX_IMAGE_BYTES, RequestError, body_urls
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
@@ -48,15 +48,12 @@ async def read_body(request: Request, model, s: ServeState, file_fields: tuple[s
                            code="invalid_json")
     if not isinstance(body, dict):
         raise RequestError(422, "the body must be a JSON object", param=None, code="invalid_value")
-    for name in IMAGE_FILES:
-        value = body.get(name)
-        url = value.get("image_url") if isinstance(value, dict) else value
-        if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
-            try:
-                await asyncio.to_thread(check_public_url, url, field=name, schemes=IMAGE_SCHEMES,
-                                        allow_private=s.settings.allow_private_urls)
-            except ValueError as err:
-                raise RequestError(422, str(err), param=name, code="unsafe_url") from None
+    for name, url in body_urls(body):  # image, input_reference, loras[i].path
+        try:
+            await asyncio.to_thread(check_public_url, url, field=name, schemes=IMAGE_SCHEMES,
+                                    allow_private=s.settings.allow_private_urls)
+        except ValueError as err:
+            raise RequestError(422, str(err), param=name, code="unsafe_url") from None
     return body, None, body_hash(body)
 
 
