@@ -17,7 +17,7 @@ SMALL_DATA = TrainDataConfig(num_clips=4, heldout_clips=1, height=32, width=32, 
 
 
 def small_config(out, *, expert_steps: int, vae_steps: int = 2, stage: str = "all") -> TrainConfig:
-    return TrainConfig(out=str(out), stage=stage, progress=False, data=SMALL_DATA,
+    return TrainConfig(out=str(out), stage=stage, progress=False, data=SMALL_DATA, vae_frames=5,
                        vae=OptimConfig(steps=vae_steps, batch_size=1, lr=1e-3, checkpoint_every=2),
                        experts=OptimConfig(steps=expert_steps, batch_size=2, lr=1e-3, checkpoint_every=4),
                        flow=FlowConfig(cfg_dropout=0.0))

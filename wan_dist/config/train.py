@@ -97,8 +97,11 @@ class TrainConfig:
     curves and the published model (``out/model``, loadable with ``load_pipeline``).
 
     ``vae_frames``: the VAE trains on random windows of this many consecutive frames of each clip (1 + 4k;
-    None: whole clips). Its convolutions are causal and run in 4-frame chunks after the first frame, so a
-    5-frame window trains every path a 17-frame clip uses, at about a third of the cost.
+    None: whole clips). Its convolutions are causal and run in 4-frame chunks after the first frame, each chunk
+    reading the cached features of the chunk before: a 5-frame window (the first frame and one chunk) never
+    trains a chunk that follows a 4-frame chunk, and a VAE trained so decoded frames 8 and 16 of a 17-frame clip
+    with wrong colours (2026-12-06). 9 frames (first, chunk, chunk) train that steady state too, at about half
+    the cost of whole clips.
     ``vae_crop``: and on random square crops of this side (a multiple of the VAE's stride; None: whole frames):
     the VAE is convolutional, so 32x32 crops of 64x64 clips train it at a quarter of the cost.
     ``vae_sample_posterior``: decode posterior samples instead of the mean (see ``VAEStage``).
@@ -116,7 +119,7 @@ class TrainConfig:
     threads_per_worker: int = 1
     seed: int = 0
     progress: bool = True
-    vae_frames: int | None = 5
+    vae_frames: int | None = 9
     vae_crop: int | None = 32
     vae_sample_posterior: bool = False
     vae_from: str | None = None
