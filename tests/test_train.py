@@ -103,6 +103,28 @@ def test_vae_trains_on_random_windows_of_consecutive_frames_and_random_crops():
         VAEStage(get_preset("toy"), clips=clips, optim=OptimConfig(steps=1), seed=0, crop=12)
 
 
+def test_a_decoder_only_run_keeps_the_encoder_and_its_latent_statistics(tmp_path):
+    from wan_dist.train import train
+    from wan_dist.train.loop import STATE_FILE, latest_checkpoint
+    from wan_dist.train.stages import ENCODER_PARTS
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    config = replace(small_config(out, expert_steps=0, vae_steps=2, stage="vae"),
+                     vae=OptimConfig(steps=2, batch_size=1, lr=1e-2, checkpoint_every=2))
+    train(config, local=True)
+    before = torch.load(latest_checkpoint(out / "ray" / "vae") / STATE_FILE, weights_only=False)["modules"]["vae"]
+    stats = json.loads((out / "vae" / "config.json").read_text())["latents_mean"]
+    train(replace(config, vae=replace(config.vae, steps=4), vae_decoder_only=True), local=True)
+    after = torch.load(latest_checkpoint(out / "ray" / "vae") / STATE_FILE, weights_only=False)["modules"]["vae"]
+    encoder = [k for k in before if k.split(".")[0] in ENCODER_PARTS]
+    decoder = [k for k in before if k.split(".")[0] == "decoder"]
+    assert encoder and decoder
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)  # ... while the decoder trained
+    assert json.loads((out / "vae" / "config.json").read_text())["latents_mean"] == stats
+
+
 def test_loss_falls_resume_continues_and_the_checkpoint_loads(tmp_path):
     from wan_dist import load_pipeline
     from wan_dist.train import train

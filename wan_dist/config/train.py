@@ -105,6 +105,8 @@ class TrainConfig:
     ``vae_crop``: and on random square crops of this side (a multiple of the VAE's stride; None: whole frames):
     the VAE is convolutional, so 32x32 crops of 64x64 clips train it at a quarter of the cost.
     ``vae_sample_posterior``: decode posterior samples instead of the mean (see ``VAEStage``).
+    ``vae_decoder_only``: train the decoder only (resuming a trained VAE, e.g. on longer windows): the encoder,
+    hence the latents, their statistics and experts trained on them, stay as they are.
     ``vae_from``: a trained VAE to use instead of training one (its VAE stage is skipped): a diffusers
     ``vae/`` folder (e.g. another run's ``<out>/vae``) or a checkpoint folder holding one. It is copied to
     ``<out>/vae`` and must have the preset's VAE architecture (``toy`` and ``toy-i2v`` share theirs).
@@ -122,6 +124,7 @@ class TrainConfig:
     vae_frames: int | None = 9
     vae_crop: int | None = 32
     vae_sample_posterior: bool = False
+    vae_decoder_only: bool = False
     vae_from: str | None = None
     data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
     vae: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=3e-4, batch_size=2))

@@ -128,7 +128,9 @@ def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | N
     from tqdm import tqdm
 
     modules = {name: session.prepare(module) for name, module in stage.modules.items()}
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    # every parameter, frozen ones too (AdamW skips those without a gradient): a run that freezes a part
+    # (vae_decoder_only) resumes the optimizer state of one that trained it all, and the other way round
+    params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     step, history = _restore(resume, modules, optimizer)
     bar = tqdm(total=optim.steps, initial=step, desc=stage.name, disable=not progress or session.rank != 0,

@@ -30,7 +30,7 @@ from wan_dist.config.train import TrainConfig, train_config_from_dict
 from wan_dist.models.presets import VariantSpec, get_preset
 from wan_dist.train.data import cached_clips, cached_latents, clips_path, latents_path, to_video, tokenizer_corpus
 from wan_dist.train.loop import STATE_FILE, LocalSession, RaySession, latest_checkpoint, run_steps
-from wan_dist.train.stages import ExpertStage, VAEStage
+from wan_dist.train.stages import ENCODER_PARTS, ExpertStage, VAEStage
 
 __all__ = ["train", "TrainResult", "text_encoder_for"]
 
@@ -49,7 +49,7 @@ def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: s
         with np.load(data_path) as archive:
             clips = archive["clips"]
         return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames, crop=config.vae_crop,
-                        sample_posterior=config.vae_sample_posterior)
+                        sample_posterior=config.vae_sample_posterior, decoder_only=config.vae_decoder_only)
     from safetensors.torch import load_file
 
     return ExpertStage(spec, tensors=load_file(data_path), optim=config.experts, flow_config=config.flow,
@@ -168,7 +168,8 @@ def _experts_data(config: TrainConfig, spec: VariantSpec) -> tuple[str, Any, tup
     clips, captions = cached_clips(out, config.data, spec, split="train")
     corpus = tokenizer_corpus(captions)
     encoder = text_encoder_for(spec, corpus, out / "data" / "tokenizer", seed=config.seed)
-    vae_digest = sum(float(p.double().sum()) for p in vae.model.parameters())
+    # the latents depend on the encoder only: a decoder fine-tuned later (vae_decoder_only) keeps this cache
+    vae_digest = sum(float(p.double().sum()) for part in ENCODER_PARTS for p in getattr(vae.model, part).parameters())
     key = {"vae": vae_digest, "stats": list(vae.config.latents_mean), "text_seed": config.seed,
            "clips": [len(clips), *clips.shape[1:]], "data": asdict(config.data)}
     image_condition = spec.task == "i2v"

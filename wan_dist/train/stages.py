@@ -59,6 +59,9 @@ def init_vae(spec: VariantSpec, *, seed: int):
     return build_vae(spec.vae).train().requires_grad_(True)
 
 
+ENCODER_PARTS = ("encoder", "quant_conv")  # AutoencoderKLWan's modules that make the latents
+
+
 class VAEStage:
     """Reconstruction: L1 of the decoded latents plus a small KL term (Wan's VAE objective without its
     perceptual and adversarial terms, which need pretrained networks we cannot download).
@@ -73,7 +76,8 @@ class VAEStage:
     kl_weight = 1e-6
 
     def __init__(self, spec: VariantSpec, *, clips: np.ndarray, optim: OptimConfig, seed: int,
-                 frames: int | None = None, crop: int | None = None, sample_posterior: bool = False):
+                 frames: int | None = None, crop: int | None = None, sample_posterior: bool = False,
+                 decoder_only: bool = False):
         self.clips = torch.from_numpy(np.ascontiguousarray(clips))
         if frames is not None and frames > self.clips.shape[1]:
             raise ValueError(f"vae_frames: {frames} is more than the clips' {self.clips.shape[1]} frames")
@@ -83,6 +87,10 @@ class VAEStage:
                              f"{self.clips.shape[2]}x{self.clips.shape[3]} frames")
         self.optim, self.frames, self.crop, self.sample_posterior = optim, frames, crop, sample_posterior
         self.modules = {"vae": init_vae(spec, seed=seed + 100)}
+        self.decoder_only = decoder_only
+        if decoder_only:  # the encoder's latents, their statistics and experts trained on them stay valid
+            for part in ENCODER_PARTS:
+                getattr(self.modules["vae"], part).requires_grad_(False)
 
     def clips_for(self, draws: StepDraws, generator: torch.Generator) -> torch.Tensor:
         """The step's uint8 clips [B, F, H, W, 3]: drawn clips, each cut to a random window of ``frames``
@@ -102,7 +110,8 @@ class VAEStage:
         generator = draws.generator(0)
         video = to_video(self.clips_for(draws, generator))
         vae = modules["vae"]
-        posterior = vae.encode(video).latent_dist
+        with torch.set_grad_enabled(not self.decoder_only):
+            posterior = vae.encode(video).latent_dist
         z = posterior.mean
         if self.sample_posterior:
             z = z + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
