@@ -4,8 +4,8 @@
 setup:
 	bash scripts/setup.sh
 
-# Main job: a batch render of jobs/examples/tiny.parquet (8 rows) with the tiny model (random weights in the
-# real checkpoint layout) on a local Ray, into ./outputs/batch (clips, sidecars, results table under _results/).
+# Main job: a batch render of jobs/examples/toy.parquet (8 rows) with the trained toy model (wan_dist/models/TOY.md)
+# on a local Ray, into ./outputs/batch (clips, sidecars, results table under _results/).
 render: setup
 	HF_HUB_OFFLINE=1 RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0 .venv/bin/wan-dist batch $(ARGS)
 

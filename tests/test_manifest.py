@@ -289,6 +289,10 @@ def prompt_rows() -> list[dict]:
 
 def test_committed_examples_equal_what_the_generators_produce():
     assert pq.read_table(EXAMPLES / "tiny.parquet").equals(manifest_table(prompt_rows()))
+    toy_rows = manifest_from_prompts((EXAMPLES / "toy-prompts.txt").read_text().splitlines(), model="toy")
+    assert pq.read_table(EXAMPLES / "toy.parquet").equals(manifest_table(toy_rows))
+    toy = read_manifest(str(EXAMPLES / "toy.parquet"), default_model="toy")
+    assert len(toy.rows) == 8 and toy.invalid == [] and {row.model for row in toy.rows} == {"toy"}
     mixed_rows = [json.loads(line) for line in (EXAMPLES / "mixed.jsonl").read_text().splitlines() if line.strip()]
     assert pq.read_table(EXAMPLES / "mixed.parquet").equals(manifest_table(mixed_rows))
     tiny = read_manifest(str(EXAMPLES / "tiny.parquet"), default_model="tiny")

@@ -42,7 +42,7 @@ def test_wan_dist_serve_renders_a_job_and_stops_on_sigterm(tmp_path):
         for key in ("k-conf", "k-env"):  # keys from the config and from WAN_DIST_API_KEYS
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30,
                               trust_env=False) as client:
-                created = client.post("/v1/models/tiny/jobs", json={"prompt": "a lantern", "num_frames": 5,
+                created = client.post("/v1/models/toy/jobs", json={"prompt": "a lantern", "num_frames": 5,
                                                                     "size": "64x64", "num_inference_steps": 2})
                 assert created.status_code == 202, created.text
                 job_id = created.json()["id"]

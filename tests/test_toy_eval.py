@@ -145,3 +145,17 @@ def test_a_bad_argument_stops_with_a_message_naming_it(argv, words, capsys, tmp_
     assert stopped.value.code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "eval.csv").exists()
+
+
+def test_the_shipped_toy_i2v_keeps_the_given_first_frame(tmp_path):
+    """A fast subset of the evaluation on the shipped weights, at the default steps: the trained toy-i2v keeps the
+    first frame at ~20 dB PSNR on these prompts (benchmarks/RESULTS.md: 19.7 dB over 50); random weights of the
+    same architecture score ~12 dB. (The text-to-video `toy` is not asserted on: it misses the issue's targets;
+    its numbers are in RESULTS.md.)"""
+    from wan_dist.models.shipped import SHIPPED_DIR
+
+    assert (SHIPPED_DIR / "toy-i2v" / "model_index.json").exists(), "the trained weights are part of the package"
+    row, results = toy_eval.run(toy_eval.parse_args(["--model", "toy-i2v", "--count", "4", "--save-to",
+                                                     str(tmp_path / "eval.csv")]))
+    assert row["steps"] == 20 and row["first_frame_clips"] == 4
+    assert row["first_frame_psnr_db"] >= 16.0, row

@@ -87,6 +87,8 @@ def half_precision_copy(source: Path, dest: Path, *, dtype: torch.dtype = torch.
             if file.suffix == ".safetensors":
                 tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in load_file(file).items()}
                 save_file(tensors, str(target), metadata={"format": "pt"})
+            elif file.suffix == ".json" and file.is_file():
+                target.write_text(_clean_json(file))
             elif file.is_file():
                 shutil.copy2(file, target)
         index = sub / "diffusion_pytorch_model.safetensors.index.json"
@@ -95,6 +97,14 @@ def half_precision_copy(source: Path, dest: Path, *, dtype: torch.dtype = torch.
             size = sum(f.stat().st_size for f in (dest / sub.name).glob("*.safetensors"))
             data.setdefault("metadata", {})["total_size"] = size
             (dest / sub.name / index.name).write_text(json.dumps(data, indent=2))
+
+
+def _clean_json(file: Path) -> str:
+    """A config file without ``_name_or_path`` (diffusers records where it was loaded from: a local path)."""
+    data = json.loads(file.read_text())
+    if isinstance(data, dict):
+        data.pop("_name_or_path", None)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def ship(toy: Path, toy_i2v: Path | None = None, *, to: Path = SHIPPED_DIR) -> dict[str, int]:
@@ -113,12 +123,16 @@ def ship(toy: Path, toy_i2v: Path | None = None, *, to: Path = SHIPPED_DIR) -> d
     return sizes
 
 
+def _content(file: Path) -> bytes | str:
+    return _clean_json(file) if file.suffix == ".json" else file.read_bytes()
+
+
 def _check_shared(i2v: Path, toy: Path) -> None:
     """toy-i2v is shipped without its VAE, text encoder and tokenizer: they must be toy's, file for file."""
     for part in SHARED_PARTS:
         ours = sorted(p.relative_to(i2v) for p in (i2v / part).rglob("*") if p.is_file())
         theirs = sorted(p.relative_to(toy) for p in (toy / part).rglob("*") if p.is_file())
-        same = ours == theirs and all((i2v / f).read_bytes() == (toy / f).read_bytes() for f in ours)
+        same = ours == theirs and all(_content(i2v / f) == _content(toy / f) for f in ours)
         if not same:
             raise ValueError(f"toy_i2v: its {part} differs from toy's; train it with vae_from=<the toy run>/vae "
                              f"and the toy run's data/tokenizer copied into its data/ folder")

@@ -147,7 +147,7 @@ _BLOCKS = {"auth": AuthSettings, "limits": LimitSettings, "jobs": JobSettings, "
 class ServeSettings:
     """What is served and where things live; each concern in its block (see the module doc)."""
 
-    models: tuple[str, ...] = ("tiny",)  # variants (presets) served, one renderer deployment each
+    models: tuple[str, ...] = ("toy",)  # variants (presets) served, one renderer deployment each
     sources: dict = field(default_factory=dict)  # variant -> checkpoint source (default: the name)
     layout: str = "diffusers"  # layout embedded presets are written in
     store: str = "sqlite:///outputs/serve/jobs.db"
