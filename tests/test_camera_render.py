@@ -1,10 +1,10 @@
-"""A request's camera path through the engine: real pipelines (random-weight `toy-i2v` and `tiny` presets), the
+"""A request's camera path through the engine: real pipelines (the shipped `toy-i2v` and the random `tiny`), the
 exact mode's framing measured on the published MP4, a sidecar re-render, and the guided paths' plumbing (SDEdit
 start from the proxy clip, warped text-to-video noise).
 
-The trained toy models are not shipped yet, so what a model draws is noise here; the exact mode guarantees the
-framing whatever is drawn, which is what the end-to-end test measures. Whether guided generation moves the
-picture the requested way (the issue's >= 90% of clips) needs the trained `toy-i2v` (benchmarks, not here).
+The exact mode guarantees the framing whatever the model draws, which is what the end-to-end test measures.
+Whether guided generation moves the picture the requested way (the issue's >= 90% of clips) is a benchmark on
+the trained `toy-i2v`, not measured yet (its first weights learned no motion: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
