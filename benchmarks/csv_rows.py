@@ -103,3 +103,15 @@ def _write(path: Path, fieldnames: list[str], rows: list[Mapping[str, Any]]) -> 
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def report_row(measurements: Mapping[str, Any], cfg) -> Path:
+    """A Hydra benchmark's ending: :func:`save_row` with the composed config ``cfg`` (its ``save_to``), then the
+    row and where it went on stdout."""
+    from omegaconf import OmegaConf
+
+    path = save_row(measurements, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
+    print(dict(measurements))
+    print(f"row appended to {path}")
+    return path
+

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from csv_rows import save_row
+from csv_rows import report_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,10 +98,7 @@ def _run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_lora", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    row = _run(cfg)
-    path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
-    print(row)
-    print(f"row appended to {path}")
+    report_row(_run(cfg), cfg)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from frame_metrics import psnr
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
 from step_holds import HOOK
 from wan_dist.batch.manifest import write_manifest
@@ -133,11 +134,6 @@ def rows_of(n: int, settings: dict, prefix: str) -> list[dict]:
 def hold_row(holds, rows: list[dict], index: int, **options) -> str:
     """Hold the render of ``rows[index]`` at step 2 (the rows before it are done or in flight)."""
     return holds.plan(rows[index]["prompt"], 2, **options)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def relative_keys(uri: str) -> set[str]:

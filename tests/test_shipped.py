@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from frame_metrics import psnr
 from wan_dist.models.make_checkpoint import make_checkpoint
 from wan_dist.models.shipped import SHIPPED_DIR, ship, shipped_checkpoint
 
@@ -20,11 +21,6 @@ def runs(tmp_path_factory):
     toy-i2v run trained with vae_from and the toy run's tokenizer has)."""
     root = tmp_path_factory.mktemp("runs")
     return make_checkpoint("toy", root / "toy"), make_checkpoint("toy-i2v", root / "toy-i2v")
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def test_ship_writes_half_precision_and_toy_i2v_without_shared_parts(runs, tmp_path):
@@ -66,9 +62,9 @@ def test_shipped_folders_load_and_render_as_their_runs(runs, tmp_path):
         ours, theirs = render(shipped, **extra), render(original, **extra)
         assert ours.shape == (5, 64, 64, 3)
         # half-precision weights: the same clip up to rounding
-        assert _psnr(ours, theirs) >= 35.0, (original.name, _psnr(ours, theirs))
+        assert psnr(ours, theirs) >= 35.0, (original.name, psnr(ours, theirs))
         # ... which this PSNR tells from another clip
-        assert _psnr(render(original, seed=4, **extra), theirs) < 30.0
+        assert psnr(render(original, seed=4, **extra), theirs) < 30.0
 
 
 def test_a_toy_i2v_with_other_shared_parts_is_refused(runs, tmp_path):
