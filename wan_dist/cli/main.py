@@ -22,6 +22,7 @@ VERBS = {
     "plan": "choose a parallel layout for a model on N GPUs, with the candidates and the reasons",
     "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
     "train": "train the toy (or toy-i2v) model (VAE, then the two experts) on Ray Train; a rerun resumes",
+    "train-lora": "train a LoRA on a base model from captioned clips or images, on Ray Train; a rerun resumes",
 }
 LATER: dict[str, str] = {}
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.manifest import manifest_main as task
     elif verb == "train":
         from wan_dist.cli.train import train_main as task
+    elif verb == "train-lora":
+        from wan_dist.cli.train import train_lora_main as task
     else:
         raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)} (wan-dist --help says more)")
     run_hydra(verb, task, overrides)

@@ -1,4 +1,5 @@
-"""Hydra task of ``wan-dist train``: conf/train.yaml -> TrainConfig -> wan_dist.train.train."""
+"""Hydra tasks of ``wan-dist train`` (conf/train.yaml -> TrainConfig -> wan_dist.train.train) and
+``wan-dist train-lora`` (conf/train-lora.yaml -> LoraTrainConfig -> wan_dist.train.train_lora)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,51 @@ def train_config(cfg: DictConfig):
     return train_config_from_dict(fields)
 
 
+def _run(cfg: DictConfig, run, config):
+    """``run(config, local=...)`` in this process (``local``) or on a Ray it starts or joins (RAY_ADDRESS)."""
+    if cfg.local:
+        return run(config, local=True)
+    import ray
+
+    from wan_dist.cli.compose import init_ray
+
+    init_ray(cfg.ray)
+    try:
+        return run(config)
+    finally:
+        ray.shutdown()
+
+
+def lora_train_config(cfg: DictConfig):
+    """LoraTrainConfig of the composed config; ValueError names a bad field."""
+    from wan_dist.cli.paths import ray_job, resolve_input, resolve_output
+    from wan_dist.config.train_lora import lora_train_config_from_dict
+
+    fields = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _NOT_TRAIN_FIELDS}
+    if "://" in str(fields["out"]):
+        raise ValueError(f"out: {fields['out']!r} is a URL; training writes a local (or shared) folder")
+    job = ray_job(os.environ)
+    fields["out"] = resolve_output("out", str(fields["out"]), cwd=os.getcwd(), job=job)
+    data = dict(fields.get("data") or {})
+    if data.get("path"):
+        data["path"] = resolve_input("data.path", str(data["path"]), cwd=os.getcwd(), job=job)
+    fields["data"] = data
+    return lora_train_config_from_dict(fields)
+
+
+def train_lora_main(cfg: DictConfig) -> None:
+    from wan_dist.train import train_lora
+
+    try:
+        config = lora_train_config(cfg)
+    except ValueError as error:
+        raise SystemExit(f"wan-dist train-lora: {error}") from None
+    result = _run(cfg, train_lora, config)
+    log.info("lora: %s", json.dumps(result.summary))
+    for word, path in result.files.items():
+        log.info("%s-noise expert: %s (loras=[{path: %s, transformer: %s}])", word, path, path, word)
+
+
 def train_main(cfg: DictConfig) -> None:
     from wan_dist.train import train
 
@@ -36,18 +82,7 @@ def train_main(cfg: DictConfig) -> None:
         config = train_config(cfg)
     except ValueError as error:
         raise SystemExit(f"wan-dist train: {error}") from None
-    if cfg.local:
-        result = train(config, local=True)
-    else:
-        import ray
-
-        from wan_dist.cli.compose import init_ray
-
-        init_ray(cfg.ray)
-        try:
-            result = train(config)
-        finally:
-            ray.shutdown()
+    result = _run(cfg, train, config)
     for stage, summary in result.summaries.items():
         log.info("%s: %s", stage, json.dumps(summary))
     if result.model is not None:

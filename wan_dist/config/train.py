@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["TrainDataConfig", "OptimConfig", "FlowConfig", "TrainConfig", "train_config_from_dict"]
+__all__ = ["TrainDataConfig", "OptimConfig", "FlowConfig", "TrainConfig", "train_config_from_dict", "nested_from_dict"]
 
 Stage = Literal["vae", "experts", "all"]
 STAGES = ("vae", "experts", "all")
@@ -146,18 +146,24 @@ class TrainConfig:
 _NESTED = {"data": TrainDataConfig, "vae": OptimConfig, "experts": OptimConfig, "flow": FlowConfig}
 
 
-def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from plain nested dicts (Hydra's), naming unknown fields in the error."""
+def nested_from_dict(cls, nested: dict[str, type], data: dict[str, Any]):
+    """``cls`` from plain nested dicts (Hydra's): ``nested`` maps a field to the dataclass its dict becomes;
+    unknown fields, at either level, are named in the error."""
     data = dict(data)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-    for key, cls in _NESTED.items():
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+    for key, part in nested.items():
         if isinstance(data.get(key), dict):
-            fields = {f.name for f in dataclasses.fields(cls)}
+            fields = {f.name for f in dataclasses.fields(part)}
             extra = sorted(set(data[key]) - fields)
             if extra:
-                raise ValueError(f"TrainConfig.{key}: unknown field(s) {extra}; known: {sorted(fields)}")
-            data[key] = cls(**data[key])
-    return TrainConfig(**data)
+                raise ValueError(f"{cls.__name__}.{key}: unknown field(s) {extra}; known: {sorted(fields)}")
+            data[key] = part(**data[key])
+    return cls(**data)
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """TrainConfig from plain nested dicts (Hydra's), naming unknown fields in the error."""
+    return nested_from_dict(TrainConfig, _NESTED, data)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from wan_dist.config import DiTConfig
@@ -342,6 +343,7 @@ class WanDiT(nn.Module):
         self.attention_fn = default_attention()
         # "float64": the reference; "float32": diffusers. The loader sets it from the checkpoint layout.
         self.timestep_precision = "float64"
+        self.gradient_checkpointing = False  # True: training recomputes each block in the backward pass
 
     @property
     def attention_fn(self) -> AttentionFn:
@@ -459,8 +461,13 @@ class WanDiT(nn.Module):
         embedded text [B, T, dim]. inplace: x may be overwritten (without autograd); else
         the first block copies it. See :meth:`WanBlock.forward`."""
         first = x
+        checkpointed = getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, e0, context, rope, key_length=key_length, inplace=inplace or x is not first)
+            if checkpointed:  # keep only each block's input; recompute the block in the backward pass
+                x = torch.utils.checkpoint.checkpoint(block, x, e0, context, rope, key_length=key_length,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, e0, context, rope, key_length=key_length, inplace=inplace or x is not first)
         return x
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

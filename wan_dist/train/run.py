@@ -32,7 +32,7 @@ from wan_dist.train.data import cached_clips, cached_latents, clips_path, latent
 from wan_dist.train.loop import STATE_FILE, LocalSession, RaySession, latest_checkpoint, run_steps
 from wan_dist.train.stages import ENCODER_PARTS, ExpertStage, VAEStage
 
-__all__ = ["train", "TrainResult", "text_encoder_for"]
+__all__ = ["train", "TrainResult", "text_encoder_for", "run_workers"]
 
 _TEXT_SEED_OFFSET = 200  # the text encoder is frozen random: seed + 200, as make_checkpoint seeds it
 
@@ -87,26 +87,33 @@ def _ray_worker(payload: dict) -> None:
     _stage_steps(payload["kind"], config, RaySession(), payload["data"], resume)
 
 
-def _run_stage(kind: str, config: TrainConfig, data_path: str, *, local: bool) -> dict:
+def run_workers(kind: str, config, payload: dict, *, local: bool, run_local, ray_worker) -> None:
+    """Run a stage's steps, resuming from its newest checkpoint under ``<out>/ray/<kind>``: in this process
+    (``run_local(session, resume)``) or on a Ray Train ``TorchTrainer`` of ``config.num_workers`` workers, each
+    calling ``ray_worker(payload + {"resume": ...})``. ``config``: a TrainConfig or LoraTrainConfig."""
     out = Path(config.out)
     root = out / "ray" / kind
     resume = latest_checkpoint(root)
     if local:
         root.mkdir(parents=True, exist_ok=True)
-        _stage_steps(kind, config, LocalSession(root), data_path, resume)
-    else:
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        run_local(LocalSession(root), resume)
+        return
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
-        payload = {"kind": kind, "config": asdict(config), "data": data_path,
-                   "resume": str(resume) if resume else None}
-        trainer = TorchTrainer(
-            _ray_worker, train_loop_config=payload,
-            scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                         resources_per_worker={"CPU": config.cpus_per_worker}),
-            run_config=RunConfig(name=kind, storage_path=str(out / "ray")))
-        trainer.fit()  # raises TrainingFailedError naming the worker's exception
-    return json.loads((out / f"{kind}_summary.json").read_text())
+    trainer = TorchTrainer(
+        ray_worker, train_loop_config={**payload, "resume": str(resume) if resume else None},
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=RunConfig(name=kind, storage_path=str(out / "ray")))
+    trainer.fit()  # raises TrainingFailedError naming the worker's exception
+
+
+def _run_stage(kind: str, config: TrainConfig, data_path: str, *, local: bool) -> dict:
+    run_workers(kind, config, {"kind": kind, "config": asdict(config), "data": data_path}, local=local,
+                run_local=lambda session, resume: _stage_steps(kind, config, session, data_path, resume),
+                ray_worker=_ray_worker)
+    return json.loads((Path(config.out) / f"{kind}_summary.json").read_text())
 
 
 def text_encoder_for(spec: VariantSpec, corpus: tuple[str, ...], folder: Path, *, seed: int):

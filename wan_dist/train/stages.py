@@ -149,7 +149,7 @@ class ExpertStage:
     name = "experts"
 
     def __init__(self, spec: VariantSpec, *, tensors: dict[str, torch.Tensor], optim: OptimConfig,
-                 flow_config: FlowConfig, seed: int):
+                 flow_config: FlowConfig, seed: int, experts: tuple[torch.nn.Module, ...] | None = None):
         if spec.task not in ("t2v", "i2v"):
             raise ValueError(f"preset: {spec.name} is a {spec.task} model; the trainer knows t2v and i2v")
         if spec.task == "i2v" and "image_latents" not in tensors:
@@ -163,7 +163,8 @@ class ExpertStage:
         count = 2 if spec.two_experts else 1
         self.ids = [flow.expert_ids(self.timesteps, boundary_ratio=boundary, expert=e) for e in range(count)]
         self.weights = flow.bell_weights(self.timesteps) if flow_config.loss_weighting == "bell" else None
-        self.modules = {f"expert{e}": init_dit(spec, seed=seed + e) for e in range(count)}
+        # ``experts``: given modules (a LoRA trains on a base model's) instead of freshly initialised ones
+        self.modules = {f"expert{e}": experts[e] if experts else init_dit(spec, seed=seed + e) for e in range(count)}
 
     def _caption_dropout(self, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         drop = torch.rand(context.shape[0], generator=generator) < self.flow.cfg_dropout
