@@ -12,8 +12,10 @@ import dataclasses
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from wan_dist.batch.manifest import read_manifest, write_manifest
 from wan_dist.controls import CameraPath
@@ -40,6 +42,7 @@ WALK: dict[str, tuple[str, object]] = {
     "shift": ("tiny", 7.0),
     "solver": ("tiny", "euler"),
     "schedule": ("tiny", "reference"),
+    "recipe": ("tiny", "lightning"),
     "seed": ("tiny", 11),
     "name": ("tiny", "kite-walk"),
     "metadata": ("tiny", {"campaign": "walk"}),
@@ -53,6 +56,8 @@ WALK: dict[str, tuple[str, object]] = {
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
 MANIFEST_NAMES = {"name": "id"}
 _SAMPLING = {f.name for f in dataclasses.fields(type(RenderRequest(prompt="x").sampling))}
+# the CLI's sampling group (conf/sampling/): the sampling fields and the recipe that fills them
+_SAMPLING_GROUP = set(yaml.safe_load((Path(__file__).parents[1] / "conf" / "sampling" / "default.yaml").read_text()))
 
 
 def test_the_walk_covers_every_request_field():
@@ -91,7 +96,7 @@ def cli():
     def request(variant: str, fields: dict) -> RenderRequest:
         overrides = [f"model={variant}"]
         for key, value in fields.items():
-            if key in _SAMPLING:
+            if key in _SAMPLING_GROUP:
                 key = f"sampling.{key}"
             overrides.append(f"{key}={_hydra(value)}")
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -206,10 +206,11 @@ class WanPipeline:
                 guidance_scale_2: float | None = None, boundary_ratio: float | None = None,
                 shift: float | None = None, seed: int | None = None, solver: str | None = None,
                 schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
-                output_type: str = "np", camera=None) -> RenderSettings:
+                output_type: str = "np", camera=None, recipe: str | None = None) -> RenderSettings:
         """The request's settings with this checkpoint's defaults (a seed drawn when None); bad values raise
         ValueError naming the argument. Nothing is computed: every rank of a group can check a request first.
-        ``camera``: a camera path (dict or ``controls.CameraPath``): the prompt gains its camera phrases."""
+        ``camera``: a camera path (dict or ``controls.CameraPath``): the prompt gains its camera phrases.
+        ``recipe``: a sampling recipe (engine.settings.RECIPES, e.g. "lightning") for the fields left None."""
         if seed is None:
             seed = random.randrange(2**31)
         return resolve_settings(
@@ -218,7 +219,7 @@ class WanPipeline:
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, shift=shift, seed=seed,
             solver=solver, schedule=schedule, output_type=output_type, has_image=image is not None,
-            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image))
+            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image), recipe=recipe)
 
     def step_plan(self, settings: RenderSettings) -> tuple[Any, list[StepPlan]]:
         """(schedule, one StepPlan per denoising step: expert, timestep, guidance) of resolved settings."""
@@ -371,7 +372,7 @@ class WanPipeline:
                  output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
                  data_shard: tuple[int, int] | None = None, camera=None, layers=None,
-                 fps: int | None = None, loras=None) -> WanOutput:
+                 fps: int | None = None, loras=None, recipe: str | None = None) -> WanOutput:
         """Render a batch of clips: :meth:`resolve`, :meth:`prepare`, :meth:`denoise`, :meth:`finish`.
         See INTERFACES.md for the arguments.
 
@@ -396,7 +397,7 @@ class WanPipeline:
                                 guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
                                 boundary_ratio=boundary_ratio, shift=shift, seed=seed, solver=solver,
                                 schedule=schedule, prompt_embeds=prompt_embeds, output_type=output_type,
-                                camera=camera)
+                                camera=camera, recipe=recipe)
         prepared = self.prepare(settings, image=image, prompt_embeds=prompt_embeds,
                                 negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard,
                                 camera=camera, layers=layers, fps=fps, loras=loras)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from wan_dist.config import SamplingConfig
 from wan_dist.controls import CameraPath, ControlError, LayerSpec
-from wan_dist.engine.settings import frames_for_duration
+from wan_dist.engine.settings import RECIPES, frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
            "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
@@ -156,6 +156,8 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("shift", float, "flow-matching timestep shift", low=0, open_low=True),
     RequestField("solver", str, "flow-matching solver", choices=("unipc", "dpm++", "euler")),
     RequestField("schedule", str, "timestep schedule", choices=("reference", "diffusers")),
+    RequestField("recipe", str, "sampling recipe for the sampling fields left out: lightning = 4 steps, shift 5, "
+                 "no CFG, Euler (for the Lightning LoRAs)", choices=tuple(RECIPES), input_only=True),
     RequestField("seed", int, "random seed (default: drawn, or derived from the id, and recorded)", low=0,
                  high=2**63 - 1),
     RequestField("name", str, "clip folder under the output (a manifest row's id)", max_length=200),
@@ -349,7 +351,8 @@ def _resolve(spec, layout: str, values: dict, problems: list, frames_field: str)
     for _ in range(len(args) + 2):
         try:
             return resolve_settings(spec, layout=layout, prompt=values.get("prompt") or "-", prompt_embeds=None,
-                                    output_type="np", has_image=has_image, checkpoint_id="request", **args)
+                                    output_type="np", has_image=has_image, checkpoint_id="request",
+                                    recipe=values.get("recipe"), **args)
         except ValueError as error:
             column, _, reason = str(error).partition(": ")
             problems.append((frames_field if column == "num_frames" else column, reason))

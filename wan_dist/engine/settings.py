@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from wan_dist.models.presets import VariantSpec
 
 __all__ = ["RenderSettings", "resolve_settings", "frames_for_duration", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS",
-           "SCHEDULES"]
+           "SCHEDULES", "RECIPES"]
 
 # The reference's default negative prompt (Wan 2.2 shared config).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -21,6 +21,18 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 SOLVERS = ("unipc", "dpm++", "euler")
 SCHEDULES = ("reference", "diffusers")
+# Sampling recipes: defaults for the fields a request leaves out (a field given beside the recipe wins).
+# ``lightning``: ModelTC/Wan2.2-Lightning's few-step sampling (wan/configs/wan_{t2v,i2v}_A14B.py and its generate.py):
+# 4 steps, shift 5, guidance 1 on both experts (no CFG: one forward per step), the Euler solver, the model's own
+# boundary. With the reference schedule (the Wan code Lightning forks) the steps are t = 999, 937, 833, 624, the
+# timesteps its LoRAs were distilled on (1000, 937.5, 833.3, 625: shift 5 on 4 uniform steps) up to the
+# reference's integer timesteps; at the T2V boundary 0.875 two steps go to each expert. Use it with the
+# Lightning LoRA of each expert (``loras``: high_noise_model on ``high``, low_noise_model on ``low``).
+# lightx2v's step list (1000, 750, 500, 250) is not a shifted uniform grid and is not offered.
+RECIPES: dict[str, dict] = {
+    "lightning": {"num_inference_steps": 4, "shift": 5.0, "guidance_scale": 1.0, "guidance_scale_2": 1.0,
+                  "solver": "euler", "schedule": "reference"},
+}
 
 
 def frames_for_duration(duration_s: float, fps: int, stride: int = 4) -> int:
@@ -106,8 +118,20 @@ def image_size_for_area(image_width: int, image_height: int, *, area: int, multi
 def resolve_settings(spec: VariantSpec, *, layout: str, prompt, negative_prompt, prompt_embeds, height, width,
                      num_frames, num_inference_steps, guidance_scale, guidance_scale_2, boundary_ratio, shift,
                      seed, solver, schedule, output_type, has_image: bool, checkpoint_id: str,
-                     image_size: tuple[int, int] | None = None) -> RenderSettings:
-    """Fill defaults from ``spec`` and validate every field, raising ValueError('<field>: <reason>')."""
+                     image_size: tuple[int, int] | None = None, recipe: str | None = None) -> RenderSettings:
+    """Fill defaults from ``recipe`` (:data:`RECIPES`), then ``spec``, and validate every field, raising
+    ValueError('<field>: <reason>')."""
+    if recipe is not None:
+        if recipe not in RECIPES:
+            _fail("recipe", f"must be one of {tuple(RECIPES)}, got {recipe!r}")
+        given = {"num_inference_steps": num_inference_steps, "shift": shift, "guidance_scale": guidance_scale,
+                 "guidance_scale_2": guidance_scale_2, "solver": solver, "schedule": schedule}
+        filled = {k: RECIPES[recipe][k] if v is None else v for k, v in given.items()}
+        if not spec.two_experts and guidance_scale_2 is None:
+            filled["guidance_scale_2"] = None  # one expert: the recipe's second scale does not apply
+        num_inference_steps, shift, guidance_scale = (filled["num_inference_steps"], filled["shift"],
+                                                      filled["guidance_scale"])
+        guidance_scale_2, solver, schedule = filled["guidance_scale_2"], filled["solver"], filled["schedule"]
     d = spec.defaults
     batch = None if prompt_embeds is None else int(prompt_embeds.shape[0])
     prompts = _as_list(prompt, "prompt", batch)
