@@ -96,6 +96,9 @@ class GroupConfig(GroupSpec):
     # leaves it. Without a current placement group, one is created as usual.
     reuse_placement_group: bool = False
     bundle_offset: int = 1
+    # how the ranks read a request's image and LoRA URLs (WanPipeline.fetch_policy): None, the operator's;
+    # a storage.fetch.FetchPolicy for tenants' requests (the Serve renderers set one)
+    fetch: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,6 +154,7 @@ class RankWorker:
         dtype = torch_dtype(config.dtype, device)
         self.pipe = load_local_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
                                   expert_loader=self._sharded_loader(config, device, dtype))
+        self.pipe.fetch_policy = config.fetch
         self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size,
                                    handoff_timeout_s=config.handoff_timeout_s, step_hook=config.step_hook)
         if self.pipe.text_encoder is not None:

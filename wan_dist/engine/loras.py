@@ -132,14 +132,20 @@ class LoraFiles:
         self._files: OrderedDict[str, LoraFile] = OrderedDict()
         self.reads = 0  # files read from storage (the rest came from the cache)
 
-    def get(self, uri: str, *, field: str = "lora") -> LoraFile:
+    def get(self, uri: str, *, field: str = "lora", policy=None) -> LoraFile:
+        """The file at ``uri``, read under ``policy`` (storage.fetch.read_source: None, the operator's rules;
+        a FetchPolicy, a tenant's) unless cached."""
         if uri in self._files:
             self._files.move_to_end(uri)
             return self._files[uri]
-        from wan_dist.storage.objects import StorageError, read_bytes
+        from wan_dist.storage.fetch import FetchRefused, read_source
+        from wan_dist.storage.objects import StorageError
 
         try:
-            data = read_bytes(uri, storage_options=self.storage_options)
+            data = read_source(uri, policy=policy, field=f"{field}.path", max_bytes=self.max_bytes,
+                               storage_options=self.storage_options)
+        except FetchRefused as error:
+            raise LoraError(error.reason).named(f"{field}.path") from None
         except StorageError as error:
             raise LoraError(f"cannot read {uri} ({error})").named(f"{field}.path") from None
         self.reads += 1
@@ -180,13 +186,18 @@ class LoraAdapters:
     def experts(self) -> list:
         return self._owner.experts
 
+    @property
+    def _policy(self):
+        return getattr(self._owner, "fetch_policy", None)
+
     # -- diffusers' spelling -------------------------------------------------------------------------
     def load(self, source, *, adapter_name: str | None = None, expert: int = 0, image_branch: str = "error") -> str:
         """Load a LoRA (a path / URL or a state dict) into ``expert`` as adapter ``adapter_name`` (default
         ``default_<n>``, as diffusers names them) and make it active at weight 1. Returns the name."""
         if expert >= len(self.experts):
             raise ValueError("load_into_transformer_2: this model has one expert (no transformer_2)")
-        file = (self.files.get(source) if isinstance(source, str) else LoraFile.from_state_dict(source))
+        file = (self.files.get(source, policy=self._policy) if isinstance(source, str)
+                else LoraFile.from_state_dict(source))
         name = adapter_name or f"default_{len(self.adapters)}"
         adapter = self.adapters.setdefault(name, _Adapter(file=file, experts=set()))
         if adapter.file.sha256 != file.sha256:
@@ -236,7 +247,7 @@ class LoraAdapters:
         for index, spec in enumerate(request_loras):
             field = f"loras[{index}]"
             experts = expert_indices(spec.transformer, len(self.experts), field=f"{field}.transformer")
-            file = self.files.get(spec.path, field=field)
+            file = self.files.get(spec.path, field=field, policy=self._policy)
             for expert in experts:
                 wanted[expert].append((file, spec.scale, field))
             records.append({"uri": spec.path, "sha256": file.sha256, "scale": spec.scale,

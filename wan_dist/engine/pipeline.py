@@ -65,6 +65,9 @@ class WanPipeline:
         self.cfg_mode = "sequential"
         self.prompt_cache = None  # a PromptCache (engine/prompt_cache.py) where prompts are encoded ahead
         self.loras = LoraAdapters(self)  # LoRAs of the experts (engine/loras.py); files cached per pipeline
+        # how a request's image and LoRA URLs are read: None, the operator's (any path, any fsspec URL); a
+        # storage.fetch.FetchPolicy, a tenant's (http(s) only, every hop's address checked as it is fetched)
+        self.fetch_policy = None
 
     @classmethod
     def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None) -> "WanPipeline":

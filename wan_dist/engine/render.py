@@ -40,16 +40,17 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def _load_image(uri: str | None):
+def _load_image(uri: str | None, policy=None):
+    """The request's image, read under the pipeline's fetch policy (storage.fetch.read_source)."""
     if uri is None:
         return None
     import io
 
     from PIL import Image
 
-    from wan_dist.storage.objects import read_bytes
+    from wan_dist.storage.fetch import read_source
 
-    return Image.open(io.BytesIO(read_bytes(uri))).convert("RGB")
+    return Image.open(io.BytesIO(read_source(uri, policy=policy, field="image"))).convert("RGB")
 
 
 def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
@@ -58,7 +59,7 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     generate = generate or pipe.generate
     # the camera's arguments only when there is a camera: a generate without camera support still renders the rest
     camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers, "fps": request.fps}
-    return generate(request.prompt, request.negative_prompt, image=_load_image(request.image),
+    return generate(request.prompt, request.negative_prompt, image=_load_image(request.image, getattr(pipe, "fetch_policy", None)),
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,

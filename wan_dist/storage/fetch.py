@@ -14,6 +14,11 @@ therefore, for every hop:
 A refusal raises :class:`FetchRefused` naming the field and the rule that refused ("redirect to a loopback
 address 127.0.0.1", "larger than 1048576 bytes", "no answer within 10 s"); the remote answer's body is never
 quoted. Only the address rules live here (storage is a leaf); the front doors decide who may fetch what.
+
+:func:`read_source` is what the renderer reads a request's image or LoRA file with: under a policy (a tenant's
+request: the Serve renderer's groups carry one) an http(s) URL goes through :func:`fetch_bytes` at the moment it
+is read, and any other scheme is refused unless the policy lists it; without one (the operator's own runs:
+Python, ``wan-dist render``, ``ray job submit``) every path and fsspec URL is read as storage reads it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-__all__ = ["FetchPolicy", "FetchRefused", "fetch_bytes", "forbidden_reason"]
+__all__ = ["FetchPolicy", "FetchRefused", "fetch_bytes", "forbidden_reason", "read_source"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _PORTS = {"http": 80, "https": 443}
@@ -162,3 +167,21 @@ def _read_bounded(response, policy: FetchPolicy, field: str, deadline: float) ->
             raise FetchRefused(field, f"no answer within {policy.timeout_s:g} s")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def read_source(uri: str, *, policy: FetchPolicy | None, field: str, max_bytes: int | None = None,
+                storage_options=None) -> bytes:
+    """The bytes of a file a request names (module docstring). ``max_bytes`` replaces the policy's bound
+    (a LoRA file may be larger than an image). FetchRefused names ``field``; storage errors pass through."""
+    from dataclasses import replace
+
+    from wan_dist.storage.objects import read_bytes
+
+    if policy is None:
+        return read_bytes(uri, storage_options=storage_options)
+    scheme = urlsplit(uri).scheme.lower() if "://" in uri else "file"
+    if scheme not in policy.schemes:
+        raise FetchRefused(field, f"{scheme}: URLs are not allowed here; allowed: {', '.join(policy.schemes)}")
+    if max_bytes is not None:
+        policy = replace(policy, max_bytes=max_bytes)
+    return fetch_bytes(uri, policy=policy, field=field)
