@@ -30,7 +30,8 @@ def served(request, tmp_path):
     """(TestClient with key k1, the API's store) for an API serving tiny and tiny-ti2v."""
     store = str(tmp_path / "jobs.db") if request.param == "sqlite" else (tmp_path / "store").as_uri()
     settings = ServeSettings(models=("tiny", "tiny-ti2v"), store=store, output=str(tmp_path / "out"),
-                             auth=AuthSettings(api_keys=("k1", "k2")), limits=LimitSettings(rate_per_s=1000.0, burst=1000),
+                             auth=AuthSettings(api_keys=("k1", "k2")),
+                             limits=LimitSettings(rate_per_s=1000.0, burst=1000),
                              webhooks=WebhookSettings(secret=SECRET))
     app = create_app(settings)
     try:

@@ -13,19 +13,21 @@ from pathlib import Path
 import pytest
 
 from frame_metrics import psnr
-from serve_fixtures import ServeApp, free_port, wait_for
+from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
 from step_holds import HOOK
 from wan_dist.batch.manifest import write_manifest
 from wan_dist.config import GroupSpec
 from wan_dist.serve.jobs import ACTIVE_STATUSES
 from wan_dist.serve.settings import (AuthSettings, BatchSettings, JobSettings, LimitSettings, RendererSettings,
-                                     ServeSettings)
+                                     ServeSettings, WebhookSettings)
 from wan_dist.serve.stores import open_store
+from wan_dist.serve.webhooks import generate_secret
 
 pytestmark = pytest.mark.slow
 
 MIXED = Path(__file__).resolve().parents[1] / "jobs" / "examples" / "mixed.parquet"
 MODELS = ("tiny", "tiny-ti2v")
+SECRET = generate_secret()
 SLOW = {"height": 64, "width": 64, "num_frames": 5, "num_inference_steps": 6}
 
 
@@ -40,6 +42,7 @@ def app(ray_local, tmp_path_factory):
                              limits=LimitSettings(rate_per_s=1000.0, burst=1000),
                              jobs=JobSettings(poll_after_ms=100, lease_s=3.0),
                              batches=BatchSettings(interactive_per_row=1, results_flush_rows=1),
+                             webhooks=WebhookSettings(secret=SECRET, base_delay_s=0.05),
                              renderer=RendererSettings(group=GroupSpec(step_hook=HOOK, cpus_per_rank=0.5)))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -66,9 +69,9 @@ def api(app, holds):
         store.close()
 
 
-def upload(client, data: bytes):
+def upload(client, data: bytes, **fields):
     files = {"manifest": ("m.parquet", data, "application/vnd.apache.parquet")}
-    return client.post("/v1/batches", files=files)
+    return client.post("/v1/batches", files=files, data=fields)
 
 
 def batch(client, batch_id: str) -> dict:
@@ -116,11 +119,17 @@ def test_the_mixed_example_renders_as_the_batch_job_renders_it(api, app, tmp_pat
 
     manifest = read_manifest(str(MIXED), default_model="tiny")
     assert {row.model for row in manifest.rows} == set(MODELS) and manifest.invalid  # the example is mixed
-    created = upload(api, MIXED.read_bytes())
-    assert created.status_code == 202, created.text
-    body = created.json()
-    assert body["model"] == "tiny,tiny-ti2v" and [p["model"] for p in body["parts"]] == list(MODELS)
-    final = until_ended(api, body["id"])
+    with WebhookReceiver(SECRET) as receiver:
+        created = upload(api, MIXED.read_bytes(), webhook_url=receiver.url)
+        assert created.status_code == 202, created.text
+        body = created.json()
+        assert body["model"] == "tiny,tiny-ti2v" and [p["model"] for p in body["parts"]] == list(MODELS)
+        final = until_ended(api, body["id"])
+        # one event for the batch, once every part ended (the receiver answers 500 to a first delivery)
+        wait_for(lambda: [d for d in receiver.events(body["id"]) if d[1] == 200], 60, what="a batch.completed delivery")
+        assert {event for _, _, event in receiver.events(body["id"])} == {"batch.completed"} and not receiver.errors
+        delivered = [p for _, code, p in receiver.requests if code == 200 and p["data"]["id"] == body["id"]]
+        assert delivered[0]["data"]["status"] == "completed" and delivered[0]["data"]["counts"]["remaining"] == 0
     assert final["status"] == "completed", final
     assert [p["status"] for p in final["parts"]] == ["completed", "completed"]
     total = len(manifest.rows) + len(manifest.invalid)
