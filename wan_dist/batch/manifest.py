@@ -110,6 +110,15 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.rows) + len(self.invalid)
 
+    def of_models(self, models: Iterable[str]) -> "Manifest":
+        """The valid rows of these variants (public names allowed), and every invalid row (it has no variant to
+        go by). ValueError names a variant that is no preset."""
+        wanted = {_model_name(name) for name in models}
+        unknown = sorted(wanted - set(PRESETS))
+        if unknown:
+            raise ValueError(f"only_models: unknown variant(s) {unknown}; known: {sorted(PRESETS)}")
+        return Manifest(uri=self.uri, rows=[row for row in self.rows if row.model in wanted], invalid=self.invalid)
+
 
 def derive_seed(row_id: str) -> int:
     """The seed of a row whose ``seed`` is null: a hash of its id, in [0, 2^53) (exact in JSON everywhere)."""

@@ -19,6 +19,8 @@ The driver is one event loop around ``ray.wait``:
   one call at a time, each call taken through ``shared.gate`` (the fair policy between batch rows and
   interactive jobs); it never reloads, rebuilds or shuts the group down itself. A stop lets the call in
   flight finish and publish.
+* **part of a manifest** (``config.only_models``): only those variants' rows; the others are left, unrecorded, to
+  sibling runs over the same manifest and output (the HTTP API's mixed batches: one run per model's renderer).
 """
 
 from __future__ import annotations
@@ -136,16 +138,19 @@ class BatchRunner:
         cfg = self.config
         manifest = read_manifest(cfg.manifest, default_model=cfg.default_model, layout=cfg.layout,
                                  storage_options=self.storage_options)  # duplicate ids raise here
+        if cfg.only_models:
+            manifest = manifest.of_models(cfg.only_models)
+        rows, invalid = manifest.rows, (manifest.invalid if cfg.record_invalid_rows else [])
         self.results = ResultsWriter(self.output.uri, self.run_id, flush_rows=cfg.results_flush_rows,
                                      flush_s=cfg.results_flush_s, storage_options=self.storage_options)
-        total = len(manifest.rows) + len(manifest.invalid)
+        total = len(rows) + len(invalid)
         self.progress = Progress(total, run_id=self.run_id, interval_s=cfg.progress_interval_s)
-        log.info("run %s: %d rows (%d invalid) from %s into %s", self.run_id, total, len(manifest.invalid),
+        log.info("run %s: %d rows (%d invalid) from %s into %s", self.run_id, total, len(invalid),
                  cfg.manifest, self.output.uri)
-        for bad in manifest.invalid:
+        for bad in invalid:
             self._finish(None, "failed", model="?", row_id=bad.id, index=bad.index, error=bad.reason,
                          error_column=bad.column)
-        todo = self._skip_published(manifest.rows)
+        todo = self._skip_published(rows)
         if self.shared is not None:
             todo = self._only_shared_model(todo)
         for row in todo:

@@ -268,6 +268,11 @@ class BatchConfig:
     ``fail_on_row_errors``: the batch command (``wan-dist batch``, ``python -m wan_dist.cli.batch``) exits non-zero
     when a row failed, so a Ray job with failed rows shows FAILED; False exits 0 once every row has an outcome
     (failed rows are in the results table either way).
+    ``only_models``: render only the rows of these variants (empty: every row's); rows of other variants are left
+    to another run over the same manifest and output (no result, not counted in this run's total). Runs that
+    split one manifest this way must share ``default_model`` (it decides the variant of rows whose model is null).
+    ``record_invalid_rows``: record the manifest's invalid rows as failed; False in all but one of the runs that
+    split a manifest, so each invalid row is recorded once.
     """
 
     manifest: str
@@ -289,9 +294,17 @@ class BatchConfig:
     group_ready_timeout_s: float = 600.0
     run_id: str | None = None
     fail_on_row_errors: bool = True
+    only_models: tuple[str, ...] = ()
+    record_invalid_rows: bool = True
 
     def __post_init__(self) -> None:
         name = "BatchConfig"
+        _require(isinstance(self.only_models, tuple) and all(isinstance(m, str) and m for m in self.only_models),
+                 name, "only_models", f"must be a tuple of variant names, got {self.only_models!r}")
+        _require(len(set(self.only_models)) == len(self.only_models), name, "only_models",
+                 f"names a variant twice: {list(self.only_models)}")
+        _require(isinstance(self.record_invalid_rows, bool), name, "record_invalid_rows",
+                 f"must be true or false, got {self.record_invalid_rows!r}")
         _require(isinstance(self.fail_on_row_errors, bool), name, "fail_on_row_errors",
                  f"must be true or false, got {self.fail_on_row_errors!r}")
         _require(bool(self.manifest), name, "manifest", "must name a Parquet file (path or URL)")

@@ -1,11 +1,19 @@
-"""Batches over HTTP: a Parquet manifest, validated at the door, run by the batch runner on a renderer's group.
+"""Batches over HTTP: a Parquet manifest, validated at the door, run by the batch runner on the renderers' groups.
 
 A batch is a record in the job store (``kind="batch"``, ``model="batch:<variant>"``, so renderers claim
 batches apart from interactive jobs): persisted before the API answers, leased by the renderer that runs it,
-requeued when that renderer dies, resumed from its published sidecars. The renderer runs
-:class:`wan_dist.batch.BatchRunner`, the same runner as ``ray job submit``, on its own render group
-(``shared=``), so outputs, sidecars, results, retries and resume are the batch job's. Batch rows and the
-renderer's interactive jobs take turns on the group through :class:`FairGate`.
+requeued when that renderer dies, resumed from its published sidecars. The renderer
+(:class:`~wan_dist.serve.batch_worker.BatchWorker`) runs :class:`wan_dist.batch.BatchRunner`, the same runner
+as ``ray job submit``, on its own render group (``shared=``), so outputs, sidecars, results, retries and resume
+are the batch job's. Batch rows and the renderer's interactive jobs take turns on the group through
+:class:`FairGate`. A manifest whose rows name several models (as ``ray job submit`` takes them) is a batch of
+one part per model, each run by that model's renderer into the batch's one output folder
+(:mod:`wan_dist.serve.batch_parts`); the API shows the batch, its status and counts drawn from the parts.
+
+A model that the server does not serve is refused at the door (422 naming it), not failed row by row: nothing
+renders before the caller fixes the manifest or sends it where the model is served, so a batch never ends
+half rendered for a reason known when it was created (the batch job, too, fails such rows only because it
+cannot know the cluster's models in advance).
 
 Status: ``queued`` until a renderer claims it, ``running``, then ``completed`` (every row has a result, some
 may have failed alone), ``failed`` (the run itself broke, or every attempt at it was lost) or ``cancelled``
@@ -15,29 +23,24 @@ create answers, so a batch is never seen ``validating``.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from wan_dist.serve.jobs import Job, JobStatus, JobStore, LeaseLost
+from wan_dist.serve.batch_parts import BATCH_QUEUE, batch_output, batch_queue, summary
+from wan_dist.serve.jobs import Job, JobStatus
 from wan_dist.serve.schemas import RequestError, public_model_name
 
-__all__ = ["BATCH_QUEUE", "BatchCreate", "BatchSpec", "FairGate", "BatchWorker", "validate_batch", "batch_view",
-           "batch_results", "batch_clip_uri", "batch_queue"]
+__all__ = ["BATCH_QUEUE", "BatchCreate", "BatchSpec", "FairGate", "validate_batch", "batch_view", "batch_results",
+           "batch_clip_uri", "batch_queue", "batch_output"]
 
-log = logging.getLogger("wan_dist.serve")
-BATCH_QUEUE = "batch:"  # prefix of a batch record's model: the queue renderers of that variant claim batches from
 MAX_MANIFEST_BYTES = 64 * 2**20
 _STATUS = {JobStatus.QUEUED: "queued", JobStatus.IN_PROGRESS: "running", JobStatus.COMPLETED: "completed",
            JobStatus.FAILED: "failed", JobStatus.CANCELLED: "cancelled"}
-
-
-def batch_queue(variant: str) -> str:
-    return BATCH_QUEUE + variant
 
 
 class BatchCreate(BaseModel):
@@ -55,7 +58,8 @@ class BatchCreate(BaseModel):
 
 @dataclass(frozen=True)
 class BatchSpec:
-    variant: str
+    variant: str  # the variant of rows whose model is null
+    rows_by_model: dict[str, int]  # valid rows per variant (two or more: a mixed batch)
     manifest_uri: str
     output: str | None  # None: the default under the batch id (known once the record exists)
     webhook_url: str | None
@@ -70,7 +74,9 @@ _REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "https://")
 def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, layout: str, uploaded: str | None,
                    allow_private: bool) -> BatchSpec:
     """Check the request and read the whole manifest (the batch runner's own reader and rules): a manifest that
-    cannot be used is a 422 naming its columns or duplicate rows; bad rows are accepted and fail alone."""
+    cannot be used is a 422 naming its columns or duplicate rows; bad rows are accepted and fail alone. Valid rows
+    may name any served models (one part each, see the module doc); a model not served here is a 422 naming it
+    (a bad row naming one fails alone with its own reason, as in the batch job: it would not render anyway)."""
     from pydantic import ValidationError
 
     from wan_dist.batch import ManifestError, read_manifest
@@ -103,14 +109,14 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
     except (StorageError, OSError) as error:
         raise RequestError(422, f"manifest_uri: cannot read {uri}: {error}", param="manifest_uri",
                            code="unreadable_manifest") from None
-    models = sorted({row.model for row in manifest.rows})
-    if len(models) > 1:
-        raise RequestError(422, f"model: a batch renders one model; its rows name {models}: split the manifest",
-                           param="model", code="invalid_manifest")
-    if models and models[0] not in served:
-        raise RequestError(422, f"model: {models[0]!r} is not served here; served: {list(served)}", param="model",
-                           code="model_not_found")
-    return BatchSpec(variant=models[0] if models else variant, manifest_uri=uri, output=output,
+    rows_by_model = Counter(row.model for row in manifest.rows)
+    unserved = [model for model in sorted(rows_by_model) if model not in served]
+    if unserved:
+        names = ", ".join(repr(public_model_name(model)) for model in unserved)
+        raise RequestError(422, f"model: {names} {'is' if len(unserved) == 1 else 'are'} not served here, named by "
+                           f"{sum(rows_by_model[m] for m in unserved)} row(s); served: {list(served)}",
+                           param="model", code="model_not_found")
+    return BatchSpec(variant=variant, rows_by_model=dict(rows_by_model), manifest_uri=uri, output=output,
                      webhook_url=request.webhook_url, metadata=dict(request.metadata),
                      rows=len(manifest), invalid_rows=len(manifest.invalid))
 
@@ -128,26 +134,32 @@ def _check_manifest_uri(uri: str, allow_private: bool) -> None:
             raise RequestError(422, str(error), param="manifest_uri", code="unsafe_url") from None
 
 
-def batch_output(job: Job, output_root: str) -> str:
-    return job.request.get("output") or f"{output_root.rstrip('/')}/batches/{job.id}"
-
-
-def batch_view(job: Job, *, output_root: str) -> dict[str, Any]:
-    """The batch object of the API."""
-    progress = dict((job.result or {}).get("progress") or {})
+def batch_view(job: Job, *, output_root: str, parts: list | None = None) -> dict[str, Any]:
+    """The batch object of the API. A mixed batch's status, counts and rates come from its ``parts``
+    (``batch_parts.parts_of``), listed under ``parts``; its ``model`` names its models, comma-separated."""
+    own = {"status": job.status, "error": job.error, "started_at": job.started_at, "attempts": job.attempts,
+           "progress": (job.result or {}).get("progress") or {}, "results_uri": (job.result or {}).get("results_uri")}
+    mixed = job.request.get("parts")
+    view = summary(job, parts or []) if mixed else own
+    progress = view["progress"]
     total = job.request.get("rows", 0)
     done = {name: int(progress.get(name, 0)) for name in ("completed", "failed", "skipped")}
     finished = sum(done.values())
-    return {"id": job.id, "object": "batch", "model": public_model_name(job.model[len(BATCH_QUEUE):]),
-            "status": _STATUS[job.status], "created_at": job.created_at, "started_at": job.started_at,
+    models = [part["model"] for part in mixed] if mixed else [job.model[len(BATCH_QUEUE):]]
+    body = {"id": job.id, "object": "batch", "model": ",".join(public_model_name(m) for m in models),
+            "status": _STATUS[view["status"]], "created_at": job.created_at, "started_at": view["started_at"],
             "completed_at": job.completed_at, "manifest_uri": job.request.get("manifest_uri"),
             "output": batch_output(job, output_root),
             "counts": {"total": total, "done": done["completed"] + done["skipped"], "failed": done["failed"],
                        "remaining": max(0, total - finished), **done},
             "invalid_rows": job.request.get("invalid_rows", 0),
             "clips_per_hour": progress.get("clips_per_hour"), "eta_s": progress.get("eta_s"),
-            "results_uri": (job.result or {}).get("results_uri"), "summary_uri": (job.result or {}).get("summary_uri"),
-            "attempts": job.attempts, "error": job.error, "webhook": _webhook(job), "metadata": job.metadata}
+            "results_uri": view["results_uri"], "summary_uri": None if mixed else (job.result or {}).get("summary_uri"),
+            "attempts": view["attempts"], "error": view["error"], "webhook": _webhook(job), "metadata": job.metadata}
+    if mixed:
+        body["parts"] = [{**part, "model": public_model_name(part["model"]), "status": _STATUS[part["status"]]}
+                         for part in view["parts"]]
+    return body
 
 
 def _webhook(job: Job) -> dict | None:
@@ -261,116 +273,3 @@ class FairGate:
         with self._cond:
             self._holder = None
             self._cond.notify_all()
-
-
-class BatchWorker:
-    """Claims this renderer's model's batches from the store and runs each with the shared group."""
-
-    def __init__(self, store: JobStore, variant: str, *, settings, shared_group, worker_id: str,
-                 poll_s: float = 0.5, report_every_s: float = 1.0, check_every_s: float = 0.1):
-        self.store = store
-        self.variant = variant
-        self.settings = settings
-        self.shared_group = shared_group  # () -> wan_dist.batch.SharedGroup (the group, once loaded)
-        self.worker_id = worker_id
-        self.poll_s = poll_s
-        self.report_every_s = report_every_s
-        self.check_every_s = check_every_s
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                job = self.store.claim(batch_queue(self.variant), worker=self.worker_id,
-                                       lease_s=self.settings.jobs.lease_s)
-            except Exception:  # noqa: BLE001 - a broken store must not end the loop
-                log.exception("%s: claiming a batch failed", self.worker_id)
-                job = None
-            if job is None:
-                stop.wait(self.poll_s)
-                continue
-            try:
-                self.process(job, stop)
-            except Exception:  # noqa: BLE001 - the batch's lease expires and it is retried
-                log.exception("%s: batch %s broke", self.worker_id, job.id)
-
-    def process(self, job: Job, stop: threading.Event) -> Job:
-        from wan_dist.batch import BatchRunner
-        from wan_dist.config import BatchConfig, OutputConfig
-
-        s = self.settings
-        output = batch_output(job, s.output)
-        config = BatchConfig(manifest=job.request["manifest_uri"], default_model=self.variant, sources=dict(s.sources),
-                             layout=s.layout, group=s.renderer.group, max_attempts=s.jobs.max_attempts,
-                             retry_backoff_s=s.batches.retry_backoff_s, presign_expires_s=s.jobs.presign_expires_s,
-                             results_flush_rows=s.batches.results_flush_rows, results_flush_s=5.0,
-                             progress_interval_s=30.0, run_id=f"{job.id}-{job.attempts}")
-        state = {"last": 0.0, "checked": 0.0, "lost": False}
-
-        def tick(runner: BatchRunner) -> None:
-            now = time.monotonic()
-            if state["lost"] or now - state["checked"] < self.check_every_s:
-                return
-            state["checked"] = now
-            if now - state["last"] >= self.report_every_s:  # renew the lease, publish the counts
-                state["last"] = now
-                try:
-                    current = self.store.renew(job.id, self.worker_id, s.jobs.lease_s)
-                except LeaseLost:  # taken back (expired and requeued): stop here, the next owner resumes
-                    state["lost"] = True
-                    runner.stop_requested.set()
-                    return
-                self._report(current, runner, output)
-            else:  # a cheap read between renewals: a cancel stops the next row from starting
-                current = self.store.get(job.id)
-            if current.cancel_requested or stop.is_set():
-                runner.stop_requested.set()
-
-        runner = BatchRunner(config, OutputConfig(uri=output), shared=self.shared_group(), on_tick=tick)
-        try:
-            summary = runner.run()
-        except Exception as error:  # noqa: BLE001 - the manifest went away, storage broke: the batch fails
-            return self._finish(job, JobStatus.FAILED, {"code": "batch_failed", "message": f"{type(error).__name__}: "
-                                                                                         f"{error}"}, None, output)
-        if state["lost"]:
-            return self.store.get(job.id)
-        current = self.store.get(job.id)
-        left = summary.get("rows", 0) - sum(summary.get(k, 0) for k in ("completed", "failed", "skipped"))
-        if current.cancel_requested and left > 0:  # a cancel after the last row changes nothing: completed
-            return self._finish(job, JobStatus.CANCELLED, None, summary, output)
-        if stop.is_set() and summary.get("stopped"):  # this renderer is going away: hand the batch back
-            try:  # the attempt counts (its run id names the results folder it wrote)
-                return self.store.finish(job.id, self.worker_id, status=JobStatus.QUEUED)
-            except LeaseLost:
-                return self.store.get(job.id)
-        return self._finish(job, JobStatus.COMPLETED, None, summary, output)
-
-    def _report(self, current: Job, runner, output: str) -> None:
-        """Publish the run's counts on the batch (``current``: the record the lease renewal just returned;
-        only this worker writes ``result`` while it holds the lease)."""
-        progress = getattr(runner, "progress", None)
-        if progress is None:
-            return
-        rate = progress.clips_per_hour()
-        eta = progress.remaining / rate * 3600 if rate else None
-        result = {**(current.result or {}), "results_uri": f"{output}/_results",
-                  "progress": {**progress.counts, "clips_per_hour": rate, "eta_s": eta}}
-        self.store.update(current.id, result=result,
-                          progress=min(99, int(100 * progress.finished / max(progress.total, 1))))
-
-    def _finish(self, job: Job, status: str, error: dict | None, summary: dict | None, output: str) -> Job:
-        current = self.store.get(job.id)
-        if current.terminal:
-            return current
-        result = dict(current.result or {})
-        result["results_uri"] = f"{output}/_results"
-        if summary is not None:
-            result["summary_uri"] = summary.get("summary_uri")
-            result["progress"] = {**{k: summary.get(k, 0) for k in ("completed", "failed", "skipped")},
-                                  "clips_per_hour": summary.get("clips_per_hour"), "eta_s": 0.0}
-        try:  # only while this worker still holds the batch (see JobStore.finish)
-            return self.store.finish(job.id, self.worker_id, status=status, error=error, result=result,
-                                     completed_at=time.time(),
-                                     progress=100 if status == JobStatus.COMPLETED else current.progress)
-        except LeaseLost:
-            log.warning("%s: batch %s is no longer leased to it; its outcome is dropped", self.worker_id, job.id)
-            return self.store.get(job.id)

@@ -50,7 +50,9 @@ class JobStatus:
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
-JOB_KINDS = ("job", "video", "batch")  # batch: a manifest run by a renderer (wan_dist.serve.batches)
+# batch: a manifest run by a renderer (wan_dist.serve.batches); batch_part: one model's rows of a mixed batch
+# (wan_dist.serve.batch_parts), never shown by the API
+JOB_KINDS = ("job", "video", "batch", "batch_part")
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _STORE_MANAGED = frozenset({"id", "seq", "version"})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 def request_body_schema(model) -> dict:
     schema = model.model_json_schema()
@@ -107,6 +107,16 @@ class BatchCounts(BaseModel):
     skipped: int
 
 
+class BatchPart(BaseModel):
+    """One model's part of a mixed batch (``serve.batch_parts``): its rows (with the invalid rows it records)."""
+    model: str
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    rows: int
+    attempts: int
+    summary_uri: str | None
+    error: JobError | None
+
+
 class BatchObject(BaseModel):
     """``GET /v1/batches/{id}`` (``serve.batches.batch_view``). ``validating`` is never returned (a manifest is
     read before the create answers) but kept in the enum for clients written against the published states."""
@@ -129,6 +139,8 @@ class BatchObject(BaseModel):
     error: JobError | None
     webhook: dict[str, Any] | None
     metadata: dict[str, Any]
+    parts: list[BatchPart] | None = Field(None, description="only for a batch whose rows name several models "
+                                                             "(`model` then lists them, comma-separated)")
 
 
 class BatchList(Page):

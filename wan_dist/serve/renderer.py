@@ -7,8 +7,8 @@ one of its own. Two threads feed it, taking turns through a :class:`~wan_dist.se
 * a :class:`~wan_dist.serve.worker.JobWorker` claims the oldest queued interactive job of the model and
   renders it on the group; the result rank runs :class:`StoreStepControl` after every denoising step
   (renew the lease, report progress, stop every rank between steps on a cancel or a lost lease);
-* a :class:`~wan_dist.serve.batches.BatchWorker` claims the model's batches and runs each with the batch
-  runner on the same group, one row per turn.
+* a :class:`~wan_dist.serve.batch_worker.BatchWorker` claims the model's batches (and its parts of mixed
+  batches) and runs each with the batch runner on the same group, one row per turn.
 
 Each clip lands at ``{output}/{job id}/clip.mp4`` + ``clip.json``; batch rows where the batch says.
 A group that breaks is rebuilt once (whoever notices first) and the job or row is retried.
@@ -43,7 +43,9 @@ def group_config(settings: ServeSettings, model: str):
 
 class RendererCore:
     def __init__(self, settings: ServeSettings, model: str, *, poll_s: float = 0.2, lease_s: float | None = None):
-        from wan_dist.serve.batches import BatchWorker, FairGate
+        from wan_dist.serve.batch_parts import settle_part
+        from wan_dist.serve.batch_worker import BatchWorker
+        from wan_dist.serve.batches import FairGate
 
         self.settings = settings
         self.model = model
@@ -52,8 +54,10 @@ class RendererCore:
         self.record: dict | None = None
         self.store = open_store(settings.store)
         self.gate = FairGate(settings.batches.interactive_per_row)
+        # on_change: the job loop's lease sweep may end a part of a mixed batch (worker_lost): settle its batch
         self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s, gate=self.gate,
-                                lease_s=settings.jobs.lease_s if lease_s is None else lease_s)
+                                lease_s=settings.jobs.lease_s if lease_s is None else lease_s,
+                                on_change=lambda job: settle_part(self.store, job))
         self.batches = BatchWorker(self.store, model, settings=settings, shared_group=self.shared_group,
                                    worker_id=self.worker.worker_id + "-batch")
         self._rebuild_lock = threading.Lock()

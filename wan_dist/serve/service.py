@@ -80,9 +80,10 @@ class JobService:
         return view
 
     def batch(self, job: Job) -> dict:
+        from wan_dist.serve.batch_parts import parts_of
         from wan_dist.serve.batches import batch_view
 
-        return batch_view(job, output_root=self.settings.output)
+        return batch_view(job, output_root=self.settings.output, parts=parts_of(self.store, job))
 
     def video(self, job: Job) -> dict:
         return video_object({**job.to_dict(), "expires_at": None})

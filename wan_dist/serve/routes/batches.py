@@ -6,8 +6,8 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_queue, batch_results,
-                                    validate_batch)
+from wan_dist.serve.batch_parts import cancel_batch as cancel_parts, ensure_parts, new_batch
+from wan_dist.serve.batches import MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_results, validate_batch
 from wan_dist.serve.jobs import IdempotencyConflict, Job
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject, BatchResults, request_body_schema,
                                     responses)
@@ -27,26 +27,27 @@ def router(settings: ServeSettings) -> APIRouter:
     async def create_batch(request: Request):
         s = state_of(request)
         job = await _create_batch(s, request, settings)
-        return JSONResponse(s.service.batch(job), status_code=202, headers=poll_headers(settings))
+        view = await asyncio.to_thread(s.service.batch, job)  # a mixed batch's view reads its parts
+        return JSONResponse(view, status_code=202, headers=poll_headers(settings))
 
     @api.get("/v1/batches/{batch_id}", responses=responses(404, 422, model=BatchObject))
     async def get_batch(batch_id: str, request: Request):
         s = state_of(request)
         job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
-        return JSONResponse(s.service.batch(job), headers=poll_headers(settings))
+        return JSONResponse(await asyncio.to_thread(s.service.batch, job), headers=poll_headers(settings))
 
     @api.get("/v1/batches", responses=responses(404, 422, model=BatchList))
     async def list_batches(request: Request, limit: int = 20, after: str | None = None):
         s = state_of(request)
         jobs, more = await page(s, request, limit, after, kind="batch")
-        return list_body(jobs, more, s.service.batch)
+        return await asyncio.to_thread(list_body, jobs, more, s.service.batch)
 
     @api.post("/v1/batches/{batch_id}/cancel", responses=responses(404, 422, model=BatchObject))
     async def cancel_batch(batch_id: str, request: Request):
         s = state_of(request)
-        await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
-        job = await asyncio.to_thread(s.store.request_cancel, batch_id)
-        return s.service.batch(job)
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        job = await asyncio.to_thread(cancel_parts, s.store, job)  # a mixed batch: every part
+        return await asyncio.to_thread(s.service.batch, job)
 
     @api.get("/v1/batches/{batch_id}/results", responses=responses(404, 422, model=BatchResults))
     async def get_batch_results(batch_id: str, request: Request, limit: int = 100, after: int | None = None):
@@ -83,14 +84,17 @@ async def _create_batch(s: ServeState, request: Request, settings: ServeSettings
                                    allow_private=settings.allow_private_urls)
     await check_webhook_url(spec.webhook_url, s)
     key = request.headers.get("idempotency-key")
-    job = Job.new(model=batch_queue(spec.variant), owner=owner, kind="batch", max_attempts=settings.jobs.max_attempts,
-                  request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
-                           "invalid_rows": spec.invalid_rows},
-                  webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,
-                  body_hash=digest if key else None)
+    job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
+                    max_attempts=settings.jobs.max_attempts,
+                    request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
+                             "invalid_rows": spec.invalid_rows},
+                    webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,
+                    body_hash=digest if key else None)
     try:
         job, _created = await asyncio.to_thread(s.store.create, job)
     except IdempotencyConflict as err:
         raise RequestError(409, f"Idempotency-Key {key!r} was used for batch {err.job_id} with a different body",
                            param="Idempotency-Key", code="idempotency_conflict") from None
+    # after the batch record, so a replayed Idempotency-Key finds it and creates only the parts still missing
+    await asyncio.to_thread(ensure_parts, s.store, job, settings.output)
     return job
