@@ -140,6 +140,38 @@ def test_a_rerun_resumes_to_the_same_factors_as_one_straight_run(tiny, tmp_path)
         train_lora(replace(_config(tmp_path / "resumed", data, base=tiny, experts="low"), rank=8), local=True)
 
 
+def test_a_bfloat16_base_trains_float32_factors_that_every_step_updates(tiny, tmp_path):
+    from wan_dist.train import train_lora
+
+    data = _image_folder(tmp_path / "data", count=2)
+    result = train_lora(replace(_config(tmp_path / "run", data, base=tiny, steps=6, experts="high"),
+                                dtype="bfloat16"), local=True)
+    state = _state(result.out)["modules"]["lora_high"]
+    assert all(t.dtype == torch.float32 for t in state.values())
+    ups = [t for k, t in state.items() if k.startswith("up.")]
+    assert all(t.abs().max() > 0 for t in ups)  # zeros at step 0: each step's update reached every factor
+    losses = [loss for _, loss, _ in _state(result.out)["history"]]
+    assert losses[-1] < losses[0]
+
+    # the branch a forward runs holds the factors as they are now (an optimizer step changes them in place)
+    from wan_dist.config.train_lora import DEFAULT_TARGETS
+    from wan_dist.models.lora_apply import runtime_branches
+    from wan_dist.models.presets import get_preset
+    from wan_dist.train.lora import LoraAdapter
+    from wan_dist.train.stages import init_dit
+
+    expert = init_dit(get_preset("tiny"), seed=0).to(torch.bfloat16).requires_grad_(False)
+    adapter = LoraAdapter(expert, targets=DEFAULT_TARGETS, rank=2, alpha=2.0, seed=0)
+    with torch.no_grad():
+        for up in adapter.up.values():
+            up.fill_(0.25)
+    dit = expert.config
+    adapter(torch.randn(1, dit.in_channels, 1, 4, 4), torch.tensor([500.0]), torch.randn(1, 3, dit.text_dim))
+    for branch in runtime_branches(expert).values():
+        (down, up, _), = branch.low_rank
+        assert up.dtype == torch.bfloat16 and bool((up == 0.25).all())
+
+
 def test_clips_from_a_parquet_manifest_train_an_i2v_base(checkpoint_factory, tmp_path):
     """A manifest of MP4 clips (relative paths) on an image-to-video base: each clip's first frame conditions it."""
     import pyarrow as pa

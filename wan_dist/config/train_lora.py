@@ -60,6 +60,8 @@ class LoraTrainConfig:
     ``targets``: regular expressions; a Linear module whose name matches one in full gets a LoRA.
     ``rank``, ``alpha``: the factors' rank and diffusers' scale ``alpha / rank``.
     ``gradient_checkpointing``: recompute each block in the backward pass (memory for compute).
+    ``dtype``: of the frozen base ("float32", or "bfloat16" on a GPU); the factors train in float32. With
+    ``use_gpu`` each worker holds the base on its GPU.
     """
 
     out: str
@@ -70,6 +72,7 @@ class LoraTrainConfig:
     alpha: float = 16.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
     gradient_checkpointing: bool = True
+    dtype: str = "float32"
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -88,6 +91,8 @@ class LoraTrainConfig:
         _require(int(self.rank) >= 1, name, "rank", f"must be >= 1, got {self.rank}")
         _require(self.alpha > 0, name, "alpha", f"must be > 0, got {self.alpha}")
         _require(len(self.targets) > 0, name, "targets", "name at least one module pattern")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), name, "dtype",
+                 f"must be float32, bfloat16 or float16; got {self.dtype!r}")
         for pattern in self.targets:
             try:
                 re.compile(pattern)

@@ -78,6 +78,10 @@ class LoraAdapter(nn.Module):
         set_runtime_loras(self.expert, [(LoraWeights(low_rank=pairs, full={}, format="diffusers"), 1.0)])
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # the branches hold the factors themselves in float32; in a base of another dtype they hold casts, made
+        # again here so that every step sees the factors the optimizer just updated
+        if next(iter(self.down.values())).dtype != self.expert.blocks[0].self_attn.q.weight.dtype:
+            self.install()
         return self.expert(latents, timestep, context)
 
 
@@ -103,8 +107,11 @@ class LoraStage(ExpertStage):
         total, metrics = 0.0, {}
         for e in self.trained:
             batch = self.batch(e, draws)
-            prediction = modules[_MODULE[e]](batch.model_input, batch.timestep, batch.context)
-            loss = flow.flow_loss(prediction, batch.target, batch.weights)
+            device = next(self.modules[_MODULE[e]].parameters()).device  # the expert's (the data stays on the CPU)
+            prediction = modules[_MODULE[e]](batch.model_input.to(device), batch.timestep.to(device),
+                                             batch.context.to(device))
+            weights = None if batch.weights is None else batch.weights.to(device)
+            loss = flow.flow_loss(prediction, batch.target.to(device), weights)
             total = total + loss
             metrics[f"loss_expert{e}"] = float(loss.detach())
         return total / len(self.trained), metrics
@@ -157,10 +164,15 @@ def _claim(out: Path, config: LoraTrainConfig) -> None:
     marker.write_text(json.dumps(mine))
 
 
-def _base(config: LoraTrainConfig):
+def _base(config: LoraTrainConfig, *, frozen: bool = False):
+    """The base pipeline: float32 on the CPU to encode the data; ``frozen`` (the experts a worker trains on) in
+    ``config.dtype`` on this worker's GPU with ``use_gpu``."""
     from wan_dist.engine.loading import load_pipeline
 
-    return load_pipeline(config.base, dtype=torch.float32)
+    if not frozen:
+        return load_pipeline(config.base, dtype=torch.float32)
+    device = "cuda" if config.use_gpu and torch.cuda.is_available() else "cpu"
+    return load_pipeline(config.base, dtype=getattr(torch, config.dtype), device=device)
 
 
 def _encode_data(config: LoraTrainConfig, out: Path) -> str:
@@ -187,7 +199,7 @@ def _steps(config: LoraTrainConfig, session, data_path: str, resume: Path | None
     from wan_dist.train.loop import run_steps
 
     torch.set_num_threads(config.threads_per_worker)
-    pipe = _base(config)
+    pipe = _base(config, frozen=True)
     stage = LoraStage(pipe.spec, tensors=load_file(data_path), config=config, experts=tuple(pipe.experts))
     out = Path(config.out)
     result = run_steps(stage, session, optim=config.optim, seed=config.seed, resume=resume,
