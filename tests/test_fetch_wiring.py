@@ -10,6 +10,7 @@ refused. Without a policy (the operator's own runs) the same URLs are read as st
 from __future__ import annotations
 
 import io
+import pickle
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -99,6 +100,8 @@ def test_an_image_url_is_read_under_the_policy_and_a_redirect_inside_is_refused_
     with pytest.raises(FetchRefused, match=r"^image: redirect: .*loopback address 127\.0\.0\.2") as refused:
         _render(pipe, TRUSTING, image=_url(server, "/inside/img.png"))
     assert refused.value.field == "image"
+    again = pickle.loads(pickle.dumps(refused.value))  # a rank's error reaches the driver through Ray (pickle)
+    assert (type(again), again.field, str(again)) == (FetchRefused, "image", str(refused.value))
     with pytest.raises(FetchRefused, match=r"^image: .*loopback address 127\.0\.0\.1"):
         _render(pipe, FetchPolicy(), image=_url(server, "/img.png"))  # no operator allowance: not even the first hop
     with pytest.raises(FetchRefused, match=r"^image: file: URLs are not allowed here"):

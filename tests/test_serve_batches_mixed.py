@@ -190,3 +190,39 @@ def test_cancel_stops_every_part(api, app, holds, tmp_path):
         assert len([r for r in done if r["model"] == model]) < 4, done
     with open_store(app.settings.store) as store:
         assert store.get(batch_id).status == "cancelled"  # settled: its webhook would fire once
+
+
+def test_a_tenant_manifest_row_naming_a_server_file_fails_alone_without_reading_it(api, tmp_path):
+    """Issue 20 item 2: a manifest sent over HTTP is a tenant's: its rows' images are read under the renderer's
+    fetch policy (http(s), the tenant's uploads, the operator's source_prefixes), so a row naming a file on the
+    server fails alone, saying which rule, whether or not the file exists; the operator's batch job reads it."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from wan_dist.batch.runner import run_batch
+    from wan_dist.config import BatchConfig, OutputConfig
+
+    secret = tmp_path / "secret.png"  # outside the server's output: what a tenant must not make it read
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(secret)
+    common = {"model": "tiny-ti2v", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
+    rows = [{"id": "server-file", "prompt": "a grey square", "image": str(secret), **common},
+            {"id": "missing-file", "prompt": "a grey square", "image": str(tmp_path / "nothing.png"), **common},
+            {"id": "plain", "prompt": "a grey square", **common}]
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    created = upload(api, sink.getvalue())
+    assert created.status_code == 202, created.text
+    final = until_ended(api, created.json()["id"])
+    by_id = {r["id"]: r for r in results(api, final["id"])}
+    assert by_id["plain"]["status"] == "completed", by_id["plain"]
+    for row_id in ("server-file", "missing-file"):  # the same answer: nothing tells whether the file exists
+        assert by_id[row_id]["status"] == "failed", by_id[row_id]
+        assert "image: file: URLs are not allowed here" in by_id[row_id]["error"], by_id[row_id]
+    path = tmp_path / "m.parquet"
+    path.write_bytes(sink.getvalue())
+    summary = run_batch(BatchConfig(manifest=str(path), groups=1), OutputConfig(uri=str(tmp_path / "operator")))
+    assert (summary["completed"], summary["failed"]) == (2, 1)  # the operator's own run reads its files

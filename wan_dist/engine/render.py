@@ -59,7 +59,8 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     generate = generate or pipe.generate
     # the camera's arguments only when there is a camera: a generate without camera support still renders the rest
     camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers, "fps": request.fps}
-    return generate(request.prompt, request.negative_prompt, image=_load_image(request.image, getattr(pipe, "fetch_policy", None)),
+    image = _load_image(request.image, getattr(pipe, "fetch_policy", None))
+    return generate(request.prompt, request.negative_prompt, image=image,
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,

@@ -47,8 +47,9 @@ class BatchCreate(BaseModel):
     """``POST /v1/batches`` (JSON, or multipart with the manifest as the file ``manifest``)."""
 
     model_config = ConfigDict(extra="forbid")
-    manifest_uri: str | None = Field(None, description="s3://, gs://, az://, https:// (when allowed) URI of the "
-                                                       "Parquet manifest; omit when uploading the file `manifest`")
+    manifest_uri: str | None = Field(None, description="https:// URL of the Parquet manifest (fetched when the "
+                                                       "batch is created), or a URI under the operator's "
+                                                       "source_prefixes; omit when uploading the file `manifest`")
     model: str | None = Field(None, description="variant of rows whose model is null (default: the first served)")
     output: str | None = Field(None, description="output prefix, under the operator's output "
                                                  "(default: {output}/batches/{batch id})")
@@ -68,11 +69,8 @@ class BatchSpec:
     invalid_rows: int
 
 
-_REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "https://")
-
-
 def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, layout: str, uploaded: str | None,
-                   allow_private: bool) -> BatchSpec:
+                   allow_private: bool, source_prefixes: tuple[str, ...] = ()) -> BatchSpec:
     """Check the request and read the whole manifest (the batch runner's own reader and rules): a manifest that
     cannot be used is a 422 naming its columns or duplicate rows; bad rows are accepted and fail alone. Valid rows
     may name any served models (one part each, see the module doc); a model not served here is a 422 naming it
@@ -93,9 +91,7 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
     if (request.manifest_uri is None) == (uploaded is None):
         raise RequestError(422, "manifest_uri: give a manifest URI or upload the file `manifest` (one of them)",
                            param="manifest_uri", code="invalid_value")
-    uri = uploaded or request.manifest_uri
-    if uploaded is None:
-        _check_manifest_uri(uri, allow_private)
+    uri = uploaded or _tenant_manifest(request.manifest_uri, output_root, allow_private, source_prefixes)
     output = None
     if request.output is not None:
         output = request.output.rstrip("/")
@@ -121,17 +117,32 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
                      rows=len(manifest), invalid_rows=len(manifest.invalid))
 
 
-def _check_manifest_uri(uri: str, allow_private: bool) -> None:
-    if not uri.startswith(_REMOTE_SCHEMES) and not allow_private:
-        raise RequestError(422, f"manifest_uri: must start with one of {list(_REMOTE_SCHEMES)}",
-                           param="manifest_uri", code="invalid_value")
-    if uri.startswith(("http://", "https://")):
-        from wan_dist.serve.urls import check_public_url
+def _tenant_manifest(uri: str, output_root: str, allow_private: bool, source_prefixes: tuple[str, ...]) -> str:
+    """Where the batch reads a manifest a tenant names: storage under the operator's ``source_prefixes`` as it
+    is; an http(s) URL fetched now under the URL rules (storage.fetch: every hop's address checked, at most
+    MAX_MANIFEST_BYTES) into the tenant's uploads; anything else (another bucket, a server path) refused, naming
+    the rule, before anything is read."""
+    from wan_dist.storage import join, write_bytes_atomic
+    from wan_dist.storage.fetch import FetchPolicy, FetchRefused, read_source, under_prefix
+    from wan_dist.storage.objects import StorageError
 
-        try:
-            check_public_url(uri, field="manifest_uri", schemes=("https", "http"), allow_private=allow_private)
-        except ValueError as error:
-            raise RequestError(422, str(error), param="manifest_uri", code="unsafe_url") from None
+    if under_prefix(uri, source_prefixes):
+        return uri
+    policy = FetchPolicy(allow_private=allow_private, max_bytes=MAX_MANIFEST_BYTES)
+    try:
+        data = read_source(uri, policy=policy, field="manifest_uri")
+    except FetchRefused as error:
+        rule = error.reason + ("" if uri.startswith(("http://", "https://")) else
+                               " (or under the operator's source_prefixes)")
+        raise RequestError(422, f"manifest_uri: {rule}", param="manifest_uri", code="unsafe_url") from None
+    except StorageError as error:
+        raise RequestError(422, f"manifest_uri: cannot read it ({error.reason})", param="manifest_uri",
+                           code="unreadable_manifest") from None
+    import uuid
+
+    copy = join(output_root, "_uploads", f"{uuid.uuid4().hex}.parquet")
+    write_bytes_atomic(copy, data)
+    return copy
 
 
 def batch_view(job: Job, *, output_root: str, parts: list | None = None) -> dict[str, Any]:

@@ -33,12 +33,18 @@ log = logging.getLogger("wan_dist.serve")
 
 
 def group_config(settings: ServeSettings, model: str):
-    """The GroupConfig of a renderer replica of ``model``."""
+    """The GroupConfig of a renderer replica of ``model``. Its requests are tenants' (jobs and rows of manifests
+    sent over HTTP): their image and LoRA URLs are read under a fetch policy (storage.fetch.read_source): http(s)
+    with every hop's address checked as it is read, the tenant's uploads and ``source_prefixes``, nothing else."""
     from wan_dist.engine.group import GroupConfig
+    from wan_dist.storage import join
+    from wan_dist.storage.fetch import FetchPolicy
 
+    fetch = FetchPolicy(allow_private=settings.allow_private_urls,
+                        prefixes=(join(settings.output, "_uploads"), *settings.source_prefixes))
     return GroupConfig.from_spec(settings.renderer.group, source=settings.sources.get(model, model),
                                  layout=settings.layout, env=dict(settings.env), reuse_placement_group=True,
-                                 bundle_offset=0)
+                                 bundle_offset=0, fetch=fetch)
 
 
 class RendererCore:

@@ -154,6 +154,9 @@ class ServeSettings:
     output: str = "outputs/serve"  # clips land at {output}/{job id}/clip.mp4
     env: dict = field(default_factory=dict)  # environment of the API, renderer and rank processes (e.g. AWS_*)
     allow_private_urls: bool = False  # webhook, image and manifest URLs may point at loopback/private addresses
+    # storage a tenant's request may name for its image and LoRAs (read with the server's credentials), besides
+    # http(s) URLs and its own uploads (``{output}/_uploads``): e.g. ("s3://brand-assets/",)
+    source_prefixes: tuple[str, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     jobs: JobSettings = field(default_factory=JobSettings)

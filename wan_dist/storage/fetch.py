@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-__all__ = ["FetchPolicy", "FetchRefused", "fetch_bytes", "forbidden_reason", "read_source"]
+__all__ = ["FetchPolicy", "FetchRefused", "fetch_bytes", "forbidden_reason", "read_source", "under_prefix"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _PORTS = {"http": 80, "https": 443}
@@ -42,6 +42,9 @@ class FetchRefused(ValueError):
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
+
+    def __reduce__(self):  # the two-argument constructor through pickle (a rank's error crosses Ray)
+        return (FetchRefused, (self.field, self.reason))
 
 
 def _unwrap(ip: IPAddress) -> list[IPAddress]:
@@ -71,10 +74,13 @@ def forbidden_reason(ip: IPAddress) -> str | None:
 @dataclass(frozen=True)
 class FetchPolicy:
     """What a fetch may do. ``allow``: networks the operator trusts although they are not public (an internal
-    mirror, or 127.0.0.1/32 in tests); ``allow_private``: trust every address (the operator's own fetches)."""
+    mirror, or 127.0.0.1/32 in tests); ``allow_private``: trust every address (the operator's own fetches).
+    ``prefixes``: storage the operator lets requests name (its upload folder, ``s3://bucket/shared``): a path or
+    URL under one is read as storage reads it, with the server's credentials (:func:`read_source`)."""
 
     schemes: tuple[str, ...] = ("http", "https")
     allow: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
     allow_private: bool = False
     max_bytes: int = 64 * 2**20
     max_redirects: int = 3
@@ -177,11 +183,27 @@ def read_source(uri: str, *, policy: FetchPolicy | None, field: str, max_bytes: 
 
     from wan_dist.storage.objects import read_bytes
 
-    if policy is None:
+    if policy is None or under_prefix(uri, policy.prefixes):
         return read_bytes(uri, storage_options=storage_options)
     scheme = urlsplit(uri).scheme.lower() if "://" in uri else "file"
     if scheme not in policy.schemes:
-        raise FetchRefused(field, f"{scheme}: URLs are not allowed here; allowed: {', '.join(policy.schemes)}")
+        raise FetchRefused(field, f"{scheme}: URLs are not allowed here; allowed: {', '.join(policy.schemes)}"
+                                  f"{' and files under the allowed storage prefixes' if policy.prefixes else ''}")
     if max_bytes is not None:
         policy = replace(policy, max_bytes=max_bytes)
     return fetch_bytes(uri, policy=policy, field=field)
+
+
+def under_prefix(uri: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``uri`` lies under one of ``prefixes``: local paths compared after resolving ``..`` and symbolic
+    links; URLs by their text, any ``.`` or ``..`` segment refused."""
+    import os
+
+    local = "://" not in uri or uri.startswith("file://")
+    if local:
+        path = os.path.realpath(uri.removeprefix("file://"))
+        return any(path.startswith(os.path.realpath(p.removeprefix("file://")).rstrip("/") + "/")
+                   for p in prefixes if "://" not in p or p.startswith("file://"))
+    if any(segment in (".", "..") for segment in urlsplit(uri).path.split("/")):
+        return False
+    return any(uri.startswith(p.rstrip("/") + "/") for p in prefixes if "://" in p and not p.startswith("file://"))

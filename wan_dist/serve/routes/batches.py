@@ -81,7 +81,8 @@ async def _create_batch(s: ServeState, request: Request, settings: ServeSettings
     body, uploaded, digest = await read_body(request, BatchCreate, s, ("manifest",), MAX_MANIFEST_BYTES)
     spec = await asyncio.to_thread(validate_batch, body, served=settings.models, output_root=settings.output,
                                    layout=settings.layout, uploaded=uploaded,
-                                   allow_private=settings.allow_private_urls)
+                                   allow_private=settings.allow_private_urls,
+                                   source_prefixes=settings.source_prefixes)
     await check_webhook_url(spec.webhook_url, s)
     key = request.headers.get("idempotency-key")
     job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
