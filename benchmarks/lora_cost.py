@@ -58,6 +58,31 @@ def _switch_s(pipe, mode: str, loras: list[list[dict]], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _forward_s(pipe, cfg: DictConfig, loras: list[dict]) -> tuple[float, float]:
+    """Median seconds of one high-noise expert forward at the render's size, without and with the runtime branch,
+    interleaved ``forward_repeats`` times (short calls side by side: the machine's load moves both alike)."""
+    import torch
+
+    from wan_dist.engine.loras import lora_specs
+
+    dit, stride = pipe.spec.dit, pipe.spec.vae.spatial_stride
+    frames = (cfg.num_frames - 1) // pipe.spec.vae.temporal_stride + 1
+    x = torch.randn(1, dit.in_channels, frames, cfg.height // stride, cfg.width // stride)
+    t, context = torch.tensor([900.0]), torch.randn(1, 32, dit.text_dim)
+    pipe.lora_mode = "runtime"
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with torch.no_grad():
+        for index in range(2 * cfg.forward_repeats + 2):
+            branch = bool(index % 2)
+            pipe.loras.sync(lora_specs(loras if branch else []))
+            tick = time.perf_counter()
+            pipe.experts[0](x, t, context)
+            if index >= 2:  # the first pair warms up
+                times[branch].append(time.perf_counter() - tick)
+    pipe.loras.sync([])
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def _run(cfg: DictConfig) -> dict:
     import torch
 
@@ -86,6 +111,7 @@ def _run(cfg: DictConfig) -> dict:
             times.append(render(mode))
     base, runtime, merged = (statistics.median(runs[m]) for m in (None, "runtime", "merged"))
     switch = {mode: _switch_s(pipe, mode, loras, cfg.repeats) for mode in ("runtime", "merged")}
+    plain_forward, branch_forward = _forward_s(pipe, cfg, loras[0])
     return {"preset": cfg.preset, "size": f"{cfg.width}x{cfg.height}x{cfg.num_frames}", "steps": cfg.steps,
             "rank": cfg.rank, "repeats": cfg.repeats, "render_s": round(base, 3), "runtime_s": round(runtime, 3),
             "merged_s": round(merged, 3), "runtime_ratio": round(runtime / base, 4),
@@ -93,7 +119,10 @@ def _run(cfg: DictConfig) -> dict:
             "merged_ratio": round(merged / base, 4), "switch_runtime_s": round(switch["runtime"], 4),
             "switch_merged_s": round(switch["merged"], 4),
             "switch_runtime_share": round(switch["runtime"] / base, 4),
-            "switch_merged_share": round(switch["merged"] / base, 4), "load1": round(os.getloadavg()[0], 2)}
+            "switch_merged_share": round(switch["merged"] / base, 4),
+            "forward_s": round(plain_forward, 4), "forward_runtime_branch_s": round(branch_forward, 4),
+            "forward_runtime_branch_ratio": round(branch_forward / plain_forward, 4),
+            "load1": round(os.getloadavg()[0], 2)}
 
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_lora", version_base="1.3")

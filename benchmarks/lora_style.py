@@ -121,6 +121,7 @@ def _run(cfg: DictConfig) -> dict:
     data_distance = _dataset(work / "data", cfg.clips)
     config = LoraTrainConfig(out=str(work / "run"), base=cfg.base, data=LoraDataConfig(path=str(work / "data")),
                              rank=cfg.rank, alpha=cfg.alpha, threads_per_worker=cfg.threads, progress=False,
+                             **({"targets": tuple(cfg.targets)} if cfg.targets else {}),
                              optim=OptimConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                                checkpoint_every=50), flow=FlowConfig())
     result = train_lora(config, local=True)
