@@ -31,6 +31,7 @@ __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "Rende
 MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
 MAX_PROMPT_CHARS = 10_000
 MAX_LORAS, MAX_LORA_SCALE, MAX_URI_CHARS = 8, 10.0, 2048
+MAX_GUIDANCE, MAX_SHIFT = 100.0, 100.0  # far past any useful value (Wan: guidance 3-5, shift 1-17)
 LORA_TRANSFORMERS = ("high", "low", "both")
 _SAMPLING = ("solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2",
              "boundary_ratio")
@@ -150,10 +151,10 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  high=3600, input_only=True),
     RequestField("fps", int, "frames per second of the clip (default: the variant's)", low=1, high=120),
     RequestField("num_inference_steps", int, "denoising steps", low=1, high=200),
-    RequestField("guidance_scale", float, "CFG scale (high-noise expert)", low=0),
-    RequestField("guidance_scale_2", float, "CFG scale of the low-noise expert (A14B)", low=0),
+    RequestField("guidance_scale", float, "CFG scale (high-noise expert)", low=0, high=MAX_GUIDANCE),
+    RequestField("guidance_scale_2", float, "CFG scale of the low-noise expert (A14B)", low=0, high=MAX_GUIDANCE),
     RequestField("boundary_ratio", float, "where the low-noise expert takes over (A14B)", low=0, high=1),
-    RequestField("shift", float, "flow-matching timestep shift", low=0, open_low=True),
+    RequestField("shift", float, "flow-matching timestep shift", low=0, open_low=True, high=MAX_SHIFT),
     RequestField("solver", str, "flow-matching solver", choices=("unipc", "dpm++", "euler")),
     RequestField("schedule", str, "timestep schedule", choices=("reference", "diffusers")),
     RequestField("recipe", str, "sampling recipe for the sampling fields left out: lightning = 4 steps, shift 5, "

@@ -77,9 +77,7 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
     (a bad row naming one fails alone with its own reason, as in the batch job: it would not render anyway)."""
     from pydantic import ValidationError
 
-    from wan_dist.batch import ManifestError, read_manifest
     from wan_dist.serve.schemas import resolve_model
-    from wan_dist.storage.objects import StorageError
 
     try:
         request = BatchCreate.model_validate(body)
@@ -92,6 +90,22 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
         raise RequestError(422, "manifest_uri: give a manifest URI or upload the file `manifest` (one of them)",
                            param="manifest_uri", code="invalid_value")
     uri = uploaded or _tenant_manifest(request.manifest_uri, output_root, allow_private, source_prefixes)
+    try:
+        return _checked_batch(request, uri, variant=variant, served=served, output_root=output_root, layout=layout)
+    except BaseException:
+        if uploaded is None and uri != request.manifest_uri:  # our copy of a refused tenant's manifest
+            from wan_dist.storage import delete
+
+            delete(uri)
+        raise
+
+
+def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tuple[str, ...], output_root: str,
+                   layout: str) -> BatchSpec:
+    """The batch of manifest ``uri`` (see :func:`validate_batch`)."""
+    from wan_dist.batch import ManifestError, read_manifest
+    from wan_dist.storage.objects import StorageError
+
     output = None
     if request.output is not None:
         output = request.output.rstrip("/")

@@ -172,7 +172,7 @@ class HealthStatus(BaseModel):
 
 ERROR_TEXT = {400: "Malformed request (body not JSON, unsupported Wan-Version)", 401: "Missing or invalid API key",
                404: "No such job, video, batch or model (for this key)", 409: "Conflict (Idempotency-Key reuse, not ready)",
-               413: "Uploaded file too large", 422: "Invalid field", 429: "Rate limit, key quota or queue full"}
+               413: "Body or uploaded file too large", 422: "Invalid field", 429: "Rate limit, key quota or queue full"}
 
 
 def responses(*statuses: int, ok: int = 200, model=None, content: dict | None = None) -> dict:

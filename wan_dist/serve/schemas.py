@@ -110,6 +110,8 @@ def _annotation(f: RequestField):
     bounds.update({"le": f.high} if f.high is not None else {})
     bounds.update({"max_length": f.max_length} if f.max_length is not None else {})
     base = Literal[f.choices] if f.choices else _STRUCTURED.get(f.type, f.type)
+    if f.type in (int, float) and not f.choices:  # JSON `true` or "4" is not a number (forms are coerced first)
+        bounds["strict"] = True
     return Annotated[base, Field(description=f.help, **bounds)]
 
 

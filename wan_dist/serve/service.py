@@ -68,8 +68,8 @@ class JobService:
         from wan_dist.serve.jobs import JobNotFound
 
         job = self.store.get(job_id)
-        if job.owner != owner or job.kind not in kinds:
-            raise JobNotFound(job_id)
+        if job.owner != owner or job.kind not in kinds:  # the store's own answer for an id it does not hold
+            raise JobNotFound(f"no job {job_id!r}", job_id)
         return job
 
     def view(self, job: Job) -> dict:

@@ -45,16 +45,18 @@ class AuthSettings:
 @dataclass(frozen=True, kw_only=True)
 class LimitSettings:
     """Admission: ``rate_per_s`` / ``burst`` requests per key (token bucket); at most ``max_active_per_key``
-    queued + in-progress jobs per key and ``max_queue_per_model`` queued jobs per model (429 past them)."""
+    queued + in-progress jobs per key and ``max_queue_per_model`` queued jobs per model (429 past them);
+    ``max_json_bytes``: a JSON body's size, read no further (413; room for a 20 MiB image as a data: URI)."""
 
     rate_per_s: float = 10.0
     burst: int = 20
     max_active_per_key: int = 100
     max_queue_per_model: int = 1000
+    max_json_bytes: int = 32 * 2**20
 
     def __post_init__(self) -> None:
         _check(self, self.rate_per_s > 0, "rate_per_s", "must be > 0")
-        for name in ("burst", "max_active_per_key", "max_queue_per_model"):
+        for name in ("burst", "max_active_per_key", "max_queue_per_model", "max_json_bytes"):
             _check(self, int(getattr(self, name)) >= 1, name, "must be >= 1")
 
 

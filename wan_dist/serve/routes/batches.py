@@ -11,7 +11,8 @@ from wan_dist.serve.batches import MAX_MANIFEST_BYTES, BatchCreate, batch_clip_u
 from wan_dist.serve.jobs import IdempotencyConflict, Job
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject, BatchResults, request_body_schema,
                                     responses)
-from wan_dist.serve.routes.common import check_webhook_url, clip_response, list_body, page, poll_headers, read_body
+from wan_dist.serve.routes.common import (check_webhook_url, clip_response, discarded_on_refusal, idempotency_key,
+                                         list_body, page, poll_headers, read_body)
 from wan_dist.serve.schemas import RequestError
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
@@ -76,15 +77,21 @@ def router(settings: ServeSettings) -> APIRouter:
 
 async def _create_batch(s: ServeState, request: Request, settings: ServeSettings) -> Job:
     """Validate the manifest (every row checked now; bad rows are reported, not rendered) and persist the batch."""
-    owner = request.state.owner
-    s.service.check_rate(owner)
+    key = idempotency_key(request)
     body, uploaded, digest = await read_body(request, BatchCreate, s, ("manifest",), MAX_MANIFEST_BYTES)
+    async with discarded_on_refusal(uploaded):
+        return await _persist_batch(s, request, settings, body, uploaded, digest, key)
+
+
+async def _persist_batch(s: ServeState, request: Request, settings: ServeSettings, body: dict, uploaded: str | None,
+                         digest: str, key: str | None) -> Job:
+    """The batch of a read body: validated, its record and parts stored."""
+    owner = request.state.owner
     spec = await asyncio.to_thread(validate_batch, body, served=settings.models, output_root=settings.output,
                                    layout=settings.layout, uploaded=uploaded,
                                    allow_private=settings.allow_private_urls,
                                    source_prefixes=settings.source_prefixes)
     await check_webhook_url(spec.webhook_url, s)
-    key = request.headers.get("idempotency-key")
     job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
                     max_attempts=settings.jobs.max_attempts,
                     request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,

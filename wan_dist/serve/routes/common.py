@@ -5,7 +5,9 @@ clip or a preview frame. Every refusal is a ``RequestError`` (OpenAI's error sha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import uuid
 from typing import Any, Callable
 
@@ -34,11 +36,14 @@ def poll_headers(settings: ServeSettings) -> dict:
 async def read_body(request: Request, model, s: ServeState, file_fields: tuple[str, ...] = IMAGE_FILES,
                     max_bytes: int = MAX_IMAGE_BYTES) -> tuple[dict, str | None, str]:
     """(body, URI of the uploaded file or None, hash of the body for Idempotency-Key). A form may carry the
-    files ``file_fields`` (each at most ``max_bytes``), stored under the output's ``_uploads/``."""
+    files ``file_fields`` (each at most ``max_bytes``), stored under the output's ``_uploads/`` (the caller
+    validates within :func:`discarded_on_refusal`). Every create counts against the key's rate first, refused
+    or not."""
+    s.service.check_rate(request.state.owner)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         return await _read_form(request, model, s, file_fields, max_bytes)
-    raw = await request.body()
+    raw = await _bounded_body(request, s.settings.limits.max_json_bytes)
     try:
         body = json.loads(raw or b"null")
     except (ValueError, RecursionError):
@@ -76,6 +81,20 @@ async def _read_form(request: Request, model, s: ServeState, file_fields: tuple[
     return body, uploaded, body_hash("|".join(digest_parts))
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The body, read as it streams in and refused (413) once past ``limit`` bytes: a huge body never fills memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the body is larger than {limit} bytes", param=None, code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the body is larger than {limit} bytes", param=None, code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _nested_deeper(value: Any, limit: int) -> bool:
     """Whether lists/objects in ``value`` nest more than ``limit`` levels (iterative: no recursion)."""
     stack = [(value, 0)]
@@ -86,6 +105,26 @@ def _nested_deeper(value: Any, limit: int) -> bool:
                 return True
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return False
+
+
+@contextlib.asynccontextmanager
+async def discarded_on_refusal(uploaded: str | None):
+    """Around a create's validation: an upload of a refused request is deleted, never left behind."""
+    try:
+        yield
+    except BaseException:
+        if uploaded is not None:
+            await asyncio.to_thread(delete_quietly, uploaded)
+        raise
+
+
+def delete_quietly(uri: str) -> None:
+    from wan_dist.storage import delete
+
+    try:
+        delete(uri)
+    except Exception:  # noqa: BLE001 - an orphan upload is harmless; the refusal's own error matters
+        logging.getLogger("wan_dist.serve").warning("could not delete %s", uri, exc_info=True)
 
 
 def _store_upload(output: str, data: bytes, filename: str) -> str:
@@ -109,12 +148,23 @@ async def check_webhook_url(url: str | None, s: ServeState) -> None:
 
 
 # -- jobs -----------------------------------------------------------------------------------------
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key: at most 255 printable ASCII characters (a 422 naming the header otherwise)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()):
+        raise RequestError(422, f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, got "
+                                f"{len(key)} characters", param="Idempotency-Key", code="invalid_value")
+    return key
+
+
 async def persist_job(s: ServeState, request: Request, variant: str, validated, kind: str, digest: str):
     """Persist the validated job (kind ``job`` or ``video``) of the caller, once per Idempotency-Key."""
     owner = request.state.owner
-    s.service.check_rate(owner)
+    key = idempotency_key(request)
     await check_webhook_url(validated.webhook_url, s)
-    key = request.headers.get("idempotency-key")
     try:
         job, _created = await asyncio.to_thread(s.service.create, owner=owner, variant=variant, validated=validated,
                                                 kind=kind, idempotency_key=key, body_hash=digest if key else None)

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from wan_dist.serve.jobs import JobStatus
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, JobList, JobObject, request_body_schema,
                                     responses)
-from wan_dist.serve.routes.common import content, list_body, page, persist_job, poll_headers, preview_bytes, read_body
+from wan_dist.serve.routes.common import (content, discarded_on_refusal, list_body, page, persist_job, poll_headers,
+                                         preview_bytes, read_body)
 from wan_dist.serve.schemas import MODEL_NAMES, JobCreate, RequestError, resolve_model, validate_job_request
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
@@ -29,8 +30,9 @@ def router(settings: ServeSettings) -> APIRouter:
         s = state_of(request)
         variant = resolve_model(model, settings.models)
         body, uploaded, digest = await read_body(request, JobCreate, s)
-        validated = validate_job_request(body, variant=variant, layout=settings.layout, uploaded_image=uploaded)
-        job = await persist_job(s, request, variant, validated, "job", digest)
+        async with discarded_on_refusal(uploaded):
+            validated = validate_job_request(body, variant=variant, layout=settings.layout, uploaded_image=uploaded)
+            job = await persist_job(s, request, variant, validated, "job", digest)
         return JSONResponse(s.service.view(job), status_code=202, headers=poll_headers(settings))
 
     @api.get("/v1/jobs/{job_id}", responses=responses(404, 422, model=JobObject))

@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse, Response
 
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, VideoDeleted, VideoList, VideoObject, request_body_schema,
                                     responses)
-from wan_dist.serve.routes.common import content, list_body, page, persist_job, poll_headers, read_body
+from wan_dist.serve.routes.common import (content, discarded_on_refusal, list_body, page, persist_job, poll_headers,
+                                         read_body)
 from wan_dist.serve.schemas import VideoCreate, validate_video_request
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import state_of
@@ -23,9 +24,10 @@ def router(settings: ServeSettings) -> APIRouter:
     async def create_video(request: Request):
         s = state_of(request)
         body, uploaded, digest = await read_body(request, VideoCreate, s)
-        validated = validate_video_request(body, served=settings.models, layout=settings.layout,
-                                           uploaded_image=uploaded)
-        job = await persist_job(s, request, validated.variant, validated, "video", digest)
+        async with discarded_on_refusal(uploaded):
+            validated = validate_video_request(body, served=settings.models, layout=settings.layout,
+                                               uploaded_image=uploaded)
+            job = await persist_job(s, request, validated.variant, validated, "video", digest)
         return JSONResponse(s.service.video(job), headers=poll_headers(settings))
 
     @api.get("/v1/videos/{video_id}", responses=responses(404, 422, model=VideoObject))
@@ -48,10 +50,19 @@ def router(settings: ServeSettings) -> APIRouter:
     @api.delete("/v1/videos/{video_id}", responses=responses(404, 422, model=VideoDeleted))
     async def delete_video(video_id: str, request: Request):
         s = state_of(request)
-        job = await asyncio.to_thread(s.service.get, video_id, request.state.owner)
+        job = await asyncio.to_thread(s.service.get, video_id, request.state.owner, ("video",))
         if not job.terminal:
             await asyncio.to_thread(s.store.request_cancel, video_id)
         await asyncio.to_thread(s.store.delete, video_id)
+        await asyncio.to_thread(_delete_outputs, s.settings.output, video_id)
         return {"id": video_id, "object": "video.deleted", "deleted": True}
 
     return api
+
+
+def _delete_outputs(output: str, video_id: str) -> None:
+    """The video's folder (clip, sidecar, preview): a deleted video leaves nothing behind."""
+    from wan_dist.storage import delete, join, list_prefix
+
+    for uri in list_prefix(join(output, video_id), include_temporary=True):
+        delete(uri)
