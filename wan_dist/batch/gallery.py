@@ -62,8 +62,8 @@ def write_gallery(output_uri: str, config: GalleryConfig | None = None, *, run_i
     records = _records(output_uri, run_id, storage_options)
     page_uri = gallery_uri(output_uri, run_id)
     links = _Links(output_uri, page_uri, config, storage_options)
-    prompts = _manifest_prompts(output_uri, manifest, records, storage_options)
-    entries = _entries(records, config, links, prompts, storage_options)
+    rows = _manifest_rows(output_uri, manifest, records, storage_options)
+    entries = _entries(records, config, links, rows, storage_options)
     page = render_page(entries, output_uri=output_uri, run_id=run_id, links_note=links.note(),
                        generated_at=time.time())
     write_bytes_atomic(page_uri, page.encode("utf-8"), content_type="text/html; charset=utf-8",
@@ -117,14 +117,14 @@ def _records(output_uri: str, run_id: str | None, storage_options) -> list[dict]
     return sorted(shown.values(), key=lambda r: (r["index"] is None, r["index"] or 0, r["id"]))
 
 
-def _entries(records: list[dict], config: GalleryConfig, links: _Links, prompts: dict[str, str],
+def _entries(records: list[dict], config: GalleryConfig, links: _Links, rows: dict[str, dict],
              storage_options) -> list[Entry]:
     """One :class:`Entry` per record, its sidecar and thumbnail read by ``config.workers`` threads."""
     from tqdm import tqdm
 
     def entry(record: dict) -> Entry:
         try:
-            return _entry(record, config, links, prompts, storage_options)
+            return _entry(record, config, links, rows.get(record["id"], {}), storage_options)
         finally:
             bar.update(1)
 
@@ -133,7 +133,8 @@ def _entries(records: list[dict], config: GalleryConfig, links: _Links, prompts:
         return list(pool.map(entry, records))
 
 
-def _entry(record: dict, config: GalleryConfig, links: _Links, prompts: dict[str, str], storage_options) -> Entry:
+def _entry(record: dict, config: GalleryConfig, links: _Links, row: dict, storage_options) -> Entry:
+    """``row``: the row's manifest columns (prompt, model), for rows without a sidecar."""
     notes = []
     sidecar: dict = {}
     clip_uri, sidecar_uri = record.get("clip_uri"), record.get("sidecar_uri")
@@ -151,9 +152,10 @@ def _entry(record: dict, config: GalleryConfig, links: _Links, prompts: dict[str
             notes.append(f"no thumbnail: {type(error).__name__}: {error}")
     request, settings = sidecar.get("request") or {}, sidecar.get("settings") or {}
     return Entry(
-        id=record["id"], index=record["index"], model=record["model"] or "?", status=record["status"],
+        id=record["id"], index=record["index"], status=record["status"],
+        model=record["model"] if record["model"] not in (None, "?") else (row.get("model") or "?"),
         run_id=record["run_id"], attempts=record["attempts"], finished_at=record["finished_at"],
-        prompt=request.get("prompt") or prompts.get(record["id"]), seed=record["seed"] or request.get("seed"),
+        prompt=request.get("prompt") or row.get("prompt"), seed=record["seed"] or request.get("seed"),
         error=record["error"], error_column=record["error_column"], render_s=record["render_s"],
         publish_s=record["publish_s"], wall_s=record["wall_s"], size=_size(settings, sidecar.get("fps")),
         clip_href=links.href(clip_uri) if published else None,
@@ -189,8 +191,9 @@ def _thumbnail(clip: bytes, config: GalleryConfig) -> tuple[str, tuple[int, int]
     return f"data:image/webp;base64,{encoded}", (images[0].width, images[0].height)
 
 
-def _manifest_prompts(output_uri: str, manifest: str | None, records: list[dict], storage_options) -> dict[str, str]:
-    """Row id -> prompt from the runs' manifests, for rows without a sidecar; {} when none is readable."""
+def _manifest_rows(output_uri: str, manifest: str | None, records: list[dict], storage_options) -> dict[str, dict]:
+    """Row id -> its prompt and model in the runs' manifests (for rows without a sidecar: an invalid row is recorded
+    with model "?"); {} when none is readable."""
     import pyarrow.parquet as pq
 
     if all(r["status"] in _SHOWN_STATUSES for r in records):
@@ -202,18 +205,17 @@ def _manifest_prompts(output_uri: str, manifest: str | None, records: list[dict]
                 uris.append(json.loads(read_bytes(summary_uri, storage_options=storage_options)).get("manifest"))
     except Exception as error:  # noqa: BLE001 - prompts of failed rows are a convenience
         log.debug("gallery: run summaries unreadable: %s", error)
-    prompts: dict[str, str] = {}
+    rows: dict[str, dict] = {}
     for uri in dict.fromkeys(u for u in uris if u):
         try:
-            table = pq.read_table(io.BytesIO(read_bytes(uri, storage_options=storage_options)),
-                                  columns=["id", "prompt"])
+            parquet = pq.ParquetFile(io.BytesIO(read_bytes(uri, storage_options=storage_options)))
+            table = parquet.read(columns=[n for n in ("id", "prompt", "model") if n in parquet.schema_arrow.names])
+            for row in table.to_pylist():
+                if row.get("id") is not None:
+                    rows.setdefault(str(row["id"]), {k: str(v) for k, v in row.items() if v is not None})
         except Exception as error:  # noqa: BLE001 - as above
             log.debug("gallery: manifest %s unreadable: %s", uri, error)
-            continue
-        for row in table.to_pylist():
-            if row["id"] and row["prompt"]:
-                prompts.setdefault(str(row["id"]), str(row["prompt"]))
-    return prompts
+    return rows
 
 
 # -- links ------------------------------------------------------------------------------------------
