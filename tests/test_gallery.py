@@ -23,7 +23,7 @@ from wan_dist.batch.results import latest_results
 from wan_dist.batch.runner import BatchRunner
 from wan_dist.config import BatchConfig, GroupSpec, OutputConfig
 from wan_dist.storage.objects import delete, exists, read_bytes
-from wan_dist.video.mp4 import decode_mp4
+from wan_dist.video.mp4 import decode_mp4, encode_mp4, sample_frames
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +109,21 @@ def _cli(*args: str, cwd: Path, env: dict | None = None, module: str = "wan_dist
            "WAN_DIST_CACHE": str(cwd / "cache"), "RAY_AUTH_MODE": "disabled", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def test_sample_frames_picks_evenly_spread_frames_scaled_down_never_up():
+    frames = np.zeros((17, 48, 80, 3), np.uint8)
+    for index in range(17):
+        frames[index, :, : 4 * index + 8] = 255  # a white band that widens frame by frame: each frame is known
+    clip = encode_mp4(frames, 16, crf=0, preset="ultrafast")
+    decoded, _ = decode_mp4(clip)
+    picked, fps = sample_frames(clip, 5)
+    assert fps == 16 and picked.shape == (5, 48, 80, 3)
+    assert np.array_equal(picked, decoded[[0, 4, 8, 12, 16]])  # first and last included
+    small, _ = sample_frames(clip, 3, max_side=40)
+    assert small.shape == (3, 24, 40, 3)  # aspect kept
+    assert small[1, :, :18].mean() > 245 and small[1, :, 22:].mean() < 8  # frame 8: a band 40 of 80 wide, halved
+    assert sample_frames(clip, 30, max_side=500)[0].shape == (17, 48, 80, 3)  # each frame once, never enlarged
 
 
 @pytest.fixture(scope="module")
