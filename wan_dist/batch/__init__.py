@@ -21,9 +21,11 @@ from wan_dist.batch.manifest import (
     read_manifest,
     write_manifest,
 )
+from wan_dist.batch.gallery import GalleryError, gallery_uri, write_gallery
 from wan_dist.batch.results import read_results
 from wan_dist.batch.runner import BatchRunner, SharedGroup, run_batch
 
-__all__ = ["MANIFEST_SCHEMA", "REQUIRED_COLUMNS", "RESERVED_COLUMNS", "BatchRunner", "Manifest", "ManifestError",
-           "ManifestRow", "RowError", "SharedGroup", "derive_seed", "frames_for_duration", "manifest_from_prompts",
-           "manifest_from_table", "manifest_table", "read_manifest", "read_results", "run_batch", "write_manifest"]
+__all__ = ["MANIFEST_SCHEMA", "REQUIRED_COLUMNS", "RESERVED_COLUMNS", "BatchRunner", "GalleryError", "Manifest",
+           "ManifestError", "ManifestRow", "RowError", "SharedGroup", "derive_seed", "frames_for_duration",
+           "gallery_uri", "manifest_from_prompts", "manifest_from_table", "manifest_table", "read_manifest",
+           "read_results", "run_batch", "write_gallery", "write_manifest"]

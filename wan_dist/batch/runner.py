@@ -38,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from wan_dist.batch.gallery import write_gallery_quietly
 from wan_dist.batch.manifest import ManifestRow, read_manifest
 from wan_dist.batch.progress import Progress
 from wan_dist.batch.results import ResultsWriter, write_summary
@@ -179,6 +180,8 @@ class BatchRunner:
             self.results.close()
             self.progress.maybe_log(force=True)
             summary = self._summary(slots, started)
+            summary["gallery_uri"] = write_gallery_quietly(self.output.uri, cfg.gallery, manifest=cfg.manifest,
+                                                           storage_options=self.storage_options)
             summary["summary_uri"] = write_summary(self.output.uri, self.run_id, summary,
                                                    storage_options=self.storage_options)
         return summary

@@ -74,6 +74,8 @@ def _report(summary: dict, output: OutputConfig) -> None:
     print(f"results: {join(results_prefix(output.uri), 'run-' + summary['run_id'])}/ "
           f"(Parquet parts; wan_dist.batch.results.latest_results({output.uri!r}) reads them)")
     print(f"summary: {summary['summary_uri']}")
+    if summary.get("gallery_uri"):
+        print(f"gallery: {summary['gallery_uri']}")
     for record in summary["failed_rows"]:
         column = f" [{record['error_column']}]" if record["error_column"] else ""
         print(f"failed:  {record['id']}{column}: {record['error']}")

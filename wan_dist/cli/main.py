@@ -18,6 +18,7 @@ VERBS = {
     "render": "render one clip (prompt, image or a sidecar to reproduce) into a folder or URL",
     "batch": "render every row of a Parquet manifest on Ray render groups (what `ray job submit` runs)",
     "manifest": "write a Parquet batch manifest from a text file of prompts",
+    "gallery": "write the HTML gallery of a batch output (thumbnails, prompts, status, reasons, links)",
     "serve": "start the HTTP API (job endpoints and the OpenAI-style videos API) on Ray Serve",
     "plan": "choose a parallel layout for a model on N GPUs, with the candidates and the reasons",
     "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.batch import batch_main as task
     elif verb == "manifest":
         from wan_dist.cli.manifest import manifest_main as task
+    elif verb == "gallery":
+        from wan_dist.cli.gallery import gallery_main as task
     elif verb == "train":
         from wan_dist.cli.train import train_main as task
     elif verb == "train-lora":

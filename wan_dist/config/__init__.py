@@ -23,6 +23,7 @@ __all__ = [
     "OutputConfig",
     "GroupSpec",
     "BatchConfig",
+    "GalleryConfig",
     "from_dict",
 ]
 
@@ -256,6 +257,40 @@ class GroupSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GalleryConfig:
+    """The HTML gallery of a batch output (``gallery.html``: a thumbnail, the prompt, status and links per row).
+
+    ``enabled``: a batch run writes ``{output}/gallery.html`` when it ends (``wan-dist gallery`` writes it anyway).
+    ``thumbnail_frames``: frames of each animated WebP thumbnail (1: a still poster frame); ``thumbnail_size``: its
+    longest side in pixels (never enlarged); ``thumbnail_quality``: WebP quality, 1-100.
+    ``links``: ``auto`` (relative links for local outputs and stores that cannot sign; presigned https URLs where
+    the store signs them), ``relative`` or ``presigned``; presigned URLs last ``presign_expires_s``.
+    ``workers``: clips read and decoded at once; ``progress``: a tqdm bar over the rows.
+    """
+
+    enabled: bool = True
+    thumbnail_frames: int = 6
+    thumbnail_size: int = 192
+    thumbnail_quality: int = 75
+    links: Literal["auto", "relative", "presigned"] = "auto"
+    presign_expires_s: int = 7 * 24 * 3600
+    workers: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        name = "GalleryConfig"
+        _require(isinstance(self.enabled, bool), name, "enabled", f"must be true or false, got {self.enabled!r}")
+        for f in ("thumbnail_frames", "thumbnail_size", "workers", "presign_expires_s"):
+            value = getattr(self, f)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, f,
+                     f"must be an integer >= 1, got {value!r}")
+        _require(isinstance(self.thumbnail_quality, int) and 1 <= self.thumbnail_quality <= 100, name,
+                 "thumbnail_quality", f"must be an integer in [1, 100], got {self.thumbnail_quality!r}")
+        _require(self.links in ("auto", "relative", "presigned"), name, "links",
+                 f"must be auto, relative or presigned, got {self.links!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BatchConfig:
     """How a batch job runs a manifest (clips are written as OutputConfig says).
 
@@ -273,6 +308,7 @@ class BatchConfig:
     split one manifest this way must share ``default_model`` (it decides the variant of rows whose model is null).
     ``record_invalid_rows``: record the manifest's invalid rows as failed; False in all but one of the runs that
     split a manifest, so each invalid row is recorded once.
+    ``gallery``: the ``gallery.html`` written beside the clips when the run ends (GalleryConfig).
     """
 
     manifest: str
@@ -296,6 +332,7 @@ class BatchConfig:
     fail_on_row_errors: bool = True
     only_models: tuple[str, ...] = ()
     record_invalid_rows: bool = True
+    gallery: GalleryConfig = dataclasses.field(default_factory=GalleryConfig)
 
     def __post_init__(self) -> None:
         name = "BatchConfig"

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["decode_mp4", "encode_mp4", "probe_mp4"]
+__all__ = ["decode_mp4", "encode_mp4", "probe_mp4", "sample_frames"]
 
 _PIXEL_FORMAT = "yuv420p"
 
@@ -78,6 +78,46 @@ def decode_mp4(data: bytes) -> tuple[np.ndarray, float]:
     if not frames:
         raise ValueError("decode_mp4: the video stream holds no frames")
     return np.stack(frames), fps
+
+
+def sample_frames(data: bytes, count: int, *, max_side: int | None = None) -> tuple[np.ndarray, float]:
+    """``count`` frames spread evenly over the first video stream, first and last included, as
+    ``([count', h, w, 3] uint8 RGB, fps)`` (``count'`` <= ``count``: a shorter clip gives each of its frames once).
+
+    With ``max_side`` each frame is scaled (area interpolation) to fit ``max_side`` x ``max_side``, aspect kept,
+    never enlarged. Every frame is decoded (H.264 needs them), but only the chosen ones are converted.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"sample_frames: count must be a positive int, got {count!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"sample_frames: max_side must be a positive int or None, got {max_side!r}")
+    total = probe_mp4(data)["frames"]
+    wanted = set(np.linspace(0, max(total - 1, 0), num=min(count, max(total, 1))).round().astype(int).tolist())
+    av = _import_av()
+    frames = []
+    with _open_for_reading(av, data) as container:
+        stream = _video_stream(container)
+        fps = _stream_fps(stream)
+        index = -1
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    width, height = _fit(frame.width, frame.height, max_side)
+                    frames.append(frame.reformat(width=width, height=height, format="rgb24",
+                                                 interpolation="AREA").to_ndarray())
+        except av.error.FFmpegError as error:
+            raise ValueError(f"sample_frames: corrupt video data after frame {index}: {error}") from error
+    if not frames:
+        raise ValueError("sample_frames: the video stream holds no frames")
+    return np.stack(frames), fps
+
+
+def _fit(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` scaled down to fit ``max_side`` (aspect kept, at least 1 pixel), or as they are."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def probe_mp4(data: bytes) -> dict[str, Any]:
