@@ -9,7 +9,8 @@
 3. ``eval_prompts`` held-out scenes, each rendered four ways at the base's defaults, seed = index: base and LoRA,
    with and without the trigger words. Reported: the palette distance (wan_dist.world.style.palette_distance,
    0-255; lower = more in the style) of each, the training clips' own (what the style looks like after MP4), and
-   the PSNR between base and LoRA renders of the plain prompts (how little unrelated prompts change).
+   the PSNR between base and LoRA renders of the plain prompts (how little unrelated prompts change), and, for
+   scale, between the base's renders of those prompts at two seeds.
 One row goes to ``save_to`` (benchmarks/csv_rows.py), a contact sheet (4 prompts x the four ways, middle frame)
 to ``grid``.
 """
@@ -71,7 +72,7 @@ def _evaluate(cfg: DictConfig, files: dict) -> tuple[dict, list]:
     ways = {"base_styled": (True, []), "lora_styled": (True, loras), "base_plain": (False, []),
             "lora_plain": (False, loras)}
     distance = {way: [] for way in ways}
-    psnr, sheet = [], []
+    psnr, reseeded, sheet = [], [], []  # reseeded: the base's own change with another seed (a scale for psnr)
     for i in range(cfg.eval_prompts):
         scene = sample_scene(EVAL_SEED + i, split="heldout")
         text = caption(scene, rng=EVAL_SEED + i)
@@ -80,9 +81,11 @@ def _evaluate(cfg: DictConfig, files: dict) -> tuple[dict, list]:
         for way, clip in clips.items():
             distance[way].append(palette_distance(clip))
         psnr.append(_psnr(clips["base_plain"], clips["lora_plain"]))
+        reseeded.append(_psnr(clips["base_plain"], pipe.generate(text, seed=i + 1000).frames[0]))
         sheet.append((text, [clips[way][len(clip) // 2] for way in ways]))
     row = {f"palette_distance_{way}": round(statistics.mean(values), 2) for way, values in distance.items()}
-    row["plain_psnr_lora_vs_base_db"] = round(statistics.median(psnr), 2)
+    row["plain_psnr_lora_vs_base_db"] = round(float(statistics.median(psnr)), 2)
+    row["plain_psnr_base_other_seed_db"] = round(float(statistics.median(reseeded)), 2)
     return row, sheet
 
 
