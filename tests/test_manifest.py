@@ -96,7 +96,7 @@ BAD_CASES = [
     ({"model": "tiny-ti2v", "height": 48}, "height", "multiple of 32"),
     ({"fps": 0}, "fps", "positive"),
     ({"guidance_scale": -1.0}, "guidance_scale", "must be in"),
-    ({"shift": 0.0}, "shift", "must be in"),
+    ({"shift": 0.0}, "shift", "must be a positive number"),
     ({"solver": "heun"}, "solver", "must be one of"),
     ({"schedule": "cosine"}, "schedule", "must be one of"),
     ({"seed": -5}, "seed", "[0, 2^63)"),

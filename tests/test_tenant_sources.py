@@ -89,3 +89,22 @@ def test_other_buckets_and_server_paths_are_refused_before_reading_and_allowed_p
     escape = str(tmp_path / "operator" / ".." / "operator-secrets" / "m.parquet")
     with pytest.raises(RequestError, match="manifest_uri: file: URLs are not allowed"):
         _validate(escape, tmp_path, source_prefixes=(str(tmp_path / "operator"),))
+
+
+def test_a_manifest_too_large_once_decoded_is_refused_before_decompressing(tmp_path):
+    """A few KB of Parquet whose prompt column decodes to 8 MB (the issue's 300 MiB prompt in 10 KB, scaled down)."""
+    uploads = tmp_path / "out" / "_uploads"
+    uploads.mkdir(parents=True)
+    bomb = uploads / "bomb.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "prompt": "x" * (8 * 2**20), "model": "tiny"}]), bomb,
+                   compression="zstd")
+    assert bomb.stat().st_size < 64 * 1024
+    kwargs = dict(served=("tiny",), output_root=str(tmp_path / "out"), layout="diffusers", allow_private=False)
+    with pytest.raises(RequestError, match=r"manifest: .* decode to \d+ bytes; at most 1048576") as refused:
+        validate_batch({}, uploaded=str(bomb), max_decoded_bytes=2**20, **kwargs)
+    assert refused.value.status == 422 and refused.value.param == "manifest"
+    many = uploads / "many.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": f"r{i}", "prompt": "a kite"} for i in range(50)]), many)
+    with pytest.raises(RequestError, match=r"manifest: .* 50 rows; at most 10 in one manifest"):
+        validate_batch({}, uploaded=str(many), max_rows=10, **kwargs)
+    assert validate_batch({}, uploaded=str(many), max_rows=50, **kwargs).rows == 50

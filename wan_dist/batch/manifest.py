@@ -30,7 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wan_dist.engine.request import REQUEST_FIELDS, RenderRequest, RequestError, build_request, frames_for_duration
+from wan_dist.engine.request import (MAX_PROMPT_CHARS, REQUEST_FIELDS, RenderRequest, RequestError, build_request,
+                                     frames_for_duration)
 from wan_dist.models.presets import PRESETS, variant_name
 from wan_dist.storage.objects import join, read_bytes, write_bytes_atomic
 
@@ -127,19 +128,34 @@ def derive_seed(row_id: str) -> int:
 
 
 def read_manifest(uri: str, *, default_model: str, layout: str = "diffusers",
-                  storage_options: Mapping[str, Any] | None = None) -> Manifest:
+                  storage_options: Mapping[str, Any] | None = None, max_rows: int | None = None,
+                  max_decoded_bytes: int | None = None) -> Manifest:
     """Read and validate the Parquet manifest at ``uri`` (a path or any fsspec URL).
 
     ``default_model`` is the variant of rows whose ``model`` is null; ``layout`` the checkpoint layout the run
-    loads (it picks the default schedule). Raises :class:`ManifestError` for file-level problems and
+    loads (it picks the default schedule). ``max_rows`` / ``max_decoded_bytes``: refuse a file with more rows, or
+    whose columns decode to more bytes, before any column is decompressed (the sizes the Parquet footer declares;
+    a file that lies about them fails to decode). Raises :class:`ManifestError` for file-level problems and
     ``StorageError`` when the object cannot be read; bad rows are reported in ``Manifest.invalid``.
     """
     data = read_bytes(uri, storage_options=storage_options)
     try:
-        table = pq.read_table(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        _check_size(parquet.metadata, uri, max_rows, max_decoded_bytes)
+        table = parquet.read()
     except (pa.ArrowException, OSError) as error:
         raise ManifestError(f"{uri}: not a readable Parquet file ({error})") from error
     return manifest_from_table(table, default_model=default_model, layout=layout, uri=uri)
+
+
+def _check_size(metadata, uri: str, max_rows: int | None, max_decoded_bytes: int | None) -> None:
+    if max_rows is not None and metadata.num_rows > max_rows:
+        raise ManifestError(f"{uri}: {metadata.num_rows} rows; at most {max_rows} in one manifest (split it)")
+    if max_decoded_bytes is not None:
+        decoded = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+        if decoded > max_decoded_bytes:
+            raise ManifestError(f"{uri}: its columns decode to {decoded} bytes; at most {max_decoded_bytes} "
+                                f"(prompts are at most {MAX_PROMPT_CHARS} characters)")
 
 
 def manifest_from_table(table: pa.Table, *, default_model: str, layout: str = "diffusers",

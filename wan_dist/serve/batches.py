@@ -70,7 +70,8 @@ class BatchSpec:
 
 
 def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, layout: str, uploaded: str | None,
-                   allow_private: bool, source_prefixes: tuple[str, ...] = ()) -> BatchSpec:
+                   allow_private: bool, source_prefixes: tuple[str, ...] = (), max_rows: int | None = None,
+                   max_decoded_bytes: int | None = None) -> BatchSpec:
     """Check the request and read the whole manifest (the batch runner's own reader and rules): a manifest that
     cannot be used is a 422 naming its columns or duplicate rows; bad rows are accepted and fail alone. Valid rows
     may name any served models (one part each, see the module doc); a model not served here is a 422 naming it
@@ -91,7 +92,8 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
                            param="manifest_uri", code="invalid_value")
     uri = uploaded or _tenant_manifest(request.manifest_uri, output_root, allow_private, source_prefixes)
     try:
-        return _checked_batch(request, uri, variant=variant, served=served, output_root=output_root, layout=layout)
+        return _checked_batch(request, uri, variant=variant, served=served, output_root=output_root, layout=layout,
+                              limits={"max_rows": max_rows, "max_decoded_bytes": max_decoded_bytes})
     except BaseException:
         if uploaded is None and uri != request.manifest_uri:  # our copy of a refused tenant's manifest
             from wan_dist.storage import delete
@@ -101,7 +103,7 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
 
 
 def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tuple[str, ...], output_root: str,
-                   layout: str) -> BatchSpec:
+                   layout: str, limits: dict) -> BatchSpec:
     """The batch of manifest ``uri`` (see :func:`validate_batch`)."""
     from wan_dist.batch import ManifestError, read_manifest
     from wan_dist.storage.objects import StorageError
@@ -113,7 +115,7 @@ def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tupl
         if not output.startswith(root + "/") or "/../" in output + "/" or "/./" in output + "/":
             raise RequestError(422, f"output: must be a prefix under {root}/", param="output", code="invalid_value")
     try:
-        manifest = read_manifest(uri, default_model=variant, layout=layout)
+        manifest = read_manifest(uri, default_model=variant, layout=layout, **limits)
     except ManifestError as error:
         raise RequestError(422, f"manifest: {error}", param="manifest", code="invalid_manifest") from None
     except (StorageError, OSError) as error:

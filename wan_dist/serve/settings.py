@@ -85,14 +85,17 @@ class JobSettings:
 class BatchSettings:
     """Batches on the renderers' groups. ``interactive_per_row``: fair turns, at most this many interactive
     jobs while a batch row waits; a row's retries back off from ``retry_backoff_s``; the results table is
-    written every ``results_flush_rows`` rows."""
+    written every ``results_flush_rows`` rows. A tenant's manifest holds at most ``max_rows`` rows whose columns
+    decode to at most ``max_decoded_bytes`` (checked from the Parquet footer, before anything is decompressed)."""
 
     interactive_per_row: int = 2
     retry_backoff_s: float = 2.0
     results_flush_rows: int = 25
+    max_rows: int = 100_000
+    max_decoded_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
-        for name in ("interactive_per_row", "results_flush_rows"):
+        for name in ("interactive_per_row", "results_flush_rows", "max_rows", "max_decoded_bytes"):
             _check(self, int(getattr(self, name)) >= 1, name, "must be >= 1")
         _check(self, self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
 

@@ -90,7 +90,8 @@ async def _persist_batch(s: ServeState, request: Request, settings: ServeSetting
     spec = await asyncio.to_thread(validate_batch, body, served=settings.models, output_root=settings.output,
                                    layout=settings.layout, uploaded=uploaded,
                                    allow_private=settings.allow_private_urls,
-                                   source_prefixes=settings.source_prefixes)
+                                   source_prefixes=settings.source_prefixes, max_rows=settings.batches.max_rows,
+                                   max_decoded_bytes=settings.batches.max_decoded_bytes)
     await check_webhook_url(spec.webhook_url, s)
     job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
                     max_attempts=settings.jobs.max_attempts,
