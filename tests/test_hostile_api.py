@@ -100,3 +100,32 @@ def test_refused_requests_count_toward_the_rate_and_leave_no_upload(tmp_path):
         assert not uploads.exists() or not any(uploads.iterdir())
         limited = client.post("/v1/models/tiny/jobs", json=BODY)  # the refusals spent the burst
         assert limited.status_code == 429, limited.text
+
+
+def _manifest_upload(client, **fields):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "prompt": "a kite", "model": "tiny"}]), sink)
+    return client.post("/v1/batches", files={"manifest": ("m.parquet", sink.getvalue(), "application/octet-stream")},
+                       data=fields)
+
+
+def test_a_batch_writes_under_its_keys_own_prefix_whatever_output_it_names(client, tmp_path):
+    from wan_dist.serve.auth import key_id
+
+    root = str(tmp_path / "out")
+    mine = f"{root}/batches/{key_id('k1')}"
+    default = _manifest_upload(client)
+    assert default.status_code == 202, default.text
+    assert default.json()["output"] == f"{mine}/{default.json()['id']}"
+    named = _manifest_upload(client, output="campaign/7")
+    assert named.status_code == 202 and named.json()["output"] == f"{mine}/campaign/7"
+    with TestClient(client.app, headers={"Authorization": "Bearer k2"}) as other:
+        theirs = _manifest_upload(other, output="campaign/7")  # the same name by another key: its own folder
+    assert theirs.json()["output"] == f"{root}/batches/{key_id('k2')}/campaign/7"
+    for bad in ("../" + key_id("k2"), f"{root}/batches/{key_id('k2')}/x", "s3://bucket/x", "a/../../b", ".hidden",
+                "a b"):
+        refused = _manifest_upload(client, output=bad)
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "output", (bad, refused.text)

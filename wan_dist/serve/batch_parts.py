@@ -31,7 +31,7 @@ from typing import Any
 
 from wan_dist.serve.jobs import Job, JobExists, JobNotFound, JobStatus, JobStore, VersionConflict
 
-__all__ = ["BATCH_QUEUE", "PART_KIND", "batch_queue", "batch_output", "new_batch", "ensure_parts", "parts_of",
+__all__ = ["BATCH_QUEUE", "PART_KIND", "batch_queue", "batch_output", "owner_prefix", "new_batch", "ensure_parts", "parts_of",
            "summary", "settle", "settle_part", "cancel_batch"]
 
 log = logging.getLogger("wan_dist.serve")
@@ -45,20 +45,31 @@ def batch_queue(variant: str) -> str:
 
 
 def batch_output(job: Job, output_root: str) -> str:
-    """The batch's output folder (a part's request names its batch's, resolved)."""
+    """The batch's output folder (a part's request names its batch's, resolved; records made before outputs
+    were resolved at creation: ``{output_root}/batches/{id}``)."""
     return job.request.get("output") or f"{output_root.rstrip('/')}/batches/{job.id}"
 
 
-def new_batch(*, rows_by_model: dict[str, int], default_model: str, request: dict, **fields) -> Job:
+def owner_prefix(output_root: str, owner: str) -> str:
+    """Where every batch of key ``owner`` writes: ``{output_root}/batches/{owner}`` (its key id)."""
+    return f"{output_root.rstrip('/')}/batches/{owner}"
+
+
+def new_batch(*, rows_by_model: dict[str, int], default_model: str, request: dict, output_root: str,
+              **fields) -> Job:
     """The batch record to create: on its model's queue when its rows name one model (or none), else on the
-    queue of its models with one part per model in ``request["parts"]`` (created by :func:`ensure_parts`)."""
+    queue of its models with one part per model in ``request["parts"]`` (created by :func:`ensure_parts`).
+    Its output is resolved now, under the owner's prefix: ``request["output"]`` (a checked sub-folder name) or
+    the batch id."""
     models = sorted(rows_by_model)
-    if len(models) <= 1:
-        return Job.new(model=batch_queue(models[0] if models else default_model), kind="batch", request=request,
-                       **fields)
-    job = Job.new(model=batch_queue(",".join(models)), kind="batch", request=request, **fields)
-    parts = [{"model": model, "id": f"{job.id}-p{i}", "rows": rows_by_model[model]} for i, model in enumerate(models)]
-    return Job(**{**job.to_dict(), "request": {**request, "default_model": default_model, "parts": parts}})
+    queue = batch_queue(models[0] if len(models) == 1 else ",".join(models) if models else default_model)
+    job = Job.new(model=queue, kind="batch", request=request, **fields)
+    request = {**request, "output": f"{owner_prefix(output_root, job.owner)}/{request.get('output') or job.id}"}
+    if len(models) > 1:
+        parts = [{"model": model, "id": f"{job.id}-p{i}", "rows": rows_by_model[model]}
+                 for i, model in enumerate(models)]
+        request = {**request, "default_model": default_model, "parts": parts}
+    return Job(**{**job.to_dict(), "request": request})
 
 
 def ensure_parts(store: JobStore, batch: Job, output_root: str) -> None:

@@ -23,6 +23,7 @@ create answers, so a batch is never seen ``validating``.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -51,8 +52,9 @@ class BatchCreate(BaseModel):
                                                        "batch is created), or a URI under the operator's "
                                                        "source_prefixes; omit when uploading the file `manifest`")
     model: str | None = Field(None, description="variant of rows whose model is null (default: the first served)")
-    output: str | None = Field(None, description="output prefix, under the operator's output "
-                                                 "(default: {output}/batches/{batch id})")
+    output: str | None = Field(None, max_length=200,
+                               description="a folder name for the clips under the key's own prefix, "
+                                           "{output}/batches/{key id}/ (default: the batch id); e.g. 'campaign/7'")
     webhook_url: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -92,7 +94,7 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
                            param="manifest_uri", code="invalid_value")
     uri = uploaded or _tenant_manifest(request.manifest_uri, output_root, allow_private, source_prefixes)
     try:
-        return _checked_batch(request, uri, variant=variant, served=served, output_root=output_root, layout=layout,
+        return _checked_batch(request, uri, variant=variant, served=served, layout=layout,
                               limits={"max_rows": max_rows, "max_decoded_bytes": max_decoded_bytes})
     except BaseException:
         if uploaded is None and uri != request.manifest_uri:  # our copy of a refused tenant's manifest
@@ -102,18 +104,13 @@ def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, lay
         raise
 
 
-def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tuple[str, ...], output_root: str,
-                   layout: str, limits: dict) -> BatchSpec:
+def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tuple[str, ...], layout: str,
+                   limits: dict) -> BatchSpec:
     """The batch of manifest ``uri`` (see :func:`validate_batch`)."""
     from wan_dist.batch import ManifestError, read_manifest
     from wan_dist.storage.objects import StorageError
 
-    output = None
-    if request.output is not None:
-        output = request.output.rstrip("/")
-        root = output_root.rstrip("/")
-        if not output.startswith(root + "/") or "/../" in output + "/" or "/./" in output + "/":
-            raise RequestError(422, f"output: must be a prefix under {root}/", param="output", code="invalid_value")
+    output = None if request.output is None else _sub_folder(request.output)
     try:
         manifest = read_manifest(uri, default_model=variant, layout=layout, **limits)
     except ManifestError as error:
@@ -131,6 +128,20 @@ def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tupl
     return BatchSpec(variant=variant, rows_by_model=dict(rows_by_model), manifest_uri=uri, output=output,
                      webhook_url=request.webhook_url, metadata=dict(request.metadata),
                      rows=len(manifest), invalid_rows=len(manifest.invalid))
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _sub_folder(output: str) -> str:
+    """A batch's ``output``: relative segments of letters, digits, ``.``, ``_``, ``-`` (no URL, no ``..``), placed
+    under the key's own prefix; anything else is a 422 naming the field."""
+    segments = output.rstrip("/").split("/")
+    if not all(_SEGMENT.fullmatch(segment) for segment in segments):  # a leading "/" leaves an empty segment
+        raise RequestError(422, f"output: a folder name under your own prefix (segments of letters, digits, '.', "
+                                f"'_', '-', such as 'campaign/7'), got {output!r}", param="output",
+                           code="invalid_value")
+    return "/".join(segments)
 
 
 def _tenant_manifest(uri: str, output_root: str, allow_private: bool, source_prefixes: tuple[str, ...]) -> str:

@@ -94,6 +94,7 @@ async def _persist_batch(s: ServeState, request: Request, settings: ServeSetting
                                    max_decoded_bytes=settings.batches.max_decoded_bytes)
     await check_webhook_url(spec.webhook_url, s)
     job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
+                    output_root=settings.output,
                     max_attempts=settings.jobs.max_attempts,
                     request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
                              "invalid_rows": spec.invalid_rows},
