@@ -234,6 +234,23 @@ def test_private_url_is_refused_before_any_request():
     asyncio.run(client2.aclose())
 
 
+def test_a_delivery_goes_to_the_address_that_was_checked_with_the_urls_host():
+    """No second resolution between the check and the connection: the POST is sent to the checked address."""
+    calls: list = []
+    client = mock_client(lambda r: httpx.Response(204), calls)
+
+    def resolver(host, port, *args, **kwargs):
+        return [(2, 1, 6, "", ("93.184.215.14", port))] if host == "hooks.example" else []
+
+    d = WebhookDispatcher(WebhookSigner(generate_secret()), client=client, sleep=no_sleep, resolver=resolver)
+    state = asyncio.run(d.deliver("https://hooks.example:8443/h?x=1", "job.completed", {"id": "j"}))
+    asyncio.run(client.aclose())
+    assert state.status == "delivered" and len(calls) == 1
+    sent = calls[0]
+    assert (sent.url.host, sent.url.port, sent.url.path, sent.url.query) == ("93.184.215.14", 8443, "/h", b"x=1")
+    assert sent.headers["host"] == "hooks.example:8443" and sent.extensions["sni_hostname"] == "hooks.example"
+
+
 def test_schedule_from_coroutine_and_from_another_thread(receiver):
     url, requests = receiver([200])
     states: list[DeliveryState] = []

@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping
 
 import httpx
 
+from wan_dist.storage.fetch import FetchRefused
+
 from .urls import UnsafeURL, check_public_url
 
 __all__ = ["EVENT_TYPES", "DeliveryState", "WebhookDispatcher", "WebhookSigner", "event_payload",
@@ -166,17 +168,33 @@ class WebhookDispatcher:
         except Exception:  # persisting the state must not stop the delivery
             log.exception("webhook on_state callback failed for %s", state.msg_id)
 
+    def _pin(self, url: str):
+        """The checked address of ``url`` (storage.fetch.pin), after the webhook URL's own rules (schemes, userinfo)."""
+        from wan_dist.storage.fetch import FetchPolicy, pin
+
+        answers: dict = {}
+
+        def once(host, port, *args, **kwargs):  # one resolution per attempt: the answer checked is the one used
+            if (host, port) not in answers:
+                answers[host, port] = self._resolver(host, port, *args, **kwargs)
+            return answers[host, port]
+
+        check_public_url(url, allow_private=self.allow_private, field="webhook_url", resolver=once)
+        return pin(url, policy=FetchPolicy(allow_private=self.allow_private, resolver=once), field="webhook_url")
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False,
                                              headers={"user-agent": "wan-dist-webhooks/1"})
         return self._client
 
-    async def _attempt(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int | None, str | None]:
-        """(status code, error) of one POST; error is None exactly when the receiver answered 2xx."""
+    async def _attempt(self, target, headers: dict[str, str], body: bytes) -> tuple[int | None, str | None]:
+        """(status code, error) of one POST to ``target`` (storage.fetch.PinnedTarget: the checked address, the
+        URL's Host and TLS name); error is None exactly when the receiver answered 2xx."""
         try:
-            resp = await self._http().post(url, content=body, headers=headers, timeout=self.timeout_s,
-                                           follow_redirects=False)
+            resp = await self._http().post(target.url, content=body, headers={**headers, **target.headers},
+                                           timeout=self.timeout_s, follow_redirects=False,
+                                           extensions=target.extensions)
         except httpx.TimeoutException:
             return None, f"timeout after {self.timeout_s:g} s"
         except httpx.HTTPError as exc:
@@ -191,17 +209,16 @@ class WebhookDispatcher:
         body = event_payload(event_type, data, self._clock() if created_at is None else created_at)
         state = DeliveryState(event=event_type, msg_id=msg_id or new_msg_id())
         while True:
-            try:  # re-checked every attempt: the name may have been re-pointed since the last one
-                await asyncio.to_thread(check_public_url, url, allow_private=self.allow_private,
-                                        field="webhook_url", resolver=self._resolver)
-            except UnsafeURL as exc:
+            try:  # re-checked every attempt (the name may have been re-pointed), then sent to that very address
+                target = await asyncio.to_thread(self._pin, url)
+            except (UnsafeURL, FetchRefused) as exc:
                 state.status, state.last_error, state.next_attempt_at = "failed", str(exc), None
                 log.warning("webhook %s (%s) refused: %s", state.msg_id, event_type, exc)
                 await self._report(state)
                 return state
             state.attempts += 1
             headers = self.signer.headers(state.msg_id, int(self._clock()), body)
-            state.last_status_code, state.last_error = await self._attempt(url, headers, body)
+            state.last_status_code, state.last_error = await self._attempt(target, headers, body)
             if state.last_error is None:
                 state.status, state.delivered_at, state.next_attempt_at = "delivered", self._clock(), None
                 await self._report(state)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-__all__ = ["FetchPolicy", "FetchRefused", "fetch_bytes", "forbidden_reason", "read_source", "under_prefix"]
+__all__ = ["FetchPolicy", "FetchRefused", "PinnedTarget", "fetch_bytes", "forbidden_reason", "pin", "read_source",
+           "under_prefix"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _PORTS = {"http": 80, "https": 443}
@@ -122,6 +123,26 @@ def _checked_address(url: str, policy: FetchPolicy, field_name: str, hop: str) -
         if reason is not None:
             raise FetchRefused(field_name, f"{hop}host {parts.hostname!r} resolves to a {reason}")
     return parts.hostname, addresses[0], port
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """Where to send a request for a checked URL: ``url`` names the checked address, ``headers`` carry the URL's
+    Host, ``extensions`` its TLS server name (httpx's ``sni_hostname``), so certificates are checked as usual."""
+
+    url: str
+    headers: dict
+    extensions: dict
+
+
+def pin(url: str, *, policy: FetchPolicy, field: str) -> PinnedTarget:
+    """The checked address of ``url`` under ``policy`` (FetchRefused naming ``field`` otherwise), for a request
+    that must go there and nowhere a second resolution could point (webhook deliveries)."""
+    host, address, port = _checked_address(url, policy, field, "")
+    default_port = _PORTS[urlsplit(url).scheme.lower()]
+    return PinnedTarget(url=_pinned(url, address, port),
+                        headers={"Host": host if port == default_port else f"{host}:{port}"},
+                        extensions={"sni_hostname": host})
 
 
 def _pinned(url: str, address: IPAddress, port: int) -> str:
