@@ -227,9 +227,10 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
 def test_cancel_stops_scheduling_and_keeps_published_clips(api, holds):
     from wan_dist.storage.objects import exists
 
-    rows = rows_of(8, SLOW, "cancel")
+    manifest = rows_of(8, SLOW, "cancel")
     # held long enough (2 s) for the runner's loop (a turn at most every 0.5 s) to read the cancel meanwhile
-    held = hold_row(holds, rows, 2, min_s=2.0)
+    held = hold_row(holds, manifest, 2, min_s=2.0)
+    rows = manifest
     created = upload(api, rows)
     assert created.status_code == 202, created.text
     batch_id = created.json()["id"]
@@ -250,6 +251,9 @@ def test_cancel_stops_scheduling_and_keeps_published_clips(api, holds):
     assert all(t < 0.5 for t in submitted) and len(completed) < 8, (submitted, running["counts"])
     for record in completed:
         assert exists(record["clip_uri"]) and exists(record["sidecar_uri"])
+    # the row in flight (held at step 2 of 6 when the cancel came) stopped between steps, as a job does
+    assert manifest[2]["id"] not in {r["id"] for r in completed}, rows.get(manifest[2]["id"])
+    assert final["counts"]["remaining"] > 0
 
 
 def test_restart_mid_batch_renders_each_row_once(api, app, holds):

@@ -45,6 +45,7 @@ from wan_dist.batch.results import ResultsWriter, write_summary
 from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig
 from wan_dist.engine.clips import SIDECAR_NAME
+from wan_dist.engine.control import StopRender
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
 from wan_dist.engine.rank_calls import Generate
 from wan_dist.batch.resume import plan_resume, published_rows
@@ -108,12 +109,14 @@ class BatchRunner:
 
     def __init__(self, config: BatchConfig, output: OutputConfig, *,
                  storage_options: dict | None = None, install_signal_handlers: bool = False,
-                 shared: SharedGroup | None = None, on_tick=None):
+                 shared: SharedGroup | None = None, on_tick=None, row_control=None):
         if shared is not None:
             config = replace(config, queue_depth=1)  # one row on the shared group at a time: the gate decides
         self.config = config
         self.shared = shared
         self.on_tick = on_tick  # called with the runner on every turn of the loop (lease renewal, cancel checks)
+        # row -> a step control for its render (engine.control), or None; a StopRender it raises stops the run
+        self.row_control = row_control
         self.output = output
         self.group = config.group  # use_gpus decided for the cluster when the groups start
         self.storage_options = storage_options
@@ -318,7 +321,7 @@ class BatchRunner:
         self._first_submit = self._first_submit or now
         slot.first_submit = slot.first_submit or now
         self.progress.rendering_started()
-        call = slot.group.submit(Generate(task.row.request))
+        call = slot.group.submit(Generate(task.row.request, self.row_control(task.row) if self.row_control else None))
         slot.group.prefetch(task.row.request)  # its prompts are encoded while the call before it renders
         slot.calls.append((call, task, set(call.refs)))
         for ref in call.refs:
@@ -342,6 +345,9 @@ class BatchRunner:
         except RequestFailed as error:
             slot.calls.pop(index)
             self._release_gate()
+            if isinstance(error.cause, StopRender):  # the row's control stopped the run (a cancel): left undone
+                self.stop_requested.set()
+                return
             self._retry(task, str(error), permanent=error.permanent)
             return
         except RenderGroupFailed as error:

@@ -11,9 +11,30 @@ import time
 from wan_dist.serve.batch_parts import batch_output, batch_queue, settle_part
 from wan_dist.serve.jobs import Job, JobStatus, JobStore, LeaseLost
 
-__all__ = ["BatchWorker"]
+__all__ = ["BatchWorker", "BatchCancelControl"]
 
 log = logging.getLogger("wan_dist.serve")
+
+
+class BatchCancelControl:
+    """The step control of a batch's rows (engine.control): after a denoising step, at most every ``every_s``,
+    read the batch's record (the part's, for a mixed batch) and stop the render on a cancel, as an interactive
+    job's control does. Picklable: it travels with each row to the group's result rank, which opens the store."""
+
+    def __init__(self, job_id: str, store: str, every_s: float = 0.5):
+        self.job_id, self.store, self.every_s = job_id, store, every_s
+        self._last = float("-inf")
+
+    def __call__(self, step: int, total: int) -> None:
+        from wan_dist.engine.control import StopRender
+        from wan_dist.serve.worker import shared_store
+
+        now = time.monotonic()
+        if now - self._last < self.every_s or step >= total:  # after the last step the clip is done: keep it
+            return
+        self._last = now
+        if shared_store(self.store).get(self.job_id).cancel_requested:
+            raise StopRender("cancelled")
 
 
 class BatchWorker:
@@ -85,7 +106,9 @@ class BatchWorker:
             if current.cancel_requested or stop.is_set():
                 runner.stop_requested.set()
 
-        runner = BatchRunner(config, OutputConfig(uri=output), shared=self.shared_group(), on_tick=tick)
+        control = BatchCancelControl(job.id, s.store)  # the row in flight stops between steps on a cancel
+        runner = BatchRunner(config, OutputConfig(uri=output), shared=self.shared_group(), on_tick=tick,
+                             row_control=lambda row: control)
         try:
             summary = runner.run()
         except Exception as error:  # noqa: BLE001 - the manifest went away, storage broke: the batch fails

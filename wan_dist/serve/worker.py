@@ -25,7 +25,7 @@ from typing import Callable
 from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost
 from wan_dist.serve.stores import open_store
 
-__all__ = ["JobWorker", "JobCancelled", "Render", "StoreStepControl", "preview_uri"]
+__all__ = ["JobWorker", "JobCancelled", "Render", "StoreStepControl", "preview_uri", "shared_store"]
 
 log = logging.getLogger("wan_dist.serve")
 _STORES: dict[str, JobStore] = {}  # per process (a result rank's): one open store per URI
@@ -56,10 +56,7 @@ class StoreStepControl:
         self._last_preview = float("-inf")
 
     def _store(self) -> JobStore:
-        with _STORES_LOCK:
-            if self.store not in _STORES:
-                _STORES[self.store] = open_store(self.store)
-            return _STORES[self.store]
+        return shared_store(self.store)
 
     def __call__(self, step: int, total: int) -> None:
         from wan_dist.engine.control import StopRender
@@ -92,6 +89,14 @@ class StoreStepControl:
         write_bytes_atomic(uri, encode_jpeg(shrink(frame, self.preview_max_side)), content_type="image/jpeg")
         self._store().update(self.job_id, preview={"step": step, "total": total, "uri": uri,
                                                    "updated_at": time.time()})
+
+
+def shared_store(uri: str) -> JobStore:
+    """This process's open store at ``uri`` (a result rank's step controls share one)."""
+    with _STORES_LOCK:
+        if uri not in _STORES:
+            _STORES[uri] = open_store(uri)
+        return _STORES[uri]
 
 
 def preview_uri(output: str, job_id: str) -> str:
