@@ -5,6 +5,7 @@ refusals that cost rate and leave no uploads behind."""
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -129,3 +130,29 @@ def test_a_batch_writes_under_its_keys_own_prefix_whatever_output_it_names(clien
                 "a b"):
         refused = _manifest_upload(client, output=bad)
         assert refused.status_code == 422 and refused.json()["error"]["param"] == "output", (bad, refused.text)
+
+
+def test_a_quiet_event_stream_sends_keep_alive_comments_and_ends_with_the_job(client, tmp_path, monkeypatch):
+    """A queued job may wait long: its SSE stream sends a comment every SSE_HEARTBEAT_S seconds of silence."""
+    import threading
+
+    from wan_dist.serve.routes import jobs as job_routes
+    from wan_dist.serve.stores import open_store
+
+    monkeypatch.setattr(job_routes, "SSE_HEARTBEAT_S", 0.3)
+    job = client.post("/v1/models/tiny/jobs", json=BODY).json()["id"]  # no renderer here: it stays queued
+    lines, cancelled = [], threading.Event()
+
+    def cancel():
+        with open_store(str(tmp_path / "jobs.db")) as store:
+            store.request_cancel(job)
+        cancelled.set()
+
+    with client.stream("GET", f"/v1/jobs/{job}/events", timeout=60) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if lines.count(": keep-alive") == 2 and not cancelled.is_set():
+                threading.Thread(target=cancel).start()  # the stream then ends with the terminal status
+    assert lines[0] == "event: status" and lines.count(": keep-alive") >= 2
+    statuses = [json.loads(line[len("data: "):])["status"] for line in lines if line.startswith("data: ")]
+    assert statuses[0] == "queued" and statuses[-1] == "cancelled"

@@ -4,6 +4,7 @@ preview frame, and the clip."""
 import asyncio
 import base64
 import json
+import time
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -82,9 +83,26 @@ def router(settings: ServeSettings) -> APIRouter:
     return api
 
 
+SSE_HEARTBEAT_S = 15.0  # a comment line when nothing else was sent for this long: proxies keep the stream open
+
+
 async def _events(s: ServeState, job_id: str, request: Request):
     """Server-sent events: ``status`` on every status change, ``progress`` on every progress value while in progress,
-    ``preview`` (a data: URL of a JPEG) on every new preview frame, ending with the terminal status."""
+    ``preview`` (a data: URL of a JPEG) on every new preview frame, ending with the terminal status; between them a
+    ``: keep-alive`` comment every :data:`SSE_HEARTBEAT_S` seconds of silence (a queued job may wait long)."""
+    sent = time.monotonic()
+    async for event in _changes(s, job_id, request):
+        now = time.monotonic()
+        if event is not None:
+            sent = now
+            yield event
+        elif now - sent >= SSE_HEARTBEAT_S:
+            sent = now
+            yield ": keep-alive\n\n"
+
+
+async def _changes(s: ServeState, job_id: str, request: Request):
+    """The events of :func:`_events` as they happen, and None after every look that found nothing new."""
     last: tuple | None = None
     shown = None  # the preview step last sent
     while True:
@@ -103,4 +121,5 @@ async def _events(s: ServeState, job_id: str, request: Request):
             yield f"event: preview\ndata: {json.dumps(data)}\n\n"
         if job.terminal or await request.is_disconnected():
             return
+        yield None
         await asyncio.sleep(0.25)
