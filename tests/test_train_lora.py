@@ -250,3 +250,24 @@ def test_ray_train_with_two_workers_resumes_a_local_run(tiny, tmp_path, ray_loca
     result = train_lora(replace(_config(tmp_path / "run", data, base=tiny, steps=8), num_workers=2))
     assert (result.summary["start_step"], result.summary["step"]) == (4, 8)
     assert len(_state(tmp_path / "run")["history"]) == 8
+
+
+@pytest.mark.slow
+def test_an_fsdp_sharded_base_trains_the_same_factors_as_a_replicated_one(tiny, tmp_path, ray_local):
+    """Two Ray Train workers: the frozen experts sharded over them by FSDP2, or each holding them all; the
+    factors (replicated, DDP) come out the same (the same draws on each worker, the same math)."""
+    from wan_dist.train import train_lora
+
+    data = _image_folder(tmp_path / "data", count=2)
+    runs, held = {}, {}
+    for fsdp in (False, True):
+        out = tmp_path / f"fsdp-{fsdp}"
+        result = train_lora(replace(_config(out, data, base=tiny, steps=4), num_workers=2, fsdp=fsdp))
+        assert result.summary["step"] == 4
+        runs[fsdp] = _state(out)["modules"]
+        held[fsdp] = result.summary["base_bytes_per_worker"]
+    assert held[True] < 0.6 * held[False]  # each worker held about half of the experts
+    for name, factors in runs[False].items():
+        for key, value in factors.items():
+            torch.testing.assert_close(runs[True][name][key], value, atol=1e-5, rtol=1e-4, msg=f"{name}.{key}")
+    assert any(v.abs().max() > 0 for k, v in runs[True]["lora_high"].items() if k.startswith("up."))

@@ -62,6 +62,8 @@ class LoraTrainConfig:
     ``gradient_checkpointing``: recompute each block in the backward pass (memory for compute).
     ``dtype``: of the frozen base ("float32", or "bfloat16" on a GPU); the factors train in float32. With
     ``use_gpu`` each worker holds the base on its GPU.
+    ``fsdp``: with several workers, shard the frozen experts over them with FSDP2 (each holds 1/N of every
+    expert, gathered block by block as it runs); the factors stay replicated (DDP). Off: every worker holds all.
     """
 
     out: str
@@ -73,6 +75,7 @@ class LoraTrainConfig:
     targets: tuple[str, ...] = DEFAULT_TARGETS
     gradient_checkpointing: bool = True
     dtype: str = "float32"
+    fsdp: bool = False
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0

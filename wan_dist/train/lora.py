@@ -13,7 +13,8 @@ encoder into ``<out>/data`` (I2V bases also get each clip's first-frame conditio
 resumable from ``<out>/ray/lora``; then one LoRA file per trained expert in the diffusers / PEFT format
 (``transformer.<diffusers name>.lora_A.weight`` / ``lora_B.weight``, ``lora_alpha`` and ``r`` in the
 ``lora_adapter_metadata`` header), named as Wan2.2-Lightning names its files, which ``loras`` reads back.
-Not done: sharding the base with FSDP2 across workers (every worker loads all of it).
+With ``fsdp`` the frozen experts are sharded over the workers by FSDP2 (``parallel.fsdp.shard_expert``, the
+inference sharding); each worker still reads the whole base from the checkpoint before sharding it.
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ def _steps(config: LoraTrainConfig, session, data_path: str, resume: Path | None
 
     torch.set_num_threads(config.threads_per_worker)
     pipe = _base(config, frozen=True)
+    if config.fsdp and session.world_size > 1:
+        _shard_experts(pipe)
     stage = LoraStage(pipe.spec, tensors=load_file(data_path), config=config, experts=tuple(pipe.experts))
     out = Path(config.out)
     result = run_steps(stage, session, optim=config.optim, seed=config.seed, resume=resume,
@@ -208,9 +211,31 @@ def _steps(config: LoraTrainConfig, session, data_path: str, resume: Path | None
         history = result["history"]
         summary = {"step": result["step"], "start_step": result["start_step"], "steps_per_s": result["steps_per_s"],
                    "first_loss": history[0][1] if history else None, "last_loss": history[-1][1] if history else None,
-                   "trainable_parameters": sum(p.numel() for m in stage.modules.values() for p in m.parameters())}
+                   "trainable_parameters": sum(p.numel() for m in stage.modules.values() for p in m.parameters()),
+                   "base_bytes_per_worker": _held_bytes(pipe.experts)}
         (out / "lora_summary.json").write_text(json.dumps(summary, indent=2))
     return result
+
+
+def _held_bytes(experts) -> int:
+    """Bytes of the experts' weights this worker holds (its shards, when they are sharded)."""
+    from wan_dist.parallel.fsdp import local_shard_bytes
+
+    return sum(local_shard_bytes(expert) for expert in experts)
+
+
+def _shard_experts(pipe) -> None:
+    """FSDP2 over every worker (parallel.fsdp.shard_expert), on a process group of its own: the DDP of the
+    factors all-reduces on the default group in the same backward passes, and the two never interleave there."""
+    import torch.distributed as dist
+
+    from wan_dist.config import ParallelConfig
+    from wan_dist.parallel.fsdp import shard_expert
+    from wan_dist.parallel.mesh import ParallelMesh
+
+    mesh = ParallelMesh.build(ParallelConfig(data=dist.get_world_size()))
+    for expert in pipe.experts:
+        shard_expert(expert, mesh, over="data")
 
 
 def _ray_worker(payload: dict) -> None:
