@@ -23,7 +23,6 @@ from wan_dist.serve.settings import (AuthSettings, BatchSettings, JobSettings, L
                                      RendererSettings, ServeSettings)
 from wan_dist.serve.stores import open_store
 
-pytestmark = pytest.mark.slow
 
 KEY = "web-key"
 # tiny's HTTP sizes are its defaults.sizes (64x64 the smallest); manifest rows may use any multiple (32x32)
@@ -35,12 +34,11 @@ ARTIFACTS = Path(os.environ.get("WAN_DIST_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts" / "web"))
 
 
-def _browser_binary() -> str:
-    found = next((path for path in map(shutil.which, BROWSERS) if path), None)
-    if found is None:
-        pytest.skip("no Chromium binary (chromium / chromium-browser) on PATH: install the distribution's chromium "
-                    "and chromium-driver packages (.ci/run does it with apt when it runs as root)")
-    return found
+CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
+# Skipped before any fixture starts (no Ray, no Serve) when, and only when, the browser itself is missing.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary (chromium / chromium-browser) on PATH: install the distribution's "
+                             "chromium and chromium-driver packages (.ci/run does it with apt when it runs as root)")]
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +70,13 @@ def app(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    binary = _browser_binary()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     driver_path = shutil.which("chromedriver")
-    assert driver_path, f"{binary} is installed but chromedriver is not (Debian: the chromium-driver package)"
+    assert driver_path, f"{CHROMIUM} is installed but chromedriver is not (Debian: the chromium-driver package)"
     options = webdriver.ChromeOptions()
-    options.binary_location = binary
+    options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--no-proxy-server", "--no-first-run", "--disable-extensions", "--disable-sync",
                      "--disable-background-networking", "--disable-component-update",
@@ -162,6 +159,10 @@ def test_a_job_renders_with_previews_and_plays(app, page, holds, artifacts):
     from selenium.webdriver.common.keys import Keys
 
     assert page.execute_script("return sessionStorage.getItem('wan-dist.api-key')") == KEY
+    assert page.execute_script("return localStorage.length") == 0 and page.get_cookies() == []  # the tab only
+    unlabelled = page.execute_script("return [...document.querySelectorAll('input, select, textarea')]"
+                                     ".filter(e => !e.labels.length).map(e => e.id || e.outerHTML)")
+    assert unlabelled == []
     for name in ("prompt", "negative_prompt", "width", "height", "num_frames", "duration_s", "num_inference_steps",
                  "guidance_scale", "seed"):  # fields of the API's schema, each with its label
         assert page.find_elements("css selector", f"label[for='f-{name}']"), name

@@ -34,7 +34,7 @@ const batchView = new BatchView({ showError });
 async function refreshRecent() {
   if (!getKey()) return;
   try {
-    await listRecent(jobView, showError);
+    await listRecent(jobView);
   } catch (error) {
     showError(error);
   }

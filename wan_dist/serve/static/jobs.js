@@ -151,7 +151,7 @@ async function fillThumbnail(item, view) {
 }
 
 /** Lists the key's recent jobs into #recent-list; choosing one follows it in `jobView`. */
-export async function listRecent(jobView, showError) {
+export async function listRecent(jobView) {
   const list = $("recent-list");
   const { body } = await apiJson("/v1/jobs?limit=12");
   list.replaceChildren();
@@ -168,7 +168,9 @@ export async function listRecent(jobView, showError) {
     caption.className = `status-${view.status}`;
     item.append(thumbnail(view), caption, button);
     list.append(item);
-    fillThumbnail(item, view).catch(showError);
+    // a thumbnail is a convenience: one that cannot load (a render that ended between the list and its preview
+    // frame) keeps its placeholder rather than raising an error over the page
+    fillThumbnail(item, view).catch(() => {});
   }
   if (!body.data.length) {
     const empty = document.createElement("li");
