@@ -93,18 +93,21 @@ def browser(tmp_path_factory):
 
 @pytest.fixture
 def page(app, browser, holds):
-    """The page freshly loaded without a key, then the key pasted (and submitted with Enter); afterwards nothing is left held,
-    queued or running."""
+    """The page loaded without a key, then the key pasted (and submitted with Enter) and what it loads with the key
+    shown; afterwards the tab forgets the key and leaves the page, and nothing is left held, queued or running."""
     from selenium.webdriver.common.keys import Keys
 
     browser.get(app.base_url + "/")
-    browser.execute_script("sessionStorage.clear()")  # the tab keeps a key across loads: start without one
-    browser.refresh()
+    assert browser.execute_script("return sessionStorage.length") == 0
     wait_for(lambda: browser.execute_script("return document.body.dataset.formReady === 'true'"), 30,
              what="the form built from /openapi.json")
     browser.find_element("id", "api-key").send_keys(KEY, Keys.ENTER)
     wait_for(lambda: "tiny" in _options(browser, "model"), 30, what="the models list")
+    wait_for(lambda: browser.find_elements("css selector", "#recent-list li"), 30, what="the recent jobs")
     yield browser
+    browser.execute_script("sessionStorage.clear()")  # the tab would keep the key for the next test's load
+    browser.get("about:blank")
+    browser.get_log("browser")  # drained: what the page logged while it was left is no test's
     store = open_store(app.settings.store)
     try:
         settle(store, holds, 120)
