@@ -30,7 +30,8 @@ def calls(app, body):
                 ("GET", "/v1/jobs/nope", None), ("POST", "/v1/videos", {**body, "model": "tiny"}),
                 ("GET", "/v1/videos/{id}", None), ("GET", "/v1/videos?order=asc", None),
                 ("DELETE", "/v1/videos/{id}", None), ("GET", "/v1/batches", None),
-                ("GET", "/v1/batches/nope/results", None), ("GET", "/v1/jobs?limit=0", None)):
+                ("GET", "/v1/batches/nope/results", None), ("GET", "/v1/jobs?limit=0", None),
+                ("GET", "/", None), ("GET", "/static/app.js", None), ("GET", "/static/nope.js", None)):
             response = client.request(method, path.replace("{id}", str(last)), json=payload)
             if method == "POST" and response.status_code in (200, 202):
                 last = response.json()["id"]
@@ -79,3 +80,36 @@ def test_every_router_answers_in_the_process_that_unpickles_the_app(tmp_path):
     assert codes["GET /readyz"] == 200 and codes["GET /v1/models"] == 200
     assert codes["POST /v1/models/tiny/jobs"] == 202 and codes["GET /v1/jobs/{id}/content"] == 409
     assert codes["GET /v1/jobs/nope"] == 404 and codes["GET /v1/jobs?limit=0"] == 422
+    assert codes["GET /"] == codes["GET /static/app.js"] == 200 and codes["GET /static/nope.js"] == 404
+
+
+def test_the_web_page_and_its_files_are_open_and_nothing_else_is(tmp_path):
+    """The page holds no secret (its API calls carry the key its user pastes): / and /static/* answer without a
+    key, the shipped files only, each with a policy that lets the page reach nothing but this origin."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    app = create_app(ServeSettings(models=("tiny",), store=str(tmp_path / "jobs.db"), output=str(tmp_path / "out"),
+                                   auth=AuthSettings(api_keys=("k1",)),
+                                   webhooks=WebhookSettings(secret="whsec_" + "A" * 43 + "=")))
+    try:
+        with TestClient(app) as client:
+            page = client.get("/")
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            assert "connect-src 'self'" in page.headers["content-security-policy"]
+            shipped = re.findall(r'(?:src|href)="/static/([\w.-]+)"', page.text)
+            assert "app.js" in shipped and "style.css" in shipped
+            for name in shipped + ["api.js", "form.js", "jobs.js", "batches.js"]:  # app.js imports the rest
+                response = client.get(f"/static/{name}")
+                assert response.status_code == 200 and response.content, name
+                assert response.headers["x-content-type-options"] == "nosniff"
+                assert not re.search(r"""(from|import\(|url\()\s*["']?(https?:)?//""", response.text), name
+            assert "http://" not in page.text and "https://" not in page.text  # no CDN: nothing from the network
+            for path in ("/static/nope.js", "/static/..%2Fapp.py", "/static/.hidden.js", "/static/page.py"):
+                response = client.get(path)
+                assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", path
+            for path in ("/v1/models", "/v1/jobs", "/favicon.ico", "/staticx"):  # the API still needs a key
+                assert client.get(path).status_code == 401, path
+    finally:
+        app.state.get_state().close()

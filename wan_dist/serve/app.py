@@ -1,6 +1,7 @@
 """The FastAPI app of the HTTP API (the Serve ingress; Ray Serve wraps it in :mod:`wan_dist.serve.deploy`).
 
-Every route but ``/healthz``, ``/readyz`` and the OpenAPI schema needs ``Authorization: Bearer <key>``;
+Every route but ``/healthz``, ``/readyz``, the OpenAPI schema and the web page (``/``, ``/static/*``: it holds no
+secret; its own API calls carry the key its user pastes) needs ``Authorization: Bearer <key>``;
 ``Wan-Version`` selects the API generation (absent: the current one). A job is persisted before the
 answer; renderers (``wan_dist.serve.renderer``) take it from the store. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``; no input produces a 5xx.
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wan_dist.serve.auth import AuthError, retry_after_headers
 from wan_dist.serve.jobs import JobNotFound
-from wan_dist.serve.routes import batches, health, jobs, videos
+from wan_dist.serve.routes import batches, health, jobs, page, videos
 from wan_dist.serve.schemas import RequestError, error_body
 from wan_dist.serve.service import API_VERSIONS, QueueFull
 from wan_dist.serve.settings import ServeSettings
@@ -31,8 +32,8 @@ from wan_dist.serve.state import ServeState, state_of
 __all__ = ["create_app", "ServeState"]
 
 log = logging.getLogger("wan_dist.serve")
-_OPEN = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
-_ROUTERS = (health.router, jobs.router, batches.router, videos.router)  # the order of the OpenAPI paths
+_OPEN = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", *page.PAGE_PATHS)
+_ROUTERS = (health.router, jobs.router, batches.router, videos.router, page.router)  # the order of the OpenAPI paths
 
 
 def create_app(settings: ServeSettings, *, state: Callable[[], ServeState] | None = None) -> FastAPI:
@@ -74,7 +75,8 @@ async def _gate(request: Request, call_next):
         return _error(RequestError(400, f"Wan-Version {version!r} is not supported; supported: "
                                         f"{', '.join(API_VERSIONS)}", param="Wan-Version",
                                    code="unsupported_version"))
-    if request.url.path not in _OPEN:
+    path = request.url.path
+    if path not in _OPEN and not path.startswith(page.STATIC_PREFIX):
         try:
             request.state.owner = state_of(request).keys.authenticate(request.headers.get("authorization"))
         except AuthError as err:
