@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser import CHROMIUM, MISSING, chromium, severe
 from wan_dist.batch.manifest import write_manifest
 from wan_dist.batch.results import latest_results
 from wan_dist.batch.runner import BatchRunner
@@ -273,3 +274,33 @@ def test_a_batch_into_s3_leaves_a_gallery_with_presigned_links_and_wan_dist_gall
     assert process.returncode == 0, process.stderr[-3000:]
     assert exists(f"{output}/gallery.html")
     check_page()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
+def test_the_gallery_in_a_browser_shows_a_thumbnail_per_clip_and_its_filters_work(batch_output, tmp_path):
+    """gallery.html opened from the folder (file://) in headless Chromium: every clip's animated thumbnail decodes,
+    the failed row shows its reason, the status and model filters and the URL's preset hide what they should."""
+    from selenium.webdriver.support.ui import Select
+
+    out, _ = batch_output
+    page = (out / "gallery.html").as_uri()
+    visible = "return [...document.querySelectorAll('#rows .row')].filter(r => !r.hidden).map(r => r.dataset.id)"
+    with chromium(tmp_path / "profile", height=1200) as driver:
+        driver.get(page)
+        thumbnails = driver.execute_script(
+            "return [...document.querySelectorAll('#rows .row img')].map(i => [i.closest('.row').dataset.id, "
+            "i.complete && i.naturalWidth > 0])")
+        assert sorted(thumbnails) == [["boat", True], ["fox", True]]  # decoded, one per clip
+        assert "num_frames" in driver.execute_script(
+            "return document.querySelector('.row[data-id=\"bad-frames\"]').textContent")
+        assert sorted(driver.execute_script(visible)) == ["bad-frames", "boat", "fox"]
+        Select(driver.find_element("id", "filter-status")).select_by_value("failed")
+        assert driver.execute_script(visible) == ["bad-frames"]
+        Select(driver.find_element("id", "filter-status")).select_by_value("")
+        driver.find_element("id", "filter-text").send_keys("fox")
+        assert driver.execute_script(visible) == ["fox"]
+        driver.get("about:blank")  # a new load (the same document with another hash would not run its preset)
+        driver.get(page + "#status=completed")
+        assert sorted(driver.execute_script(visible)) == ["boat", "fox"]
+        driver.save_screenshot(str(tmp_path / "gallery.png"))
+        assert severe(driver) == []

@@ -11,11 +11,11 @@ Skipped only when the Chromium binary is missing (.ci/run installs it with apt w
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, MISSING, chromium, severe
 from serve_fixtures import ServeApp, free_port, settle, wait_for
 from step_holds import HOOK
 from wan_dist.config import GroupSpec
@@ -29,16 +29,12 @@ KEY = "web-key"
 JOB = {"width": 64, "height": 64, "num_frames": 5, "num_inference_steps": 2, "seed": 7}
 ROW = {"model": "tiny", "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
 HOLD_STEP = 2  # the last of 2 steps: step 1's preview frame is recorded before the hold
-BROWSERS = ("chromium", "chromium-browser")
 ARTIFACTS = Path(os.environ.get("WAN_DIST_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts" / "web"))
 
 
-CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
 # Skipped before any fixture starts (no Ray, no Serve) when, and only when, the browser itself is missing.
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary (chromium / chromium-browser) on PATH: install the distribution's "
-                             "chromium and chromium-driver packages (.ci/run does it with apt when it runs as root)")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason=MISSING)]
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +66,8 @@ def app(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    driver_path = shutil.which("chromedriver")
-    assert driver_path, f"{CHROMIUM} is installed but chromedriver is not (Debian: the chromium-driver package)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--no-proxy-server", "--no-first-run", "--disable-extensions", "--disable-sync",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--autoplay-policy=no-user-gesture-required", "--window-size=1280,2000",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()  # stops chromedriver and every browser process it started
 
 
 @pytest.fixture
@@ -140,9 +119,7 @@ def _wait(browser, check, timeout_s: float, what: str, **options):
 
 
 def _severe(browser, *, allowed: tuple[str, ...] = ()) -> list[dict]:
-    """The browser console's errors since the last call (get_log drains it), but those naming ``allowed``."""
-    return [entry for entry in browser.get_log("browser")
-            if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)]
+    return severe(browser, allowed=allowed)
 
 
 def _fill(browser, values: dict) -> None:
