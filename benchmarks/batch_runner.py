@@ -68,7 +68,7 @@ def _run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_batch", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    report_row(_run(cfg), cfg)
+    report_row(_run(cfg), cfg, chart="batch")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ committed tables of benchmarks/results/: those change only when a run names one,
 ``save_to=benchmarks/results/layouts_cpu_h100.csv``. A relative ``save_to`` is taken from the working directory.
 When a row brings columns the file lacks, the file is rewritten with the wider header (its rows keep their
 values, the new columns empty), so rows never slide under another row's header.
+
+A benchmark with a chart (benchmarks/plots.py, ``CHARTS``) redraws it from the whole table after each row, next to
+the CSV (``layouts.csv`` -> ``layouts.png``): ``report_row(row, cfg, chart="layouts")`` or
+``save_chart(table, "layouts")``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import csv
 import json
 import os
 import platform
+import sys
 import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["save_row", "machine", "parameters"]
+__all__ = ["save_row", "save_chart", "report_row", "machine", "parameters"]
 
 _NOT_PARAMETERS = ("save_to",)  # where the row goes is not a setting of what was measured
 
@@ -105,13 +110,30 @@ def _write(path: Path, fieldnames: list[str], rows: list[Mapping[str, Any]]) -> 
         raise
 
 
-def report_row(measurements: Mapping[str, Any], cfg) -> Path:
+def save_chart(table: str | os.PathLike, chart: str) -> Path | None:
+    """Redraw the chart ``chart`` (a name in benchmarks/plots.py's ``CHARTS``) from every row of the CSV ``table``,
+    beside it as ``<table>.png``; returns the PNG's path. A table the chart cannot read (rows from before a
+    column existed, say) gets a warning on stderr and no chart: the row it just received is kept either way."""
+    from plots import CHARTS, read_rows  # benchmarks/ is on sys.path wherever csv_rows is importable
+
+    table = Path(table)
+    try:
+        path = CHARTS[chart](read_rows(table), table.with_suffix(".png"))
+    except ValueError as error:
+        print(f"no chart for {table}: {error}", file=sys.stderr)
+        return None
+    print(f"chart written to {path}")
+    return path
+
+
+def report_row(measurements: Mapping[str, Any], cfg, *, chart: str | None = None) -> Path:
     """A Hydra benchmark's ending: :func:`save_row` with the composed config ``cfg`` (its ``save_to``), then the
-    row and where it went on stdout."""
+    row and where it went on stdout; with ``chart``, the table's chart beside it (:func:`save_chart`)."""
     from omegaconf import OmegaConf
 
     path = save_row(measurements, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(dict(measurements))
     print(f"row appended to {path}")
+    if chart is not None:
+        save_chart(path, chart)
     return path
-

@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from csv_rows import save_row
+from csv_rows import save_chart, save_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +85,7 @@ def main(cfg: DictConfig) -> None:
     path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(row, file=sys.stderr)
     print(f"row appended to {path}", file=sys.stderr)
+    save_chart(path, "layouts")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from csv_rows import save_row
+from csv_rows import save_chart, save_row
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-bench"
@@ -236,6 +236,7 @@ def main(cfg: DictConfig) -> None:
     path = save_row(row, config=OmegaConf.to_container(cfg, resolve=True), save_to=cfg.save_to)
     print(row)
     print(f"row appended to {path}")
+    save_chart(path, "serve")
     print(f"{row['accepted']} creates from {row['clients']} clients: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
           f"{row['creates_per_s']} creates/s; non-2xx {row['non_2xx']}, errors {row['errors']}; "
           f"store holds {row['jobs_in_store']} of {row['acknowledged']} acknowledged, lost {row['lost']}")
