@@ -218,3 +218,12 @@ def test_lora_transformer_low_needs_two_experts_and_http_takes_urls_only():
     with pytest.raises(HTTPError) as http:  # a client names URLs, never files of the server
         _http("tiny", {**BASE, "loras": [{"path": "/etc/passwd"}]})
     assert http.value.param == "loras[0].path"
+
+
+def test_a_refused_prompt_is_reported_once_with_its_reason():
+    with pytest.raises(RequestError) as refused:
+        _python("tiny", {**BASE, "prompt": "x" * 10_001})
+    assert [field for field, _ in refused.value.problems] == ["prompt"]
+    assert "at most 10000 characters" in refused.value.reason
+    with pytest.raises(RequestError, match="prompt: required"):
+        _python("tiny", {"seed": 1})

@@ -321,7 +321,8 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
 
 def _check_text(values: dict, problems: list) -> None:
     if "prompt" not in values:
-        problems.append(("prompt", "required: what to render"))
+        if not any(field == "prompt" for field, _ in problems):  # given but refused: its own reason says why
+            problems.append(("prompt", "required: what to render"))
     elif not values["prompt"].strip():
         problems.append(("prompt", "must be a non-empty string, not blank"))
     if values.get("image") is not None and not values["image"].strip():
