@@ -4,7 +4,8 @@ The openai SDK (>= 2.27) sends ``POST /v1/videos`` as multipart with every value
 as ``a[b]`` and lists as ``a[]`` (its "brackets" array format). :func:`parse_form` rebuilds the nesting
 (``metadata[campaign]=spring`` -> ``{"metadata": {"campaign": "spring"}}``, ``tags[]=x`` -> ``{"tags":
 ["x"]}``), :func:`coerce_scalars` turns the strings into the int / float / bool a model's field declares
-("4" -> 4, "true" -> True), and :func:`pop_files` takes the uploaded files out for the app to store.
+("4" -> 4, "true" -> True) and a structured field given as one value from JSON text (``camera={"moves": ...}``),
+and :func:`pop_files` takes the uploaded files out for the app to store.
 
 Errors are :class:`wan_dist.serve.schemas.RequestError` 422s naming the field in dotted form (``a.b``):
 a name given twice (``a=1`` and ``a=2``; lists need ``a[]``), a name used both as a value and as an object
@@ -131,4 +132,19 @@ def coerce_scalars(body: dict, model: type[BaseModel], _prefix: str = "") -> dic
             out[name] = coerce_scalars(value, nested[0], f"{param}.")
         elif isinstance(value, str) and str not in kinds and kinds & {int, float, bool}:
             out[name] = _scalar(value, kinds, param, optional=type(None) in kinds)
+        elif isinstance(value, str) and any(typing.get_origin(k) in (dict, list) for k in kinds):
+            out[name] = _json(value, param)
     return out
+
+
+def _json(value: str, param: str) -> Any:
+    """A structured field (camera, layers, loras, metadata) sent as one form value: JSON text, as a manifest's
+    column holds it (bracketed names stay strings at the leaves, which a camera path's numbers cannot be)."""
+    import json
+
+    if not value.strip():
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError) as error:
+        raise _invalid(param, f"not valid JSON ({error})") from None
