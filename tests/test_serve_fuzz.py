@@ -142,6 +142,17 @@ def flatmap_query(context, query):
         lambda i: {**query, "after": SEEDED["all"][i % len(SEEDED["all"])]}), st.just(query))
 
 
+def test_every_create_is_fuzzed_as_json_and_as_a_form():
+    """Schemathesis builds a body only where the schema resolves: each create must offer both media types."""
+    bodies = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.method.upper() == "POST" and not operation.path.endswith("/cancel"):
+            bodies[operation.path] = sorted(body.media_type for body in operation.body)
+    both = ["application/json", "multipart/form-data"]
+    assert bodies == {"/v1/batches": both, "/v1/models/{model}/jobs": both, "/v1/videos": both}
+
+
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))

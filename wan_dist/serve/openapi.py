@@ -8,9 +8,28 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 def request_body_schema(model) -> dict:
-    schema = model.model_json_schema()
+    """The create body of ``model`` as JSON and as a form, for an operation's ``openapi_extra``. Nested models are
+    inlined: a ``#/$defs/...`` reference inside an operation would resolve against the whole document, where
+    there are no ``$defs`` (tools such as schemathesis then could not build a body at all)."""
+    schema = _inline_defs(model.model_json_schema())
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}}}
+
+
+def _inline_defs(schema: dict) -> dict:
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve({**defs[ref[len("#/$defs/"):]], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
 
 
 class ErrorDetail(BaseModel):
