@@ -156,3 +156,26 @@ def test_a_quiet_event_stream_sends_keep_alive_comments_and_ends_with_the_job(cl
     assert lines[0] == "event: status" and lines.count(": keep-alive") >= 2
     statuses = [json.loads(line[len("data: "):])["status"] for line in lines if line.startswith("data: ")]
     assert statuses[0] == "queued" and statuses[-1] == "cancelled"
+
+
+def test_a_jobs_view_names_no_server_path(tmp_path):
+    """An uploaded image and a finished clip appear relative to the server's output (the API's content URL for
+    the clip where the store gives no presigned https URL): a tenant learns nothing of the server's files."""
+    from wan_dist.serve.stores import open_store
+
+    settings = _settings(tmp_path)
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer k1"}) as client:
+        created = client.post("/v1/models/tiny-ti2v/jobs", data={"prompt": "x", "num_frames": "5"},
+                              files={"image": ("a.png", _png(), "image/png")})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        with open_store(settings.store) as store:
+            job = store.claim("tiny-ti2v", worker="w", lease_s=60)
+            folder = f"{settings.output}/{job.id}"
+            store.finish(job.id, "w", status="completed", progress=100, completed_at=1.0,
+                         result={"clip_uri": f"{folder}/clip.mp4", "sidecar_uri": f"{folder}/clip.json", "seed": 1})
+        view = client.get(f"/v1/jobs/{job_id}").json()
+    assert str(tmp_path) not in json.dumps(view), view
+    assert view["request"]["render"]["image"].startswith("_uploads/")
+    assert view["result"] == {"seed": 1, "clip": f"{job_id}/clip.mp4", "sidecar": f"{job_id}/clip.json",
+                              "clip_url": f"/v1/jobs/{job_id}/content"}

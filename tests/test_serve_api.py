@@ -324,7 +324,7 @@ def test_events_stream_status_progress_and_previews_in_order(serve_app, api, hol
     progress = [data["progress"] for kind, data in events if kind != "preview"]
     assert progress == sorted(progress) and progress[-1] == 100
     assert any(kind == "progress" and 0 < data["progress"] < 100 for kind, data in events), events
-    assert events[-1][1]["result"]["clip_uri"].endswith(f"{job['id']}/clip.mp4")
+    assert events[-1][1]["result"]["clip"] == f"{job['id']}/clip.mp4"  # relative: no server path for a tenant
     assert all(data["id"] == job["id"] for _, data in events)
     assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content)
 
@@ -476,7 +476,7 @@ def test_restart_of_the_app_loses_no_job(serve_app, api, store, holds):
             assert store.get(job_id).attempts == 1
         folder = os.path.join(settings.output, job_id)
         assert sorted(os.listdir(folder)) == ["clip.json", "clip.mp4"], os.listdir(folder)  # published once
-        assert job["result"]["clip_uri"].endswith(f"{job_id}/clip.mp4")
+        assert job["result"]["clip"] == f"{job_id}/clip.mp4"
     assert_clip(api.get(f"/v1/jobs/{ids[-1]}/content").content)
     listed = [j["id"] for j in api.get("/v1/jobs", params={"limit": 100}).json()["data"]]
     assert len(listed) == len(set(listed)) and set(ids) <= set(listed)

@@ -73,11 +73,25 @@ class JobService:
         return job
 
     def view(self, job: Job) -> dict:
+        """The job as its owner sees it: storage locations relative to the server's output (a tenant learns no
+        server path), the clip at a presigned http(s) URL where the store gives one, else the API's content URL."""
         position = self.store.queue_position(job.id) if job.status == JobStatus.QUEUED else None
         view = job_view(job.to_dict(), queue_position=position)
+        render = view["request"].get("render")
+        if render and render.get("image"):
+            view["request"] = {**view["request"], "render": {**render, "image": self.relative(render["image"])}}
         if job.result and job.status == JobStatus.COMPLETED:
-            view["result"] = {**job.result, "clip_url": self.presign(job.result["clip_uri"])}
+            url = self.presign(job.result["clip_uri"]) or ""
+            view["result"] = {"seed": job.result.get("seed"), "clip": self.relative(job.result["clip_uri"]),
+                              "sidecar": self.relative(job.result.get("sidecar_uri") or ""),
+                              "clip_url": url if url.startswith(("https://", "http://")) else
+                              f"/v1/jobs/{job.id}/content"}
         return view
+
+    def relative(self, uri: str) -> str:
+        """``uri`` relative to the server's output when it lies there (an upload, a clip), else as it was given."""
+        root = self.settings.output.rstrip("/") + "/"
+        return uri[len(root):] if uri.startswith(root) else uri
 
     def batch(self, job: Job) -> dict:
         from wan_dist.serve.batch_parts import parts_of
