@@ -156,10 +156,14 @@ class Notifier:
             await self.dispatcher.aclose(timeout_s=1.0)
 
     async def _loop(self) -> None:
-        while True:
+        import threading
+
+        while threading.main_thread().is_alive():  # past it the interpreter is exiting: nothing can be scheduled
             try:
                 await asyncio.to_thread(self.scan)
             except Exception:  # noqa: BLE001 - keep delivering; the store may come back
+                if not threading.main_thread().is_alive():
+                    return
                 log.exception("webhook notifier: scan failed")
             await asyncio.sleep(self.poll_s)
 
