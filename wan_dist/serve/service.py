@@ -161,9 +161,11 @@ class Notifier:
         while threading.main_thread().is_alive():  # past it the interpreter is exiting: nothing can be scheduled
             try:
                 await asyncio.to_thread(self.scan)
-            except Exception:  # noqa: BLE001 - keep delivering; the store may come back
-                if not threading.main_thread().is_alive():
+            except RuntimeError as error:  # the executor shut down (interpreter exit): no scan can run any more
+                if "shutdown" in str(error) or not threading.main_thread().is_alive():
                     return
+                log.exception("webhook notifier: scan failed")
+            except Exception:  # noqa: BLE001 - keep delivering; the store may come back
                 log.exception("webhook notifier: scan failed")
             await asyncio.sleep(self.poll_s)
 
