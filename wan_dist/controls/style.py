@@ -22,11 +22,13 @@ A request's ``style_lock`` (INTERFACES.md) is a strength in [0, 1] or ``{"streng
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # tensor methods only at run time: importing the controls does not import torch
+    import torch
 
 from wan_dist.controls.camera import ControlError, _keys, _number
 
@@ -69,7 +71,8 @@ def lock_weight(strength: float, step_fraction: float) -> float:
     return float(strength * (1.0 - min(max(step_fraction, 0.0), 1.0)))
 
 
-def pull_statistics(x0: torch.Tensor, reference: torch.Tensor, strength: float, step_fraction: float) -> torch.Tensor:
+def pull_statistics(x0: "torch.Tensor", reference: "torch.Tensor", strength: float,
+                    step_fraction: float) -> "torch.Tensor":
     """``x0`` [B, C, F, H, W] (the predicted clean latent) with each (batch, channel)'s mean and standard
     deviation over (F, H, W) moved toward ``reference``'s [B or 1, C, F', H', W'] (the source image's latent,
     F' = 1 for image-to-video) by :func:`lock_weight`. With weight w the result's mean is
@@ -84,7 +87,7 @@ def pull_statistics(x0: torch.Tensor, reference: torch.Tensor, strength: float, 
     values = x0.float()
     dims = (2, 3, 4)
     mean, std = values.mean(dim=dims, keepdim=True), values.std(dim=dims, keepdim=True, unbiased=False)
-    ref = reference.to(device=x0.device, dtype=torch.float32)
+    ref = reference.to(device=x0.device).float()
     ref_mean, ref_std = ref.mean(dim=dims, keepdim=True), ref.std(dim=dims, keepdim=True, unbiased=False)
     target = (values - mean) / (std + _EPS) * ref_std + ref_mean
     return (values + weight * (target - values)).to(x0.dtype)
