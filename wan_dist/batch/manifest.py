@@ -39,12 +39,13 @@ __all__ = ["MANIFEST_SCHEMA", "REQUIRED_COLUMNS", "RESERVED_COLUMNS", "ManifestE
            "manifest_from_prompts", "derive_seed", "frames_for_duration"]
 
 _STRING = pa.string()
-_ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING}  # an object column holds JSON
+_ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING, list: _STRING}  # JSON text
 # The request's own fields are its columns (engine.request.REQUEST_FIELDS; ``name`` is the row's ``id``), between
 # the row's id and model and where its clip goes.
 _REQUEST_COLUMNS = [f for f in REQUEST_FIELDS if f.name not in ("name", "metadata")]
-_OBJECT_COLUMNS = frozenset(f.name for f in _REQUEST_COLUMNS if f.type is dict)  # JSON text in the file
-RESERVED_COLUMNS = ("safe_zone", "style", "lora")
+_JSON_FIELDS = {f.name: f for f in _REQUEST_COLUMNS if f.type in (dict, list)}  # JSON text in the file
+_OBJECT_COLUMNS = frozenset(_JSON_FIELDS)
+RESERVED_COLUMNS = ("lora",)
 MANIFEST_SCHEMA = pa.schema([
     pa.field("id", _STRING, nullable=False), ("model", _STRING),
     *[pa.field(f.name, _ARROW[f.type], nullable=f.name != "prompt") for f in _REQUEST_COLUMNS],
@@ -232,6 +233,23 @@ def _metadata(value) -> dict:
     return _json_object(value)
 
 
+def _json_value(value, field):
+    """A JSON column's text parsed (null stays None): an object, a list or (a shorthand) a number, as the
+    request field declares; ValueError otherwise."""
+    if field.type is dict and field.shorthand is None:
+        return _json_object(value)
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+    if isinstance(parsed, field.type) or (number and field.shorthand is float):
+        return parsed
+    raise ValueError(f"must be JSON {'a list' if field.type is list else 'an object'}, got {type(parsed).__name__}")
+
+
 def _json_object(value) -> dict | None:
     """An object column's JSON text parsed (null stays None); ValueError unless it is a JSON object."""
     if value is None:
@@ -268,8 +286,8 @@ def _validate_row(index: int, r: dict, *, default_model: str, layout: str
     output_prefix = checked("output_prefix", _output_prefix, "")
     built = None
     if spec is not None:
-        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS if f.type is not dict}
-        fields.update({f.name: checked(f.name, _json_object) for f in _REQUEST_COLUMNS if f.type is dict})
+        fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS if f.name not in _JSON_FIELDS}
+        fields.update({name: checked(name, lambda value, f=f: _json_value(value, f)) for name, f in _JSON_FIELDS.items()})
         try:
             name = {"name": row_id} if id_ok else {}  # a bad id is reported once, above
             built = build_request({**fields, **name, "metadata": metadata}, spec=spec, layout=layout,
@@ -292,8 +310,10 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     arrays = []
     for target in MANIFEST_SCHEMA:
         values = [row.get(target.name) for row in rows]
-        if target.name == "metadata" or target.name in _OBJECT_COLUMNS:
+        if target.name == "metadata":
             values = [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in values]
+        elif target.name in _OBJECT_COLUMNS:  # objects, lists and a style_lock's number shorthand
+            values = [v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True) for v in values]
         try:
             arrays.append(pa.array(values, type=target.type))
         except (pa.ArrowException, TypeError, ValueError) as error:

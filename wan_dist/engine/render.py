@@ -80,6 +80,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     error (the caller may retry).
     """
     from wan_dist.engine.clips import write_clip
+    from wan_dist.engine.post import lock_style, publish_renditions
     from wan_dist.storage.objects import join
 
     fps = request.fps or model["default_fps"]  # a built request always has its fps
@@ -98,7 +99,14 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
         sidecar["camera_path"] = out.camera.record()
     tick = time.perf_counter()
     try:
-        uris = write_clip(out.frames[0], fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
+        frames = out.frames[0]
+        if request.style_lock is not None:
+            import numpy as np
+
+            frames, sidecar["style_lock"] = lock_style(request, frames, fps, np.asarray(_load_image(request.image)))
+        if request.renditions:  # published before the sidecar that lists them
+            sidecar["renditions"] = publish_renditions(request, frames, fps, prefix, output)
+        uris = write_clip(frames, fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
                           crf=output.crf, preset=output.preset)
     except Exception as error:  # storage failures are results, not crashes: the caller may retry
         return RenderResult(status="failed", seed=out.seed, timings=out.timings,

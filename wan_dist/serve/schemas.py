@@ -95,7 +95,9 @@ def _annotation(f: RequestField):
     bounds = {"gt" if f.open_low else "ge": f.low} if f.low is not None else {}
     bounds.update({"le": f.high} if f.high is not None else {})
     bounds.update({"max_length": f.max_length} if f.max_length is not None else {})
-    base = Literal[f.choices] if f.choices else (dict[str, Any] if f.type is dict else f.type)
+    base = Literal[f.choices] if f.choices else {dict: dict[str, Any], list: list[Any]}.get(f.type, f.type)
+    if f.shorthand is not None:  # style_lock: a strength or the object
+        base = base | f.shorthand
     return Annotated[base, Field(description=f.help, **bounds)]
 
 
