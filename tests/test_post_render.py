@@ -42,6 +42,7 @@ def test_three_renditions_with_a_title_guides_and_style_lock(image, tmp_path):
     assert result.status == "completed", result.error
     sidecar = json.loads(read_bytes(result.sidecar_uri))
     assert [entry["profile"] for entry in sidecar["renditions"]] == names
+    assert result.renditions == {entry["profile"]: entry["uri"] for entry in sidecar["renditions"]}
     for entry in sidecar["renditions"]:
         profile = PROFILES[entry["profile"]]
         frames, fps = decode_mp4(read_bytes(entry["uri"]))

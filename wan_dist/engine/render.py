@@ -25,6 +25,7 @@ class RenderResult:
     seed: int | None = None
     clip_uri: str | None = None
     sidecar_uri: str | None = None
+    renditions: dict[str, str] = field(default_factory=dict)  # profile name -> its MP4 (published beside the clip)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -112,8 +113,9 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
         return RenderResult(status="failed", seed=out.seed, timings=out.timings,
                             error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
     timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
+    renditions = {entry["profile"]: entry["uri"] for entry in sidecar.get("renditions", [])}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
-                        timings=timings)
+                        renditions=renditions, timings=timings)
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
