@@ -80,6 +80,7 @@ def test_text_too_long_for_the_safe_area_is_a_field_named_error():
 def test_spec_errors_name_their_field():
     for data, field in (({"title": {"text": ""}}, "overlays.title.text"),
                         ({"title": {"text": "a", "position": "middle"}}, "overlays.title.position"),
+                        ({"title": {"text": "a" * 301}}, "overlays.title.text"),
                         ({"title": {"text": "a", "colour": "#zzz"}}, "overlays.title.colour"),
                         ({"title": {"text": "a", "start": 2, "end": 1}}, "overlays.title.end"),
                         ({"logo": {"anchor": "top"}}, "overlays.logo.image"),

@@ -38,6 +38,7 @@ POSITIONS = {"top_left": (0.0, 0.0), "top": (0.5, 0.0), "top_right": (1.0, 0.0),
              "bottom_right": (1.0, 1.0)}
 _LINE_SPACING = 1.25  # line pitch as a multiple of the font size
 _STROKE = 0.06  # dark outline width as a share of the font size: legible on any picture
+MAX_TITLE_CHARS = 300  # far beyond what fits a frame; bounds the layout's work on hostile input
 
 
 def _colour(value: Any, field: str) -> tuple[int, int, int]:
@@ -77,6 +78,8 @@ class TitleSpec:
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ControlError(f"{field}.text", "required: a non-empty string")
+        if len(text) > MAX_TITLE_CHARS:
+            raise ControlError(f"{field}.text", f"at most {MAX_TITLE_CHARS} characters, got {len(text)}")
         start, end, fade = _timing(data, field)
         return cls(text=text.strip(), size=_number(data.get("size", 0.06), f"{field}.size", 0.01, 0.5),
                    colour=_colour(data.get("colour", data.get("color", "#ffffff")), f"{field}.colour"),
