@@ -116,7 +116,8 @@ BAD_CASES = [
     ({"loras": '[{"scale": 0.5}]'}, "loras[0].path", "required"),
     ({"loras": '[{"path": "a.safetensors", "transformer": "mid"}]'}, "loras[0].transformer", "must be one of"),
     ({"lora": "a.safetensors"}, "lora", "use the loras column"),
-    *[({column: "on"}, column, "reserved for a feature to come") for column in RESERVED_COLUMNS if column != "lora"],
+    ({"renditions": '["tiktok", "cinema"]'}, "renditions", "cinema"),
+    ({"style_lock": "2.5"}, "style_lock", "must be in [0, 1]"),
 ]
 
 

@@ -51,7 +51,12 @@ WALK: dict[str, tuple[str, object]] = {
     "layers": ("tiny", {"parallax": 3.0, "foreground_box": [0.2, 0.25, 0.8, 0.9]}),  # with WALK's camera
     "loras": ("tiny", [{"path": "s3://loras/style.safetensors", "scale": 0.8, "transformer": "both"},
                        {"path": "https://example.com/lightning-low.safetensors"}]),
+    "renditions": ("tiny", ["tiktok", "youtube"]),
+    "overlays": ("tiny", {"title": {"text": "Kites", "position": "top"}, "guides": True}),  # with WALK's renditions
+    "style_lock": ("tiny-ti2v", 0.6),  # the number shorthand, with WALK's image
 }
+# what a field needs beside it to take effect
+COMPANIONS = {"layers": "camera", "overlays": "renditions"}
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
 MANIFEST_NAMES = {"name": "id"}
@@ -121,7 +126,7 @@ def _hydra(value) -> str:
 def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
     variant, value = WALK[name]
     base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {}),
-            **({"camera": WALK["camera"][1]} if name == "layers" else {})}  # layers move along a camera path
+            **({COMPANIONS[name]: WALK[COMPANIONS[name]][1]} if name in COMPANIONS else {})}
     fields = {**base, name: value}
     if name in ("width", "height"):
         fields.setdefault("height" if name == "width" else "width", 64)
@@ -146,7 +151,9 @@ def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
                                            ("camera", {"moves": [{"type": "spin", "amount": 1}]}),
                                            ("camera", {"moves": [{"type": "pan", "amount": 5, "start": 0.8,
                                                                   "end": 0.2}]}),
-                                           ("camera", {"shake": {"intensity": 1.5}})])
+                                           ("camera", {"shake": {"intensity": 1.5}}),
+                                           ("renditions", ["tiktok", "vine"]), ("style_lock", 1.5),
+                                           ("style_lock", {"strength": 0.5, "lut": "warm"})])
 def test_a_bad_value_is_refused_at_every_door_naming_the_field(name, bad, cli, tmp_path):
     fields = {**BASE, name: bad, **({"height": 64} if name == "width" else {})}
     with pytest.raises(RequestError) as python:
@@ -175,7 +182,8 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() == RenderRequest.from_dict(loose).digest()
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
-    before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras")}
+    before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "overlays",
+                                                         "style_lock")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()

@@ -45,14 +45,14 @@ _ARROW = {str: _STRING, int: pa.int64(), float: pa.float64(), dict: _STRING, lis
 # The request's own fields are its columns (engine.request.REQUEST_FIELDS; ``name`` is the row's ``id``), between
 # the row's id and model and where its clip goes.
 _REQUEST_COLUMNS = [f for f in REQUEST_FIELDS if f.name not in ("name", "metadata")]
-RESERVED_COLUMNS = ("safe_zone", "style", "lora")
+RESERVED_COLUMNS = ("lora",)
 _JSON_COLUMNS = {f.name for f in _REQUEST_COLUMNS if f.type in (dict, list)} | {"metadata"}  # JSON text in the file
 _RESERVED_HINTS = {"lora": "use the loras column (a JSON list of {path, scale, transformer})"}
 MANIFEST_SCHEMA = pa.schema([
     pa.field("id", _STRING, nullable=False), ("model", _STRING),
     *[pa.field(f.name, _ARROW[f.type], nullable=f.name != "prompt") for f in _REQUEST_COLUMNS],
     ("output_prefix", _STRING), ("metadata", _STRING),
-    # reserved for the creative controls to come: any non-null value is a row error for now
+    # `lora` is kept only to refuse it with a hint: the column is `loras`
     *[(name, _STRING) for name in RESERVED_COLUMNS],
 ])
 """Columns of a manifest, in order. Only ``id`` and ``prompt`` are required; a missing optional column is null."""
@@ -307,7 +307,8 @@ def _validate_row(index: int, r: dict, *, default_model: str, layout: str
     built = None
     if spec is not None:
         fields = {f.name: r[f.name] for f in _REQUEST_COLUMNS if f.name not in _JSON_COLUMNS}
-        fields.update({f.name: checked(f.name, _json_object if f.type is dict else _json_value)
+        fields.update({f.name: checked(f.name, _json_object if f.type is dict and f.shorthand is None
+                               else _json_value)
                        for f in _REQUEST_COLUMNS if f.name in _JSON_COLUMNS})
         try:
             name = {"name": row_id} if id_ok else {}  # a bad id is reported once, above
@@ -331,8 +332,8 @@ def manifest_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     arrays = []
     for target in MANIFEST_SCHEMA:
         values = [row.get(target.name) for row in rows]
-        if target.name in _JSON_COLUMNS:
-            values = [json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in values]
+        if target.name in _JSON_COLUMNS:  # objects, lists and a style_lock's number shorthand
+            values = [v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True) for v in values]
         try:
             arrays.append(pa.array(values, type=target.type))
         except (pa.ArrowException, TypeError, ValueError) as error:

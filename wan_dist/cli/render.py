@@ -82,6 +82,8 @@ def _report(result) -> None:
         raise SystemExit(f"render failed: {result.error}")
     log.info("clip: %s", result.clip_uri)
     log.info("sidecar: %s", result.sidecar_uri)
+    for profile, uri in result.renditions.items():
+        log.info("rendition %s: %s", profile, uri)
     print(result.clip_uri)
 
 

@@ -25,6 +25,7 @@ class RenderResult:
     seed: int | None = None
     clip_uri: str | None = None
     sidecar_uri: str | None = None
+    renditions: dict[str, str] = field(default_factory=dict)  # profile name -> its MP4 (published beside the clip)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -83,6 +84,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     error (the caller may retry).
     """
     from wan_dist.engine.clips import write_clip
+    from wan_dist.engine.post import lock_style, publish_renditions
     from wan_dist.storage.objects import join
 
     fps = request.fps or model["default_fps"]  # a built request always has its fps
@@ -102,14 +104,22 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
         sidecar["camera_path"] = out.camera.record()
     tick = time.perf_counter()
     try:
-        uris = write_clip(out.frames[0], fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
+        frames = out.frames[0]
+        if request.style_lock is not None:
+            import numpy as np
+
+            frames, sidecar["style_lock"] = lock_style(request, frames, fps, np.asarray(_load_image(request.image)))
+        if request.renditions:  # published before the sidecar that lists them
+            sidecar["renditions"] = publish_renditions(request, frames, fps, prefix, output)
+        uris = write_clip(frames, fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
                           crf=output.crf, preset=output.preset)
     except Exception as error:  # storage failures are results, not crashes: the caller may retry
         return RenderResult(status="failed", seed=out.seed, timings=out.timings,
                             error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
     timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
+    renditions = {entry["profile"]: entry["uri"] for entry in sidecar.get("renditions", [])}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
-                        timings=timings)
+                        renditions=renditions, timings=timings)
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,

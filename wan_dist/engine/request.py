@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from wan_dist.config import SamplingConfig
-from wan_dist.controls import CameraPath, ControlError, LayerSpec
+from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, StyleLock
+from wan_dist.controls.overlays import layout_overlays
+from wan_dist.controls.renditions import parse_renditions
 from wan_dist.engine.settings import RECIPES, frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
@@ -53,6 +55,7 @@ class RequestField:
     input_only: bool = False  # accepted by build_request, never stored (``duration_s``)
     normalise: Callable[[Any], Any] | None = None  # a structured field's own check: its normalised form
     items: Callable[[int, Any], Any] | None = None  # a list field: checks and normalises item i
+    shorthand: type | None = None  # another input type the normaliser turns into ``type`` (style_lock: a number)
 
     def check(self, value: Any) -> Any:
         """``value`` checked (ints stay ints; an int is a fine float); ValueError with the reason
@@ -63,6 +66,8 @@ class RequestField:
             return [self.items(index, item) for index, item in enumerate(value)]
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if self.shorthand is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return self.normalise(float(value))
         if isinstance(value, bool) or not isinstance(value, self.type):
             raise ValueError(f"must be {_TYPE_NAMES[self.type]}, got {type(value).__name__} {value!r:.60}")
         if self.type is float and not math.isfinite(value):
@@ -139,6 +144,13 @@ def _control(kind):
     return normalise
 
 
+def _renditions(value: list) -> list:
+    try:
+        return [profile.name for profile in parse_renditions(value, field="")]
+    except ControlError as error:
+        raise ValueError(f"{error.field.lstrip('.')}: {error.reason}" if error.field else error.reason) from None
+
+
 REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("prompt", str, "what to render", max_length=MAX_PROMPT_CHARS),
     RequestField("negative_prompt", str, "what to steer away from (default: the reference's)",
@@ -169,9 +181,15 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  normalise=_control(LayerSpec)),
     RequestField("loras", list, "LoRAs: [{path (file or URL), scale (default 1), transformer: high (default) | low "
                                 "| both}]", max_length=MAX_LORAS, items=lora_item),
+    RequestField("renditions", list, "platform outputs beside the clip: [youtube, youtube_shorts, tiktok, "
+                 "instagram_reels, instagram_feed, instagram_feed_4x5]", normalise=_renditions),
+    RequestField("overlays", dict, "per rendition: {title: {text, size, colour, position, start, end, fade}, "
+                 "guides: bool} (INTERFACES.md)", normalise=_control(OverlaySpec)),
+    RequestField("style_lock", dict, "keep the input image's grade: a strength 0..1 or {strength, colour, "
+                 "smoothing_s}", normalise=_control(StyleLock), shorthand=float),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
-_LATER_FIELDS = ("camera", "layers", "loras")  # see RenderRequest.digest
+_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock")  # see RenderRequest.digest
 
 
 class RequestError(ValueError):
@@ -204,6 +222,9 @@ class RenderRequest:
     camera: dict[str, Any] | None = None  # controls.CameraPath's loose form, normalised
     layers: dict[str, Any] | None = None  # controls.LayerSpec's loose form, normalised
     loras: list[dict[str, Any]] = field(default_factory=list)  # [{path, scale, transformer}], normalised
+    renditions: list[str] | None = None  # platform profile names (controls.platforms)
+    overlays: dict[str, Any] | None = None  # controls.OverlaySpec's loose form, normalised
+    style_lock: dict[str, Any] | None = None  # controls.StyleLock's loose form, normalised
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -260,7 +281,9 @@ class RenderRequest:
                    height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
                    seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
                    camera=request.get("camera"), layers=request.get("layers"),
-                   loras=[dict(x) for x in request.get("loras") or ()])
+                   loras=[dict(x) for x in request.get("loras") or ()],
+                   renditions=request.get("renditions"), overlays=request.get("overlays"),
+                   style_lock=request.get("style_lock"))
 
 
 @dataclass(frozen=True)
@@ -293,6 +316,7 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
             except ValueError as error:
                 problems.append((name + getattr(error, "path", ""), str(error)))
     _check_text(values, problems)
+    _check_post(values, problems)
     if values.get("layers") is not None and values.get("camera") is None and "camera" not in dict(problems):
         problems.append(("layers", "moves the scene's layers along a camera path: give camera too"))
     if not spec.two_experts:
@@ -332,6 +356,27 @@ def _check_text(values: dict, problems: list) -> None:
                              or any(ord(c) < 32 or ord(c) == 127 for c in name)):
         problems.append(("name", f"must be a folder name: no '/' or '\\', no leading '.', no control "
                                  f"characters, got {name!r}"))
+
+
+def _check_post(values: dict, problems: list) -> None:
+    """What the post pass needs: overlays are laid out per rendition (and must fit each), a style lock keeps
+    an input image's style, and a logo's URL is not fetched yet."""
+    overlays = values.get("overlays")
+    if overlays is not None:
+        spec = OverlaySpec.from_dict(overlays)
+        if spec.logo is not None:
+            problems.append(("overlays", "logo: not rendered yet (its URL must first pass the server's URL rules)"))
+        elif values.get("renditions") is None:
+            problems.append(("overlays", "are laid out per rendition: give renditions too"))
+        else:
+            for profile in parse_renditions(values["renditions"]):
+                try:
+                    layout_overlays(spec, profile, field="")
+                except ControlError as error:
+                    problems.append(("overlays", f"{error.field.lstrip('.')}: {error.reason}"))
+                    break
+    if values.get("style_lock") is not None and values.get("image") is None:
+        problems.append(("style_lock", "keeps an input image's style: give image too"))
 
 
 def _random_seed() -> int:
@@ -376,8 +421,8 @@ def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
         prompt=values["prompt"], negative_prompt=values.get("negative_prompt"), image=values.get("image"),
         height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
         fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}),
-        camera=values.get("camera"), layers=values.get("layers"),
-        loras=list(values.get("loras") or ()))
+        camera=values.get("camera"), layers=values.get("layers"), loras=list(values.get("loras") or ()),
+        renditions=values.get("renditions"), overlays=values.get("overlays"), style_lock=values.get("style_lock"))
     settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)

@@ -100,8 +100,8 @@ class LoraItem(BaseModel):
     transformer: Literal[LORA_TRANSFORMERS] | None = Field(None, description="expert: high (default), low, both")
 
 
-# the pydantic type of a structured request field; its items are checked again by build_request
-_STRUCTURED = {dict: dict[str, Any], list: list[LoraItem]}
+# the pydantic type of a list field's items; build_request checks them again
+_LIST_ITEMS = {"loras": LoraItem, "renditions": str}
 
 
 def _annotation(f: RequestField):
@@ -109,9 +109,12 @@ def _annotation(f: RequestField):
     bounds = {"gt" if f.open_low else "ge": f.low} if f.low is not None else {}
     bounds.update({"le": f.high} if f.high is not None else {})
     bounds.update({"max_length": f.max_length} if f.max_length is not None else {})
-    base = Literal[f.choices] if f.choices else _STRUCTURED.get(f.type, f.type)
+    structured = {dict: dict[str, Any], list: list[_LIST_ITEMS.get(f.name, Any)]}
+    base = Literal[f.choices] if f.choices else structured.get(f.type, f.type)
     if f.type in (int, float) and not f.choices:  # JSON `true` or "4" is not a number (forms are coerced first)
         bounds["strict"] = True
+    if f.shorthand is not None:  # style_lock: a strength or the object
+        base = base | f.shorthand
     return Annotated[base, Field(description=f.help, **bounds)]
 
 

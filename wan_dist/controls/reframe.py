@@ -1,0 +1,177 @@
+"""Reframing a clip to a platform profile: a smoothed crop path that keeps the subject in the action-safe area.
+
+1. The subject, one box per frame in source pixels (x0, y0, x1, y1): from the user's box (fractions of the frame;
+   one box for the whole clip, or one per keyframe spread evenly and interpolated), else estimated: what differs
+   from the clip's temporal median (the background when the camera holds still) where something moved, else the
+   frame's spectral-residual saliency (:func:`wan_dist.controls.layers.saliency_map`).
+2. The crop: the largest window of the profile's aspect inside the source. Per frame, the subject box is inside the
+   window's action-safe area for window positions in an interval (a corridor); the path follows the subject's
+   centre, then is smoothed (Gaussian over time) and put back into the corridors, repeatedly, so it moves slowly
+   and still contains the subject wherever containing it is possible. Where the subject is larger than the safe
+   area the corridor collapses to the position that centres it.
+3. The rendition: each window resized to the profile's size, frames picked at the profile's frame rate.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from wan_dist.controls.camera import ControlError
+from wan_dist.controls.layers import saliency_map
+from wan_dist.controls.platforms import Box, PlatformProfile
+
+__all__ = ["subject_track", "crop_window", "crop_path", "containment", "apply_crop", "retime", "reframe",
+           "DEFAULT_SMOOTHING_S"]
+
+DEFAULT_SMOOTHING_S = 0.5  # Gaussian sigma of the crop path, seconds: slow, deliberate reframing
+_SMOOTHING_PASSES = 40
+_MOTION_THRESHOLD = 16.0  # grey levels; below it a pixel counts as background
+_SUBJECT_MARGIN = 0.04  # share of the frame's short side added around an estimated subject
+
+
+def _user_track(box, num_frames: int, width: int, height: int) -> np.ndarray:
+    boxes = np.asarray(box, np.float64)
+    if boxes.ndim == 1:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
+        raise ControlError("subject_box", "must be [x0, y0, x1, y1] or a list of them (fractions of the frame)")
+    for index, row in enumerate(boxes):
+        Box.parse([float(v) for v in row], f"subject_box[{index}]" if len(boxes) > 1 else "subject_box")
+    keys = np.linspace(0.0, 1.0, len(boxes)) if len(boxes) > 1 else np.zeros(1)
+    times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    track = np.stack([np.interp(times, keys, boxes[:, k]) for k in range(4)], axis=1)
+    return track * np.array([width, height, width, height], np.float64)
+
+
+def _estimated_box(weight: np.ndarray, threshold: float) -> np.ndarray | None:
+    mask = (weight > threshold).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+    if count <= 1:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = stats[largest, :4]
+    return np.array([x, y, x + w, y + h], np.float64)
+
+
+def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
+    """The subject's box per frame [F, 4] (x0, y0, x1, y1 in source pixels) of ``frames`` [F, H, W, 3] uint8:
+    from ``box`` (fractions; see the module docstring), else estimated from motion, else from saliency."""
+    num_frames, height, width = frames.shape[:3]
+    if box is not None:
+        return _user_track(box, num_frames, width, height)
+    background = np.median(frames, axis=0).astype(np.int16)
+    margin = _SUBJECT_MARGIN * min(width, height)
+    track = np.full((num_frames, 4), np.nan)
+    for index, frame in enumerate(frames):
+        moved = np.abs(frame.astype(np.int16) - background).max(axis=-1).astype(np.float32)
+        found = _estimated_box(moved, _MOTION_THRESHOLD)
+        if found is None:
+            saliency = saliency_map(frame)
+            found = _estimated_box(saliency, 0.5)
+        if found is not None:
+            track[index] = found + np.array([-margin, -margin, margin, margin])
+    missing = np.isnan(track[:, 0])
+    if missing.all():  # nothing stands out: the whole frame's centre
+        track[:] = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
+    elif missing.any():  # fill gaps from the nearest frames that found the subject
+        known = np.flatnonzero(~missing)
+        for k in range(4):
+            track[missing, k] = np.interp(np.flatnonzero(missing), known, track[known, k])
+    return np.clip(track, 0, [width, height, width, height])
+
+
+def crop_window(source_width: int, source_height: int, profile: PlatformProfile) -> tuple[float, float]:
+    """The largest (width, height) of the profile's aspect inside the source, in source pixels."""
+    if source_width / source_height > profile.aspect:
+        return source_height * profile.aspect, float(source_height)
+    return float(source_width), source_width / profile.aspect
+
+
+def _gaussian(values: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0 or len(values) < 2:
+        return values
+    radius = int(np.ceil(3 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    padded = np.pad(values, radius, mode="edge")
+    return np.convolve(padded, kernel / kernel.sum(), mode="valid")
+
+
+def _axis_path(low: np.ndarray, high: np.ndarray, size: float, window: float, sigma: float,
+               safe: tuple[float, float], centre: np.ndarray) -> np.ndarray:
+    """Window start per frame along one axis: in the corridor where the subject [low, high] sits inside the
+    window's safe share ``safe`` (fractions), smooth, and inside the frame [0, size - window]."""
+    lower = high - safe[1] * window  # the window may start no earlier than this ...
+    upper = low - safe[0] * window  # ... and no later than this
+    collapsed = lower > upper
+    middle = (low + high) / 2 - (safe[0] + safe[1]) / 2 * window
+    lower, upper = np.where(collapsed, middle, lower), np.where(collapsed, middle, upper)
+    lower, upper = np.clip(lower, 0.0, size - window), np.clip(upper, 0.0, size - window)
+    path = np.clip(centre - window / 2, lower, upper)
+    for _ in range(_SMOOTHING_PASSES):
+        path = np.clip(_gaussian(path, sigma), lower, upper)
+    return path
+
+
+def crop_path(subject: np.ndarray, source_size: tuple[int, int], profile: PlatformProfile, *, fps: float,
+              smoothing_s: float = DEFAULT_SMOOTHING_S) -> np.ndarray:
+    """Crop windows [F, 4] (x0, y0, x1, y1, source pixels, float) of the profile's aspect following ``subject``
+    [F, 4] so it stays inside each window's action-safe area; smoothed with sigma ``smoothing_s`` seconds."""
+    width, height = source_size
+    window_width, window_height = crop_window(width, height, profile)
+    sigma = smoothing_s * fps
+    safe = profile.action_safe
+    x = _axis_path(subject[:, 0], subject[:, 2], width, window_width, sigma, (safe.x0, safe.x1),
+                   (subject[:, 0] + subject[:, 2]) / 2)
+    y = _axis_path(subject[:, 1], subject[:, 3], height, window_height, sigma, (safe.y0, safe.y1),
+                   (subject[:, 1] + subject[:, 3]) / 2)
+    return np.stack([x, y, x + window_width, y + window_height], axis=1)
+
+
+def containment(subject: np.ndarray, windows: np.ndarray, profile: PlatformProfile, tolerance: float = 0.5) -> float:
+    """The share of frames whose subject box lies inside its window's action-safe area (``tolerance`` pixels)."""
+    size = windows[:, 2:] - windows[:, :2]
+    safe = profile.action_safe
+    left, top = windows[:, 0] + safe.x0 * size[:, 0], windows[:, 1] + safe.y0 * size[:, 1]
+    right, bottom = windows[:, 0] + safe.x1 * size[:, 0], windows[:, 1] + safe.y1 * size[:, 1]
+    inside = ((subject[:, 0] >= left - tolerance) & (subject[:, 1] >= top - tolerance)
+              & (subject[:, 2] <= right + tolerance) & (subject[:, 3] <= bottom + tolerance))
+    return float(inside.mean())
+
+
+def retime(num_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
+    """Source frame index for each output frame at ``target_fps`` over the same duration (nearest earlier)."""
+    duration = num_frames / source_fps
+    count = max(1, int(round(duration * target_fps)))
+    return np.minimum(np.floor(np.arange(count) * source_fps / target_fps + 1e-6).astype(int), num_frames - 1)
+
+
+def apply_crop(frames: np.ndarray, windows: np.ndarray, profile: PlatformProfile, source_fps: float) -> np.ndarray:
+    """The rendition's frames [F', profile.height, profile.width, 3] uint8: each window cut from ``frames``
+    (sub-pixel, by an affine map) and resized to the profile, frames picked at the profile's rate."""
+    out_size = (profile.width, profile.height)
+    picks = retime(len(frames), source_fps, profile.fps)
+    result = np.empty((len(picks), profile.height, profile.width, 3), np.uint8)
+    for out_index, index in enumerate(picks):
+        x0, y0, x1, y1 = windows[index]
+        scale_x, scale_y = profile.width / (x1 - x0), profile.height / (y1 - y0)
+        matrix = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]], np.float64)
+        # INTER_AREA is only honoured by resize: pre-shrink by whole factors when the window is much larger
+        source = frames[index]
+        if scale_x < 0.5:
+            factor = int(1 / scale_x)
+            source = cv2.resize(source, (source.shape[1] // factor, source.shape[0] // factor),
+                                interpolation=cv2.INTER_AREA)
+            matrix[:, :2] *= factor
+        result[out_index] = cv2.warpAffine(source, matrix, out_size, flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE)
+    return result
+
+
+def reframe(frames: np.ndarray, profile: PlatformProfile, *, fps: float, subject_box=None,
+            smoothing_s: float = DEFAULT_SMOOTHING_S) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` [F, H, W, 3] uint8 at ``fps`` reframed to ``profile``: (rendition frames, crop windows [F, 4])."""
+    subject = subject_track(frames, subject_box)
+    windows = crop_path(subject, (frames.shape[2], frames.shape[1]), profile, fps=fps, smoothing_s=smoothing_s)
+    return apply_crop(frames, windows, profile, fps), windows

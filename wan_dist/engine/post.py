@@ -1,0 +1,68 @@
+"""The post pass of a render: style lock's colour transfer on the decoded frames, and the platform renditions
+(reframed, titled, with an optional guides preview) published beside the main clip.
+
+It runs in ``render.publish`` before the main clip and its sidecar are written, so a present sidecar still means a
+complete set: every rendition it lists is already published. The pure work is ``wan_dist.controls``'; here it is
+composed with encoding and storage. Keys: ``{prefix}/renditions/{profile}.mp4`` and, with ``guides``,
+``{prefix}/renditions/{profile}.guides.mp4``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from wan_dist.config import OutputConfig
+from wan_dist.controls import OverlaySpec, StyleLock
+from wan_dist.controls.renditions import make_rendition, parse_renditions
+from wan_dist.controls.style import colour_drift, colour_transfer, high_frequency_ratio
+from wan_dist.engine.request import RenderRequest
+from wan_dist.storage.objects import join, write_bytes_atomic
+from wan_dist.video.mp4 import encode_mp4
+
+__all__ = ["lock_style", "publish_renditions", "RENDITIONS_FOLDER"]
+
+RENDITIONS_FOLDER = "renditions"
+
+
+def lock_style(request: RenderRequest, frames: np.ndarray, fps: float,
+               source: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """``frames`` [F, H, W, 3] uint8 regraded to the input image ``source`` (RGB uint8) when the request has a
+    style lock with ``colour``; the sidecar's record: the lock, and drift (mean CIEDE2000 to the source) and
+    texture (high-frequency energy ratio) with and without it."""
+    if request.style_lock is None or source is None:
+        return frames, None
+    lock = StyleLock.from_dict(request.style_lock)
+    source = cv2.resize(source, (frames.shape[2], frames.shape[1]), interpolation=cv2.INTER_AREA)
+    record: dict[str, Any] = {**lock.to_dict(), "drift_ciede2000": {"without": colour_drift(frames, source)},
+                              "high_frequency_ratio": {"without": high_frequency_ratio(frames, source)},
+                              "latent_pull": "not applied: the sampler does not call it yet"}
+    if lock.colour and lock.strength > 0:
+        frames = colour_transfer(frames, source, strength=lock.strength, fps=fps, smoothing_s=lock.smoothing_s)
+        record["drift_ciede2000"]["with"] = colour_drift(frames, source)
+        record["high_frequency_ratio"]["with"] = high_frequency_ratio(frames, source)
+    return frames, record
+
+
+def publish_renditions(request: RenderRequest, frames: np.ndarray, fps: float, prefix: str,
+                       output: OutputConfig) -> list[dict[str, Any]]:
+    """Each of the request's renditions made from ``frames`` [F, H, W, 3] uint8 at ``fps``, encoded at its
+    profile's size and rate and written under ``{prefix}/renditions/``; the sidecar's list of them."""
+    if not request.renditions:
+        return []
+    overlays = None if request.overlays is None else OverlaySpec.from_dict(request.overlays)
+    entries = []
+    for profile in parse_renditions(request.renditions):
+        made = make_rendition(frames, fps, profile, overlays=overlays)
+        uri = join(prefix, RENDITIONS_FOLDER, f"{profile.name}.mp4")
+        video = encode_mp4(made.frames, profile.fps, codec=output.codec, crf=output.crf, preset=output.preset)
+        write_bytes_atomic(uri, video, content_type="video/mp4")
+        entry = {**made.record(), "uri": uri}
+        if made.guides is not None:
+            entry["guides_uri"] = join(prefix, RENDITIONS_FOLDER, f"{profile.name}.guides.mp4")
+            guides = encode_mp4(made.guides, profile.fps, codec=output.codec, crf=output.crf, preset=output.preset)
+            write_bytes_atomic(entry["guides_uri"], guides, content_type="video/mp4")
+        entries.append(entry)
+    return entries
