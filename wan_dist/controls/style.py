@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # tensor methods only at run time: importing the controls doe
 from wan_dist.controls.camera import ControlError, _keys, _number
 
 __all__ = ["StyleLock", "pull_statistics", "lock_weight", "to_lab", "from_lab", "colour_transfer", "ciede2000",
-           "colour_drift", "high_frequency_ratio", "DRIFT_SIZE"]
+           "colour_drift", "grade_drift", "high_frequency_ratio", "DRIFT_SIZE"]
 
 DRIFT_SIZE = 64  # short side (pixels) at which colour drift is measured
 _EPS = 1e-5
@@ -181,6 +181,13 @@ def _high_frequency_energy(image: np.ndarray) -> float:
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
     detail = grey - cv2.GaussianBlur(grey, (0, 0), 1.5)
     return float(np.mean(detail ** 2))
+
+
+def grade_drift(frames: np.ndarray, source: np.ndarray) -> float:
+    """The grade's drift without the content's: mean over frames of the CIEDE2000 between a frame's mean Lab
+    colour and the source's (a moved or redrawn object barely changes it; a warmer, flatter or lifted grade does)."""
+    reference = to_lab(source).reshape(-1, 3).mean(0)
+    return float(np.mean([ciede2000(to_lab(frame).reshape(-1, 3).mean(0), reference) for frame in frames]))
 
 
 def high_frequency_ratio(frames: np.ndarray, source: np.ndarray) -> float:

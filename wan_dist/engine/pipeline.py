@@ -23,6 +23,7 @@ from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
 from wan_dist.sampling.sdedit import noise_to, start_step, tail_schedule
 from wan_dist.sampling.solvers import make_solver
 from wan_dist.engine.camera import CameraPlan, camera_prompt, plan_camera
+from wan_dist.controls.style import StyleLock, lock_weight, pull_statistics
 from wan_dist.engine.images import i2v_image_latents, image_size, prepare_image
 from wan_dist.engine.loras import LoraAdapters, lora_specs
 from wan_dist.engine.settings import RenderSettings, resolve_settings
@@ -40,6 +41,7 @@ class WanOutput:
     timings: dict[str, float] = field(default_factory=dict)
     camera: CameraPlan | None = None
     loras: list[dict] = field(default_factory=list)  # the request's LoRAs: uri, sha256, scale, transformer, experts
+    post_inputs: Any = None  # engine.post.PostInputs: what the publisher's post pass needs (set by generate_for)
 
     @property
     def seed(self) -> int:
@@ -240,7 +242,7 @@ class WanPipeline:
                 negative_prompt_embeds: torch.Tensor | None = None, latents: torch.Tensor | None = None,
                 data_shard: tuple[int, int] | None = None,
                 contexts: tuple[torch.Tensor, torch.Tensor] | None = None, camera=None, layers=None,
-                fps: int | None = None, handoff: bool = False, loras=None) -> "PreparedRender":
+                fps: int | None = None, handoff: bool = False, loras=None, style_lock=None) -> "PreparedRender":
         """Text contexts, image conditioning, step plan and initial latents of a resolved request.
 
         ``latents``: the initial noise of the whole batch (else drawn from the seed on the CPU, so a row gets
@@ -255,6 +257,8 @@ class WanPipeline:
         ``loras``: this render's LoRAs (``[{path, scale, transformer}]`` or :class:`~wan_dist.engine.loras.LoraSpec`),
         added to the adapters loaded with :meth:`load_lora_weights`; the experts this process holds are brought to
         that set here.
+        ``style_lock``: the request field (a strength, a dict or ``controls.StyleLock``): with an input image and
+        ``latent`` on, every step's clean estimate is pulled toward the image latent's statistics (:meth:`denoise`).
         """
         started = time.perf_counter()
         lora_records = self.loras.sync(lora_specs(loras))
@@ -292,7 +296,7 @@ class WanPipeline:
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
                               latents=conditioning.after_step(latents), conditioning=conditioning,
                               schedule=schedule, steps=steps, timings=timings, started=started, camera=plan,
-                              loras=lora_records)
+                              loras=lora_records, style=_style_pull(style_lock, conditioning))
 
     def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, noise: torch.Tensor, schedule,
                           rows: slice, *, encode: bool = True):
@@ -329,14 +333,15 @@ class WanPipeline:
         """
         tick = time.perf_counter()
         total = len(prepared.steps)
+        solver = solver or prepared.make_solver()
         on_step = None if callback is None else (lambda plan, x, estimate: callback(plan.index, total, x, estimate))
         latents = denoise(prepared.latents if latents is None else latents,
                           steps=prepared.steps if steps is None else steps,
-                          solver=solver or prepared.make_solver(),
+                          solver=solver,
                           experts=experts or [self._expert_fn(m) for m in self.experts], context=prepared.context,
                           negative_context=prepared.negative_context if prepared.settings.use_cfg else None,
                           conditioning=prepared.conditioning, model_dtype=self.dtype, on_step=on_step,
-                          predict=predict or self.default_predict())
+                          predict=predict or self.default_predict(), guide=_style_guide(prepared, solver))
         prepared.timings["denoise_s"] = prepared.timings.get("denoise_s", 0.0) + time.perf_counter() - tick
         return latents
 
@@ -375,7 +380,7 @@ class WanPipeline:
                  output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
                  data_shard: tuple[int, int] | None = None, camera=None, layers=None,
-                 fps: int | None = None, loras=None, recipe: str | None = None) -> WanOutput:
+                 fps: int | None = None, loras=None, recipe: str | None = None, style_lock=None) -> WanOutput:
         """Render a batch of clips: :meth:`resolve`, :meth:`prepare`, :meth:`denoise`, :meth:`finish`.
         See INTERFACES.md for the arguments.
 
@@ -394,6 +399,8 @@ class WanPipeline:
 
         ``camera`` / ``layers``: the request fields of those names (INTERFACES.md; dicts or ``controls``
         objects), ``fps`` the clip's rate (the shake's frequency is in Hz; default: the variant's).
+        ``style_lock``: keep the input image's statistics while sampling (see :meth:`prepare`); the colour
+        transfer after decoding is the publisher's (engine/post.py).
         """
         settings = self.resolve(prompt, negative_prompt, image=image, height=height, width=width,
                                 num_frames=num_frames, num_inference_steps=num_inference_steps,
@@ -403,7 +410,7 @@ class WanPipeline:
                                 camera=camera, recipe=recipe)
         prepared = self.prepare(settings, image=image, prompt_embeds=prompt_embeds,
                                 negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard,
-                                camera=camera, layers=layers, fps=fps, loras=loras)
+                                camera=camera, layers=layers, fps=fps, loras=loras, style_lock=style_lock)
         latents = self.denoise(prepared, experts=experts, predict=predict, callback=callback)
         return self.finish(prepared, latents)
 
@@ -429,6 +436,7 @@ class PreparedRender:
     started: float
     camera: CameraPlan | None = None  # the request's camera path, sampled (engine/camera.py)
     loras: list[dict] = field(default_factory=list)
+    style: "StylePull | None" = None  # the style lock's sampling-time pull (image-conditioned renders)
 
     @property
     def boundary(self) -> int:
@@ -437,6 +445,51 @@ class PreparedRender:
 
     def make_solver(self):
         return make_solver(self.settings.solver, self.schedule)
+
+
+@dataclass(frozen=True)
+class StylePull:
+    """A style lock's pull: every step's clean estimate moves toward ``reference``'s per-channel statistics
+    (the input image's latent, [B or 1, C, 1, h, w]) by ``controls.style.lock_weight(strength, step / steps)``."""
+
+    reference: torch.Tensor
+    strength: float
+
+
+def _style_pull(style_lock, conditioning) -> StylePull | None:
+    """The pull a request's ``style_lock`` asks for, from the image latent its conditioning holds (None without
+    a lock, with ``latent`` off, or when no image conditions the render)."""
+    if style_lock is None:
+        return None
+    lock = StyleLock.from_dict(style_lock)
+    if not lock.latent or lock.strength == 0:
+        return None
+    if isinstance(conditioning, ImageToVideo):  # y = [mask (4), image video latents]: the image's frame
+        reference = conditioning.condition[:, 4:, :1]
+    elif isinstance(conditioning, FirstFrameToVideo) and conditioning.image_latents is not None:
+        reference = conditioning.image_latents
+    else:
+        return None
+    return StylePull(reference=reference.float(), strength=lock.strength)
+
+
+def _style_guide(prepared: "PreparedRender", solver):
+    """The denoise loop's ``guide`` for ``prepared.style``: the velocity whose clean estimate
+    ``x0 = x - sigma v`` is the pulled one (so the solver's history holds the pulled x0 too)."""
+    pull = prepared.style
+    if pull is None:
+        return None
+    steps = len(prepared.steps)
+
+    def guide(plan, latents, velocity):
+        fraction = plan.index / steps
+        sigma = solver.sigma(plan.index)
+        if lock_weight(pull.strength, fraction) == 0.0 or sigma <= 0.0:
+            return velocity
+        x0 = latents - sigma * velocity.float()
+        return (latents - pull_statistics(x0, pull.reference, pull.strength, fraction)) / sigma
+
+    return guide
 
 
 def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:

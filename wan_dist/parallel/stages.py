@@ -52,11 +52,12 @@ from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
 GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
                            "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
                            "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
-                           "output_type", "callback", "camera", "layers", "fps", "loras"})
+                           "output_type", "callback", "camera", "layers", "fps", "loras", "style_lock"})
 _RESOLVE_KEYS = ("prompt", "negative_prompt", "image", "height", "width", "num_frames", "num_inference_steps",
                  "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule",
                  "prompt_embeds", "output_type", "camera")
-_CAMERA_KEYS = ("camera", "layers", "fps")  # the request's camera path: both stages plan it alike
+# the request's camera path and style lock: both stages prepare them alike
+_PREPARE_KEYS = ("camera", "layers", "fps", "style_lock")
 
 
 def _checked(kwargs: dict) -> dict:
@@ -338,7 +339,7 @@ class DisaggregatedRunner:
         prepared = pipe.prepare(self._resolve(kwargs, seed), image=kwargs.get("image"),
                                 prompt_embeds=kwargs.get("prompt_embeds"),
                                 negative_prompt_embeds=kwargs.get("negative_prompt_embeds"), latents=kwargs.get("latents"),
-                                loras=kwargs.get("loras"), **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
+                                loras=kwargs.get("loras"), **{k: kwargs[k] for k in _PREPARE_KEYS if k in kwargs})
         boundary = self._boundary(prepared.steps)
         solver = prepared.make_solver()
 
@@ -395,7 +396,7 @@ class DisaggregatedRunner:
         prepared = pipe.prepare(self._resolve(kwargs, handoff.seed), image=kwargs.get("image"),
                                 latents=handoff.latents, contexts=(handoff.context, negative), handoff=True,
                                 loras=kwargs.get("loras"),
-                                **{k: kwargs[k] for k in _CAMERA_KEYS if k in kwargs})
+                                **{k: kwargs[k] for k in _PREPARE_KEYS if k in kwargs})
         prepared.timings["handoff_wait_s"] = waited
         solver = prepared.make_solver()
         solver.set_state(handoff.state.to(device))

@@ -166,7 +166,8 @@ class Solver(Protocol):
 def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver, experts: Sequence[Expert],
             context: torch.Tensor, negative_context: torch.Tensor | None, conditioning: Conditioning,
             predict=guided_prediction, model_dtype: torch.dtype | None = None,
-            on_step: Callable[[StepPlan, torch.Tensor, Callable[[], torch.Tensor]], None] | None = None
+            on_step: Callable[[StepPlan, torch.Tensor, Callable[[], torch.Tensor]], None] | None = None,
+            guide: Callable[[StepPlan, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
             ) -> torch.Tensor:
     """Run ``steps`` (a contiguous slice of the plan) from ``latents`` [B, C, f, h, w] (fp32).
 
@@ -177,6 +178,8 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
     solver's ``denoised``), only when called.
     ``predict`` is called as ``predict(expert, model_input, timestep, context, negative_context,
     guidance_scale, batched_context=...)`` (see :func:`guided_prediction`).
+    ``guide(plan, latents, velocity) -> velocity`` adjusts the guided velocity before the solver steps (a
+    style lock's pull on the clean estimate); it sees the same replicated tensors on every rank.
     """
     batch = latents.shape[0]
     batched_context = batch_contexts(context, negative_context)  # once per call, not per step
@@ -187,6 +190,8 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
         timestep = conditioning.model_timestep(plan.timestep, batch)
         velocity = predict(experts[plan.expert], model_input, timestep, context, negative_context,
                            plan.guidance_scale, batched_context=batched_context)
+        if guide is not None:
+            velocity = guide(plan, latents, velocity)
         previous = latents
         latents = solver.step(velocity, plan.index, latents)
         latents = conditioning.after_step(latents)

@@ -120,6 +120,10 @@ class Solver:
                  sample: torch.Tensor) -> tuple[torch.Tensor, SolverState]:
         raise NotImplementedError
 
+    def sigma(self, index: int) -> float:
+        """The noise level at step ``index`` (float32, as the steps use it)."""
+        return _f32(self._sigma32[index])
+
     def denoised(self, index: int, velocity: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The clean-sample estimate x0 = sample - sigma * velocity at step ``index`` (flow matching)."""
         return sample - _f32(self._sigma32[index]) * velocity
