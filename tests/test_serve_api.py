@@ -421,6 +421,9 @@ def test_private_webhook_urls_are_refused_unless_allowed(tmp_path):
             loras = [{"path": "s3://loras/ok.safetensors"}, {"path": "http://10.0.0.7/lora.safetensors"}]
             lora = client.post("/v1/models/tiny/jobs", json={**FAST, "loras": loras})
             assert_error(lora, 422, "loras[1].path", "unsafe_url")  # LoRA URLs follow the image rules
+            logo = client.post("/v1/models/tiny/jobs", json={**FAST, "renditions": ["youtube"], "overlays": {
+                "logo": {"image": "http://169.254.169.254/logo.png"}}})
+            assert_error(logo, 422, "overlays.logo.image", "unsafe_url")  # and so do logos
         assert state.store.count() == 0  # nothing refused was persisted
     finally:
         state.close()

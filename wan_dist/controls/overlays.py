@@ -91,6 +91,9 @@ class TitleSpec:
                 "position": self.position, "start": self.start, "end": self.end, "fade": self.fade}
 
 
+MAX_LOGO_URI_CHARS = 2048
+
+
 @dataclass(frozen=True)
 class LogoSpec:
     image: str
@@ -105,6 +108,8 @@ class LogoSpec:
         image = data.get("image")
         if not isinstance(image, str) or not image.strip():
             raise ControlError(f"{field}.image", "required: the logo's URL")
+        if len(image) > MAX_LOGO_URI_CHARS or any(ord(char) < 32 for char in image):
+            raise ControlError(f"{field}.image", f"must be a path or URL of at most {MAX_LOGO_URI_CHARS} characters")
         return cls(image=image.strip(),
                    anchor=_choice(data.get("anchor", "top_right"), f"{field}.anchor", tuple(POSITIONS), "anchor"),
                    scale=_number(data.get("scale", 0.15), f"{field}.scale", 0.01, 1.0),

@@ -9,6 +9,7 @@ composed with encoding and storage. Keys: ``{prefix}/renditions/{profile}.mp4`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -22,9 +23,48 @@ from wan_dist.engine.request import RenderRequest
 from wan_dist.storage.objects import join, write_bytes_atomic
 from wan_dist.video.mp4 import encode_mp4
 
-__all__ = ["lock_style", "publish_renditions", "RENDITIONS_FOLDER"]
+__all__ = ["PostInputs", "post_inputs", "lock_style", "publish_renditions", "RENDITIONS_FOLDER", "MAX_LOGO_PIXELS"]
 
 RENDITIONS_FOLDER = "renditions"
+MAX_LOGO_PIXELS = 4096 * 4096  # a logo is scaled down to a share of the frame: more is a decompression bomb
+
+
+@dataclass(frozen=True)
+class PostInputs:
+    """What the post pass needs besides the frames, read where the render ran (under its fetch policy):
+    ``source`` the input image (RGB uint8) a style lock grades to, ``logo`` the overlays' logo (RGBA uint8)."""
+
+    source: np.ndarray | None = None
+    logo: np.ndarray | None = None
+
+
+def post_inputs(request: RenderRequest, image, policy) -> PostInputs | None:
+    """The post inputs of ``request``: ``image`` (the PIL image the render was conditioned on) when a style lock
+    needs it, and the logo fetched with ``policy`` (storage.fetch.read_source: a refused URL names
+    ``overlays.logo.image``). None when the request needs neither."""
+    source = np.asarray(image.convert("RGB")) if request.style_lock is not None and image is not None else None
+    logo = None
+    overlays = None if request.overlays is None else OverlaySpec.from_dict(request.overlays)
+    if overlays is not None and overlays.logo is not None and request.renditions:
+        logo = _read_logo(overlays.logo.image, policy)
+    return None if source is None and logo is None else PostInputs(source=source, logo=logo)
+
+
+def _read_logo(uri: str, policy) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    from wan_dist.storage.fetch import read_source
+
+    data = read_source(uri, policy=policy, field="overlays.logo.image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_LOGO_PIXELS:
+                raise ValueError(f"overlays.logo.image: {image.width}x{image.height} is over {MAX_LOGO_PIXELS} pixels")
+            return np.asarray(image.convert("RGBA"))
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"overlays.logo.image: not a readable image ({error})") from None
 
 
 def lock_style(request: RenderRequest, frames: np.ndarray, fps: float,
@@ -37,8 +77,7 @@ def lock_style(request: RenderRequest, frames: np.ndarray, fps: float,
     lock = StyleLock.from_dict(request.style_lock)
     source = cv2.resize(source, (frames.shape[2], frames.shape[1]), interpolation=cv2.INTER_AREA)
     record: dict[str, Any] = {**lock.to_dict(), "drift_ciede2000": {"without": colour_drift(frames, source)},
-                              "high_frequency_ratio": {"without": high_frequency_ratio(frames, source)},
-                              "latent_pull": "not applied: the sampler does not call it yet"}
+                              "high_frequency_ratio": {"without": high_frequency_ratio(frames, source)}}
     if lock.colour and lock.strength > 0:
         frames = colour_transfer(frames, source, strength=lock.strength, fps=fps, smoothing_s=lock.smoothing_s)
         record["drift_ciede2000"]["with"] = colour_drift(frames, source)
@@ -47,15 +86,16 @@ def lock_style(request: RenderRequest, frames: np.ndarray, fps: float,
 
 
 def publish_renditions(request: RenderRequest, frames: np.ndarray, fps: float, prefix: str,
-                       output: OutputConfig) -> list[dict[str, Any]]:
+                       output: OutputConfig, logo: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Each of the request's renditions made from ``frames`` [F, H, W, 3] uint8 at ``fps``, encoded at its
-    profile's size and rate and written under ``{prefix}/renditions/``; the sidecar's list of them."""
+    profile's size and rate and written under ``{prefix}/renditions/``; the sidecar's list of them.
+    ``logo``: the overlays' logo image (RGBA uint8, :func:`post_inputs`)."""
     if not request.renditions:
         return []
     overlays = None if request.overlays is None else OverlaySpec.from_dict(request.overlays)
     entries = []
     for profile in parse_renditions(request.renditions):
-        made = make_rendition(frames, fps, profile, overlays=overlays)
+        made = make_rendition(frames, fps, profile, overlays=overlays, logo=logo)
         uri = join(prefix, RENDITIONS_FOLDER, f"{profile.name}.mp4")
         video = encode_mp4(made.frames, profile.fps, codec=output.codec, crf=output.crf, preset=output.preset)
         write_bytes_atomic(uri, video, content_type="video/mp4")

@@ -56,17 +56,25 @@ def _load_image(uri: str | None, policy=None):
 
 def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     """Run ``request`` through ``generate`` (default ``pipe.generate``; a render group passes its SPMD one)."""
+    from wan_dist.engine.post import post_inputs
+
     s = request.sampling
     generate = generate or pipe.generate
     # the camera's arguments only when there is a camera: a generate without camera support still renders the rest
     camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers, "fps": request.fps}
-    image = _load_image(request.image, getattr(pipe, "fetch_policy", None))
-    return generate(request.prompt, request.negative_prompt, image=image,
+    policy = getattr(pipe, "fetch_policy", None)
+    image = _load_image(request.image, policy)
+    post = post_inputs(request, image, policy)  # before the render: a refused logo URL costs no GPU time
+    style = {} if request.style_lock is None else {"style_lock": request.style_lock}
+    out = generate(request.prompt, request.negative_prompt, image=image,
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
                     seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera,
-                    **({"loras": list(request.loras)} if request.loras else {}))
+                    **({"loras": list(request.loras)} if request.loras else {}), **style)
+    if out is not None:  # None on the ranks of a group that do not hold the result
+        out.post_inputs = post
+    return out
 
 
 def model_record(pipe, source: str | None = None) -> dict[str, Any]:
@@ -84,7 +92,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     error (the caller may retry).
     """
     from wan_dist.engine.clips import write_clip
-    from wan_dist.engine.post import lock_style, publish_renditions
+    from wan_dist.engine.post import PostInputs, lock_style, publish_renditions
     from wan_dist.storage.objects import join
 
     fps = request.fps or model["default_fps"]  # a built request always has its fps
@@ -105,12 +113,11 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     tick = time.perf_counter()
     try:
         frames = out.frames[0]
+        post = getattr(out, "post_inputs", None) or PostInputs()
         if request.style_lock is not None:
-            import numpy as np
-
-            frames, sidecar["style_lock"] = lock_style(request, frames, fps, np.asarray(_load_image(request.image)))
+            frames, sidecar["style_lock"] = lock_style(request, frames, fps, post.source)
         if request.renditions:  # published before the sidecar that lists them
-            sidecar["renditions"] = publish_renditions(request, frames, fps, prefix, output)
+            sidecar["renditions"] = publish_renditions(request, frames, fps, prefix, output, logo=post.logo)
         uris = write_clip(frames, fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
                           crf=output.crf, preset=output.preset)
     except Exception as error:  # storage failures are results, not crashes: the caller may retry

@@ -359,14 +359,12 @@ def _check_text(values: dict, problems: list) -> None:
 
 
 def _check_post(values: dict, problems: list) -> None:
-    """What the post pass needs: overlays are laid out per rendition (and must fit each), a style lock keeps
-    an input image's style, and a logo's URL is not fetched yet."""
+    """What the post pass needs: overlays are laid out per rendition (and must fit each: a logo's size is
+    known once it is fetched, so here it is laid out as a square) and a style lock keeps an input image's style."""
     overlays = values.get("overlays")
     if overlays is not None:
         spec = OverlaySpec.from_dict(overlays)
-        if spec.logo is not None:
-            problems.append(("overlays", "logo: not rendered yet (its URL must first pass the server's URL rules)"))
-        elif values.get("renditions") is None:
+        if values.get("renditions") is None:
             problems.append(("overlays", "are laid out per rendition: give renditions too"))
         else:
             for profile in parse_renditions(values["renditions"]):

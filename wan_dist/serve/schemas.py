@@ -309,7 +309,7 @@ def _build(job: JobCreate, spec: VariantSpec, *, layout: str, image: str | None,
 
 def body_urls(body: Any) -> list[tuple[str, str]]:
     """(param, URL) of every URL in a create body the server would fetch from a client-chosen host: ``image``,
-    ``input_reference`` (or its ``image_url``) and each ``loras[i].path``; the app checks each against
+    ``input_reference`` (or its ``image_url``), each ``loras[i].path`` and ``overlays.logo.image``; the app checks each against
     ``serve.urls.check_public_url`` (private addresses refused unless allowed)."""
     if not isinstance(body, dict):
         return []
@@ -320,6 +320,9 @@ def body_urls(body: Any) -> list[tuple[str, str]]:
     loras = body.get("loras")
     for index, item in enumerate(loras if isinstance(loras, list) else []):
         found.append((f"loras[{index}].path", item.get("path") if isinstance(item, dict) else None))
+    overlays = body.get("overlays")
+    logo = overlays.get("logo") if isinstance(overlays, dict) else None
+    found.append(("overlays.logo.image", logo.get("image") if isinstance(logo, dict) else None))
     return [(param, url) for param, url in found
             if isinstance(url, str) and url.lower().startswith(("http://", "https://"))]
 
