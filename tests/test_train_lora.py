@@ -140,6 +140,22 @@ def test_a_rerun_resumes_to_the_same_factors_as_one_straight_run(tiny, tmp_path)
         train_lora(replace(_config(tmp_path / "resumed", data, base=tiny, experts="low"), rank=8), local=True)
 
 
+def test_a_local_float32_run_loads_the_base_once_another_dtype_loads_its_own(tiny, tmp_path, monkeypatch):
+    import wan_dist.engine.loading as loading
+    from wan_dist.train import train_lora
+
+    loads = []
+    real = loading.load_pipeline
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: loads.append(k["dtype"]) or real(*a, **k))
+    data = _image_folder(tmp_path / "data", count=2)
+    train_lora(_config(tmp_path / "f32", data, base=tiny, steps=2, experts="low"), local=True)
+    assert loads == [torch.float32]  # encoded the data, then trained on the same pipeline
+    loads.clear()
+    train_lora(replace(_config(tmp_path / "bf16", data, base=tiny, steps=2, experts="low"), dtype="bfloat16"),
+               local=True)
+    assert loads == [torch.float32, torch.bfloat16]  # the data is encoded in float32 whatever the base trains in
+
+
 def test_a_bfloat16_base_trains_float32_factors_that_every_step_updates(tiny, tmp_path):
     from wan_dist.train import train_lora
 
