@@ -1,7 +1,11 @@
-"""Helpers for tests against a running Serve app on 127.0.0.1 (tests/test_serve_api.py).
+"""Helpers for tests against servers on 127.0.0.1: a running Serve app (tests/test_serve_*.py, test_web_page.py)
+and plain HTTP servers standing in for the internet (test_fetch*.py, test_tenant_sources.py).
 
 * :class:`ServeApp`: the ``wan`` Serve application (``wan_dist.serve.deploy.application``) on a Serve
   proxy bound to 127.0.0.1; ``start(settings)`` deploys and waits for ``/readyz``, ``stop()`` deletes it.
+* :func:`served_app`: Serve started on 127.0.0.1 with that app deployed, shut down on exit (a module's ``app``).
+* :func:`api_client` / :func:`settle_app`: a test's API client, and afterwards nothing held, queued or running.
+* :func:`loopback_server`: a threaded HTTP server on 127.0.0.1 for a handler class, stopped on exit.
 * :class:`WebhookReceiver`: a local Standard Webhooks receiver that verifies every delivery with the
   ``standardwebhooks`` package and answers 500 to the first delivery of each ``webhook-id``, 200 after.
 * :func:`read_sse`: the events of a ``text/event-stream`` response, parsed.
@@ -10,16 +14,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
-__all__ = ["APP_NAME", "ServeApp", "WebhookReceiver", "free_port", "read_sse", "settle", "wait_for"]
+__all__ = ["APP_NAME", "ServeApp", "WebhookReceiver", "api_client", "free_port", "loopback_server", "read_sse",
+           "served_app", "settle", "settle_app", "wait_for"]
 
 APP_NAME = "wan"
 HOST = "127.0.0.1"
@@ -52,6 +58,61 @@ def settle(store, holds, timeout_s: float) -> None:
     for job in jobs:
         store.request_cancel(job.id)
     wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, timeout_s, what="an idle renderer")
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler], **state) -> Iterator[ThreadingHTTPServer]:
+    """A ``ThreadingHTTPServer`` for ``handler`` on 127.0.0.1 (a free port: ``server_address[1]``), serving on a
+    daemon thread. ``state`` becomes attributes of the server, which the handler reads as ``self.server.<name>``;
+    ``release``, a threading.Event set on exit, lets a handler that holds a request go. On exit the server is
+    stopped and closed and its thread joined."""
+    httpd = ThreadingHTTPServer((HOST, 0), handler)
+    httpd.daemon_threads = True
+    httpd.release = threading.Event()
+    for name, value in state.items():
+        setattr(httpd, name, value)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def served_app(settings, *, timeout_s: float = 120.0) -> Iterator[ServeApp]:
+    """Serve started on 127.0.0.1 (a free port) with the ``wan`` app of ``settings`` deployed and ready; Serve is
+    shut down on exit, also when the app never got ready. Ray itself is the caller's (``ray_local``)."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": HOST, "port": port})
+    try:
+        yield ServeApp(port).start(settings, timeout_s=timeout_s)
+    finally:
+        serve.shutdown()
+
+
+def settle_app(app: ServeApp, holds, timeout_s: float = 120.0) -> None:
+    """:func:`settle` on ``app``'s job store, opened for it and closed after."""
+    from wan_dist.serve.stores import open_store
+
+    with open_store(app.settings.store) as store:
+        settle(store, holds, timeout_s)
+
+
+@contextlib.contextmanager
+def api_client(app: ServeApp, holds, key: str = "k1", *, timeout_s: float = 120.0) -> Iterator[httpx.Client]:
+    """``app.client(key)`` for one test; after it, every hold released and every job left queued or running
+    cancelled and ended (:func:`settle_app`), so the next test starts on an idle renderer."""
+    try:
+        with app.client(key) as client:
+            yield client
+    finally:
+        settle_app(app, holds, timeout_s)
 
 
 class ServeApp:

@@ -5,11 +5,11 @@ so every other loopback or private address is what an attacker would aim at. Not
 from __future__ import annotations
 
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from serve_fixtures import loopback_server
 from wan_dist.storage.fetch import FetchPolicy, FetchRefused, fetch_bytes
 
 BIG = 2 * 2**20
@@ -63,16 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.hits, httpd.release = [], threading.Event()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with loopback_server(_Handler, hits=[]) as httpd:
+        yield httpd
 
 
 def _resolver(*answers: str):

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import pickle
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 import torch
 
+from serve_fixtures import loopback_server
 from wan_dist.engine.request import build_request
 from wan_dist.models.lora import LoraError
 from wan_dist.storage.fetch import FetchPolicy, FetchRefused
@@ -59,16 +59,10 @@ def server(checkpoint_factory):
 
     image = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), (200, 40, 40), np.uint8)).save(image, format="PNG")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads, httpd.hits = True, []
-    httpd.files = {"/img.png": image.getvalue(),
-                   "/lora.safetensors": save(diffusers_lora(get_preset("tiny-ti2v").dit, seed=1, bias=False))}
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    files = {"/img.png": image.getvalue(),
+             "/lora.safetensors": save(diffusers_lora(get_preset("tiny-ti2v").dit, seed=1, bias=False))}
+    with loopback_server(_Handler, hits=[], files=files) as httpd:
+        yield httpd
 
 
 @pytest.fixture(scope="module")

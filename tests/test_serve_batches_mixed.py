@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from frame_metrics import psnr
-from serve_fixtures import ServeApp, WebhookReceiver, free_port, wait_for
+from serve_fixtures import WebhookReceiver, api_client, served_app, wait_for
 from step_holds import HOOK
 from wan_dist.batch.manifest import write_manifest
 from wan_dist.config import GroupSpec
-from wan_dist.serve.jobs import ACTIVE_STATUSES
 from wan_dist.serve.settings import (AuthSettings, BatchSettings, JobSettings, LimitSettings, RendererSettings,
                                      ServeSettings, WebhookSettings)
 from wan_dist.serve.stores import open_store
@@ -33,8 +32,6 @@ SLOW = {"height": 64, "width": 64, "num_frames": 5, "num_inference_steps": 6}
 
 @pytest.fixture(scope="module")
 def app(ray_local, tmp_path_factory):
-    from ray import serve
-
     root = tmp_path_factory.mktemp("serve-batches-mixed")
     # a local output folder: clip URLs are then the API's own (a presigned file:// would be of no use to a client)
     settings = ServeSettings(models=MODELS, store=str(root / "jobs.db"), output=str(root / "out"),
@@ -44,29 +41,14 @@ def app(ray_local, tmp_path_factory):
                              batches=BatchSettings(interactive_per_row=1, results_flush_rows=1),
                              webhooks=WebhookSettings(secret=SECRET, base_delay_s=0.05),
                              renderer=RendererSettings(group=GroupSpec(step_hook=HOOK, cpus_per_rank=0.5)))
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    served = ServeApp(port)
-    try:
-        served.start(settings, timeout_s=240)
+    with served_app(settings, timeout_s=240) as served:
         yield served
-    finally:
-        serve.shutdown()
 
 
 @pytest.fixture
 def api(app, holds):
-    with app.client("k1") as client:
+    with api_client(app, holds) as client:
         yield client
-    holds.release_all()
-    store = open_store(app.settings.store)
-    try:
-        jobs, _ = store.list(status=ACTIVE_STATUSES, limit=1000)
-        for job in jobs:
-            store.request_cancel(job.id)
-        wait_for(lambda: store.count(status=ACTIVE_STATUSES) == 0, 120, what="idle renderers")
-    finally:
-        store.close()
 
 
 def upload(client, data: bytes, **fields):

@@ -6,13 +6,13 @@ plays the operator's allowance for it)."""
 from __future__ import annotations
 
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from serve_fixtures import loopback_server
 from wan_dist.batch import read_manifest
 from wan_dist.serve.batches import validate_batch
 from wan_dist.serve.schemas import RequestError
@@ -47,14 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads, httpd.manifest = True, _parquet(ROWS)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with loopback_server(_Handler, manifest=_parquet(ROWS)) as httpd:
+        yield httpd
 
 
 def _validate(uri, tmp_path, **kwargs):

@@ -140,6 +140,22 @@ def test_a_rerun_resumes_to_the_same_factors_as_one_straight_run(tiny, tmp_path)
         train_lora(replace(_config(tmp_path / "resumed", data, base=tiny, experts="low"), rank=8), local=True)
 
 
+def test_a_local_float32_run_loads_the_base_once_another_dtype_loads_its_own(tiny, tmp_path, monkeypatch):
+    import wan_dist.engine.loading as loading
+    from wan_dist.train import train_lora
+
+    loads = []
+    real = loading.load_pipeline
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: loads.append(k["dtype"]) or real(*a, **k))
+    data = _image_folder(tmp_path / "data", count=2)
+    train_lora(_config(tmp_path / "f32", data, base=tiny, steps=2, experts="low"), local=True)
+    assert loads == [torch.float32]  # encoded the data, then trained on the same pipeline
+    loads.clear()
+    train_lora(replace(_config(tmp_path / "bf16", data, base=tiny, steps=2, experts="low"), dtype="bfloat16"),
+               local=True)
+    assert loads == [torch.float32, torch.bfloat16]  # the data is encoded in float32 whatever the base trains in
+
+
 def test_a_bfloat16_base_trains_float32_factors_that_every_step_updates(tiny, tmp_path):
     from wan_dist.train import train_lora
 
@@ -224,6 +240,35 @@ def test_bad_data_and_config_are_refused_naming_the_field(tmp_path):
 
     with pytest.raises(ValueError, match=r"targets: no Linear module"):
         LoraAdapter(init_dit(get_preset("tiny"), seed=0), targets=("nothing",), rank=2, alpha=2, seed=0)
+
+
+@pytest.mark.parametrize("fields", [{"cpus_per_worker": 0}, {"num_workers": 0}, {"threads_per_worker": 0}])
+def test_bad_worker_settings_are_refused_naming_the_field(fields):
+    (field, value), = fields.items()
+    with pytest.raises(ValueError, match=rf"LoraTrainConfig.{field}: must be "):
+        lora_train_config_from_dict({"out": "x", "data": {"path": "d"}, **fields})
+    from wan_dist.config.train import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"TrainConfig.{field}: must be "):
+        TrainConfig(out="x", **fields)
+
+
+@pytest.mark.parametrize("verb", ["train-lora", "train"])
+def test_the_cli_refuses_a_bad_cpus_per_worker_naming_the_field(verb, tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from wan_dist.cli.main import conf_dir
+    from wan_dist.cli.train import train_lora_main, train_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(verb, overrides=["out=run", "data.path=d", "cpus_per_worker=0"] if verb == "train-lora"
+                      else ["out=run", "cpus_per_worker=0"])
+    owner = "LoraTrainConfig" if verb == "train-lora" else "TrainConfig"
+    with pytest.raises(SystemExit, match=rf"wan-dist {verb}: {owner}.cpus_per_worker: must be > 0, got 0"):
+        (train_lora_main if verb == "train-lora" else train_main)(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything ran
 
 
 def test_the_cli_trains_and_the_result_renders_through_the_cli(tiny, tmp_path):

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from browser import CHROMIUM, MISSING, chromium, severe
-from serve_fixtures import ServeApp, free_port, settle, wait_for
+from serve_fixtures import served_app, settle_app, wait_for
 from step_holds import HOOK
 from wan_dist.config import GroupSpec
 from wan_dist.serve.settings import (AuthSettings, BatchSettings, JobSettings, LimitSettings, PreviewSettings,
                                      RendererSettings, ServeSettings)
-from wan_dist.serve.stores import open_store
 
 
 KEY = "web-key"
@@ -46,22 +45,14 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def app(ray_local, tmp_path_factory):
-    from ray import serve
-
     root = tmp_path_factory.mktemp("serve-web")
     settings = ServeSettings(models=("tiny",), store=str(root / "jobs.db"), output=str(root / "out"),
                              auth=AuthSettings(api_keys=(KEY,)), limits=LimitSettings(rate_per_s=1000.0, burst=1000),
                              jobs=JobSettings(poll_after_ms=200, lease_s=3.0), previews=PreviewSettings(every_s=0.2),
                              batches=BatchSettings(results_flush_rows=1),
                              renderer=RendererSettings(group=GroupSpec(step_hook=HOOK)))
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    served = ServeApp(port)
-    try:
-        served.start(settings)
+    with served_app(settings) as served:
         yield served
-    finally:
-        serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +78,7 @@ def page(app, browser, holds):
     browser.execute_script("sessionStorage.clear()")  # the tab would keep the key for the next test's load
     browser.get("about:blank")
     browser.get_log("browser")  # drained: what the page logged while it was left is no test's
-    store = open_store(app.settings.store)
-    try:
-        settle(store, holds, 120)
-    finally:
-        store.close()
+    settle_app(app, holds, 120)
 
 
 def _options(browser, select_id: str) -> list[str]:

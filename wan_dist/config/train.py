@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["TrainDataConfig", "OptimConfig", "FlowConfig", "TrainConfig", "train_config_from_dict", "nested_from_dict"]
+__all__ = ["WorkerConfig", "TrainDataConfig", "OptimConfig", "FlowConfig", "TrainConfig", "train_config_from_dict",
+           "nested_from_dict"]
 
 Stage = Literal["vae", "experts", "all"]
 STAGES = ("vae", "experts", "all")
@@ -18,6 +19,26 @@ STAGES = ("vae", "experts", "all")
 def _require(condition: bool, owner: str, field_name: str, reason: str) -> None:
     if not condition:
         raise ValueError(f"{owner}.{field_name}: {reason}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """The Ray Train workers of a run, shared by ``TrainConfig`` and ``LoraTrainConfig`` (their fields stay at the
+    top level, as the YAML and CLI overrides name them): ``num_workers`` workers (DDP), each reserving
+    ``cpus_per_worker`` CPUs (and a GPU with ``use_gpu``) and running ``threads_per_worker`` torch threads.
+    Errors name the run's own config class (``TrainConfig.cpus_per_worker``)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _require(self.num_workers >= 1, name, "num_workers", f"must be >= 1, got {self.num_workers}")
+        _require(self.threads_per_worker >= 1, name, "threads_per_worker",
+                 f"must be >= 1, got {self.threads_per_worker}")
+        _require(self.cpus_per_worker > 0, name, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,8 +113,8 @@ class FlowConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """One training run. ``out`` holds everything: checkpoints to resume from, the latent cache, loss
+class TrainConfig(WorkerConfig):
+    """One training run (its workers: ``WorkerConfig``). ``out`` holds everything: checkpoints to resume from, the latent cache, loss
     curves and the published model (``out/model``, loadable with ``load_pipeline``).
 
     ``vae_frames``: the VAE trains on random windows of this many consecutive frames of each clip (1 + 4k;
@@ -115,10 +136,6 @@ class TrainConfig:
     out: str
     preset: str = "toy"
     stage: Stage = "all"
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    threads_per_worker: int = 1
     seed: int = 0
     progress: bool = True
     vae_frames: int | None = 9
@@ -135,10 +152,7 @@ class TrainConfig:
         name = "TrainConfig"
         _require(bool(self.out), name, "out", "must name the run's folder")
         _require(self.stage in STAGES, name, "stage", f"must be one of {', '.join(STAGES)}; got {self.stage!r}")
-        _require(self.num_workers >= 1, name, "num_workers", f"must be >= 1, got {self.num_workers}")
-        _require(self.threads_per_worker >= 1, name, "threads_per_worker",
-                 f"must be >= 1, got {self.threads_per_worker}")
-        _require(self.cpus_per_worker > 0, name, "cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        super().__post_init__()
         _require(self.vae_frames is None or (self.vae_frames >= 1 and self.vae_frames % 4 == 1), name, "vae_frames",
                  f"must be 1 + 4k (the VAE's causal chunks) or null, got {self.vae_frames}")
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from wan_dist.config.train import FlowConfig, OptimConfig, nested_from_dict
+from wan_dist.config.train import FlowConfig, OptimConfig, WorkerConfig, nested_from_dict
 
 __all__ = ["LoraDataConfig", "LoraTrainConfig", "lora_train_config_from_dict", "DEFAULT_TARGETS", "LORA_EXPERTS"]
 
@@ -50,8 +50,8 @@ class LoraDataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoraTrainConfig:
-    """One LoRA training run on a frozen base model; ``out`` holds checkpoints (resume), the latent cache,
+class LoraTrainConfig(WorkerConfig):
+    """One LoRA training run on a frozen base model (its workers: ``WorkerConfig``); ``out`` holds checkpoints (resume), the latent cache,
     the loss curve and the LoRA files (``<out>/lora/high_noise_model.safetensors`` and/or
     ``low_noise_model.safetensors``, diffusers / PEFT format, one per trained expert as Wan2.2-Lightning ships).
 
@@ -76,10 +76,6 @@ class LoraTrainConfig:
     gradient_checkpointing: bool = True
     dtype: str = "float32"
     fsdp: bool = False
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    threads_per_worker: int = 1
     seed: int = 0
     progress: bool = True
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=300, lr=1e-3, batch_size=4,
@@ -101,9 +97,7 @@ class LoraTrainConfig:
                 re.compile(pattern)
             except re.error as error:
                 raise ValueError(f"{name}.targets: {pattern!r} is not a regular expression ({error})") from None
-        _require(self.num_workers >= 1, name, "num_workers", f"must be >= 1, got {self.num_workers}")
-        _require(self.threads_per_worker >= 1, name, "threads_per_worker",
-                 f"must be >= 1, got {self.threads_per_worker}")
+        super().__post_init__()
 
 
 _NESTED = {"data": LoraDataConfig, "optim": OptimConfig, "flow": FlowConfig}

@@ -165,23 +165,28 @@ def _claim(out: Path, config: LoraTrainConfig) -> None:
     marker.write_text(json.dumps(mine))
 
 
+def _load_args(config: LoraTrainConfig, *, frozen: bool) -> tuple[str, torch.dtype]:
+    """(device, dtype) of the base pipeline: float32 on the CPU to encode the data; ``frozen`` (the experts a
+    worker trains on) in ``config.dtype`` on this worker's GPU with ``use_gpu``."""
+    if not frozen:
+        return "cpu", torch.float32
+    return "cuda" if config.use_gpu and torch.cuda.is_available() else "cpu", getattr(torch, config.dtype)
+
+
 def _base(config: LoraTrainConfig, *, frozen: bool = False):
-    """The base pipeline: float32 on the CPU to encode the data; ``frozen`` (the experts a worker trains on) in
-    ``config.dtype`` on this worker's GPU with ``use_gpu``."""
+    """The base pipeline, loaded as :func:`_load_args` says."""
     from wan_dist.engine.loading import load_pipeline
 
-    if not frozen:
-        return load_pipeline(config.base, dtype=torch.float32)
-    device = "cuda" if config.use_gpu and torch.cuda.is_available() else "cpu"
-    return load_pipeline(config.base, dtype=getattr(torch, config.dtype), device=device)
+    device, dtype = _load_args(config, frozen=frozen)
+    return load_pipeline(config.base, dtype=dtype, device=device)
 
 
-def _encode_data(config: LoraTrainConfig, out: Path) -> str:
-    """The data's latents, text embeddings (and I2V conditions) in the base model's terms, cached: the file's path."""
+def _encode_data(config: LoraTrainConfig, out: Path, pipe) -> str:
+    """The data's latents, text embeddings (and I2V conditions) in the terms of ``pipe`` (the base as
+    ``_base(config)`` loads it), cached: the file's path."""
     from wan_dist.train.data import cached_latents, latents_path
     from wan_dist.train.lora_data import read_lora_items
 
-    pipe = _base(config)
     d, spec = config.data, pipe.spec.defaults
     items = read_lora_items(d, height=d.height or spec.height, width=d.width or spec.width,
                             num_frames=d.num_frames or spec.num_frames)
@@ -194,13 +199,15 @@ def _encode_data(config: LoraTrainConfig, out: Path) -> str:
     return str(latents_path(out, key, image_condition=image_condition))
 
 
-def _steps(config: LoraTrainConfig, session, data_path: str, resume: Path | None) -> dict:
+def _steps(config: LoraTrainConfig, session, data_path: str, resume: Path | None, pipe=None) -> dict:
+    """The run's steps on this worker; ``pipe``: the frozen base when the caller has it loaded already (else
+    loaded here)."""
     from safetensors.torch import load_file
 
     from wan_dist.train.loop import run_steps
 
     torch.set_num_threads(config.threads_per_worker)
-    pipe = _base(config, frozen=True)
+    pipe = _base(config, frozen=True) if pipe is None else pipe
     if config.fsdp and session.world_size > 1:
         _shard_experts(pipe)
     stage = LoraStage(pipe.spec, tensors=load_file(data_path), config=config, experts=tuple(pipe.experts))
@@ -280,11 +287,17 @@ def train_lora(config: LoraTrainConfig, *, local: bool = False) -> LoraTrainResu
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _claim(out, config)
-    data_path = _encode_data(config, out)
+    pipe = _base(config)
+    data_path = _encode_data(config, out, pipe)
+    # a local run trains on this very pipeline when the frozen base loads the same way (float32 on the CPU);
+    # otherwise (another dtype or a GPU, or on Ray's workers) it is dropped here, not held through the steps
+    frozen = pipe if local and _load_args(config, frozen=True) == _load_args(config, frozen=False) else None
+    del pipe
     from wan_dist.train.run import run_workers
 
     run_workers("lora", config, {"config": asdict(config), "data": data_path}, local=local,
-                run_local=lambda session, resume: _steps(config, session, data_path, resume), ray_worker=_ray_worker)
+                run_local=lambda session, resume: _steps(config, session, data_path, resume, pipe=frozen),
+                ray_worker=_ray_worker)
     summary = json.loads((out / "lora_summary.json").read_text())
     files = _write_files(config, out)
     summary["files"] = {word: {"path": str(path), "bytes": path.stat().st_size} for word, path in files.items()}

@@ -90,7 +90,8 @@ def _ray_worker(payload: dict) -> None:
 def run_workers(kind: str, config, payload: dict, *, local: bool, run_local, ray_worker) -> None:
     """Run a stage's steps, resuming from its newest checkpoint under ``<out>/ray/<kind>``: in this process
     (``run_local(session, resume)``) or on a Ray Train ``TorchTrainer`` of ``config.num_workers`` workers, each
-    calling ``ray_worker(payload + {"resume": ...})``. ``config``: a TrainConfig or LoraTrainConfig."""
+    calling ``ray_worker(payload + {"resume": ...})``. ``config``: a TrainConfig or LoraTrainConfig (their
+    shared WorkerConfig sizes the workers)."""
     out = Path(config.out)
     root = out / "ray" / kind
     resume = latest_checkpoint(root)
