@@ -142,6 +142,14 @@ def test_this_engine_needs_less_memory_than_the_reference_in_the_same_layout():
     assert ours.time_s < _reference(8).time_s  # one forward per step: FSDP gathers once, not twice
 
 
+def test_this_engine_holds_the_text_encoder_whole_on_one_gpu_where_the_reference_shards_it():
+    # one rank encodes for the group and broadcasts (wan_dist.parallel.text): FSDP does not divide it
+    t5 = text_encoder_param_count(T2V.spec.text_encoder) * 2  # bf16
+    layout = (Stage(experts="both", ulysses=8, fsdp=True),)
+    assert estimate(T2V, layout, profile=ENGINE).memory["text_encoder"] == t5
+    assert estimate(T2V, layout, profile=REFERENCE).memory["text_encoder"] == t5 / 8  # --t5_fsdp
+
+
 def test_latency_plan_on_8x80_uses_all_gpus_in_one_group_and_explains_itself():
     result = plan("t2v-a14b", gpus=8, gpu_memory_gb=80, objective="latency")
     assert result.parallel.data == 1 and sum(s.gpus for s in result.stages) == 8

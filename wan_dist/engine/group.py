@@ -149,11 +149,14 @@ class RankWorker:
         from wan_dist.engine.pipeline import load_local_pipeline
         from wan_dist.engine.rank_program import RankProgram
         from wan_dist.models.dtypes import torch_dtype
+        from wan_dist.parallel.text import TEXT_RANK
 
         device = "cuda" if config.use_gpus and torch.cuda.is_available() else "cpu"
         dtype = torch_dtype(config.dtype, device)
+        # one rank encodes the prompts and broadcasts the embeddings: the others never read the text encoder
         self.pipe = load_local_pipeline(config.source, device=device, dtype=dtype, layout=config.layout,
-                                  expert_loader=self._sharded_loader(config, device, dtype))
+                                        expert_loader=self._sharded_loader(config, device, dtype),
+                                        text_encoder=self.rank == TEXT_RANK)
         self.pipe.fetch_policy = config.fetch
         self.program = RankProgram(self.pipe, config.parallel, rank=self.rank, world_size=self.world_size,
                                    handoff_timeout_s=config.handoff_timeout_s, step_hook=config.step_hook)
@@ -386,8 +389,9 @@ class RenderGroup:
         return self.wait(self.submit(ModelRecord(source)))
 
     def prefetch(self, request) -> list:
-        """Encode ``request``'s prompts on every rank beside the render in progress: queue it with the
-        request so text encoding leaves the critical path. Returns the refs (nothing needs to wait on them)."""
+        """Encode ``request``'s prompts beside the render in progress, on the rank that encodes text (the
+        others have no encoder and return at once): queue it with the request so text encoding leaves the
+        critical path. Returns the refs (nothing needs to wait on them)."""
         return [worker.prefetch_text.options(concurrency_group="prefetch").remote(request) for worker in self.workers]
 
     def stage_events(self) -> list[list]:

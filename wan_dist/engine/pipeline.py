@@ -66,14 +66,18 @@ class WanPipeline:
         # one sample leaves the device idle (small sizes on a GPU).
         self.cfg_mode = "sequential"
         self.prompt_cache = None  # a PromptCache (engine/prompt_cache.py) where prompts are encoded ahead
+        # a render group's layout sets a wan_dist.parallel.text.SharedText: one rank encodes, the others receive
+        self.text_share = None
         self.loras = LoraAdapters(self)  # LoRAs of the experts (engine/loras.py); files cached per pipeline
         # how a request's image and LoRA URLs are read: None, the operator's (any path, any fsspec URL); a
         # storage.fetch.FetchPolicy, a tenant's (http(s) only, every hop's address checked as it is fetched)
         self.fetch_policy = None
 
     @classmethod
-    def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None) -> "WanPipeline":
-        """``expert_loader(expert_dir, info) -> module`` replaces the plain ``load_dit`` (e.g. FSDP shards)."""
+    def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None,
+                    text_encoder: bool = True) -> "WanPipeline":
+        """``expert_loader(expert_dir, info) -> module`` replaces the plain ``load_dit`` (e.g. FSDP shards).
+        ``text_encoder`` False: its weights are not read (a rank that receives its embeddings from another)."""
         info = detect_checkpoint(folder)
         if expert_loader is None:
             experts = [load_dit(d, info.spec.dit, layout=info.layout, device=device, dtype=dtype)
@@ -81,12 +85,18 @@ class WanPipeline:
         else:
             experts = [expert_loader(d, info) for d in info.expert_dirs]
         vae = load_vae(info, device=device)
-        text_encoder = load_text_encoder(info, device=device, dtype=dtype)
-        return cls(info=info, experts=experts, vae=vae, text_encoder=text_encoder, device=device, dtype=dtype)
+        encoder = load_text_encoder(info, device=device, dtype=dtype) if text_encoder else None
+        return cls(info=info, experts=experts, vae=vae, text_encoder=encoder, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """[B, text_len, text_dim] embeddings, trimmed to true length and zero padded."""
+        """[B, text_len, text_dim] embeddings, trimmed to true length and zero padded. With ``text_share``
+        set, collective over its ranks: only its source rank encodes (see wan_dist.parallel.text)."""
+        if self.text_share is not None:
+            return self.text_share(self._encode_here, list(prompts))
+        return self._encode_here(prompts)
+
+    def _encode_here(self, prompts: list[str]) -> torch.Tensor:
         if self.text_encoder is None:
             raise ValueError("prompt: this pipeline has no text encoder; pass prompt_embeds")
         if self.prompt_cache is not None:
@@ -506,13 +516,14 @@ def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
 
 def load_local_pipeline(source, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
                         cache_dir=None, layout: str = "diffusers", cfg_mode: str = "sequential",
-                        expert_loader=None) -> WanPipeline:
+                        expert_loader=None, text_encoder: bool = True) -> WanPipeline:
     """A pipeline in this process, on one device (see ``wan_dist.engine.loading.load_pipeline``, the public
-    entry, for the arguments); a render group's ranks load theirs with it."""
+    entry, for the arguments); a render group's ranks load theirs with it (``text_encoder`` on one rank only)."""
     from wan_dist.engine.sources import resolve_source
 
     folder = resolve_source(source, cache_dir=cache_dir, layout=layout)
-    pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype, expert_loader=expert_loader)
+    pipe = WanPipeline.from_folder(folder, device=device, dtype=dtype, expert_loader=expert_loader,
+                                   text_encoder=text_encoder)
     pipe.cfg_mode = cfg_mode
     pipe.default_predict()  # validates cfg_mode now rather than at the first generate
     return pipe

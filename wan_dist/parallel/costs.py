@@ -79,13 +79,16 @@ class EngineProfile:
     sharded_weight_bytes: int = 2  # bytes per parameter FSDP keeps (the reference shards fp32 masters)
     full_sequence_time_embedding: bool = False  # e, e0 per token for all L tokens on every rank
     t5_on_gpu: bool = True
+    # FSDP shards T5 over the stage too (the reference's --t5_fsdp); False: one rank holds it whole and
+    # broadcasts the embeddings, the other ranks hold none (this engine, wan_dist.parallel.text)
+    t5_sharded: bool = False
     extra_slab_bytes: int = 0  # the reference rotates q and k in float64: +16 bytes per slab element
     vae_parallel: bool = True  # the decode is split over the group; False: one rank decodes the clip
 
 
 ENGINE = EngineProfile()
 REFERENCE = EngineProfile(cfg_batched=False, sharded_weight_bytes=4, full_sequence_time_embedding=True,
-                          extra_slab_bytes=16, vae_parallel=False)
+                          t5_sharded=True, extra_slab_bytes=16, vae_parallel=False)
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -154,15 +154,26 @@ class Estimate:
         return sum(self.comm.values()) / GB
 
 
+def _t5_bytes(wl: Workload, stage: Stage, profile: EngineProfile, *, holds_t5: bool) -> float:
+    """Text encoder bytes on the stage's GPU that holds it: whole on one GPU (this engine encodes once per group
+    and broadcasts), or an FSDP shard on every GPU of the stage with ``profile.t5_sharded`` (the reference)."""
+    if not holds_t5 or not profile.t5_on_gpu:
+        return 0.0
+    shard = stage.gpus if stage.fsdp and profile.t5_sharded else 1
+    return text_encoder_param_count(wl.spec.text_encoder) * COMPUTE_BYTES / shard
+
+
 def _stage_memory(wl: Workload, stage: Stage, profile: EngineProfile, *, offload: bool, holds_t5: bool,
                   decodes: bool) -> tuple[dict[str, float], str]:
     """(bytes per GPU by part, phase) at the worst of a stage's phases: text encoding, denoising, decoding.
-    With ``offload`` only the module in use is on the GPU; otherwise both experts and the text encoder stay."""
+    With ``offload`` only the module in use is on the GPU; otherwise both experts and the text encoder stay.
+    ``holds_t5``: the stage's first GPU holds the text encoder (whole, unless ``profile.t5_sharded``), so the
+    worst GPU is that one."""
     spec, dit, group = wl.spec, wl.spec.dit, stage.gpus
     shard = group if stage.fsdp else 1
     expert = dit_weight_bytes(dit, profile.sharded_weight_bytes if stage.fsdp else COMPUTE_BYTES) / shard
     experts_on_gpu = 2 if stage.experts == "both" and not offload else 1
-    t5 = text_encoder_param_count(spec.text_encoder) * COMPUTE_BYTES / shard if holds_t5 and profile.t5_on_gpu else 0
+    t5 = _t5_bytes(wl, stage, profile, holds_t5=holds_t5)
     vae = VAE_PARAMS[spec.vae.version] * 4 if decodes else 0
     batch = 2 if profile.cfg_batched and stage.cfg == 1 else 1
     local = math.ceil(wl.tokens / (stage.ulysses * stage.ring))
@@ -215,7 +226,7 @@ def _stage_time(wl: Workload, stage: Stage, profile: EngineProfile, gpu: GpuSpec
                                                                   else CPU_FLOPS_PER_S)
     moved = 0.0
     if offload:  # each expert and the text encoder copied in once per clip; the host copy stays
-        moved = (2 * dit_weight_bytes(dit) + (t5_params * COMPUTE_BYTES if profile.t5_on_gpu else 0)) / shard
+        moved = 2 * dit_weight_bytes(dit) / shard + _t5_bytes(wl, stage, profile, holds_t5=holds_t5)
     decode = 0.0
     if decodes:
         flops = VAE_DECODE_FLOPS_PER_PIXEL[spec.vae.version] * wl.frames * wl.width * wl.height

@@ -10,7 +10,8 @@ layer does not import the engine). Every rank calls it with the same arguments:
 - the cfg axis runs cond and uncond on different ranks (:func:`cfg_parallel_prediction`);
 - ring x ulysses shard the sequence inside each expert (:func:`parallelize_dit`).
 
-Text encoding runs replicated on every rank; the VAE decode too, unless ``vae_parallel`` is set, in
+Text encoding runs once, on rank 0 (:mod:`wan_dist.parallel.text`: the other ranks receive the embeddings
+and need no text encoder). The VAE decode runs replicated on every rank, unless ``vae_parallel`` is set, in
 which case every rank decodes a band of latent rows (:func:`wan_dist.parallel.vae.decode_distributed`). The seed, when not given, is drawn
 on rank 0 and broadcast so every rank draws the same initial noise.
 """
@@ -31,6 +32,7 @@ from wan_dist.parallel.cfg import cfg_parallel_prediction
 from wan_dist.parallel.comm import all_gather_cat
 from wan_dist.parallel.dit import parallelize_dit
 from wan_dist.parallel.mesh import ParallelMesh
+from wan_dist.parallel.text import share_text
 
 __all__ = ["ParallelGenerate", "make_parallel_generate", "parallel_generate", "parallel_experts"]
 
@@ -113,13 +115,14 @@ class ParallelGenerate:
     """This rank's ``generate(*args, **kwargs)`` of a colocated layout (Ulysses, ring, CFG, data, FSDP): the
     pipeline's generate with this rank's parallel experts on ``mesh``. Every rank returns the same WanOutput;
     ``result_rank`` 0 is the one a driver reads. A step control runs on rank 0 and broadcasts over the default
-    group (``control_scope``). Collective to build (new process groups) and to call."""
+    group (``control_scope``). Prompts are encoded on :data:`~wan_dist.parallel.text.TEXT_RANK` only and
+    broadcast (``encodes_text`` there). Collective to build (new process groups) and to call."""
 
     result_rank = 0
-    encodes_text = True
 
     def __init__(self, pipe, parallel: ParallelConfig, *, timeout: timedelta | None = None):
         self.pipe = pipe
+        self.encodes_text = share_text(pipe)
         self.mesh = ParallelMesh.build(parallel, num_heads=pipe.spec.dit.num_heads, timeout=timeout)
         self.experts = parallel_experts(pipe, self.mesh)
 

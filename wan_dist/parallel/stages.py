@@ -11,7 +11,8 @@ over, so both stages are busy and each GPU holds one expert.
 Inside a stage every rank holds the whole batch; the stage's own ``cfg`` x ``ring`` x ``ulysses``
 mesh applies (any combination :class:`~wan_dist.parallel.mesh.ParallelMesh` supports; its groups
 name global ranks). A ``data`` axis inside a stage is not supported (replicate the whole group
-instead). Text encoding runs on stage 0 only (stage 1 gets the contexts in the hand-off); the I2V
+instead). Text encoding runs on stage 0's leader only (:mod:`wan_dist.parallel.text`: it broadcasts the
+contexts inside stage 0; stage 1 gets them in the hand-off); the I2V
 condition is recomputed on stage 1 from the request's image; the VAE decode runs on stage 1.
 
 Layering: the pipeline is duck-typed as in :mod:`wan_dist.parallel.runtime`; a stage runs part of a
@@ -46,6 +47,7 @@ from wan_dist.parallel.dit import parallelize_dit
 from wan_dist.parallel.handoff import (HandOff, PendingSend, _to_wire, _wire_device, broadcast_handoff, recv_handoff,
                                        send_handoff)
 from wan_dist.parallel.mesh import AXES, AxisGroup, ParallelMesh, coords_of, rank_of
+from wan_dist.parallel.text import TEXT_RANK, share_text
 from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
 
 # what a stage accepts of ``WanPipeline.generate``'s arguments (no experts / predict / data_shard hooks)
@@ -275,6 +277,10 @@ class DisaggregatedRunner:
             raise ValueError(f"stage {self.stage} (rank {self.rank}): the pipeline holds no expert {self.stage}")
         if release_other_expert:
             pipe.experts = [m if i == self.stage else None for i, m in enumerate(pipe.experts)]
+        # stage 0's leader is TEXT_RANK: it encodes, the rest of stage 0 receives (stage 1 never encodes)
+        self.encodes_text = self.rank == TEXT_RANK
+        if self.stage == 0 and self.stage_group is not None:
+            share_text(pipe, self.stage_group)
         wrapped = parallelize_dit(model, self.mesh)
         self.experts = [_absent_expert(0, self.stage), _absent_expert(1, self.stage)]
         self.experts[self.stage] = lambda x, t, context: wrapped(x, t, context).float()
@@ -437,7 +443,7 @@ class DisaggregatedGenerate:
     taken, so consecutive calls pipeline (stage 0 renders call i + 1 while stage 1 renders call i); stage 1's
     ranks return the WanOutput. ``result_rank``: a rank that holds the result (0, or stage 1's leader);
     ``mesh``: this rank's mesh inside its stage; ``layout``: the :class:`StageLayout`; ``encodes_text``: only
-    stage 0 encodes prompts (stage 1 gets the contexts in the hand-off).
+    stage 0's leader encodes prompts (the rest of stage 0 receives them; stage 1 gets them in the hand-off).
     """
 
     def __init__(self, runner: DisaggregatedRunner, *, results_on: str):
@@ -446,7 +452,7 @@ class DisaggregatedGenerate:
         self.runner, self.results_on = runner, results_on
         self.mesh, self.layout = runner.mesh, runner.layout
         self.result_rank = 0 if results_on == "all" else runner.layout.leader(1)
-        self.encodes_text = runner.stage == 0
+        self.encodes_text = runner.encodes_text
 
     def __call__(self, *args, **kwargs):
         if len(args) > 2:
