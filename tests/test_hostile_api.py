@@ -178,5 +178,5 @@ def test_a_jobs_view_names_no_server_path(tmp_path):
     assert str(tmp_path) not in json.dumps(view), view
     assert view["request"]["render"]["image"].startswith("_uploads/")
     assert view["result"] == {"seed": 1, "clip": f"{job_id}/clip.mp4", "sidecar": f"{job_id}/clip.json",
-                              "clip_url": f"/v1/jobs/{job_id}/content"}
+                              "clip_url": f"/v1/jobs/{job_id}/content", "renditions": []}
 

@@ -63,7 +63,8 @@ def _seed(state: ServeState, output) -> None:
                                     "lease_until": now + 600},
             JobStatus.COMPLETED: {"started_at": now, "completed_at": now, "progress": 100,
                                   "result": {"clip_uri": str(clip), "sidecar_uri": str(clip.with_suffix(".json")),
-                                             "seed": 7},
+                                             "seed": 7, "renditions": [{"profile": "youtube", "uri": str(clip),
+                                                                        "guides_uri": str(clip)}]},
                                   "timings": {"generate_s": 1.5}},
             JobStatus.FAILED: {"completed_at": now, "error": {"code": "render_failed", "message": "boom"}},
             JobStatus.CANCELLED: {"completed_at": now, "cancel_requested": True},
@@ -121,7 +122,8 @@ def flatmap_body(context, body):
 @schema.hook
 def flatmap_path_parameters(context, path_parameters):
     """Half of the ids are seeded jobs; an event stream only for terminal ones (a live job streams until done).
-    Half of the model names are ones this server runs (or a released one it does not)."""
+    Half of the model names are ones this server runs (or a released one it does not), half of the rendition
+    profiles one the seeded jobs made."""
     if "model" in (path_parameters or {}):
         return st.one_of(st.sampled_from(["tiny", "tiny-i2v", "wan2.2-t2v-a14b"]).map(
             lambda model: {**path_parameters, "model": model}), st.just(path_parameters))
@@ -130,7 +132,10 @@ def flatmap_path_parameters(context, path_parameters):
         return st.just(path_parameters)
     pool = "terminal" if context.operation.path.endswith("/events") else "all"
     seeded = st.sampled_from(range(16)).map(lambda i: {**path_parameters, name: SEEDED[pool][i % len(SEEDED[pool])]})
-    return st.one_of(seeded, st.just(path_parameters))
+    ids = st.one_of(seeded, st.just(path_parameters))
+    if "profile" in path_parameters:  # the seeded completed jobs made a youtube rendition (with guides)
+        return ids.flatmap(lambda given: st.sampled_from([given, {**given, "profile": "youtube"}]))
+    return ids
 
 
 @schema.hook
@@ -174,9 +179,11 @@ def test_header_variants_answer_documented_errors(headers):
     seen = set()
     for operation in schema.get_all_operations():
         op = operation.ok()
-        values = {"model": "tiny", "row_id": "row-0"}  # ids: a seeded job (another kind's ids answer 404)
+        # ids: a seeded job (another kind's ids answer 404); the seeded completed jobs made a youtube rendition
+        values = {"model": "tiny", "row_id": "row-0", "profile": "youtube"}
         params = {name: values.get(name, SEEDED["terminal"][0])
-                  for name in ("model", "job_id", "video_id", "batch_id", "row_id") if "{" + name + "}" in op.path}
+                  for name in ("model", "job_id", "video_id", "batch_id", "row_id", "profile")
+                  if "{" + name + "}" in op.path}
         for prompt in ("first body", "second body"):
             body = {"prompt": prompt, "size": "64x64", "num_frames": 5, "num_inference_steps": 1}
             has_body = bool(op.body)

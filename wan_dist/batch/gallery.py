@@ -8,9 +8,9 @@ for any past output on any fsspec URL. ``wan-dist gallery output=<uri> run=<id>`
 What: the rows come from the results table (:mod:`wan_dist.batch.results`), the prompt, seed and size from each
 clip's sidecar (a failed row has none: its prompt comes from the run's manifest when that is still readable).
 Each clip gets a thumbnail, an animated WebP of a few decoded frames embedded as a ``data:`` URI, so the page
-needs nothing beside it but the clips it links to: relative links where the page sits in the same store as the
-clips (local folders, or any store opened through a website), presigned https URLs where the store signs them
-(``GalleryConfig.links``). Filters by status and model are a few lines of inline JS; nothing is fetched.
+needs nothing beside it but the clips it links to (and each row's platform renditions, from the results table):
+relative links where the page sits in the same store as the clips (local folders, or any store opened through a
+website), presigned https URLs where the store signs them (``GalleryConfig.links``). Filters by status and model are a few lines of inline JS; nothing is fetched.
 """
 
 from __future__ import annotations
@@ -161,7 +161,15 @@ def _entry(record: dict, config: GalleryConfig, links: _Links, row: dict, storag
         clip_href=links.href(clip_uri) if published else None,
         sidecar_href=links.href(sidecar_uri) if published and sidecar_uri else None,
         thumbnail=thumbnail[0] if thumbnail else None, thumbnail_size=thumbnail[1] if thumbnail else None,
-        note="; ".join(notes) or None)
+        note="; ".join(notes) or None,
+        renditions=tuple(_rendition_links(record, links)) if published else ())
+
+
+def _rendition_links(record: dict, links: _Links):
+    """(profile, href, href of its guides copy or None) of each rendition the row's record lists."""
+    for rendition in record.get("renditions") or []:
+        guides = rendition.get("guides_uri")
+        yield rendition["profile"], links.href(rendition["uri"]), links.href(guides) if guides else None
 
 
 def _size(settings: dict, fps) -> str | None:

@@ -2,7 +2,8 @@
 
 Each row is an ``<article class="row">`` with ``data-status``, ``data-model`` and ``data-id``; its thumbnail is an
 ``<img class="thumb">`` (a ``data:`` URI), a failed row shows its reason in the thumbnail's place; the links are
-``a.clip-link`` and ``a.sidecar-link``. The filters are ``select#filter-status``, ``select#filter-model`` and a
+``a.clip-link``, ``a.sidecar-link`` and, for each platform rendition, ``a.rendition-link`` (and ``a.guides-link``
+for its guides copy) with ``data-profile``. The filters are ``select#filter-status``, ``select#filter-model`` and a
 text box ``input#filter-text`` (prompt or id); ``#status=failed&model=toy`` in the page's URL presets them.
 """
 
@@ -40,6 +41,7 @@ class Entry:
     thumbnail: str | None  # a data: URI
     thumbnail_size: tuple[int, int] | None
     note: str | None  # why something is missing (an unreadable sidecar, a clip that does not decode)
+    renditions: tuple[tuple[str, str, str | None], ...] = ()  # (profile, href, href of its guides copy or None)
 
 
 _STYLE = """
@@ -161,6 +163,12 @@ def _row(entry: Entry) -> str:
         links.append(f'<a class="clip-link" href="{escape(entry.clip_href)}">clip</a>')
     if entry.sidecar_href:
         links.append(f'<a class="sidecar-link" href="{escape(entry.sidecar_href)}">sidecar</a>')
+    for profile, href, guides_href in entry.renditions:
+        links.append(f'<a class="rendition-link" data-profile="{escape(profile)}" href="{escape(href)}">'
+                     f'{escape(profile)}</a>')
+        if guides_href:
+            links.append(f'<a class="guides-link" data-profile="{escape(profile)}" href="{escape(guides_href)}">'
+                         f'{escape(profile)} guides</a>')
     if links:
         parts.append(f'<p class="links">{" ".join(links)}</p>')
     parts.append("</div>\n</article>")

@@ -4,6 +4,11 @@ Object stores cannot append to an object, so a run writes its records as numbere
 ``{output}/_results/run-{run_id}/part-00000.parquet``, ..., each published atomically; a run summary
 lands beside them as ``summary.json``. ``read_results`` reads every part of every run (the parts of one
 output are one dataset), and ``latest_results`` keeps the last record of each row id.
+
+A row that asked for platform renditions lists them in ``renditions``, in the request's order: each one's
+``profile``, ``uri`` and presigned ``url``, and with ``overlays.guides`` its preview copy's ``guides_uri`` and
+``guides_url``; null for a row that asked for none (or has no clip). Parts written before the column existed
+read as null there.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -20,9 +25,12 @@ import pyarrow.parquet as pq
 
 from wan_dist.storage.objects import join, list_prefix, read_bytes, write_bytes_atomic
 
-__all__ = ["RESULTS_SCHEMA", "ResultsWriter", "read_results", "latest_results", "write_summary", "results_prefix"]
+__all__ = ["RESULTS_SCHEMA", "RENDITION_TYPE", "ResultsWriter", "read_results", "latest_results", "write_summary",
+           "results_prefix", "renditions_column", "sidecar_renditions"]
 
 STATUSES = ("completed", "failed", "skipped")
+RENDITION_TYPE = pa.struct([("profile", pa.string()), ("uri", pa.string()), ("url", pa.string()),
+                            ("guides_uri", pa.string()), ("guides_url", pa.string())])
 
 RESULTS_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -43,7 +51,25 @@ RESULTS_SCHEMA = pa.schema([
     ("finished_at", pa.float64()),   # unix time
     ("run_id", pa.string()),
     ("request_digest", pa.string()),  # RenderRequest.digest(): a rerun skips a clip only for the same request
+    ("renditions", pa.list_(RENDITION_TYPE)),  # the row's platform renditions (see the module doc), or null
 ])
+
+
+def renditions_column(renditions: Mapping[str, str], guides: Mapping[str, str],
+                      presign: Callable[[str], str | None]) -> list[dict] | None:
+    """A row's ``renditions`` value from its profile -> URI maps (``RenderResult.renditions`` and
+    ``rendition_guides``), each with ``presign(uri)`` as its URL; None when there are none."""
+    if not renditions:
+        return None
+    return [{"profile": profile, "uri": uri, "url": presign(uri), "guides_uri": guides.get(profile),
+             "guides_url": presign(guides[profile]) if profile in guides else None}
+            for profile, uri in renditions.items()]
+
+
+def sidecar_renditions(entries: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
+    """The profile -> URI maps of a sidecar's ``renditions`` entries (a published row a rerun skips)."""
+    return ({entry["profile"]: entry["uri"] for entry in entries},
+            {entry["profile"]: entry["guides_uri"] for entry in entries if entry.get("guides_uri")})
 
 
 def results_prefix(output_uri: str) -> str:
@@ -116,7 +142,15 @@ def read_results(output_uri: str, *, run_id: str | None = None,
     tables = [pq.read_table(io.BytesIO(read_bytes(u, storage_options=storage_options))) for u in parts]
     if not tables:
         return RESULTS_SCHEMA.empty_table()
+    # parts of older writers lack later columns: they read as nulls, in the schema's order
+    tables = [_conform(table) for table in tables]
     return pa.concat_tables(tables).sort_by([("finished_at", "ascending")])
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    columns = [table.column(field.name) if field.name in table.column_names else pa.nulls(len(table), field.type)
+               for field in RESULTS_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=RESULTS_SCHEMA)
 
 
 def latest_results(output_uri: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict]:

@@ -31,7 +31,8 @@ def published_rows(output_uri: str, *, storage_options=None) -> set[str]:
 
 def plan_resume(rows: list, output_uri: str, *, storage_options=None) -> tuple[list, list, list]:
     """``(to render, published from the same request, published from another)`` of manifest ``rows``; the
-    last two as ``(row, clip folder URI)``. One listing, then one sidecar read per row already published."""
+    last two as ``(row, clip folder URI, the sidecar's renditions entries)``. One listing, then one sidecar read
+    per row already published."""
     published = published_rows(output_uri, storage_options=storage_options)
     todo, done, conflicts = [], [], []
     for row in rows:
@@ -40,15 +41,17 @@ def plan_resume(rows: list, output_uri: str, *, storage_options=None) -> tuple[l
             todo.append(row)
             continue
         prefix = join(output_uri, folder)
-        same = _digest(join(prefix, SIDECAR_NAME), storage_options) == row.request.digest()
-        (done if same else conflicts).append((row, prefix))
+        sidecar = _sidecar(join(prefix, SIDECAR_NAME), storage_options)
+        same = sidecar.get("request_digest") == row.request.digest()
+        (done if same else conflicts).append((row, prefix, list(sidecar.get("renditions") or [])))
     return todo, done, conflicts
 
 
-def _digest(sidecar_uri: str, storage_options) -> str | None:
-    """The request digest a published sidecar records (None: unreadable, or written before digests)."""
+def _sidecar(sidecar_uri: str, storage_options) -> dict:
+    """A published sidecar: its ``request_digest`` (absent: unreadable, or written before digests) and the
+    renditions it lists (published before it)."""
     try:
-        return json.loads(read_bytes(sidecar_uri, storage_options=storage_options)).get("request_digest")
+        return json.loads(read_bytes(sidecar_uri, storage_options=storage_options))
     except Exception:  # noqa: BLE001 - counted as another request: the row is refused with the reason
         log.warning("could not read %s", sidecar_uri, exc_info=True)
-        return None
+        return {}

@@ -41,7 +41,7 @@ from typing import Any
 from wan_dist.batch.gallery import write_gallery_quietly
 from wan_dist.batch.manifest import ManifestRow, read_manifest
 from wan_dist.batch.progress import Progress
-from wan_dist.batch.results import ResultsWriter, write_summary
+from wan_dist.batch.results import ResultsWriter, renditions_column, sidecar_renditions, write_summary
 from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig
 from wan_dist.engine.clips import SIDECAR_NAME
@@ -451,10 +451,11 @@ class BatchRunner:
         if not self.config.resume:
             return list(rows)
         todo, done, conflicts = plan_resume(rows, self.output.uri, storage_options=self.storage_options)
-        for row, prefix in done:
+        for row, prefix, entries in done:
             self._finish(row, "skipped", clip_uri=join(prefix, "clip.mp4"), sidecar_uri=join(prefix, SIDECAR_NAME),
-                         clip_url=self._presign(join(prefix, "clip.mp4")), request_digest=row.request.digest())
-        for row, prefix in conflicts:  # never keep a clip of another request silently, nor overwrite it
+                         clip_url=self._presign(join(prefix, "clip.mp4")), request_digest=row.request.digest(),
+                         renditions=renditions_column(*sidecar_renditions(entries), self._presign))
+        for row, prefix, _ in conflicts:  # never keep a clip of another request silently, nor overwrite it
             self._finish(row, "failed", error=f"a clip rendered from a different request is already published at "
                          f"{prefix}; give this row a new id, or delete that folder to render it again",
                          error_column="id", request_digest=row.request.digest())
@@ -474,7 +475,8 @@ class BatchRunner:
                      sidecar_uri=result.sidecar_uri, clip_url=self._presign(result.clip_uri), seed=result.seed,
                      render_s=timings.get("total_s"), publish_s=timings.get("encode_upload_s"),
                      wall_s=time.monotonic() - task.first_submit, timings=json.dumps(timings, sort_keys=True),
-                     request_digest=task.row.request.digest())
+                     request_digest=task.row.request.digest(),
+                     renditions=renditions_column(result.renditions, result.rendition_guides, self._presign))
 
     def _fail(self, task: _Task, error: str) -> None:
         self._finish(task.row, "failed", attempts=max(task.attempts, 1), error=error)

@@ -26,6 +26,7 @@ class RenderResult:
     clip_uri: str | None = None
     sidecar_uri: str | None = None
     renditions: dict[str, str] = field(default_factory=dict)  # profile name -> its MP4 (published beside the clip)
+    rendition_guides: dict[str, str] = field(default_factory=dict)  # profile name -> its guides copy (overlays.guides)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -125,8 +126,9 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
                             error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
     timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
     renditions = {entry["profile"]: entry["uri"] for entry in sidecar.get("renditions", [])}
+    guides = {entry["profile"]: entry["guides_uri"] for entry in sidecar.get("renditions", []) if "guides_uri" in entry}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
-                        renditions=renditions, timings=timings)
+                        renditions=renditions, rendition_guides=guides, timings=timings)
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,

@@ -37,7 +37,7 @@ from wan_dist.serve.jobs import Job, JobStatus
 from wan_dist.serve.schemas import RequestError, public_model_name
 
 __all__ = ["BATCH_QUEUE", "BatchCreate", "BatchSpec", "FairGate", "validate_batch", "batch_view", "batch_results",
-           "batch_clip_uri", "batch_queue", "batch_output"]
+           "batch_clip_uri", "batch_rendition_uri", "batch_queue", "batch_output"]
 
 MAX_MANIFEST_BYTES = 64 * 2**20
 _STATUS = {JobStatus.QUEUED: "queued", JobStatus.IN_PROGRESS: "running", JobStatus.COMPLETED: "completed",
@@ -226,11 +226,29 @@ def batch_clip_uri(job: Job, row_id: str, *, output_root: str) -> str | None:
     return record["clip_uri"] if record and record["status"] in ("completed", "skipped") else None
 
 
+def batch_rendition_uri(job: Job, row_id: str, profile: str, *, guides: bool, output_root: str) -> str | None:
+    """Where row ``row_id``'s rendition ``profile`` (its guides copy with ``guides``) lives, or None."""
+    record = _final_records(job, output_root).get(row_id)
+    if not record or record["status"] not in ("completed", "skipped"):
+        return None
+    for rendition in record.get("renditions") or []:
+        if rendition["profile"] == profile:
+            return rendition["guides_uri"] if guides else rendition["uri"]
+    return None
+
+
+def _link(uri: str, presign, api_url: str) -> str:
+    url = presign(uri)
+    return url if (url or "").startswith(("http://", "https://")) else api_url
+
+
 def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, presign,
                   base_url: str = "") -> dict[str, Any]:
     """One page of the batch's results, in manifest order (see :func:`_final_records`). ``clip_url``: a presigned
     http(s) URL where the store gives one, else the API's ``{base_url}/v1/batches/{id}/clips/{row id}`` (the
-    caller's key downloads it): never a ``file://`` or bucket path a remote client cannot open."""
+    caller's key downloads it): never a ``file://`` or bucket path a remote client cannot open. ``renditions``:
+    the row's platform renditions (``[]`` for none), each ``{profile, url}`` (and ``guides_url`` for a guides
+    copy), linked the same way (``.../clips/{row id}/renditions/{profile}[/guides]``)."""
     from urllib.parse import quote
 
     records = _final_records(job, output_root)
@@ -241,10 +259,16 @@ def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, 
     data = []
     for record in page:
         record = {k: v for k, v in record.items() if k != "clip_url"}
-        url = presign(record["clip_uri"]) if record.get("clip_uri") else None
-        if record.get("clip_uri") and not (url or "").startswith(("http://", "https://")):
-            url = f"{base_url.rstrip('/')}/v1/batches/{job.id}/clips/{quote(record['id'], safe='')}"
-        record["clip_url"] = url
+        clip_api = f"{base_url.rstrip('/')}/v1/batches/{job.id}/clips/{quote(record['id'], safe='')}"
+        record["clip_url"] = _link(record["clip_uri"], presign, clip_api) if record.get("clip_uri") else None
+        shown = []
+        for rendition in record.get("renditions") or []:
+            api_url = f"{clip_api}/renditions/{quote(rendition['profile'], safe='')}"
+            item = {"profile": rendition["profile"], "url": _link(rendition["uri"], presign, api_url)}
+            if rendition.get("guides_uri"):
+                item["guides_url"] = _link(rendition["guides_uri"], presign, f"{api_url}/guides")
+            shown.append(item)
+        record["renditions"] = shown
         data.append(record)
     return {"object": "list", "data": data, "has_more": len(rows) > limit,
             "last_index": page[-1]["index"] if page else None}

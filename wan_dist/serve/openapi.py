@@ -64,6 +64,25 @@ class JobPreview(BaseModel):
     updated_at: float | None
 
 
+class RenditionOutput(BaseModel):
+    """One platform rendition of a completed job (request field ``renditions``): ``url`` downloads it, a presigned
+    http(s) URL where the store gives one, else the API's ``.../renditions/{profile}`` opened with the caller's key."""
+    profile: str
+    file: str = Field(description="where it lies, relative to the server's output")
+    url: str
+    guides_file: str | None = Field(None, description="its guides copy (overlays.guides), relative to the output")
+    guides_url: str | None = Field(None, description="the guides copy's download URL, as url")
+
+
+class JobResult(BaseModel):
+    """What a completed job made: every output with an HTTP URL that downloads it (``serve.service.JobService.view``)."""
+    seed: int | None
+    clip: str = Field(description="the clip, relative to the server's output")
+    sidecar: str
+    clip_url: str = Field(description="a presigned http(s) URL of the clip, else the API's /v1/jobs/{id}/content")
+    renditions: list[RenditionOutput]
+
+
 class JobObject(BaseModel):
     """``GET /v1/jobs/{id}`` (``serve.schemas.job_view``)."""
     id: str
@@ -79,7 +98,7 @@ class JobObject(BaseModel):
     expires_at: float | None
     request: dict[str, Any]
     timings: dict[str, Any]
-    result: dict[str, Any] | None
+    result: JobResult | None
     error: JobError | None
     preview: JobPreview | None
     webhook: dict[str, Any] | None
@@ -105,6 +124,8 @@ class VideoObject(BaseModel):
     size: str
     remixed_from_video_id: str | None
     error: JobError | None
+    renditions: list[RenditionOutput] = Field(default_factory=list, description="not OpenAI's: the platform "
+                                              "renditions the request asked for, once the video completed")
 
 
 class VideoList(Page):
@@ -167,7 +188,8 @@ class BatchList(Page):
 
 
 class BatchResults(BaseModel):
-    """One page of results rows (the batch runner's results table, ``wan_dist.batch.results``)."""
+    """One page of results rows (the batch runner's results table, ``wan_dist.batch.results``): each row's
+    ``clip_url`` and ``renditions`` (``[{profile, url, guides_url?}]``) download with the caller's key."""
     object: Literal["list"]
     data: list[dict[str, Any]]
     has_more: bool

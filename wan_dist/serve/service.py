@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import quote
 
 from wan_dist.serve.auth import RateLimiter
 from wan_dist.serve.jobs import ACTIVE_STATUSES, Job, JobStatus, JobStore, VersionConflict
@@ -81,12 +82,34 @@ class JobService:
         if render and render.get("image"):
             view["request"] = {**view["request"], "render": {**render, "image": self.relative(render["image"])}}
         if job.result and job.status == JobStatus.COMPLETED:
-            url = self.presign(job.result["clip_uri"]) or ""
             view["result"] = {"seed": job.result.get("seed"), "clip": self.relative(job.result["clip_uri"]),
                               "sidecar": self.relative(job.result.get("sidecar_uri") or ""),
-                              "clip_url": url if url.startswith(("https://", "http://")) else
-                              f"/v1/jobs/{job.id}/content"}
+                              "clip_url": self.link(job.result["clip_uri"], f"/v1/jobs/{job.id}/content"),
+                              "renditions": self.renditions(job, f"/v1/jobs/{job.id}")}
         return view
+
+    def renditions(self, job: Job, api_base: str) -> list[dict]:
+        """The completed job's platform renditions as its owner sees them, in the request's order: ``profile``,
+        ``file`` (relative to the output) and ``url`` (presigned http(s), else the API's
+        ``{api_base}/renditions/{profile}``), with ``guides_file`` / ``guides_url`` for a guides copy."""
+        if job.status != JobStatus.COMPLETED or not job.result:
+            return []
+        shown = []
+        for entry in job.result.get("renditions") or []:
+            path = f"{api_base}/renditions/{quote(entry['profile'], safe='')}"
+            item = {"profile": entry["profile"], "file": self.relative(entry["uri"]),
+                    "url": self.link(entry["uri"], path)}
+            if entry.get("guides_uri"):
+                item.update(guides_file=self.relative(entry["guides_uri"]),
+                            guides_url=self.link(entry["guides_uri"], f"{path}/guides"))
+            shown.append(item)
+        return shown
+
+    def link(self, uri: str, api_path: str) -> str:
+        """Where a client downloads the output at ``uri``: a presigned http(s) URL where the store gives one,
+        else ``api_path`` (the API's route for it, which the caller's key opens); never a server path."""
+        url = self.presign(uri) or ""
+        return url if url.startswith(("https://", "http://")) else api_path
 
     def relative(self, uri: str) -> str:
         """``uri`` relative to the server's output when it lies there (an upload, a clip), else as it was given."""
@@ -100,7 +123,9 @@ class JobService:
         return batch_view(job, output_root=self.settings.output, parts=parts_of(self.store, job))
 
     def video(self, job: Job) -> dict:
-        return video_object({**job.to_dict(), "expires_at": None})
+        """OpenAI's Video object, with the platform renditions the request asked for once it completed."""
+        return {**video_object({**job.to_dict(), "expires_at": None}),
+                "renditions": self.renditions(job, f"/v1/videos/{job.id}")}
 
     def presign(self, uri: str) -> str | None:
         from wan_dist.storage.objects import presigned_url

@@ -7,7 +7,8 @@ after a restart) takes it: accepted jobs are never lost. The same control reads 
 ``cancel_requested`` flag (set by a cancel or a passed deadline) and stops the render between steps.
 Outcomes:
 
-* completed: ``result`` holds the clip / sidecar URIs, ``timings`` the render's;
+* completed: ``result`` holds the clip / sidecar URIs and the platform renditions' (:func:`rendition_records`),
+  ``timings`` the render's;
 * cancelled: stopped between steps on request;
 * failed: ``error`` {"code", "message"}: ``invalid_request`` (bad input the validation could not see,
   e.g. an image URL that does not load), ``render_failed`` after ``max_attempts`` tries, ``timeout``
@@ -89,6 +90,14 @@ class StoreStepControl:
         write_bytes_atomic(uri, encode_jpeg(shrink(frame, self.preview_max_side)), content_type="image/jpeg")
         self._store().update(self.job_id, preview={"step": step, "total": total, "uri": uri,
                                                    "updated_at": time.time()})
+
+
+def rendition_records(result) -> list[dict]:
+    """The job result's list of a RenderResult's platform renditions, in the request's order: ``{"profile",
+    "uri"}`` and, for a guides copy, ``"guides_uri"``."""
+    guides = getattr(result, "rendition_guides", None) or {}
+    return [{"profile": profile, "uri": uri, **({"guides_uri": guides[profile]} if profile in guides else {})}
+            for profile, uri in (getattr(result, "renditions", None) or {}).items()]
 
 
 def shared_store(uri: str) -> JobStore:
@@ -176,7 +185,7 @@ class JobWorker:
             return self._retry_or_fail(job, getattr(result, "error", None) or "publishing failed")
         return self._finish(job, status=JobStatus.COMPLETED, error=None, progress=100,
                             result={"clip_uri": result.clip_uri, "sidecar_uri": result.sidecar_uri,
-                                    "seed": result.seed},
+                                    "seed": result.seed, "renditions": rendition_records(result)},
                             timings={k: float(v) for k, v in result.timings.items()})
 
     def _retry_or_fail(self, job: Job, message: str) -> Job:

@@ -1,5 +1,6 @@
 """Batches: a Parquet manifest rendered by the batch runner on the renderers' groups. Create (JSON with a
-``manifest_uri`` or a form with the manifest file), read, list, cancel, the results table, and each row's clip."""
+``manifest_uri`` or a form with the manifest file), read, list, cancel, the results table, and each row's clip and
+platform renditions."""
 
 import asyncio
 
@@ -7,7 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from wan_dist.serve.batch_parts import cancel_batch as cancel_parts, ensure_parts, new_batch
-from wan_dist.serve.batches import MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_results, validate_batch
+from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_rendition_uri, batch_results,
+                                    validate_batch)
 from wan_dist.serve.jobs import IdempotencyConflict, Job
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject, BatchResults, request_body_schema,
                                     responses)
@@ -70,6 +72,31 @@ def router(settings: ServeSettings) -> APIRouter:
         if uri is None:
             raise RequestError(404, f"row_id: batch {batch_id} has no published clip for row {row_id!r}",
                                param="row_id", code="not_found")
+        return await clip_response(s, uri)
+
+    @api.get("/v1/batches/{batch_id}/clips/{row_id}/renditions/{profile}", response_class=Response,
+             responses={**responses(404, 422, content=CLIP),
+                        307: {"description": "Redirect to a presigned URL of the rendition"}})
+    async def get_batch_rendition(batch_id: str, row_id: str, profile: str, request: Request):
+        """One platform rendition of one row of the caller's batch (its results row's ``renditions[].url``)."""
+        return await _rendition(request, batch_id, row_id, profile, guides=False)
+
+    @api.get("/v1/batches/{batch_id}/clips/{row_id}/renditions/{profile}/guides", response_class=Response,
+             responses={**responses(404, 422, content=CLIP),
+                        307: {"description": "Redirect to a presigned URL of the guides copy"}})
+    async def get_batch_rendition_guides(batch_id: str, row_id: str, profile: str, request: Request):
+        """The guides copy of a row's rendition (made when the row's ``overlays.guides`` is set)."""
+        return await _rendition(request, batch_id, row_id, profile, guides=True)
+
+    async def _rendition(request: Request, batch_id: str, row_id: str, profile: str, *, guides: bool) -> Response:
+        s = state_of(request)
+        job = await asyncio.to_thread(s.service.get, batch_id, request.state.owner, ("batch",))
+        uri = await asyncio.to_thread(batch_rendition_uri, job, row_id, profile, guides=guides,
+                                      output_root=settings.output)
+        if uri is None:
+            what = "guides copy of the rendition" if guides else "rendition"
+            raise RequestError(404, f"profile: row {row_id!r} of batch {batch_id} has no published {what} "
+                                    f"{profile!r}", param="profile", code="not_found")
         return await clip_response(s, uri)
 
     return api

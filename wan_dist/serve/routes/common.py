@@ -1,6 +1,6 @@
 """What the routes of several resources share: reading a create body (JSON, or a form with uploaded files),
 refusing unsafe URLs, persisting a new job, paging a list, the poll-interval header, and answering with a
-clip or a preview frame. Every refusal is a ``RequestError`` (OpenAI's error shape, see ``serve.app``)."""
+clip, a platform rendition or a preview frame. Every refusal is a ``RequestError`` (OpenAI's error shape, see ``serve.app``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from wan_dist.serve.state import ServeState
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
 
 __all__ = ["IMAGE_FILES", "MAX_JSON_DEPTH", "check_webhook_url", "clip_response", "content", "persist_job",
-           "list_body", "page", "poll_headers", "preview_bytes", "read_body"]
+           "list_body", "page", "poll_headers", "preview_bytes", "read_body", "rendition"]
 
 IMAGE_FILES = ("image", "input_reference")
 MAX_JSON_DEPTH = 32  # a valid body nests 3 levels at most
@@ -211,6 +211,27 @@ async def content(s: ServeState, job_id: str, owner: str, *, redirect: bool = Tr
         raise RequestError(409, f"job {job_id} is {job.status}; its content exists once it is completed",
                            param="id", code="not_ready")
     return await clip_response(s, job.result["clip_uri"], redirect=redirect)
+
+
+async def rendition(s: ServeState, job_id: str, owner: str, profile: str, *, guides: bool = False,
+                    redirect: bool = True) -> Response:
+    """One platform rendition (or its guides copy) of the owner's completed job (409 before it completed, 404
+    naming ``profile`` for one the job did not make)."""
+    job = await asyncio.to_thread(s.service.get, job_id, owner)
+    if job.status != JobStatus.COMPLETED or not job.result:
+        raise RequestError(409, f"job {job_id} is {job.status}; its renditions exist once it is completed",
+                           param="id", code="not_ready")
+    made = {entry["profile"]: entry for entry in job.result.get("renditions") or []}
+    entry = made.get(profile)
+    if entry is None:
+        listed = ", ".join(made) or "none (the request asked for no renditions)"
+        raise RequestError(404, f"profile: job {job_id} has no rendition {profile!r}; its renditions: {listed}",
+                           param="profile", code="not_found")
+    uri = entry.get("guides_uri") if guides else entry["uri"]
+    if uri is None:
+        raise RequestError(404, f"profile: rendition {profile!r} of job {job_id} has no guides copy (the request's "
+                                "overlays.guides was not set)", param="profile", code="not_found")
+    return await clip_response(s, uri, redirect=redirect)
 
 
 async def clip_response(s: ServeState, uri: str, *, redirect: bool = True) -> Response:

@@ -1,5 +1,5 @@
 """Interactive jobs: create one under a model, read, list, cancel, follow (server-sent events), the latest
-preview frame, and the clip."""
+preview frame, the clip and its platform renditions."""
 
 import asyncio
 import base64
@@ -13,7 +13,7 @@ from wan_dist.serve.jobs import JobStatus
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, JPEG, SSE_EVENT, JobList, JobObject, request_body_schema,
                                     responses)
 from wan_dist.serve.routes.common import (content, discarded_on_refusal, list_body, page, persist_job, poll_headers,
-                                         preview_bytes, read_body)
+                                         preview_bytes, read_body, rendition)
 from wan_dist.serve.schemas import MODEL_NAMES, JobCreate, RequestError, resolve_model, validate_job_request
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
@@ -79,6 +79,21 @@ def router(settings: ServeSettings) -> APIRouter:
                         307: {"description": "Redirect to a presigned URL of the clip"}})
     async def job_content(job_id: str, request: Request):
         return await content(state_of(request), job_id, request.state.owner)
+
+    @api.get("/v1/jobs/{job_id}/renditions/{profile}", response_class=Response,
+             responses={**responses(404, 409, 422, content=CLIP),
+                        307: {"description": "Redirect to a presigned URL of the rendition"}})
+    async def job_rendition(job_id: str, profile: str, request: Request):
+        """One platform rendition of a completed job (``result.renditions[].url`` links here when the store
+        gives no presigned http URL)."""
+        return await rendition(state_of(request), job_id, request.state.owner, profile)
+
+    @api.get("/v1/jobs/{job_id}/renditions/{profile}/guides", response_class=Response,
+             responses={**responses(404, 409, 422, content=CLIP),
+                        307: {"description": "Redirect to a presigned URL of the guides copy"}})
+    async def job_rendition_guides(job_id: str, profile: str, request: Request):
+        """The guides copy of a rendition (safe areas drawn; made when the request's ``overlays.guides`` is set)."""
+        return await rendition(state_of(request), job_id, request.state.owner, profile, guides=True)
 
     return api
 

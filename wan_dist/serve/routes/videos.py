@@ -1,4 +1,5 @@
-"""OpenAI-compatible videos (the openai SDK's ``client.videos``): create, read, list, download, delete."""
+"""OpenAI-compatible videos (the openai SDK's ``client.videos``): create, read, list, download, delete; and the
+platform renditions a video's request asked for (beside OpenAI's routes)."""
 
 import asyncio
 
@@ -8,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, VideoDeleted, VideoList, VideoObject, request_body_schema,
                                     responses)
 from wan_dist.serve.routes.common import (content, discarded_on_refusal, list_body, page, persist_job, poll_headers,
-                                         read_body)
+                                         read_body, rendition)
 from wan_dist.serve.schemas import VideoCreate, validate_video_request
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import state_of
@@ -46,6 +47,20 @@ def router(settings: ServeSettings) -> APIRouter:
              responses=responses(404, 409, 422, content=CLIP))
     async def video_content(video_id: str, request: Request):
         return await content(state_of(request), video_id, request.state.owner, redirect=False)
+
+    @api.get("/v1/videos/{video_id}/renditions/{profile}", response_class=Response,
+             responses=responses(404, 409, 422, content=CLIP))
+    async def video_rendition(video_id: str, profile: str, request: Request):
+        """One platform rendition of a completed video (its ``renditions[].url`` where the store gives no
+        presigned http URL); the bytes, as ``/content`` answers."""
+        return await rendition(state_of(request), video_id, request.state.owner, profile, redirect=False)
+
+    @api.get("/v1/videos/{video_id}/renditions/{profile}/guides", response_class=Response,
+             responses=responses(404, 409, 422, content=CLIP))
+    async def video_rendition_guides(video_id: str, profile: str, request: Request):
+        """The guides copy of a rendition (made when the request's ``overlays.guides`` is set)."""
+        return await rendition(state_of(request), video_id, request.state.owner, profile, guides=True,
+                               redirect=False)
 
     @api.delete("/v1/videos/{video_id}", responses=responses(404, 422, model=VideoDeleted))
     async def delete_video(video_id: str, request: Request):
