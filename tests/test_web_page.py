@@ -138,6 +138,8 @@ def test_a_job_renders_with_previews_and_plays(app, page, holds, artifacts):
 
     prompt = holds.plan("web page: a red ball bounces on grass", HOLD_STEP)
     _fill(page, {"prompt": prompt, **JOB})
+    page.find_element("css selector", "#fields-more summary").click()  # the JSON box is under "More settings"
+    page.find_element("id", "extra-json").send_keys('{"renditions": ["instagram_feed"]}')
     page.find_element("id", "f-seed").send_keys(Keys.ENTER)  # implicit submission: Enter in a field
     job_id = wait_for(lambda: _text(page, "job-id").strip(), 30, what="the created job on the page")
     with app.client(KEY) as api:
@@ -161,6 +163,12 @@ def test_a_job_renders_with_previews_and_plays(app, page, holds, artifacts):
     assert wait_for(lambda: page.execute_script(
         "const v = document.getElementById('job-video'); return !v.paused && v.currentTime > 0 && v.currentTime"),
         30, interval_s=0.05, what="the <video>'s currentTime advancing")
+    # the rendition it asked for, downloadable from the page (a blob: URL the page fetched with the tab's key)
+    links = wait_for(lambda: page.execute_script(
+        "return [...document.querySelectorAll('#job-renditions a.rendition-link')].map(a => [a.textContent, a.href])"),
+        30, what="a download link per rendition")
+    assert [text for text, _ in links] == ["instagram_feed"] and links[0][1].startswith("blob:")
+    assert page.execute_script("return document.querySelector('#job-renditions a').download") == "instagram_feed.mp4"
     wait_for(lambda: page.find_elements("css selector", f"#recent-list li[data-job-id='{job_id}'] video"), 30,
              what="the job in the recent list with its clip")
     _shot(page, artifacts, "3-completed-clip")

@@ -102,6 +102,7 @@ export class JobView {
         const video = $("job-video");
         video.src = url;
         $("job-download").href = url;
+        await this.showRenditions(view);
         $("job-video-figure").hidden = false;
         video.play().catch(() => {}); // muted autoplay; a browser that refuses leaves the controls
       } catch (error) {
@@ -109,6 +110,23 @@ export class JobView {
       }
     }
     this.onEnded(view);
+  }
+
+  /** A download link per rendition (and its guides copy) of a completed job: `result.renditions`. */
+  async showRenditions(view) {
+    const links = [];
+    for (const rendition of (view.result && view.result.renditions) || []) {
+      for (const [key, label] of [["url", rendition.profile], ["guides_url", `${rendition.profile} (guides)`]]) {
+        if (!rendition[key]) continue;
+        const link = document.createElement("a");
+        link.className = key === "url" ? "rendition-link" : "guides-link";
+        link.textContent = label;
+        link.download = `${rendition.profile}${key === "url" ? "" : ".guides"}.mp4`;
+        link.href = await mediaUrl(rendition[key]);
+        links.push(link);
+      }
+    }
+    $("job-renditions").replaceChildren(...links);
   }
 
   async cancel() {
