@@ -150,7 +150,12 @@ def test_a_batchs_results_rows_link_their_renditions_through_the_api(tmp_path):
         results = client.get(f"/v1/batches/{batch_id}/results").json()["data"]
         assert [r["id"] for r in results] == ["titled", "plain"]
         base = f"{client.base_url}/v1/batches/{batch_id}/clips/titled/renditions/instagram_feed"
-        assert results[0]["renditions"] == [{"profile": "instagram_feed", "url": base, "guides_url": f"{base}/guides"}]
+        folder = created.json()["output"]  # the batch's folder, relative to the server's output
+        assert output == f"{settings.output}/{folder}"
+        assert results[0]["renditions"] == [
+            {"profile": "instagram_feed", "file": f"{folder}/titled/renditions/instagram_feed.mp4", "url": base,
+             "guides_file": f"{folder}/titled/renditions/instagram_feed.guides.mp4", "guides_url": f"{base}/guides"}]
+        assert results[0]["clip"] == f"{folder}/titled/clip.mp4" and "clip_uri" not in results[0]
         assert results[1]["renditions"] == []
         assert client.get(base).content == b"feed" and client.get(f"{base}/guides").content == b"feed guides"
         assert client.get(base, headers={"Authorization": "Bearer k2"}).status_code == 404  # another key's batch

@@ -66,7 +66,7 @@ def run_part(store, model: str, *, status: str, completed: int, failed: int = 0,
     return part
 
 
-def test_a_mixed_manifest_is_one_batch_of_one_part_per_model(served):
+def test_a_mixed_manifest_is_one_batch_of_one_part_per_model(served, tmp_path):
     client, store = served
     expected = read_manifest(str(MIXED), default_model="tiny")
     by_model = {m: sum(r.model == m for r in expected.rows) for m in ("tiny", "tiny-ti2v")}
@@ -83,7 +83,9 @@ def test_a_mixed_manifest_is_one_batch_of_one_part_per_model(served):
     assert {p.request["batch_id"] for p in parts} == {body["id"]} and {p.owner for p in parts} == {""}
     assert [p.request["only_models"] for p in parts] == [["tiny"], ["tiny-ti2v"]]
     assert [p.request["record_invalid_rows"] for p in parts] == [True, False]  # each invalid row recorded once
-    assert {p.request["output"] for p in parts} == {body["output"]}  # one folder, as one run's
+    # one folder, as one run's; the view names it relative to the server's output
+    assert body["output"].startswith("batches/")
+    assert {p.request["output"] for p in parts} == {f"{tmp_path / 'out'}/{body['output']}"}
     assert {p.request["default_model"] for p in parts} == {"tiny"}  # null-model rows are tiny's for every part
     # the API shows the batch alone: parts are not batches, jobs, nor another key's
     assert [b["id"] for b in client.get("/v1/batches").json()["data"]] == [body["id"]]

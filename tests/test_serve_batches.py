@@ -117,6 +117,11 @@ def hold_row(holds, rows: list[dict], index: int, **options) -> str:
     return holds.plan(rows[index]["prompt"], 2, **options)
 
 
+def on_server(app, name: str) -> str:
+    """Where the server keeps ``name``, an output a view names relative to the server's output (issue 20)."""
+    return f"{app.settings.output.rstrip('/')}/{name}"
+
+
 def relative_keys(uri: str) -> set[str]:
     from wan_dist.storage.objects import list_prefix
 
@@ -189,11 +194,11 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
     ref_rows = latest_results(reference)
     assert {k: r["status"] for k, r in http_rows.items()} == {k: r["status"] for k, r in ref_rows.items()}
     assert {k: r["error_column"] for k, r in http_rows.items()} == {k: r["error_column"] for k, r in ref_rows.items()}
-    assert relative_keys(final["output"]) == relative_keys(reference)
+    assert relative_keys(on_server(app, final["output"])) == relative_keys(reference)
     for row in valid:
         ours, theirs = http_rows[row["id"]], ref_rows[row["id"]]
         assert ours["clip_url"].startswith(s3.endpoint_url)  # presigned on the bucket
-        frames, _ = decode_mp4(read_bytes(ours["clip_uri"]))
+        frames, _ = decode_mp4(read_bytes(on_server(app, ours["clip"])))
         expected, _ = decode_mp4(read_bytes(theirs["clip_uri"]))
         assert frames.shape == expected.shape == (5, 32, 32, 3), row["id"]
         # The same render up to float rounding. Usually bit-equal; now and then one row differs (seen: boat-06,
@@ -202,10 +207,10 @@ def test_uploaded_manifest_matches_the_batch_job(api, app, s3, tmp_path):
         # a few levels over a block, so a row counts as the same when its PSNR is >= 35 dB; another row of this
         # batch scores ~17-18 dB against it (measured), and 21 levels at mean 0.58 at least 37 dB.
         assert psnr(frames, expected) >= 35.0, (row["id"], psnr(frames, expected))
-        assert json.loads(read_bytes(ours["sidecar_uri"]))["settings"]["seed"] == row["seed"]
+        assert json.loads(read_bytes(on_server(app, ours["sidecar"])))["settings"]["seed"] == row["seed"]
 
 
-def test_cancel_stops_scheduling_and_keeps_published_clips(api, holds):
+def test_cancel_stops_scheduling_and_keeps_published_clips(api, app, holds):
     from wan_dist.storage.objects import exists
 
     manifest = rows_of(8, SLOW, "cancel")
@@ -231,7 +236,7 @@ def test_cancel_stops_scheduling_and_keeps_published_clips(api, holds):
     submitted = sorted(r["finished_at"] - r["wall_s"] - cancel_at for r in completed)
     assert all(t < 0.5 for t in submitted) and len(completed) < 8, (submitted, running["counts"])
     for record in completed:
-        assert exists(record["clip_uri"]) and exists(record["sidecar_uri"])
+        assert exists(on_server(app, record["clip"])) and exists(on_server(app, record["sidecar"]))
     # the row in flight (held at step 2 of 6 when the cancel came) stopped between steps, as a job does
     assert manifest[2]["id"] not in {r["id"] for r in completed}, rows.get(manifest[2]["id"])
     assert final["counts"]["remaining"] > 0
@@ -255,18 +260,18 @@ def test_restart_mid_batch_renders_each_row_once(api, app, holds):
         assert final["status"] == "completed", final
         rows = results(client, batch_id)
     assert {r["status"] for r in rows.values()} == {"completed"} and len(rows) == 6
-    records = read_results(final["output"]).to_pylist()
+    records = read_results(on_server(app, final["output"])).to_pylist()
     rendered = {}
     for record in records:
         if record["status"] == "completed":
             rendered[record["id"]] = rendered.get(record["id"], 0) + 1
     assert rendered == {row_id: 1 for row_id in rows}  # every row rendered by exactly one run
     for record in rows.values():  # the sidecar of each clip is the one its single render wrote
-        sidecar = json.loads(read_bytes(record["sidecar_uri"]))
+        sidecar = json.loads(read_bytes(on_server(app, record["sidecar"])))
         assert sidecar["request"]["name"] == record["id"]
 
 
-def test_interactive_job_waits_at_most_the_row_in_flight(api, holds):
+def test_interactive_job_waits_at_most_the_row_in_flight(api, app, holds):
     from wan_dist.batch.results import read_results
 
     rows = rows_of(8, SLOW, "fair")
@@ -282,7 +287,7 @@ def test_interactive_job_waits_at_most_the_row_in_flight(api, holds):
                      what="an interactive job") for j in jobs]
     final = until(api, batch_id, ("completed", "failed", "cancelled"))
     assert final["status"] == "completed" and final["counts"]["done"] == 8
-    finished = sorted(r["finished_at"] for r in read_results(final["output"]).to_pylist()
+    finished = sorted(r["finished_at"] for r in read_results(on_server(app, final["output"])).to_pylist()
                       if r["status"] == "completed")
     first = done[0]
     # measured in rows, not seconds: rows finished between the first job's arrival and its start

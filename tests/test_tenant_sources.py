@@ -5,6 +5,7 @@ plays the operator's allowance for it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from http.server import BaseHTTPRequestHandler
 
@@ -14,7 +15,8 @@ import pytest
 
 from serve_fixtures import loopback_server
 from wan_dist.batch import read_manifest
-from wan_dist.serve.batches import validate_batch
+from wan_dist.serve.batch_parts import new_batch
+from wan_dist.serve.batches import batch_view, validate_batch
 from wan_dist.serve.schemas import RequestError
 
 ROWS = [{"id": "a", "prompt": "a red kite", "model": "tiny"}, {"id": "b", "prompt": "a blue kite", "model": "tiny"}]
@@ -67,6 +69,16 @@ def test_an_https_manifest_is_fetched_once_under_the_rules_into_the_tenants_uplo
     server.manifest = _parquet(ROWS[:1])  # the server changes its answer: the batch runs the copy it checked
 
     assert len(read_manifest(spec.manifest_uri, default_model="tiny")) == 2
+    # the batch's view shows the URL the tenant gave, not where the server keeps its copy
+    assert spec.manifest_given == url
+    root = str(tmp_path / "out")
+    request = {"manifest_uri": spec.manifest_uri, "manifest_given": spec.manifest_given, "output": None,
+               "rows": spec.rows, "invalid_rows": spec.invalid_rows}
+    job = new_batch(rows_by_model=spec.rows_by_model, default_model="tiny", owner="k", output_root=root,
+                    request=request)
+    assert batch_view(job, output_root=root)["manifest_uri"] == url
+    older = dataclasses.replace(job, request={k: v for k, v in job.request.items() if k != "manifest_given"})
+    assert batch_view(older, output_root=root)["manifest_uri"].startswith("_uploads/")  # made before it was kept
 
 
 def test_other_buckets_and_server_paths_are_refused_before_reading_and_allowed_prefixes_read_as_named(tmp_path):

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wan_dist.serve.batch_parts import BATCH_QUEUE, batch_output, batch_queue, summary
 from wan_dist.serve.jobs import Job, JobStatus
+from wan_dist.serve.paths import public_message, relative
 from wan_dist.serve.schemas import RequestError, public_model_name
 
 __all__ = ["BATCH_QUEUE", "BatchCreate", "BatchSpec", "FairGate", "validate_batch", "batch_view", "batch_results",
@@ -63,7 +64,8 @@ class BatchCreate(BaseModel):
 class BatchSpec:
     variant: str  # the variant of rows whose model is null
     rows_by_model: dict[str, int]  # valid rows per variant (two or more: a mixed batch)
-    manifest_uri: str
+    manifest_uri: str  # where the batch reads it: the upload, our copy of a fetched URL, or the URI as given
+    manifest_given: str | None  # the URI the caller gave (None for an upload): what the batch's view shows
     output: str | None  # None: the default under the batch id (known once the record exists)
     webhook_url: str | None
     metadata: dict
@@ -125,7 +127,8 @@ def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tupl
         raise RequestError(422, f"model: {names} {'is' if len(unserved) == 1 else 'are'} not served here, named by "
                            f"{sum(rows_by_model[m] for m in unserved)} row(s); served: {list(served)}",
                            param="model", code="model_not_found")
-    return BatchSpec(variant=variant, rows_by_model=dict(rows_by_model), manifest_uri=uri, output=output,
+    return BatchSpec(variant=variant, rows_by_model=dict(rows_by_model), manifest_uri=uri,
+                     manifest_given=request.manifest_uri, output=output,
                      webhook_url=request.webhook_url, metadata=dict(request.metadata),
                      rows=len(manifest), invalid_rows=len(manifest.invalid))
 
@@ -174,7 +177,12 @@ def _tenant_manifest(uri: str, output_root: str, allow_private: bool, source_pre
 
 def batch_view(job: Job, *, output_root: str, parts: list | None = None) -> dict[str, Any]:
     """The batch object of the API. A mixed batch's status, counts and rates come from its ``parts``
-    (``batch_parts.parts_of``), listed under ``parts``; its ``model`` names its models, comma-separated."""
+    (``batch_parts.parts_of``), listed under ``parts``; its ``model`` names its models, comma-separated.
+
+    It names no server path (as a job's view, ``JobService.view``): ``output``, ``results_uri`` and
+    ``summary_uri`` are relative to the server's output (``batches/{key id}/{folder}``, ...); ``manifest_uri`` is
+    the URL the caller gave, or the uploaded file's name there (``_uploads/...``); errors go through
+    :func:`~wan_dist.serve.paths.public_message`."""
     own = {"status": job.status, "error": job.error, "started_at": job.started_at, "attempts": job.attempts,
            "progress": (job.result or {}).get("progress") or {}, "results_uri": (job.result or {}).get("results_uri")}
     mixed = job.request.get("parts")
@@ -184,20 +192,35 @@ def batch_view(job: Job, *, output_root: str, parts: list | None = None) -> dict
     done = {name: int(progress.get(name, 0)) for name in ("completed", "failed", "skipped")}
     finished = sum(done.values())
     models = [part["model"] for part in mixed] if mixed else [job.model[len(BATCH_QUEUE):]]
+
+    def shown(uri: str | None) -> str | None:
+        return None if uri is None else relative(uri, output_root)
+
+    manifest = job.request.get("manifest_given") or job.request.get("manifest_uri")
     body = {"id": job.id, "object": "batch", "model": ",".join(public_model_name(m) for m in models),
             "status": _STATUS[view["status"]], "created_at": job.created_at, "started_at": view["started_at"],
-            "completed_at": job.completed_at, "manifest_uri": job.request.get("manifest_uri"),
-            "output": batch_output(job, output_root),
+            "completed_at": job.completed_at, "manifest_uri": shown(manifest),
+            "output": relative(batch_output(job, output_root), output_root),
             "counts": {"total": total, "done": done["completed"] + done["skipped"], "failed": done["failed"],
                        "remaining": max(0, total - finished), **done},
             "invalid_rows": job.request.get("invalid_rows", 0),
             "clips_per_hour": progress.get("clips_per_hour"), "eta_s": progress.get("eta_s"),
-            "results_uri": view["results_uri"], "summary_uri": None if mixed else (job.result or {}).get("summary_uri"),
-            "attempts": view["attempts"], "error": view["error"], "webhook": _webhook(job), "metadata": job.metadata}
+            "results_uri": shown(view["results_uri"]),
+            "summary_uri": None if mixed else shown((job.result or {}).get("summary_uri")),
+            "attempts": view["attempts"], "error": _public_error(view["error"], output_root),
+            "webhook": _webhook(job), "metadata": job.metadata}
     if mixed:
-        body["parts"] = [{**part, "model": public_model_name(part["model"]), "status": _STATUS[part["status"]]}
+        body["parts"] = [{**part, "model": public_model_name(part["model"]), "status": _STATUS[part["status"]],
+                          "summary_uri": shown(part["summary_uri"]),
+                          "error": _public_error(part["error"], output_root)}
                          for part in view["parts"]]
     return body
+
+
+def _public_error(error: dict | None, output_root: str) -> dict | None:
+    if not error:
+        return error
+    return {**error, "message": public_message(error.get("message"), output_root)}
 
 
 def _webhook(job: Job) -> dict | None:
@@ -244,11 +267,15 @@ def _link(uri: str, presign, api_url: str) -> str:
 
 def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, presign,
                   base_url: str = "") -> dict[str, Any]:
-    """One page of the batch's results, in manifest order (see :func:`_final_records`). ``clip_url``: a presigned
-    http(s) URL where the store gives one, else the API's ``{base_url}/v1/batches/{id}/clips/{row id}`` (the
-    caller's key downloads it): never a ``file://`` or bucket path a remote client cannot open. ``renditions``:
-    the row's platform renditions (``[]`` for none), each ``{profile, url}`` (and ``guides_url`` for a guides
-    copy), linked the same way (``.../clips/{row id}/renditions/{profile}[/guides]``)."""
+    """One page of the batch's results, in manifest order (see :func:`_final_records`), naming no server path.
+
+    Each row is the batch runner's results record with its storage URIs replaced: ``clip`` and ``sidecar``
+    relative to the server's output (as a job's ``result``); ``clip_url``: a presigned http(s) URL where the store
+    gives one, else the API's ``{base_url}/v1/batches/{id}/clips/{row id}`` (the caller's key downloads it);
+    ``renditions``: the row's platform renditions (``[]`` for none), each ``{profile, file, url}`` (and
+    ``guides_file`` / ``guides_url`` for a guides copy), linked the same way
+    (``.../clips/{row id}/renditions/{profile}[/guides]``); ``error`` through
+    :func:`~wan_dist.serve.paths.public_message`."""
     from urllib.parse import quote
 
     records = _final_records(job, output_root)
@@ -257,16 +284,22 @@ def batch_results(job: Job, *, output_root: str, limit: int, after: int | None, 
         rows = [r for r in rows if (r["index"] if r["index"] is not None else -1) > after]
     page = rows[:limit]
     data = []
-    for record in page:
-        record = {k: v for k, v in record.items() if k != "clip_url"}
+    for stored in page:
+        record = {k: v for k, v in stored.items() if k not in ("clip_uri", "sidecar_uri", "clip_url")}
         clip_api = f"{base_url.rstrip('/')}/v1/batches/{job.id}/clips/{quote(record['id'], safe='')}"
-        record["clip_url"] = _link(record["clip_uri"], presign, clip_api) if record.get("clip_uri") else None
+        clip_uri, sidecar_uri = stored.get("clip_uri"), stored.get("sidecar_uri")
+        record["clip"] = relative(clip_uri, output_root) if clip_uri else None
+        record["sidecar"] = relative(sidecar_uri, output_root) if sidecar_uri else None
+        record["clip_url"] = _link(clip_uri, presign, clip_api) if clip_uri else None
+        record["error"] = public_message(record.get("error"), output_root)
         shown = []
         for rendition in record.get("renditions") or []:
             api_url = f"{clip_api}/renditions/{quote(rendition['profile'], safe='')}"
-            item = {"profile": rendition["profile"], "url": _link(rendition["uri"], presign, api_url)}
+            item = {"profile": rendition["profile"], "file": relative(rendition["uri"], output_root),
+                    "url": _link(rendition["uri"], presign, api_url)}
             if rendition.get("guides_uri"):
-                item["guides_url"] = _link(rendition["guides_uri"], presign, f"{api_url}/guides")
+                item.update(guides_file=relative(rendition["guides_uri"], output_root),
+                            guides_url=_link(rendition["guides_uri"], presign, f"{api_url}/guides"))
             shown.append(item)
         record["renditions"] = shown
         data.append(record)

@@ -153,13 +153,14 @@ class BatchPart(BaseModel):
     status: Literal["queued", "running", "completed", "failed", "cancelled"]
     rows: int
     attempts: int
-    summary_uri: str | None
+    summary_uri: str | None = Field(description="the part's run summary, relative to the server's output")
     error: JobError | None
 
 
 class BatchObject(BaseModel):
     """``GET /v1/batches/{id}`` (``serve.batches.batch_view``). ``validating`` is never returned (a manifest is
-    read before the create answers) but kept in the enum for clients written against the published states."""
+    read before the create answers) but kept in the enum for clients written against the published states.
+    It names no server path: its folder and files are relative to the server's output."""
     id: str
     object: Literal["batch"]
     model: str
@@ -167,14 +168,17 @@ class BatchObject(BaseModel):
     created_at: float | None
     started_at: float | None
     completed_at: float | None
-    manifest_uri: str | None
-    output: str
+    manifest_uri: str | None = Field(description="the URL the caller gave, or the uploaded manifest relative to "
+                                                 "the server's output (_uploads/...)")
+    output: str = Field(description="the batch's folder, relative to the server's output: "
+                                    "batches/{key id}/{output or batch id}")
     counts: BatchCounts
     invalid_rows: int
     clips_per_hour: float | None
     eta_s: float | None
-    results_uri: str | None
-    summary_uri: str | None
+    results_uri: str | None = Field(description="the results table's folder, relative to the server's output "
+                                                "(its rows: GET /v1/batches/{id}/results)")
+    summary_uri: str | None = Field(description="the run's summary, relative to the server's output")
     attempts: int
     error: JobError | None
     webhook: dict[str, Any] | None
@@ -187,11 +191,36 @@ class BatchList(Page):
     data: list[BatchObject]
 
 
+class BatchResultRow(BaseModel):
+    """One row's record (the batch runner's results table, ``wan_dist.batch.results``) as a tenant sees it: its
+    files relative to the server's output, ``clip_url`` and ``renditions[].url`` downloading them (presigned
+    http(s) where the store gives URLs, else the API's ``/v1/batches/{id}/clips/{row id}[/renditions/{profile}]``
+    with the caller's key)."""
+    id: str
+    index: int | None
+    model: str | None
+    status: Literal["completed", "failed", "skipped"]
+    attempts: int | None
+    clip: str | None = Field(description="the clip, relative to the server's output")
+    sidecar: str | None = Field(description="its sidecar JSON, relative to the server's output")
+    clip_url: str | None
+    error: str | None
+    error_column: str | None = Field(description="the manifest column of a validation error")
+    seed: int | None
+    render_s: float | None
+    publish_s: float | None
+    wall_s: float | None
+    timings: str | None = Field(description="every timing of the render, JSON")
+    finished_at: float | None
+    run_id: str | None
+    request_digest: str | None
+    renditions: list[RenditionOutput]
+
+
 class BatchResults(BaseModel):
-    """One page of results rows (the batch runner's results table, ``wan_dist.batch.results``): each row's
-    ``clip_url`` and ``renditions`` (``[{profile, url, guides_url?}]``) download with the caller's key."""
+    """One page of results rows, in manifest order (``serve.batches.batch_results``)."""
     object: Literal["list"]
-    data: list[dict[str, Any]]
+    data: list[BatchResultRow]
     has_more: bool
     last_index: int | None
 

@@ -81,12 +81,20 @@ class JobService:
         render = view["request"].get("render")
         if render and render.get("image"):
             view["request"] = {**view["request"], "render": {**render, "image": self.relative(render["image"])}}
+        view["error"] = self.public_error(view["error"])
         if job.result and job.status == JobStatus.COMPLETED:
             view["result"] = {"seed": job.result.get("seed"), "clip": self.relative(job.result["clip_uri"]),
                               "sidecar": self.relative(job.result.get("sidecar_uri") or ""),
                               "clip_url": self.link(job.result["clip_uri"], f"/v1/jobs/{job.id}/content"),
                               "renditions": self.renditions(job, f"/v1/jobs/{job.id}")}
         return view
+
+    def public_error(self, error: dict | None) -> dict | None:
+        """An error as its owner sees it: a failure's message may quote the exception of a render (a traceback,
+        the output's files): without the traceback, the files relative to the output, other paths by name."""
+        from wan_dist.serve.paths import public_message
+
+        return {**error, "message": public_message(error.get("message"), self.settings.output)} if error else error
 
     def renditions(self, job: Job, api_base: str) -> list[dict]:
         """The completed job's platform renditions as its owner sees them, in the request's order: ``profile``,
@@ -113,8 +121,9 @@ class JobService:
 
     def relative(self, uri: str) -> str:
         """``uri`` relative to the server's output when it lies there (an upload, a clip), else as it was given."""
-        root = self.settings.output.rstrip("/") + "/"
-        return uri[len(root):] if uri.startswith(root) else uri
+        from wan_dist.serve.paths import relative
+
+        return relative(uri, self.settings.output)
 
     def batch(self, job: Job) -> dict:
         from wan_dist.serve.batch_parts import parts_of
@@ -124,7 +133,8 @@ class JobService:
 
     def video(self, job: Job) -> dict:
         """OpenAI's Video object, with the platform renditions the request asked for once it completed."""
-        return {**video_object({**job.to_dict(), "expires_at": None}),
+        video = video_object({**job.to_dict(), "expires_at": None})
+        return {**video, "error": self.public_error(video["error"]),
                 "renditions": self.renditions(job, f"/v1/videos/{job.id}")}
 
     def presign(self, uri: str) -> str | None:

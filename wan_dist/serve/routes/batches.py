@@ -123,8 +123,8 @@ async def _persist_batch(s: ServeState, request: Request, settings: ServeSetting
     job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
                     output_root=settings.output,
                     max_attempts=settings.jobs.max_attempts,
-                    request={"manifest_uri": spec.manifest_uri, "output": spec.output, "rows": spec.rows,
-                             "invalid_rows": spec.invalid_rows},
+                    request={"manifest_uri": spec.manifest_uri, "manifest_given": spec.manifest_given,
+                             "output": spec.output, "rows": spec.rows, "invalid_rows": spec.invalid_rows},
                     webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,
                     body_hash=digest if key else None)
     try:
