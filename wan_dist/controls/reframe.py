@@ -2,8 +2,8 @@
 
 1. The subject, one box per frame in source pixels (x0, y0, x1, y1): from the user's box (fractions of the frame;
    one box for the whole clip, or one per keyframe spread evenly and interpolated), else estimated: what differs
-   from the clip's temporal median (the background when the camera holds still) where something moved, else the
-   frame's spectral-residual saliency (:func:`wan_dist.controls.layers.saliency_map`).
+   from the clip's background (its temporal median, refined without the first estimate's boxes; the background when
+   the camera holds still) where something moved, else the frame's spectral-residual saliency (:func:`wan_dist.controls.layers.saliency_map`).
 2. The crop: the largest window of the profile's aspect inside the source. Per frame, the subject box is inside the
    window's action-safe area for window positions in an interval (a corridor); the path follows the subject's
    centre, then is smoothed (Gaussian over time) and put back into the corridors, repeatedly, so it moves slowly
@@ -28,6 +28,8 @@ DEFAULT_SMOOTHING_S = 0.5  # Gaussian sigma of the crop path, seconds: slow, del
 _SMOOTHING_PASSES = 40
 _MOTION_THRESHOLD = 16.0  # grey levels; below it a pixel counts as background
 _SUBJECT_MARGIN = 0.04  # share of the frame's short side added around an estimated subject
+_TRACK_SIZE = 180  # short side (pixels) at which the subject is estimated
+_GROW_SHARE = 0.25  # how far (share of the short side, at least) a moving part may grow over its own colour
 
 
 def _user_track(box, num_frames: int, width: int, height: int) -> np.ndarray:
@@ -57,29 +59,104 @@ def _estimated_box(weight: np.ndarray, threshold: float) -> np.ndarray | None:
 
 def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     """The subject's box per frame [F, 4] (x0, y0, x1, y1 in source pixels) of ``frames`` [F, H, W, 3] uint8:
-    from ``box`` (fractions; see the module docstring), else estimated from motion, else from saliency."""
+    from ``box`` (fractions; see the module docstring), else estimated from motion, else from saliency.
+
+    Estimated at a working size of :data:`_TRACK_SIZE` pixels on the short side. The background is the temporal
+    median, then again the median of each pixel over only the frames where it lies outside the first pass's boxes:
+    a subject that moves less than its own size in half the clip is part of the plain median (its trailing part
+    would read as background), not of the second."""
     num_frames, height, width = frames.shape[:3]
     if box is not None:
         return _user_track(box, num_frames, width, height)
-    background = np.median(frames, axis=0).astype(np.int16)
-    margin = _SUBJECT_MARGIN * min(width, height)
-    track = np.full((num_frames, 4), np.nan)
-    for index, frame in enumerate(frames):
-        moved = np.abs(frame.astype(np.int16) - background).max(axis=-1).astype(np.float32)
-        found = _estimated_box(moved, _MOTION_THRESHOLD)
-        if found is None:
-            saliency = saliency_map(frame)
-            found = _estimated_box(saliency, 0.5)
-        if found is not None:
-            track[index] = found + np.array([-margin, -margin, margin, margin])
+    scale = min(1.0, _TRACK_SIZE / min(width, height))
+    small = frames if scale == 1.0 else np.stack([
+        cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        for frame in frames])
+    background = np.median(small, axis=0)
+    track = _track_against(small, background)
+    if not np.isnan(track[:, 0]).all():
+        background = _background_outside(small, track, fallback=background)
+        track = _track_against(small, background)
+    small_height, small_width = small.shape[1:3]
+    margin = _SUBJECT_MARGIN * min(small_width, small_height)
+    track = track + np.array([-margin, -margin, margin, margin])
     missing = np.isnan(track[:, 0])
     if missing.all():  # nothing stands out: the whole frame's centre
-        track[:] = [width * 0.25, height * 0.25, width * 0.75, height * 0.75]
+        track[:] = [small_width * 0.25, small_height * 0.25, small_width * 0.75, small_height * 0.75]
     elif missing.any():  # fill gaps from the nearest frames that found the subject
         known = np.flatnonzero(~missing)
         for k in range(4):
             track[missing, k] = np.interp(np.flatnonzero(missing), known, track[known, k])
-    return np.clip(track, 0, [width, height, width, height])
+    return np.clip(track / scale, 0, [width, height, width, height])
+
+
+def _track_against(frames: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The box [F, 4] of what differs from ``background`` in each frame (else the frame's salient region; NaN
+    where neither finds anything), without margin."""
+    track = np.full((len(frames), 4), np.nan)
+    reference = np.median(background.reshape(-1, background.shape[-1]), axis=0) + 1.0
+    for index, frame in enumerate(frames):
+        # the frame's overall exposure matched first: a clip that brightens or dims did not move everywhere
+        gain = (np.median(frame.reshape(-1, frame.shape[-1]), axis=0) + 1.0) / reference
+        moved = np.abs(frame.astype(np.float32) - background * gain).max(axis=-1)
+        found = _estimated_box(moved, _MOTION_THRESHOLD)
+        if found is not None:
+            found = _grown_by_colour(frame, moved > _MOTION_THRESHOLD, found)
+        else:
+            found = _estimated_box(saliency_map(frame), 0.5)
+        if found is not None:
+            track[index] = found
+    return track
+
+
+def _grown_by_colour(frame: np.ndarray, moved: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``box`` (what moved) grown over the pixels of the moving part's colour connected to it, within the box
+    grown by its own size (at least :data:`_GROW_SHARE` of the short side): the part of a slow subject that
+    overlaps where it was is not seen moving, but it has the colour of the part that is. A region that reaches
+    that window's edge is the background's colour, and the box stays as it was."""
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = box.astype(int)
+    seed = moved[y0:y1, x0:x1]
+    if not seed.any():
+        return box
+    colour = np.median(frame[y0:y1, x0:x1][seed].astype(np.float32), axis=0)
+    grow = max(x1 - x0, y1 - y0, round(_GROW_SHARE * min(width, height)))
+    wx0, wy0, wx1, wy1 = max(0, x0 - grow), max(0, y0 - grow), min(width, x1 + grow), min(height, y1 + grow)
+    window = frame[wy0:wy1, wx0:wx1].astype(np.float32)
+    similar = (np.abs(window - colour).max(axis=-1) < _MOTION_THRESHOLD) | moved[wy0:wy1, wx0:wx1]
+    count, labels = cv2.connectedComponents(similar.astype(np.uint8))
+    touching = np.unique(labels[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0][seed])
+    keep = np.isin(labels, touching[touching > 0])
+    # a region that reaches the window's edge inside the frame is the background's colour leaking: not grown
+    leaks = ((wx0 > 0 and keep[:, 0].any()) or (wy0 > 0 and keep[0].any()) or (wx1 < width and keep[:, -1].any())
+             or (wy1 < height and keep[-1].any()))
+    ys, xs = np.nonzero(keep)
+    if leaks or len(xs) == 0:
+        return box
+    grown = np.array([xs.min() + wx0, ys.min() + wy0, xs.max() + 1 + wx0, ys.max() + 1 + wy0], np.float64)
+    return np.concatenate([np.minimum(box[:2], grown[:2]), np.maximum(box[2:], grown[2:])])
+
+
+def _background_outside(frames: np.ndarray, track: np.ndarray, *, fallback: np.ndarray) -> np.ndarray:
+    """Each pixel's median over the frames where it lies outside that frame's box (grown by half its size);
+    ``fallback`` where every frame's box covers it."""
+    num_frames, height, width = frames.shape[:3]
+    covered = np.zeros((num_frames, height, width), bool)
+    for index, box in enumerate(track):
+        if np.isnan(box[0]):
+            continue
+        grow_x, grow_y = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+        x0, y0 = int(max(0, box[0] - grow_x)), int(max(0, box[1] - grow_y))
+        x1, y1 = int(min(width, np.ceil(box[2] + grow_x))), int(min(height, np.ceil(box[3] + grow_y)))
+        covered[index, y0:y1, x0:x1] = True
+    values = np.where(covered[..., None], np.nan, frames.astype(np.float32))
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel: the fallback takes it
+            background = np.nanmedian(values, axis=0)
+    return np.where(np.isnan(background), fallback, background)
 
 
 def crop_window(source_width: int, source_height: int, profile: PlatformProfile) -> tuple[float, float]:
