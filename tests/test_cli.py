@@ -37,12 +37,12 @@ def wan_dist(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    """One CLI render of the tiny model with explicit size, frames and fps."""
+    """One CLI render of the tiny model with explicit size, frames and fps (above the model's 16: interpolated)."""
     root = tmp_path_factory.mktemp("cli")
     cache = root / "cache"
     out = root / "out"
     wan_dist("render", "model=tiny", "prompt=a paper boat drifting on a canal", "seed=7", f"output={out}",
-             "height=48", "width=80", "num_frames=13", "fps=12", "sampling.num_inference_steps=3",
+             "height=48", "width=80", "num_frames=13", "fps=24", "sampling.num_inference_steps=3",
              "name=boat", "progress=false", cwd=root, cache=cache)
     return root, cache, out / "boat"
 
@@ -51,10 +51,11 @@ def test_render_writes_an_mp4_with_the_requested_frames_size_and_fps(rendered):
     _, _, clip = rendered
     data = (clip / "clip.mp4").read_bytes()
     info = probe_mp4(data)
-    assert (info["frames"], info["width"], info["height"], info["fps"]) == (13, 80, 48, 12)
+    # 13 frames rendered at 16 fps span 0.75 s: 19 frames at 24 fps
+    assert (info["frames"], info["width"], info["height"], info["fps"]) == (19, 80, 48, 24)
     assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
     frames, fps = decode_mp4(data)
-    assert frames.shape == (13, 48, 80, 3) and fps == 12
+    assert frames.shape == (19, 48, 80, 3) and fps == 24
     assert frames.std() > 1.0  # an image, not a constant
 
 
@@ -66,7 +67,7 @@ def test_sidecar_records_every_resolved_setting(rendered):
     assert (settings["seed"], settings["num_frames"], settings["height"], settings["width"]) == (7, 13, 48, 80)
     assert (settings["num_inference_steps"], settings["guidance_scale"], settings["guidance_scale_2"]) == (3, 4.0, 3.0)
     assert settings["boundary_ratio"] == 0.875 and settings["schedule"] == "diffusers"
-    assert sidecar["fps"] == 12 and sidecar["model"]["source"] == "tiny"
+    assert (sidecar["fps"], sidecar["render_fps"]) == (24, 16) and sidecar["model"]["source"] == "tiny"
     assert set(sidecar["timings"]) >= {"denoise_s", "decode_s", "total_s"}
     assert "torch" in sidecar["versions"] and "diffusers" in sidecar["versions"]
 
@@ -88,7 +89,7 @@ def test_another_seed_gives_another_clip(rendered):
     root, cache, clip = rendered
     other = root / "other"
     wan_dist("render", "model=tiny", "prompt=a paper boat drifting on a canal", "seed=8", f"output={other}",
-             "height=48", "width=80", "num_frames=13", "sampling.num_inference_steps=3", "name=boat",
+             "height=48", "width=80", "num_frames=13", "fps=24", "sampling.num_inference_steps=3", "name=boat",
              "progress=false", cwd=root, cache=cache)
     first, _ = decode_mp4((clip / "clip.mp4").read_bytes())
     second, _ = decode_mp4((other / "boat" / "clip.mp4").read_bytes())

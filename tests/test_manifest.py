@@ -199,13 +199,14 @@ def brute_force_frames(duration: float, fps: int, stride: int) -> int:
 @pytest.mark.parametrize(("model", "duration", "fps"), [("tiny", 5.0, 16), ("tiny", 0.3, None), ("tiny-ti2v", 1.1, 24),
                                                         ("tiny", 2.0, 7), ("t2v-a14b", 0.01, 30)])
 def test_duration_gives_the_nearest_4k_plus_1_frames(model, duration, fps):
+    """The frames the model renders, at its own rate whatever the clip's fps (the publisher converts)."""
     row = {"id": "d", "model": model, "prompt": "x", "duration_s": duration, "fps": fps}
     (only,) = roundtrip([row]).rows
-    used_fps = fps or PRESETS[model].defaults.fps
-    expected = brute_force_frames(duration, used_fps, PRESETS[model].vae.temporal_stride)
+    native = PRESETS[model].defaults.fps
+    expected = brute_force_frames(duration, native, PRESETS[model].vae.temporal_stride)
     assert only.request.num_frames == only.settings["num_frames"] == expected
-    assert only.request.fps == used_fps
-    assert frames_for_duration(duration, used_fps) == expected
+    assert only.request.fps == (fps or native) and only.settings["render_fps"] == native
+    assert frames_for_duration(duration, native) == expected
 
 
 def test_seed_derived_from_the_id_is_stable_and_differs_between_ids():

@@ -35,6 +35,7 @@ WALK: dict[str, tuple[str, object]] = {
     "num_frames": ("tiny", 13),
     "duration_s": ("tiny", 1.0),
     "fps": ("tiny", 8),
+    "fps_mode": ("tiny", "playback"),  # with WALK's fps (at the native rate it is stored null)
     "num_inference_steps": ("tiny", 3),
     "guidance_scale": ("tiny", 2.5),
     "guidance_scale_2": ("tiny", 1.5),
@@ -56,7 +57,7 @@ WALK: dict[str, tuple[str, object]] = {
     "style_lock": ("tiny-ti2v", 0.6),  # the number shorthand, with WALK's image
 }
 # what a field needs beside it to take effect
-COMPANIONS = {"layers": "camera", "overlays": "renditions"}
+COMPANIONS = {"layers": "camera", "overlays": "renditions", "fps_mode": "fps"}
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
 MANIFEST_NAMES = {"name": "id"}
@@ -146,7 +147,8 @@ def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
         assert RenderRequest.from_dict(got) == request  # one serialisation, both ways
 
 
-@pytest.mark.parametrize(("name", "bad"), [("num_frames", 6), ("fps", 0), ("solver", "rk45"), ("shift", -1.0),
+@pytest.mark.parametrize(("name", "bad"), [("num_frames", 6), ("fps", 0), ("fps", 65), ("fps_mode", "slowmo"),
+                                           ("solver", "rk45"), ("shift", -1.0),
                                            ("width", 70), ("guidance_scale", "high"),
                                            ("camera", {"moves": [{"type": "spin", "amount": 1}]}),
                                            ("camera", {"moves": [{"type": "pan", "amount": 5, "start": 0.8,
@@ -183,10 +185,11 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
     before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "overlays",
-                                                         "style_lock")}
+                                                         "style_lock", "fps_mode")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()
+    assert request.digest() != dataclasses.replace(request, fps=8, fps_mode="playback").digest()
     lora = {"path": "s3://l/a.safetensors", "scale": 1.0, "transformer": "high"}
     assert request.digest() != dataclasses.replace(request, loras=[lora]).digest()
 

@@ -156,10 +156,11 @@ def test_explicit_fields_reach_the_render_request():
     assert (s.num_inference_steps, s.guidance_scale, s.guidance_scale_2, s.boundary_ratio, s.shift, s.solver,
             s.schedule) == (3, 2.5, 1.5, 0.5, 2.0, "euler", "reference")
     assert r.metadata == v.metadata == body["metadata"]
+    # 13 frames rendered at tiny's 16 fps: 0.75 s, published at 8 fps
     assert (v.webhook_url, v.progress_webhooks, v.deadline_s, v.seconds, v.size) == (
-        body["webhook_url"], True, 60, "1.5", "96x64")
+        body["webhook_url"], True, 60, "0.75", "96x64")
     assert render_request(v.record()) == r  # the job record rebuilds the request after a restart
-    assert {k: v.record()[k] for k in ("prompt", "seconds", "size")} == {"prompt": "p", "seconds": "1.5",
+    assert {k: v.record()[k] for k in ("prompt", "seconds", "size")} == {"prompt": "p", "seconds": "0.75",
                                                                          "size": "96x64"}
 
 
@@ -169,7 +170,8 @@ def test_missing_seed_is_drawn_once_and_kept():
 
 
 @pytest.mark.parametrize("variant", RELEASED + TINY)
-def test_seconds_become_frames_at_fps(variant):
+def test_seconds_become_frames_at_the_model_rate(variant):
+    """The model renders the seconds at its own rate; another fps is converted to afterwards."""
     spec, d = PRESETS[variant], PRESETS[variant].defaults
     default_seconds = (d.num_frames - 1) / d.fps
     for name in ("seconds", "duration"):
@@ -177,8 +179,11 @@ def test_seconds_become_frames_at_fps(variant):
         assert v.request.num_frames == d.num_frames
     for seconds, fps in ((2, None), (2.2, 24), (0.1, 16)):
         v = validate_job_request({**base(variant), "seconds": seconds, "fps": fps}, variant=variant)
-        assert v.request.num_frames == frames_for_duration(seconds, fps or d.fps, spec.vae.temporal_stride)
+        assert v.request.num_frames == frames_for_duration(seconds, d.fps, spec.vae.temporal_stride)
         assert v.request.fps == (fps or d.fps)
+        played = validate_job_request({**base(variant), "seconds": seconds, "fps": fps, "fps_mode": "playback"},
+                                      variant=variant)
+        assert played.request.num_frames == frames_for_duration(seconds, fps or d.fps, spec.vae.temporal_stride)
 
 
 @pytest.mark.parametrize("variant", RELEASED + TINY)

@@ -13,7 +13,7 @@ the manifest itself:
 
 - ``seed`` null: :func:`derive_seed` of the id (a hash), so a rerun renders the same clip.
 - ``duration_s``: see ``engine.request.frames_for_duration``; ``fps`` null: the variant's default (recorded
-  in the request, so every row says its fps); ``width``/``height`` null on an i2v variant: decided by the
+  in the request, so every row says its fps; another rate is converted to, see ``engine.request``); ``width``/``height`` null on an i2v variant: decided by the
   input image's aspect at render time (``settings`` then holds ``None`` for them).
 """
 

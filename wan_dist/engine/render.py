@@ -32,14 +32,16 @@ class RenderResult:
 
 
 def versions() -> dict[str, str]:
+    import cv2
     import diffusers
     import torch
     import transformers
 
     import wan_dist
 
+    # opencv: frame-rate conversion's optical flow (video.interpolate)
     return {"wan_dist": wan_dist.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+            "transformers": transformers.__version__, "opencv": cv2.__version__, "python": platform.python_version()}
 
 
 def _load_image(uri: str | None, policy=None):
@@ -62,7 +64,9 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     s = request.sampling
     generate = generate or pipe.generate
     # the camera's arguments only when there is a camera: a generate without camera support still renders the rest
-    camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers, "fps": request.fps}
+    # the camera path is sampled at the rate the model renders (a shake's frequency is in Hz)
+    camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers,
+                                                "fps": request.render_fps(pipe.spec.defaults.fps)}
     policy = getattr(pipe, "fetch_policy", None)
     image = _load_image(request.image, policy)
     post = post_inputs(request, image, policy)  # before the render: a refused logo URL costs no GPU time
@@ -95,8 +99,10 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     from wan_dist.engine.clips import write_clip
     from wan_dist.engine.post import PostInputs, lock_style, publish_renditions
     from wan_dist.storage.objects import join
+    from wan_dist.video.interpolate import convert_fps
 
     fps = request.fps or model["default_fps"]  # a built request always has its fps
+    render_fps = request.render_fps(model["default_fps"])
     prefix = join(output.uri, request.clip_name(out.seed))
     sidecar = {
         "request": request.to_dict(),
@@ -104,6 +110,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
         "settings": out.settings.to_dict(),
         "model": {k: v for k, v in model.items() if k != "default_fps"},
         "fps": fps,
+        "render_fps": render_fps,  # the model's frames; converted to fps when they differ (fps_conversion)
         "timings": dict(out.timings),
         "loras": list(getattr(out, "loras", None) or []),  # each LoRA's uri, sha256, scale and expert
         "versions": versions(),
@@ -114,6 +121,10 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     tick = time.perf_counter()
     try:
         frames = out.frames[0]
+        if fps != render_fps:  # before the post pass: style lock, renditions and overlays see the clip's frames
+            started = time.perf_counter()
+            frames, sidecar["fps_conversion"] = convert_fps(frames, render_fps, fps)
+            sidecar["timings"]["fps_conversion_s"] = time.perf_counter() - started
         post = getattr(out, "post_inputs", None) or PostInputs()
         if request.style_lock is not None:
             frames, sidecar["style_lock"] = lock_style(request, frames, fps, post.source)
@@ -124,7 +135,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     except Exception as error:  # storage failures are results, not crashes: the caller may retry
         return RenderResult(status="failed", seed=out.seed, timings=out.timings,
                             error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
-    timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
+    timings = {**sidecar["timings"], "encode_upload_s": time.perf_counter() - tick}
     renditions = {entry["profile"]: entry["uri"] for entry in sidecar.get("renditions", [])}
     guides = {entry["profile"]: entry["guides_uri"] for entry in sidecar.get("renditions", []) if "guides_uri" in entry}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,

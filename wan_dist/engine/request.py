@@ -9,7 +9,16 @@ from :data:`REQUEST_FIELDS`, so a new field is written here once: its entry, its
 
 Loose form (``RenderRequest.to_dict`` / ``from_dict``, the manifest's columns, the HTTP body's fields): flat
 names, sampling fields beside the others, ``name`` the clip folder (a manifest's ``id``). ``duration_s`` is
-an input-only spelling of ``num_frames`` (the ``4k+1`` count nearest that length at the request's fps).
+an input-only spelling of ``num_frames`` (the ``4k+1`` count nearest that length at the rate the model renders).
+
+Frame rate: the model renders ``num_frames`` frames at its own rate (``spec.defaults.fps``, 16 for A14B), a clip
+of ``(num_frames - 1) / native`` seconds; ``fps`` is the published clip's rate. With ``fps_mode`` ``convert``
+(the default) the publisher converts to ``fps`` over the same seconds (wan_dist.video.interpolate: in-between
+frames along optical flow above the native rate, even drops below it), so the clip has
+``floor((num_frames - 1) * fps / native) + 1`` frames (81 at 16 -> 121 at 24). With ``playback`` the model
+renders at ``fps`` itself and its frames are played as they are (the meaning of ``fps`` before conversion
+existed; sidecars of that time re-render this way). At the native rate the two are the same and the stored
+``fps_mode`` is null.
 """
 
 from __future__ import annotations
@@ -25,14 +34,17 @@ from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, 
 from wan_dist.controls.overlays import layout_overlays
 from wan_dist.controls.renditions import parse_renditions
 from wan_dist.engine.settings import RECIPES, frames_for_duration
+from wan_dist.video.interpolate import retimed_count
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
            "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
-           "LORA_TRANSFORMERS"]
+           "LORA_TRANSFORMERS", "FPS_MODES", "MAX_INTERPOLATION"]
 
 MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
 MAX_PROMPT_CHARS = 10_000
 MAX_LORAS, MAX_LORA_SCALE, MAX_URI_CHARS = 8, 10.0, 2048
+MAX_INTERPOLATION = 4  # fps_mode convert reaches at most 4x the model's rate (3 made frames per rendered one)
+FPS_MODES = ("convert", "playback")
 MAX_GUIDANCE, MAX_SHIFT = 100.0, 100.0  # far past any useful value (Wan: guidance 3-5, shift 1-17)
 LORA_TRANSFORMERS = ("high", "low", "both")
 _SAMPLING = ("solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2",
@@ -161,7 +173,11 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("num_frames", int, "4k+1 frames", low=1, high=MAX_NUM_FRAMES),
     RequestField("duration_s", float, "clip length in seconds instead of num_frames", low=0, open_low=True,
                  high=3600, input_only=True),
-    RequestField("fps", int, "frames per second of the clip (default: the variant's)", low=1, high=120),
+    RequestField("fps", int, "frames per second of the clip (default: the variant's); above the variant's rate "
+                 "frames are interpolated along optical flow, below it dropped evenly (fps_mode)", low=1, high=120),
+    RequestField("fps_mode", str, "how an fps other than the variant's is reached: convert (default: the model "
+                 "renders at its own rate over the same seconds, then frames are interpolated or dropped) or playback "
+                 "(the model's frames play at fps: motion runs faster or slower)", choices=FPS_MODES),
     RequestField("num_inference_steps", int, "denoising steps", low=1, high=200),
     RequestField("guidance_scale", float, "CFG scale (high-noise expert)", low=0, high=MAX_GUIDANCE),
     RequestField("guidance_scale_2", float, "CFG scale of the low-noise expert (A14B)", low=0, high=MAX_GUIDANCE),
@@ -189,7 +205,8 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  "smoothing_s}", normalise=_control(StyleLock), shorthand=float),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
-_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock")  # see RenderRequest.digest
+# see RenderRequest.digest
+_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock", "fps_mode")
 
 
 class RequestError(ValueError):
@@ -215,6 +232,7 @@ class RenderRequest:
     width: int | None = None
     num_frames: int | None = None
     fps: int | None = None
+    fps_mode: str | None = None  # None: "convert" (the stored form at the native rate, where both are the same)
     seed: int | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     name: str | None = None  # clip folder under the output URI; derived from seed and prompt when None
@@ -231,6 +249,10 @@ class RenderRequest:
             raise ValueError(f"prompt: must be a string, got {type(self.prompt).__name__}")
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             raise ValueError(f"name: must be a non-empty folder name without '/' or a leading '.', got {self.name!r}")
+
+    def render_fps(self, native_fps: int) -> int:
+        """The rate the model renders this request at, for a model whose own rate is ``native_fps``."""
+        return self.fps if self.fps_mode == "playback" and self.fps else native_fps
 
     def clip_name(self, seed: int) -> str:
         if self.name:
@@ -274,29 +296,40 @@ class RenderRequest:
         """The request that reproduces the clip described by ``sidecar`` (same seed, same frames)."""
         s = sidecar["settings"]
         request = sidecar.get("request", {})
+        fps_mode = request.get("fps_mode") if "fps_mode" in request else _legacy_fps_mode(sidecar)
         sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING})
         # a camera path's phrases are in the resolved prompt: the request's own prompt gets them again
         prompt = request["prompt"] if request.get("camera") is not None else s["prompts"][0]
         return cls(prompt=prompt, negative_prompt=s["negative_prompts"][0], image=request.get("image"),
                    height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
-                   seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
+                   fps_mode=fps_mode, seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
                    camera=request.get("camera"), layers=request.get("layers"),
                    loras=[dict(x) for x in request.get("loras") or ()],
                    renditions=request.get("renditions"), overlays=request.get("overlays"),
                    style_lock=request.get("style_lock"))
 
 
+def _legacy_fps_mode(sidecar: dict) -> str | None:
+    """A sidecar written before frame-rate conversion played the model's frames at its ``fps``: ``playback``,
+    unless that is the variant's own rate (then nothing changed: null, as a new request stores it)."""
+    from wan_dist.models.presets import PRESETS
+
+    spec = PRESETS.get((sidecar.get("model") or {}).get("variant"))
+    return None if spec is not None and sidecar["fps"] == spec.defaults.fps else "playback"
+
+
 @dataclass(frozen=True)
 class BuiltRequest:
     """What :func:`build_request` returns: the request and its resolved settings (``RenderSettings.to_dict()``
-    without ``checkpoint_id``, plus ``fps``; ``height``/``width`` None when an i2v image's aspect decides)."""
+    without ``checkpoint_id``, plus ``fps``, ``render_fps`` (the rate the model renders at) and ``frames`` (the
+    published clip's frame count); ``height``/``width`` None when an i2v image's aspect decides)."""
 
     request: RenderRequest
     settings: dict
 
     @property
     def seconds(self) -> float:
-        return (self.request.num_frames - 1) / self.request.fps
+        return (self.request.num_frames - 1) / self.settings["render_fps"]
 
 
 def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
@@ -324,23 +357,38 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
                      for i, item in enumerate(values.get("loras") or ()) if item["transformer"] == "low"]
     if spec.task == "t2v" and values.get("image") is not None:
         problems.append(("image", f"the t2v variant {spec.name} takes no input image"))
-    fps = values.get("fps") or spec.defaults.fps
+    fps, render_fps = _frame_rates(spec, values, problems)
     frames_field = "num_frames"
     if "duration_s" in values:
         if "num_frames" in values:
             problems.append(("duration_s", "give num_frames or duration_s, not both"))
         else:
-            values["num_frames"] = frames_for_duration(values["duration_s"], fps, spec.vae.temporal_stride)
+            values["num_frames"] = frames_for_duration(values["duration_s"], render_fps, spec.vae.temporal_stride)
             frames_field = "duration_s"
             if values["num_frames"] > MAX_NUM_FRAMES:
-                problems.append(("duration_s", f"at most {(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps "
-                                                f"({MAX_NUM_FRAMES} frames)"))
+                problems.append(("duration_s", f"at most {(MAX_NUM_FRAMES - 1) / render_fps:g} s: the model renders "
+                                                f"at most {MAX_NUM_FRAMES} frames at {render_fps} fps"))
     if "seed" not in values:
         values["seed"] = default_seed() if default_seed is not None else _random_seed()
     settings = _resolve(spec, layout, values, problems, frames_field)
     if problems:
         raise RequestError(problems)
-    return _built(spec, values, settings, fps)
+    return _built(spec, values, settings, fps, render_fps)
+
+
+def _frame_rates(spec, values: dict, problems: list) -> tuple[int, int]:
+    """(the clip's fps, the rate the model renders at); ``values["fps_mode"]`` resolved (null at the native rate)."""
+    native = spec.defaults.fps
+    fps = values.get("fps") or native
+    mode = values.get("fps_mode") or "convert"
+    values["fps_mode"] = None if fps == native else mode
+    if mode == "playback":
+        return fps, fps
+    if fps > MAX_INTERPOLATION * native:
+        problems.append(("fps", f"{spec.name} renders {native} fps and interpolates up to {MAX_INTERPOLATION}x: at "
+                                f"most {MAX_INTERPOLATION * native}, got {fps} (or fps_mode playback: its frames "
+                                f"played at {fps} fps)"))
+    return fps, native
 
 
 def _check_text(values: dict, problems: list) -> None:
@@ -412,15 +460,18 @@ def _resolve(spec, layout: str, values: dict, problems: list, frames_field: str)
     return None
 
 
-def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
+def _built(spec, values: dict, s, fps: int, render_fps: int) -> BuiltRequest:
     by_image = spec.task == "i2v" and (values.get("width") is None or values.get("height") is None)
     sampling = SamplingConfig(**{name: getattr(s, name) for name in _SAMPLING})
     request = RenderRequest(
         prompt=values["prompt"], negative_prompt=values.get("negative_prompt"), image=values.get("image"),
         height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
-        fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}),
+        fps=fps, fps_mode=values["fps_mode"], seed=s.seed, sampling=sampling, name=values.get("name"),
+        metadata=dict(values.get("metadata") or {}),
         camera=values.get("camera"), layers=values.get("layers"), loras=list(values.get("loras") or ()),
         renditions=values.get("renditions"), overlays=values.get("overlays"), style_lock=values.get("style_lock"))
-    settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
+    settings = {**s.to_dict(), "fps": fps, "render_fps": render_fps,
+                "frames": retimed_count(s.num_frames, render_fps, fps),
+                **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)

@@ -20,7 +20,8 @@ needs an image), as at every front door. Rules of this door:
   side and 5% of the aspect (a missing one: the default size's). A size outside the variant's
   ``defaults.sizes`` is refused (``strict_sizes=False``: any multiple). No size on i2v: the image decides.
 - Length: ``num_frames``, or ``duration_s`` / ``seconds`` / ``duration`` (``engine.request.frames_for_duration``)
-  at ``fps`` (default: the variant's); at most :data:`MAX_NUM_FRAMES` frames.
+  at the rate the model renders (the variant's; ``fps`` itself with ``fps_mode`` playback); at most
+  :data:`MAX_NUM_FRAMES` frames. ``fps`` is the published clip's rate (engine.request: converted to).
 - ``seed`` absent: drawn now and written into the request, so a retried job renders the same clip; the
   ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
 - ``image``: an http(s)/s3 URL or a ``data:image/...;base64`` URI up to :data:`MAX_IMAGE_BYTES`; never a
@@ -154,7 +155,7 @@ class ValidatedRequest:
     variant: str
     request: RenderRequest
     settings: dict  # resolved settings (RenderSettings.to_dict() without checkpoint_id, plus fps)
-    seconds: str  # clip length, (num_frames - 1) / fps, as the videos API spells it
+    seconds: str  # clip length, (num_frames - 1) / the rate the model renders, as the videos API spells it
     size: str | None  # "1280x720"; None when an i2v image's aspect decides at render time
     webhook_url: str | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
