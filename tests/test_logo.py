@@ -79,3 +79,22 @@ def test_logo_field_errors():
         build_request({"prompt": "x", "renditions": ["youtube"], "overlays": {"logo": {"image": "a.png",
                                                                                       "anchor": "nowhere"}}},
                       spec=PRESETS["tiny"])
+
+
+def test_a_user_subject_box_decides_the_crop(tmp_path):
+    """Two bright squares, left and right; the estimate would follow the moving one (right), the user's box the
+    still one (left): each vertical rendition shows the square it was told to keep."""
+    frames = np.full((9, 72, 128, 3), 40, np.uint8)
+    frames[:, 30:42, 8:20] = (250, 250, 0)  # still, left: the user's subject
+    for index in range(9):
+        frames[index, 30:42, 76 + 4 * index:88 + 4 * index] = (0, 250, 250)  # moving, right
+    box = [8 / 128, 30 / 72, 20 / 128, 42 / 72]
+    for subject, colour in ((box, (250, 250, 0)), (None, (0, 250, 250))):
+        request = build_request({"prompt": "two squares", "renditions": ["tiktok"], "subject_box": subject},
+                                spec=PRESETS["tiny"]).request
+        [entry] = publish_renditions(request, frames, 16.0, str(tmp_path / f"clip-{subject is None}"),
+                                     OutputConfig(preset="ultrafast"))
+        video, _ = decode_mp4(read_bytes(entry["uri"]))
+        middle = video[len(video) // 2].reshape(-1, 3).astype(int)
+        shown = (np.abs(middle - colour).max(axis=1) < 60).mean()
+        assert shown > 0.01, (subject, shown)

@@ -53,11 +53,12 @@ WALK: dict[str, tuple[str, object]] = {
     "loras": ("tiny", [{"path": "s3://loras/style.safetensors", "scale": 0.8, "transformer": "both"},
                        {"path": "https://example.com/lightning-low.safetensors"}]),
     "renditions": ("tiny", ["tiktok", "youtube"]),
+    "subject_box": ("tiny", [[0.1, 0.2, 0.4, 0.6], [0.5, 0.2, 0.8, 0.6]]),  # keyframes, with WALK's renditions
     "overlays": ("tiny", {"title": {"text": "Kites", "position": "top"}, "guides": True}),  # with WALK's renditions
     "style_lock": ("tiny-ti2v", 0.6),  # the number shorthand, with WALK's image
 }
 # what a field needs beside it to take effect
-COMPANIONS = {"layers": "camera", "overlays": "renditions", "fps_mode": "fps"}
+COMPANIONS = {"layers": "camera", "overlays": "renditions", "fps_mode": "fps", "subject_box": "renditions"}
 # what each door calls a field when it is not the field's own name
 HTTP_NAMES = {"name": None}  # the job id names a job's folder: a client cannot
 MANIFEST_NAMES = {"name": "id"}
@@ -155,6 +156,7 @@ def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
                                                                   "end": 0.2}]}),
                                            ("camera", {"shake": {"intensity": 1.5}}),
                                            ("renditions", ["tiktok", "vine"]), ("style_lock", 1.5),
+                                           ("subject_box", [0.5, 0.1, 0.4, 0.3]),
                                            ("style_lock", {"strength": 0.5, "lut": "warm"})])
 def test_a_bad_value_is_refused_at_every_door_naming_the_field(name, bad, cli, tmp_path):
     fields = {**BASE, name: bad, **({"height": 64} if name == "width" else {})}
@@ -184,8 +186,8 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() == RenderRequest.from_dict(loose).digest()
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
-    before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "overlays",
-                                                         "style_lock", "fps_mode")}
+    before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "subject_box",
+                                                         "overlays", "style_lock", "fps_mode")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()

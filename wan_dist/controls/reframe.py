@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -21,7 +23,7 @@ from wan_dist.controls.camera import ControlError
 from wan_dist.controls.layers import saliency_map
 from wan_dist.controls.platforms import Box, PlatformProfile
 
-__all__ = ["subject_track", "crop_window", "crop_path", "containment", "apply_crop", "retime", "reframe",
+__all__ = ["subject_keyframes", "MAX_SUBJECT_KEYFRAMES", "subject_track", "crop_window", "crop_path", "containment", "apply_crop", "retime", "reframe",
            "DEFAULT_SMOOTHING_S"]
 
 DEFAULT_SMOOTHING_S = 0.5  # Gaussian sigma of the crop path, seconds: slow, deliberate reframing
@@ -30,6 +32,20 @@ _MOTION_THRESHOLD = 16.0  # grey levels; below it a pixel counts as background
 _SUBJECT_MARGIN = 0.04  # share of the frame's short side added around an estimated subject
 _TRACK_SIZE = 180  # short side (pixels) at which the subject is estimated
 _GROW_SHARE = 0.25  # how far (share of the short side, at least) a moving part may grow over its own colour
+
+
+MAX_SUBJECT_KEYFRAMES = 64
+
+
+def subject_keyframes(value: Any, field: str = "subject_box") -> list[list[float]]:
+    """A request's ``subject_box`` normalised: one box ``[x0, y0, x1, y1]`` (fractions of the frame) or a list of
+    keyframe boxes spread evenly over the clip, as a list of boxes; ControlError naming the bad part."""
+    boxes = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)) else [value]
+    if len(boxes) > MAX_SUBJECT_KEYFRAMES:
+        raise ControlError(field, f"at most {MAX_SUBJECT_KEYFRAMES} keyframe boxes, got {len(boxes)}")
+    where = (lambda i: f"{field}[{i}]") if len(boxes) > 1 or boxes is value else (lambda i: field)
+    parsed = [Box.parse(box, where(i)) for i, box in enumerate(boxes)]
+    return [[box.x0, box.y0, box.x1, box.y1] for box in parsed]
 
 
 def _user_track(box, num_frames: int, width: int, height: int) -> np.ndarray:

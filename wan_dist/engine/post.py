@@ -95,7 +95,7 @@ def publish_renditions(request: RenderRequest, frames: np.ndarray, fps: float, p
     overlays = None if request.overlays is None else OverlaySpec.from_dict(request.overlays)
     entries = []
     for profile in parse_renditions(request.renditions):
-        made = make_rendition(frames, fps, profile, overlays=overlays, logo=logo)
+        made = make_rendition(frames, fps, profile, subject_box=request.subject_box, overlays=overlays, logo=logo)
         uri = join(prefix, RENDITIONS_FOLDER, f"{profile.name}.mp4")
         video = encode_mp4(made.frames, profile.fps, codec=output.codec, crf=output.crf, preset=output.preset)
         write_bytes_atomic(uri, video, content_type="video/mp4")

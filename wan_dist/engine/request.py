@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 from wan_dist.config import SamplingConfig
 from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, StyleLock
 from wan_dist.controls.overlays import layout_overlays
+from wan_dist.controls.reframe import subject_keyframes
 from wan_dist.controls.renditions import parse_renditions
 from wan_dist.engine.settings import RECIPES, frames_for_duration
 from wan_dist.video.interpolate import retimed_count
@@ -156,6 +157,13 @@ def _control(kind):
     return normalise
 
 
+def _subject_box(value: list) -> list:
+    try:
+        return subject_keyframes(value, field="")
+    except ControlError as error:
+        raise ValueError(f"{error.field.lstrip('.')}: {error.reason}" if error.field else error.reason) from None
+
+
 def _renditions(value: list) -> list:
     try:
         return [profile.name for profile in parse_renditions(value, field="")]
@@ -199,6 +207,9 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                                 "| both}]", max_length=MAX_LORAS, items=lora_item),
     RequestField("renditions", list, "platform outputs beside the clip: [youtube, youtube_shorts, tiktok, "
                  "instagram_reels, instagram_feed, instagram_feed_4x5]", normalise=_renditions),
+    RequestField("subject_box", list, "what the renditions keep in frame: [x0, y0, x1, y1] (fractions of the frame), "
+                 "or keyframe boxes spread evenly over the clip (default: estimated from motion)",
+                 normalise=_subject_box),
     RequestField("overlays", dict, "per rendition: {title: {text, size, colour, position, start, end, fade}, "
                  "guides: bool} (INTERFACES.md)", normalise=_control(OverlaySpec)),
     RequestField("style_lock", dict, "keep the input image's grade: a strength 0..1 or {strength, colour, "
@@ -206,7 +217,7 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
 # see RenderRequest.digest
-_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock", "fps_mode")
+_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "subject_box", "overlays", "style_lock", "fps_mode")
 
 
 class RequestError(ValueError):
@@ -241,6 +252,7 @@ class RenderRequest:
     layers: dict[str, Any] | None = None  # controls.LayerSpec's loose form, normalised
     loras: list[dict[str, Any]] = field(default_factory=list)  # [{path, scale, transformer}], normalised
     renditions: list[str] | None = None  # platform profile names (controls.platforms)
+    subject_box: list[list[float]] | None = None  # keyframe boxes the renditions keep in frame (controls.reframe)
     overlays: dict[str, Any] | None = None  # controls.OverlaySpec's loose form, normalised
     style_lock: dict[str, Any] | None = None  # controls.StyleLock's loose form, normalised
 
@@ -305,7 +317,8 @@ class RenderRequest:
                    fps_mode=fps_mode, seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
                    camera=request.get("camera"), layers=request.get("layers"),
                    loras=[dict(x) for x in request.get("loras") or ()],
-                   renditions=request.get("renditions"), overlays=request.get("overlays"),
+                   renditions=request.get("renditions"), subject_box=request.get("subject_box"),
+                   overlays=request.get("overlays"),
                    style_lock=request.get("style_lock"))
 
 
@@ -421,6 +434,8 @@ def _check_post(values: dict, problems: list) -> None:
                 except ControlError as error:
                     problems.append(("overlays", f"{error.field.lstrip('.')}: {error.reason}"))
                     break
+    if values.get("subject_box") is not None and values.get("renditions") is None:
+        problems.append(("subject_box", "is what the renditions keep in frame: give renditions too"))
     if values.get("style_lock") is not None and values.get("image") is None:
         problems.append(("style_lock", "keeps an input image's style: give image too"))
 
@@ -469,7 +484,8 @@ def _built(spec, values: dict, s, fps: int, render_fps: int) -> BuiltRequest:
         fps=fps, fps_mode=values["fps_mode"], seed=s.seed, sampling=sampling, name=values.get("name"),
         metadata=dict(values.get("metadata") or {}),
         camera=values.get("camera"), layers=values.get("layers"), loras=list(values.get("loras") or ()),
-        renditions=values.get("renditions"), overlays=values.get("overlays"), style_lock=values.get("style_lock"))
+        renditions=values.get("renditions"), subject_box=values.get("subject_box"), overlays=values.get("overlays"),
+        style_lock=values.get("style_lock"))
     settings = {**s.to_dict(), "fps": fps, "render_fps": render_fps,
                 "frames": retimed_count(s.num_frames, render_fps, fps),
                 **(dict.fromkeys(("height", "width")) if by_image else {})}

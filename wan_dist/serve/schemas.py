@@ -102,7 +102,7 @@ class LoraItem(BaseModel):
 
 
 # the pydantic type of a list field's items; build_request checks them again
-_LIST_ITEMS = {"loras": LoraItem, "renditions": str}
+_LIST_ITEMS = {"loras": LoraItem, "renditions": str}  # others: any JSON (build_request checks)
 
 
 def _annotation(f: RequestField):
