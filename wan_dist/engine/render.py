@@ -27,6 +27,7 @@ class RenderResult:
     sidecar_uri: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    step_cache: dict | None = None  # with a step cache: what it skipped (WanOutput.step_cache)
 
 
 def versions() -> dict[str, str]:
@@ -59,12 +60,15 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     generate = generate or pipe.generate
     # the camera's arguments only when there is a camera: a generate without camera support still renders the rest
     camera = {} if request.camera is None else {"camera": request.camera, "layers": request.layers, "fps": request.fps}
+    # likewise the step cache's only when it is on
+    cache = {} if s.cache == "off" else {"cache": s.cache, "cache_threshold": s.cache_threshold,
+                                         "cache_retention": s.cache_retention}
     image = _load_image(request.image, getattr(pipe, "fetch_policy", None))
     return generate(request.prompt, request.negative_prompt, image=image,
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
-                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera,
+                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera, **cache,
                     **({"loras": list(request.loras)} if request.loras else {}))
 
 
@@ -100,6 +104,9 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     }
     if getattr(out, "camera", None) is not None:  # the sampled camera path: every frame's pose
         sidecar["camera_path"] = out.camera.record()
+    step_cache = getattr(out, "step_cache", None)
+    if step_cache is not None:  # the steps and forwards the step cache skipped
+        sidecar["step_cache"] = step_cache
     tick = time.perf_counter()
     try:
         uris = write_clip(out.frames[0], fps=fps, prefix_uri=prefix, sidecar=sidecar, codec=output.codec,
@@ -109,7 +116,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
                             error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
     timings = {**out.timings, "encode_upload_s": time.perf_counter() - tick}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
-                        timings=timings)
+                        timings=timings, step_cache=step_cache)
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
