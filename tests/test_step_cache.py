@@ -233,3 +233,167 @@ def test_the_recorder_fits_the_ratios_it_measured(dit):
     ratios = profile.step_ratios(plans)
     for index, values in per_step.items():
         assert ratios[index] == pytest.approx(sum(values) / 2)
+
+
+# Through the pipeline and the front door ---------------------------------------------------------------------
+
+TINY_RENDER = dict(prompt="a red fox in the snow", height=32, width=32, num_frames=5, num_inference_steps=8,
+                   seed=1, output_type="latent")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(checkpoint_factory):
+    from wan_dist.engine.pipeline import load_local_pipeline
+
+    return load_local_pipeline(checkpoint_factory("tiny", "diffusers"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tiny_pipe):
+    from wan_dist.engine.step_cache import calibrate
+
+    return calibrate(tiny_pipe, ["a red fox in the snow", "a blue bird"], seed=0,
+                     **{k: TINY_RENDER[k] for k in ("height", "width", "num_frames", "num_inference_steps")})
+
+
+def test_calibration_measures_every_step_after_each_segments_first(tiny_pipe, tiny_profile):
+    settings = tiny_pipe.resolve(**TINY_RENDER)
+    _, plans = tiny_pipe.step_plan(settings)
+    runs = [sum(1 for p in plans if p.expert == e) for e in (0, 1)]
+    assert [len(e.ratios) for e in tiny_profile.experts] == [n - 1 for n in runs]
+    assert tiny_profile.calibration["num_inference_steps"] == 8 and tiny_profile.variant == "tiny"
+    assert all(0.2 < r < 5 for e in tiny_profile.experts for r in e.ratios)
+
+
+@torch.no_grad()
+def test_cache_off_renders_what_a_render_without_the_fields_renders_and_records_nothing(tiny_pipe):
+    plain = tiny_pipe.generate(**TINY_RENDER)
+    off = tiny_pipe.generate(**TINY_RENDER, cache="off")
+    assert torch.equal(plain.frames, off.frames) and off.step_cache is None and off.settings.cache == "off"
+    assert off.settings.cache_threshold is None and off.settings.cache_retention is None
+
+
+@torch.no_grad()
+def test_a_cached_render_skips_steps_reports_them_and_calls_back_on_each(tiny_pipe, tiny_profile):
+    tiny_pipe.cache_profile = tiny_profile
+    try:
+        plain = tiny_pipe.generate(**TINY_RENDER)
+        steps = []
+        out = tiny_pipe.generate(**TINY_RENDER, cache="magcache", cache_threshold=0.5, cache_retention=0.25,
+                                 callback=lambda i, n, latents, estimate: steps.append((i, n, estimate().shape)))
+    finally:
+        tiny_pipe.cache_profile = None
+    record = out.step_cache
+    assert record["mode"] == "magcache" and record["threshold"] == 0.5 and record["retention"] == 0.25
+    assert record["skipped_steps"] and record["forwards_skipped"] == 2 * len(record["skipped_steps"])
+    assert record["forwards"] + record["forwards_skipped"] == 2 * 8
+    assert [i for i, _, _ in steps] == list(range(8)) and {n for _, n, _ in steps} == {8}
+    assert all(shape == out.frames.shape for _, _, shape in steps)
+    assert not torch.equal(out.frames, plain.frames)
+    assert (out.frames - plain.frames).abs().mean() < 0.5 * plain.frames.abs().mean()
+
+
+def test_magcache_without_a_profile_names_the_calibration_command(tiny_pipe):
+    with pytest.raises(ValueError, match="wan-dist calibrate-cache"):
+        tiny_pipe.generate(**TINY_RENDER, cache="magcache")
+
+
+def test_teacache_runs_without_a_profile(tiny_pipe):
+    out = tiny_pipe.generate(**TINY_RENDER, cache="teacache", cache_threshold=0.5)
+    assert out.step_cache["mode"] == "teacache" and out.step_cache["steps"] == 8
+
+
+def test_a_profile_is_read_from_beside_the_checkpoint_and_refused_for_other_weights(tiny_pipe, tiny_profile, tmp_path):
+    import dataclasses
+
+    from wan_dist.engine.step_cache import profile_path, read_profile, write_profile
+
+    info = tiny_pipe.info
+    path = tmp_path / "step_cache.json"
+    write_profile(tiny_profile, path)
+    assert read_profile(info, path) == tiny_profile
+    assert read_profile(dataclasses.replace(info, root=tmp_path / "none")) is None
+    assert profile_path(info) == info.root / "step_cache.json"
+    write_profile(dataclasses.replace(tiny_profile, fingerprint="0" * 16), path)
+    with pytest.raises(ValueError, match="other weights"):
+        read_profile(info, path)
+    write_profile(dataclasses.replace(tiny_profile, variant="toy"), path)
+    with pytest.raises(ValueError, match="profile of toy"):
+        read_profile(info, path)
+
+
+def test_the_shipped_toy_profile_matches_the_shipped_weights():
+    from wan_dist.engine.step_cache import read_profile
+    from wan_dist.models.checkpoint import detect_checkpoint
+    from wan_dist.models.shipped import SHIPPED_DIR
+
+    if not (SHIPPED_DIR / "toy" / "model_index.json").exists():
+        pytest.skip("this checkout ships no toy weights")
+    profile = read_profile(detect_checkpoint(SHIPPED_DIR / "toy"))
+    assert profile is not None and profile.variant == "toy" and len(profile.experts) == 2
+    # toy's 20 steps at shift 12 and boundary 0.875: 13 high-noise, 7 low-noise steps
+    assert [len(e.ratios) for e in profile.experts] == [12, 6]
+
+
+def test_the_front_door_fills_the_cache_defaults_and_refuses_settings_without_a_cache():
+    from wan_dist.engine.request import RenderRequest, RequestError, build_request
+    from wan_dist.models.presets import PRESETS
+    from wan_dist.sampling.step_cache import DEFAULT_RETENTION, DEFAULT_THRESHOLDS
+
+    built = build_request({"prompt": "a kite", "seed": 1, "cache": "magcache"}, spec=PRESETS["tiny"])
+    sampling = built.request.sampling
+    assert (sampling.cache, sampling.cache_threshold, sampling.cache_retention) == (
+        "magcache", DEFAULT_THRESHOLDS["magcache"], DEFAULT_RETENTION)
+    assert built.settings["cache"] == "magcache"
+    plain = build_request({"prompt": "a kite", "seed": 1}, spec=PRESETS["tiny"]).request
+    assert (plain.sampling.cache, plain.sampling.cache_threshold) == ("off", None)
+    with pytest.raises(RequestError) as caught:
+        build_request({"prompt": "a kite", "seed": 1, "cache_threshold": 0.1}, spec=PRESETS["tiny"])
+    assert caught.value.field == "cache_threshold" and "cache=magcache" in caught.value.reason
+    # a sidecar written before step caching existed still reproduces its clip (no cache fields in its settings)
+    settings = {k: v for k, v in built.settings.items() if not k.startswith("cache")}
+    sidecar = {"settings": {**settings, "prompts": ["a kite"], "negative_prompts": ["x"]}, "fps": 16,
+               "request": {"prompt": "a kite"}}
+    assert RenderRequest.from_sidecar(sidecar).sampling.cache == "off"
+    cached = {**sidecar, "settings": {**sidecar["settings"], **{k: built.settings[k] for k in
+                                                                ("cache", "cache_threshold", "cache_retention")}}}
+    assert RenderRequest.from_sidecar(cached).sampling == sampling
+
+
+@pytest.mark.slow
+def test_the_calibrate_cache_command_writes_a_profile_the_pipeline_reads(checkpoint_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from wan_dist.engine.step_cache import read_profile
+    from wan_dist.models.checkpoint import detect_checkpoint
+
+    folder = checkpoint_factory("tiny", "diffusers")
+    out = tmp_path / "profile.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "wan_dist.cli.main", "calibrate-cache", f"model={folder}",
+                           "prompts=[a red fox, a blue bird]", "num_inference_steps=6", "height=32", "width=32",
+                           "num_frames=5", f"out={out}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(out) in done.stdout
+    profile = read_profile(detect_checkpoint(folder), out)
+    assert profile.calibration["prompts"] == ["a red fox", "a blue bird"]
+    assert profile.calibration["num_inference_steps"] == 6
+
+
+def test_a_published_clip_records_the_cache_in_its_sidecar_and_reproduces_from_it(tiny_pipe, tmp_path):
+    from wan_dist.config import OutputConfig, SamplingConfig
+    from wan_dist.engine.render import RenderRequest, render
+
+    sampling = SamplingConfig(num_inference_steps=6, cache="teacache", cache_threshold=0.5, cache_retention=0.2)
+    request = RenderRequest(prompt="a red fox in the snow", height=32, width=32, num_frames=5, fps=8, seed=3,
+                            sampling=sampling, name="fox")
+    result = render(tiny_pipe, request, OutputConfig(uri=str(tmp_path)))
+    assert result.status == "completed", result.error
+    sidecar = json.loads((tmp_path / "fox" / "clip.json").read_text())
+    assert sidecar["step_cache"] == result.step_cache and result.step_cache["mode"] == "teacache"
+    assert sidecar["settings"]["cache"] == "teacache" and sidecar["request"]["cache_threshold"] == 0.5
+    again = RenderRequest.from_sidecar(sidecar).sampling
+    assert (again.cache, again.cache_threshold, again.cache_retention) == ("teacache", 0.5, 0.2)
