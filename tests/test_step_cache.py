@@ -121,6 +121,40 @@ def test_a_skipped_step_adds_the_residual_of_the_last_computed_step_to_its_own_e
 
 
 @torch.no_grad()
+def test_an_order_one_expert_extrapolates_its_last_two_residuals_to_the_skipped_timestep(dit):
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randn(1, 12, dit.config.text_dim, generator=generator)
+    inputs = [torch.randn(1, 16, 2, 4, 4, generator=generator) for _ in range(3)]
+    times = [torch.tensor([960.0]), torch.tensor([930.0]), torch.tensor([880.0])]
+    plans = [SimpleNamespace(index=i, expert=0, timestep=t[0]) for i, t in enumerate(times)]
+    profile = CacheProfile(variant="tiny", experts=(ExpertProfile((), (), (), order=1),))
+    cache = StepCache("magcache", plans, threshold=1.0, retention=0.0, profile=profile)
+    cache._skip_at = {0: False, 1: False, 2: True}
+    outputs = []
+    for plan, x, t in zip(plans, inputs, times):
+        cache.begin_step(plan)
+        outputs.append(cache.wrap(dit)(x, t, context))
+    first, second = (_blocks_residual(dit, x, t, context) for x, t in zip(inputs[:2], times[:2]))
+    estimate = second + (second - first) * (880.0 - 930.0) / (930.0 - 960.0)
+    state = dit.embed(inputs[2], times[2], context)
+    expected = dit.unpatchify(dit.head(state.tokens + estimate, state.e), state.grid)
+    torch.testing.assert_close(outputs[2], expected, rtol=0, atol=1e-5)
+    assert cache.decisions == {0: False, 1: False, 2: True}
+
+
+def test_calibration_picks_extrapolation_only_for_an_expert_whose_residual_it_predicts_better():
+    def record(expert, index, reuse, extrapolated):
+        return {"expert": expert, "index": index, "timestep": 900.0 - index, "previous": 901.0 - index, "call": 0,
+                "ratio": 1.0, "residual_change": 0.1, "embedding_change": 0.1, "reuse_error": reuse,
+                "extrapolation_error": extrapolated}
+
+    records = [record(0, 1, 0.1, None), record(0, 2, 0.1, 0.2), record(0, 3, 0.1, 0.15),
+               record(1, 5, 0.3, None), record(1, 6, 0.3, 0.1), record(1, 7, 0.4, 0.5)]
+    profile = fit_profile(records, variant="x", num_experts=2)
+    assert [e.order for e in profile.experts] == [0, 1]
+
+
+@torch.no_grad()
 def test_teacache_skips_while_the_accumulated_embedding_change_stays_under_the_threshold(dit):
     schedule = diffusers_schedule(8, 5.0, solver="euler")
     plans = plan_steps(schedule.timesteps, boundary_ratio=None, guidance_scale=1.0, guidance_scale_2=None)

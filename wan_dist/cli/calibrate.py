@@ -31,6 +31,6 @@ def calibrate_cache_main(cfg: DictConfig) -> None:
     path = write_profile(profile, cfg.out or profile_path(pipe.info))
     for index, expert in enumerate(profile.experts):
         ratios = ", ".join(f"{r:.3f}" for r in expert.ratios)
-        log.info("expert %d: %d steps, ratios %s; teacache line %s", index, len(expert.ratios), ratios,
-                 [round(c, 4) for c in expert.teacache])
+        log.info("expert %d: %d steps, ratios %s; teacache line %s; skipped steps estimate order %d", index,
+                 len(expert.ratios), ratios, [round(c, 4) for c in expert.teacache], expert.order)
     print(path)

@@ -1,8 +1,11 @@
 """Step caching: skip a transformer's blocks on steps where their residual barely changes.
 
 A DiT forward is ``x -> blocks(x) -> head``. The blocks' residual ``r = blocks(x) - x`` (tokens [B, L, dim])
-changes slowly between neighbouring steps, so on a skipped step the expert embeds its input, adds the
-residual its last computed step left, and runs only the head. Two rules decide which steps skip:
+changes slowly between neighbouring steps, so on a skipped step the expert embeds its input, adds an estimate
+of the residual from its last computed steps, and runs only the head. The estimate is the last computed
+residual (``order`` 0, as MagCache and TeaCache reuse it) or, for an expert whose calibration found its residual
+to move smoothly with the timestep, the line through the last two computed residuals at the step's timestep
+(``order`` 1). Two rules decide which steps skip:
 
 - ``magcache`` (MagCache): calibrated per-step ratios ``||r_i|| / ||r_{i-1}||`` (mean over tokens) of
   each expert (:class:`CacheProfile`). Over a run of skipped steps the ratio product drifts from 1;
@@ -41,7 +44,9 @@ __all__ = ["CACHE_MODES", "DEFAULT_THRESHOLDS", "DEFAULT_RETENTION", "DEFAULT_MA
            "StepCache", "CacheRecorder", "fit_profile"]
 
 CACHE_MODES = ("off", "magcache", "teacache")
-# Defaults when a request names a mode without a threshold (chosen on toy's sweep, benchmarks/RESULTS.md).
+# Defaults when a request names a mode without them: the published settings for Wan (MagCache 0.06 with retention
+# 0.2; TeaCache 0.14-0.2 for the 14B), which keep PSNR high. toy's curve (benchmarks/RESULTS.md) reaches 2x fewer
+# forwards at >= 30 dB with retention 0.1 (magcache 0.1, teacache 0.3).
 DEFAULT_THRESHOLDS = {"magcache": 0.06, "teacache": 0.2}
 DEFAULT_RETENTION = 0.2
 DEFAULT_MAX_SKIPS = 2  # MagCache's K for Wan: at most this many skipped steps in a row
@@ -123,18 +128,23 @@ def _time_embedding(model, timestep: torch.Tensor) -> torch.Tensor:
 class ExpertProfile:
     """One expert's calibration: at calibration step k (timestep ``timesteps[k]``, its predecessor in the
     expert's segment at ``previous[k]``) the residual magnitude ratio ``ratios[k]``; ``teacache``: the
-    polynomial (highest power first) from the embedding's relative change to the residual's."""
+    polynomial (highest power first) from the embedding's relative change to the residual's; ``order``: how a
+    skipped step estimates the residual (0: the last computed one; 1: extrapolated linearly in the timestep
+    from the last two computed ones)."""
 
     timesteps: tuple[float, ...]
     previous: tuple[float, ...]
     ratios: tuple[float, ...]
     teacache: tuple[float, ...] = (1.0, 0.0)
+    order: int = 0
 
     def __post_init__(self) -> None:
         if not len(self.timesteps) == len(self.previous) == len(self.ratios):
             raise ValueError("ExpertProfile: timesteps, previous and ratios must have the same length")
         if any(not (r > 0 and math.isfinite(r)) for r in self.ratios):
             raise ValueError("ExpertProfile: ratios must be positive finite numbers")
+        if self.order not in (0, 1):
+            raise ValueError(f"ExpertProfile: order must be 0 or 1, got {self.order}")
 
     def ratio(self, timestep: float, previous: float) -> float:
         """The magnitude ratio of a step at ``timestep`` after one at ``previous`` (same expert).
@@ -158,14 +168,15 @@ class ExpertProfile:
 
     def to_dict(self) -> dict:
         return {"timesteps": list(self.timesteps), "previous": list(self.previous), "ratios": list(self.ratios),
-                "teacache": list(self.teacache)}
+                "teacache": list(self.teacache), "order": self.order}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExpertProfile":
         return cls(timesteps=tuple(float(x) for x in data["timesteps"]),
                    previous=tuple(float(x) for x in data["previous"]),
                    ratios=tuple(float(x) for x in data["ratios"]),
-                   teacache=tuple(float(x) for x in data.get("teacache", (1.0, 0.0))))
+                   teacache=tuple(float(x) for x in data.get("teacache", (1.0, 0.0))),
+                   order=int(data.get("order", 0)))
 
 
 def _interp(x: float, points: list[float], values: list[float]) -> float:
@@ -251,7 +262,7 @@ class StepCache:
         self._reset()
 
     def _reset(self) -> None:
-        self._residuals: dict[int, torch.Tensor] = {}
+        self._residuals: dict[int, list[tuple[float, torch.Tensor]]] = {}  # call -> last computed (t, residual)s
         self._embedding: torch.Tensor | None = None  # teacache: e0 of the previous step of this segment
         self._accumulated = 0.0
 
@@ -284,14 +295,31 @@ class StepCache:
         self._accumulated = 0.0
         return False
 
-    def _teacache_coefficients(self) -> tuple[float, ...]:
+    def _expert_profile(self) -> ExpertProfile | None:
         if self.profile is None or not self.profile.experts:
-            return (1.0, 0.0)
-        return self.profile.experts[min(self._expert, len(self.profile.experts) - 1)].teacache
+            return None
+        return self.profile.experts[min(self._expert, len(self.profile.experts) - 1)]
+
+    def _teacache_coefficients(self) -> tuple[float, ...]:
+        profile = self._expert_profile()
+        return (1.0, 0.0) if profile is None else profile.teacache
+
+    def _estimate(self, slot: int, shape: torch.Size) -> torch.Tensor:
+        """The residual of call ``slot`` at the current step, from this segment's computed steps."""
+        kept = self._residuals.get(slot)
+        if not kept or kept[-1][1].shape != shape:
+            raise RuntimeError(f"StepCache: step {self._plan.index} skips, but call {slot} has no residual of "
+                               f"shape {tuple(shape)} from an earlier step of this expert")
+        profile = self._expert_profile()
+        (t1, last) = kept[-1]
+        if profile is None or profile.order == 0 or len(kept) < 2 or kept[0][0] == t1:
+            return last
+        t0, before = kept[0]
+        return last + (last - before) * ((float(self._plan.timestep) - t1) / (t1 - t0))
 
     def hook(self, model, tokens: torch.Tensor, run: BlockRunner) -> torch.Tensor:
-        """The blocks of one expert call: ``run(tokens)`` and keep the residual, or reuse the residual kept by
-        the same call (same position in the step) of this segment's last computed step.
+        """The blocks of one expert call: ``run(tokens)`` and keep the residual, or estimate it from the residuals
+        kept by the same call (same position in the step) of this segment's last computed steps.
 
         tokens: this rank's tokens fp32 [B, L(shard), dim]. Returns the blocks' output, same shape.
         The step's decision is made once, on its first call (so every branch of a step agrees).
@@ -303,15 +331,14 @@ class StepCache:
             self._skip = self._decide(model)
             self.decisions[self._plan.index] = self._skip
         if self._skip:
-            residual = self._residuals.get(slot)
-            if residual is None or residual.shape != tokens.shape:
-                raise RuntimeError(f"StepCache: step {self._plan.index} skips, but call {slot} has no residual of "
-                                   f"shape {tuple(tokens.shape)} from an earlier step of this expert")
+            residual = self._estimate(slot, tokens.shape)
             self.forwards_skipped += 1
             return tokens + residual
         before = tokens.clone()  # run may update tokens in place
         out = run(tokens)
-        self._residuals[slot] = out - before
+        kept = self._residuals.setdefault(slot, [])
+        kept.append((float(self._plan.timestep), out - before))
+        del kept[:-2]  # an order-1 estimate needs the last two
         self.forwards += 1
         return out
 
@@ -325,14 +352,15 @@ class StepCache:
 class CacheRecorder:
     """Runs every step (never skips) and records what a profile is fitted from: per step and call, the
     residual's magnitude ratio and relative L1 change against the same call of the step before (same
-    expert), and the relative change of the time embedding ``e0``. Same interface as :class:`StepCache`."""
+    expert), the relative change of the time embedding ``e0``, and how far from the residual its order-0 and
+    order-1 estimates from the steps before land (relative L2). Same interface as :class:`StepCache`."""
 
     def __init__(self):
         self.records: list[dict] = []
         self._expert: int | None = None
         self._plan = None
         self._previous_plan = None
-        self._residuals: dict[int, torch.Tensor] = {}
+        self._residuals: dict[int, list[tuple[float, torch.Tensor]]] = {}  # call -> the last two (t, residual)
         self._embedding: torch.Tensor | None = None
 
     def begin_step(self, plan) -> None:
@@ -356,16 +384,29 @@ class CacheRecorder:
         before = tokens.clone()
         out = run(tokens)
         residual = (out - before).float()
-        previous = self._residuals.get(slot)
-        self._residuals[slot] = residual
-        if previous is not None and self._previous_plan is not None:
+        timestep = float(self._plan.timestep)
+        kept = self._residuals.setdefault(slot, [])
+        if kept and self._previous_plan is not None:
+            previous = kept[-1][1]
             ratio = (residual.norm(dim=-1) / previous.norm(dim=-1).clamp_min(1e-12)).mean()
-            self.records.append({"expert": self._plan.expert, "index": self._plan.index,
-                                 "timestep": float(self._plan.timestep),
+            extrapolated = None
+            if len(kept) == 2 and kept[0][0] != kept[1][0]:
+                (t0, r0), (t1, r1) = kept
+                extrapolated = _relative_l2(r1 + (r1 - r0) * ((timestep - t1) / (t1 - t0)), residual)
+            self.records.append({"expert": self._plan.expert, "index": self._plan.index, "timestep": timestep,
                                  "previous": float(self._previous_plan.timestep), "call": slot,
                                  "ratio": float(ratio), "residual_change": relative_l1(residual, previous),
-                                 "embedding_change": self._step_embedding})
+                                 "embedding_change": self._step_embedding,
+                                 "reuse_error": _relative_l2(previous, residual),
+                                 "extrapolation_error": extrapolated})
+        kept.append((timestep, residual))
+        del kept[:-2]
         return out
+
+
+def _relative_l2(estimate: torch.Tensor, target: torch.Tensor) -> float:
+    target = target.detach().double()
+    return float((estimate.detach().double() - target).norm() / target.norm().clamp_min(1e-12))
 
 
 def fit_profile(records: Sequence[dict], *, variant: str, num_experts: int, max_skips: int = DEFAULT_MAX_SKIPS,
@@ -374,7 +415,8 @@ def fit_profile(records: Sequence[dict], *, variant: str, num_experts: int, max_
 
     Per expert and step: the mean magnitude ratio over calls (cond, uncond) and renders. TeaCache's polynomial:
     a least-squares line from the embedding's relative change to the residual's (a proportional one when the
-    embedding changes alike at every step; the identity without records).
+    embedding changes alike at every step; the identity without records). ``order`` 1 where extrapolating the
+    last two residuals predicted the next one better on average than reusing the last (a smooth residual), else 0.
     """
     experts = []
     for expert in range(num_experts):
@@ -384,9 +426,12 @@ def fit_profile(records: Sequence[dict], *, variant: str, num_experts: int, max_
             by_step.setdefault((r["timestep"], r["previous"]), []).append(r["ratio"])
         keys = sorted(by_step, reverse=True)
         pairs = [(r["embedding_change"], r["residual_change"]) for r in mine if r["embedding_change"] is not None]
+        both = [(r["reuse_error"], r["extrapolation_error"]) for r in mine
+                if r.get("extrapolation_error") is not None]
+        order = int(bool(both) and sum(e for _, e in both) < sum(e for e, _ in both))
         experts.append(ExpertProfile(timesteps=tuple(t for t, _ in keys), previous=tuple(p for _, p in keys),
                                      ratios=tuple(sum(by_step[k]) / len(by_step[k]) for k in keys),
-                                     teacache=_fit_line(pairs)))
+                                     teacache=_fit_line(pairs), order=order))
     return CacheProfile(variant=variant, experts=tuple(experts), max_skips=max_skips, fingerprint=fingerprint,
                         calibration=dict(calibration or {}))
 
