@@ -62,7 +62,7 @@ def test_a_measurement_may_not_overwrite_the_columns_every_row_carries(tmp_path)
 
 def test_every_benchmark_saves_under_outputs_by_default():
     configs = sorted((REPO / "conf").glob("bench_*.yaml"))
-    assert len(configs) == 6
+    assert len(configs) == 7
     for path in configs:
         save_to = OmegaConf.load(path).save_to
         assert save_to.startswith("outputs/") and save_to.endswith(".csv"), (path.name, save_to)
