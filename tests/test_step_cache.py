@@ -327,7 +327,9 @@ def test_a_cached_render_skips_steps_reports_them_and_calls_back_on_each(tiny_pi
     assert (out.frames - plain.frames).abs().mean() < 0.5 * plain.frames.abs().mean()
 
 
-def test_magcache_without_a_profile_names_the_calibration_command(tiny_pipe):
+def test_magcache_without_a_profile_names_the_calibration_command_before_any_work(tiny_pipe):
+    with pytest.raises(ValueError, match="wan-dist calibrate-cache"):
+        tiny_pipe.resolve(**TINY_RENDER, cache="magcache")  # every rank checks a request this way first
     with pytest.raises(ValueError, match="wan-dist calibrate-cache"):
         tiny_pipe.generate(**TINY_RENDER, cache="magcache")
 

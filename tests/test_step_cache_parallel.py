@@ -73,6 +73,7 @@ def _cases(checkpoint_factory) -> list[dict]:
         dict(name="cfg2_teacache", parallel=dict(cfg=2), kwargs=_t2v(TEACACHE), **t2v),
         dict(name="data2_magcache", parallel=dict(data=2), kwargs=_t2v(MAGCACHE), **t2v),
         dict(name="fsdp_cfg2_magcache", parallel=dict(cfg=2, fsdp=True), kwargs=_t2v(MAGCACHE), **t2v),
+        dict(name="fsdp_ulysses2_teacache", parallel=dict(ulysses=2, fsdp=True), kwargs=_t2v(TEACACHE), **t2v),
         dict(name="ti2v_ulysses2_teacache", parallel=dict(ulysses=2), kwargs=_ti2v(TEACACHE), folder=ti2v,
              profile=TI2V_PROFILE, image=True, full=True),
         dict(name="disaggregated_magcache", parallel=dict(placement="disaggregated"), kwargs=_t2v(MAGCACHE), **t2v),
@@ -94,7 +95,7 @@ def _single_process(case: dict):
 
 
 @pytest.mark.parametrize("name", ["ulysses2_magcache", "ring2_teacache", "cfg2_teacache", "data2_magcache",
-                                  "fsdp_cfg2_magcache", "ti2v_ulysses2_teacache"])
+                                  "fsdp_cfg2_magcache", "fsdp_ulysses2_teacache", "ti2v_ulysses2_teacache"])
 def test_every_rank_skips_the_same_steps_and_renders_the_single_process_cached_clip(world2, name):
     cases, results = world2
     case = next(c for c in cases if c["name"] == name)

@@ -225,6 +225,10 @@ class WanPipeline:
         ``cache_retention`` (sampling/step_cache.py; defaults per mode)."""
         if seed is None:
             seed = random.randrange(2**31)
+        if cache == "magcache":  # its profile is read now, so a checkpoint without one fails before any work
+            from wan_dist.engine.step_cache import profile_of
+
+            profile_of(self, required=True)
         return resolve_settings(
             self.spec, layout=self.info.layout, prompt=camera_prompt(prompt, camera), negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
