@@ -25,7 +25,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["CHARTS", "COMMITTED", "SIZE", "layouts_chart", "serve_chart", "batch_chart", "machine_label",
+__all__ = ["CHARTS", "COMMITTED", "SIZE", "layouts_chart", "serve_chart", "batch_chart", "step_cache_chart",
+           "machine_label",
            "read_rows", "render_committed"]
 
 SIZE = (1200, 750)  # pixels; drawn at DPI so that shown 800 px wide the text reads as 10 pt at 100 dpi
@@ -196,14 +197,50 @@ def batch_chart(rows: Rows, path: str | os.PathLike, *, machine: str | None = No
     return _save(figure, path, title)
 
 
+def step_cache_chart(rows: Rows, path: str | os.PathLike, *, machine: str | None = None,
+                     size: tuple[int, int] = SIZE) -> Path:
+    """benchmarks/step_cache.py: PSNR against the uncached render over the speed-up, one line per cache mode (and
+    retention) through its thresholds: on top the transformer forwards saved (uncached / cached), below the
+    measured denoise time (uncached / cached); the target (2x at 30 dB) dashed."""
+    chart = "step cache"
+    psnr = _column(rows, "psnr_db_mean", chart)
+    forwards = _column(rows, "forward_reduction", chart)
+    speedup = _column(rows, "denoise_speedup", chart)
+    thresholds = _column(rows, "threshold", chart)
+    modes = [f"{m}, retention {r}" for m, r in zip(_column(rows, "cache", chart, str),
+                                                   _column(rows, "retention", chart, str))]
+    shown = [min(p, 60.0) for p in psnr]  # an identical clip (inf dB) drawn at the top
+    title = f"Step caching, {rows[0].get('preset', '?')}: PSNR vs speed-up: {machine_label(rows, chart, machine)}"
+    figure, axes = _figure(size, 2)
+    for axis, xs, label in ((axes[0], forwards, "transformer forwards, uncached / cached"),
+                            (axes[1], speedup, "denoise time, uncached / cached (median of the repeats)")):
+        for mode in dict.fromkeys(modes):
+            points = sorted((t, x, y) for t, x, y, m in zip(thresholds, xs, shown, modes) if m == mode)
+            axis.plot([x for _, x, _ in points], [y for _, _, y in points], marker="o", label=mode)
+            labels: dict[tuple[float, float], list[str]] = {}  # thresholds that land on the same point share a label
+            for t, x, y in points:
+                labels.setdefault((x, y), []).append(f"{t:g}")
+            for (x, y), names in labels.items():
+                axis.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axis.axhline(30, color="black", linestyle="--", linewidth=1)
+        axis.axvline(2, color="black", linestyle="--", linewidth=1)
+        axis.set_xlabel(label + "  (numbers: threshold)")
+        axis.set_ylabel("PSNR vs uncached (dB)")
+        axis.set_xlim(left=min(0.9, min(xs) * 0.95))
+        axis.legend(fontsize=8, loc="upper right")
+    return _save(figure, path, title)
+
+
 # name -> chart: the names csv_rows.save_chart and report_row(chart=...) take
-CHARTS: dict[str, Callable[..., Path]] = {"layouts": layouts_chart, "serve": serve_chart, "batch": batch_chart}
+CHARTS: dict[str, Callable[..., Path]] = {"layouts": layouts_chart, "serve": serve_chart, "batch": batch_chart,
+                                          "step_cache": step_cache_chart}
 
 # committed table -> (chart, machine for tables saved before rows carried it: the one RESULTS.md names)
 COMMITTED: dict[str, tuple[str, str | None]] = {
     "layouts_cpu.csv": ("layouts", "x86_64, 2 cores, no GPU (per RESULTS.md)"),
     "serve_api_cpu.csv": ("serve", None),
     "batch_cpu.csv": ("batch", None),
+    "step_cache_cpu.csv": ("step_cache", None),
 }
 
 

@@ -44,8 +44,16 @@ TABLES = {
         {"preset": "small", "rows": "50", "size": "128x128x9", "steps": "4", "busy_share": "0.999",
          "overhead_share": "0.0013", **MACHINE},
     ],
+    "step_cache": [
+        {"preset": "toy", "cache": cache, "threshold": threshold, "retention": "0.1", "forward_reduction": forwards,
+         "denoise_speedup": speedup, "psnr_db_mean": psnr, **MACHINE}
+        for cache, threshold, forwards, speedup, psnr in (
+            ("magcache", "0.06", "1.8182", "1.7", "34.8"), ("magcache", "0.1", "2.0", "1.9", "32.9"),
+            ("teacache", "0.2", "1.6667", "1.5", "40.0"), ("teacache", "0.3", "2.2222", "2.1", "31.6"),
+            ("teacache", "0.05", "1.0", "1.0", "inf"))
+    ],
 }
-MEASURED = {"layouts": "s_per_step", "serve": "p99_ms", "batch": "busy_share"}
+MEASURED = {"layouts": "s_per_step", "serve": "p99_ms", "batch": "busy_share", "step_cache": "psnr_db_mean"}
 
 
 def _size(path: Path) -> tuple[int, int]:

@@ -43,6 +43,9 @@ WALK: dict[str, tuple[str, object]] = {
     "shift": ("tiny", 7.0),
     "solver": ("tiny", "euler"),
     "schedule": ("tiny", "reference"),
+    "cache": ("tiny", "teacache"),
+    "cache_threshold": ("tiny", 0.3),  # with cache (as layers with camera)
+    "cache_retention": ("tiny", 0.5),
     "recipe": ("tiny", "lightning"),
     "seed": ("tiny", 11),
     "name": ("tiny", "kite-walk"),
@@ -128,7 +131,8 @@ def _hydra(value) -> str:
 def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
     variant, value = WALK[name]
     base = {**BASE, **({"image": WALK["image"][1]} if variant == "tiny-ti2v" else {}),
-            **({COMPANIONS[name]: WALK[COMPANIONS[name]][1]} if name in COMPANIONS else {})}
+            **({COMPANIONS[name]: WALK[COMPANIONS[name]][1]} if name in COMPANIONS else {}),
+            **({"cache": "magcache"} if name.startswith("cache_") else {})}  # a step cache's settings need one
     fields = {**base, name: value}
     if name in ("width", "height"):
         fields.setdefault("height" if name == "width" else "width", 64)
@@ -150,6 +154,7 @@ def test_each_field_has_the_same_effect_through_every_door(name, cli, tmp_path):
 
 @pytest.mark.parametrize(("name", "bad"), [("num_frames", 6), ("fps", 0), ("fps", 65), ("fps_mode", "slowmo"),
                                            ("solver", "rk45"), ("shift", -1.0),
+                                           ("cache", "fastcache"), ("cache_threshold", 0.0),
                                            ("width", 70), ("guidance_scale", "high"),
                                            ("camera", {"moves": [{"type": "spin", "amount": 1}]}),
                                            ("camera", {"moves": [{"type": "pan", "amount": 5, "start": 0.8,
@@ -187,13 +192,16 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
     before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "subject_box",
-                                                         "overlays", "style_lock", "fps_mode")}
+                                                         "overlays", "style_lock", "fps_mode", "cache",
+                                                         "cache_threshold", "cache_retention")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()
     assert request.digest() != dataclasses.replace(request, fps=8, fps_mode="playback").digest()
     lora = {"path": "s3://l/a.safetensors", "scale": 1.0, "transformer": "high"}
     assert request.digest() != dataclasses.replace(request, loras=[lora]).digest()
+    cached = dataclasses.replace(request.sampling, cache="magcache", cache_threshold=0.1, cache_retention=0.2)
+    assert request.digest() != dataclasses.replace(request, sampling=cached).digest()
 
 
 def test_every_problem_of_a_request_is_reported_at_once():

@@ -24,6 +24,7 @@ VERBS = {
     "make-checkpoint": "write a random-weight checkpoint of a preset in the reference or diffusers layout",
     "train": "train the toy (or toy-i2v) model (VAE, then the two experts) on Ray Train; a rerun resumes",
     "train-lora": "train a LoRA on a base model from captioned clips or images, on Ray Train; a rerun resumes",
+    "calibrate-cache": "measure a checkpoint's step-cache profile (magcache) on a few renders; written beside it",
 }
 LATER: dict[str, str] = {}
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         from wan_dist.cli.train import train_main as task
     elif verb == "train-lora":
         from wan_dist.cli.train import train_lora_main as task
+    elif verb == "calibrate-cache":
+        from wan_dist.cli.calibrate import calibrate_cache_main as task
     else:
         raise SystemExit(f"wan-dist: unknown verb {verb!r}; known: {', '.join(VERBS)} (wan-dist --help says more)")
     run_hydra(verb, task, overrides)

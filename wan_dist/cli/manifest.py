@@ -13,8 +13,9 @@ __all__ = ["manifest_main", "SHARED_COLUMNS"]
 
 # Keys of conf/manifest.yaml copied into every row when not null.
 SHARED_COLUMNS = ("negative_prompt", "image", "width", "height", "num_frames", "duration_s", "fps",
-                  "fps_mode", "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver",
-                  "schedule", "output_prefix", "metadata", "camera", "layers")
+                  "fps_mode", "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
+                  "solver", "schedule", "cache", "cache_threshold", "cache_retention", "output_prefix", "metadata",
+                  "camera", "layers")
 
 
 def manifest_main(cfg: DictConfig) -> None:

@@ -133,6 +133,7 @@ class TextEncoderConfig:
 
 Schedule = Literal["reference", "diffusers"]
 Solver = Literal["unipc", "dpm++", "euler"]
+StepCacheMode = Literal["off", "magcache", "teacache"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,9 +147,21 @@ class SamplingConfig:
     guidance_scale: float | None = None  # high-noise expert (diffusers' `transformer`)
     guidance_scale_2: float | None = None  # low-noise expert (diffusers' `transformer_2`)
     boundary_ratio: float | None = None
+    # step caching (wan_dist/sampling/step_cache.py): skip the blocks on steps whose residual barely changes;
+    # threshold and retention None: the mode's defaults (off: they do not apply)
+    cache: StepCacheMode = "off"
+    cache_threshold: float | None = None
+    cache_retention: float | None = None  # share of each expert's first steps always computed
 
     def __post_init__(self) -> None:
         name = "SamplingConfig"
+        _require(self.cache in ("off", "magcache", "teacache"), name, "cache",
+                 f"must be one of off, magcache, teacache; got {self.cache!r}")
+        if self.cache_threshold is not None:
+            _require(self.cache_threshold > 0, name, "cache_threshold", f"must be > 0, got {self.cache_threshold}")
+        if self.cache_retention is not None:
+            _require(0.0 <= self.cache_retention <= 1.0, name, "cache_retention",
+                     f"must be in [0, 1], got {self.cache_retention}")
         _require(self.solver in ("unipc", "dpm++", "euler"), name, "solver",
                  f"must be one of unipc, dpm++, euler; got {self.solver!r}")
         _require(self.schedule in (None, "reference", "diffusers"), name, "schedule",

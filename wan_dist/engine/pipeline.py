@@ -42,6 +42,7 @@ class WanOutput:
     camera: CameraPlan | None = None
     loras: list[dict] = field(default_factory=list)  # the request's LoRAs: uri, sha256, scale, transformer, experts
     post_inputs: Any = None  # engine.post.PostInputs: what the publisher's post pass needs (set by generate_for)
+    step_cache: dict | None = None  # with a step cache: its mode, settings and what it skipped (StepCache.stats)
 
     @property
     def seed(self) -> int:
@@ -72,6 +73,9 @@ class WanPipeline:
         # how a request's image and LoRA URLs are read: None, the operator's (any path, any fsspec URL); a
         # storage.fetch.FetchPolicy, a tenant's (http(s) only, every hop's address checked as it is fetched)
         self.fetch_policy = None
+        # the step cache's calibration (engine/step_cache.py): read from beside the checkpoint on first use;
+        # set it to a CacheProfile to use another
+        self.cache_profile = None
 
     @classmethod
     def from_folder(cls, folder, *, device="cpu", dtype=torch.bfloat16, expert_loader=None,
@@ -204,13 +208,15 @@ class WanPipeline:
         prepare = getattr(model, "prepare_context", None)
         prepared: dict[int, tuple[torch.Tensor, Any]] = {}  # id(context) -> (context, prepared)
 
-        def expert(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        def expert(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, blocks=None) -> torch.Tensor:
             if prepare is not None:
                 entry = prepared.get(id(context))
                 if entry is None or entry[0] is not context:  # holding context keeps its id unique
                     entry = prepared[id(context)] = (context, prepare(context))
                 context = entry[1]
-            return model(x, t, context).float()
+            if blocks is None:
+                return model(x, t, context).float()
+            return model(x, t, context, blocks=blocks).float()
 
         return expert
 
@@ -221,20 +227,28 @@ class WanPipeline:
                 guidance_scale_2: float | None = None, boundary_ratio: float | None = None,
                 shift: float | None = None, seed: int | None = None, solver: str | None = None,
                 schedule: str | None = None, prompt_embeds: torch.Tensor | None = None,
-                output_type: str = "np", camera=None, recipe: str | None = None) -> RenderSettings:
+                output_type: str = "np", camera=None, recipe: str | None = None, cache: str | None = None,
+                cache_threshold: float | None = None, cache_retention: float | None = None) -> RenderSettings:
         """The request's settings with this checkpoint's defaults (a seed drawn when None); bad values raise
         ValueError naming the argument. Nothing is computed: every rank of a group can check a request first.
         ``camera``: a camera path (dict or ``controls.CameraPath``): the prompt gains its camera phrases.
-        ``recipe``: a sampling recipe (engine.settings.RECIPES, e.g. "lightning") for the fields left None."""
+        ``recipe``: a sampling recipe (engine.settings.RECIPES, e.g. "lightning") for the fields left None.
+        ``cache``: step caching, off (None) | magcache | teacache, with ``cache_threshold`` and
+        ``cache_retention`` (sampling/step_cache.py; defaults per mode)."""
         if seed is None:
             seed = random.randrange(2**31)
+        if cache == "magcache":  # its profile is read now, so a checkpoint without one fails before any work
+            from wan_dist.engine.step_cache import profile_of
+
+            profile_of(self, required=True)
         return resolve_settings(
             self.spec, layout=self.info.layout, prompt=camera_prompt(prompt, camera), negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds, height=height, width=width, num_frames=num_frames,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             guidance_scale_2=guidance_scale_2, boundary_ratio=boundary_ratio, shift=shift, seed=seed,
             solver=solver, schedule=schedule, output_type=output_type, has_image=image is not None,
-            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image), recipe=recipe)
+            checkpoint_id=self.info.checkpoint_id, image_size=image_size(image), recipe=recipe, cache=cache,
+            cache_threshold=cache_threshold, cache_retention=cache_retention)
 
     def step_plan(self, settings: RenderSettings) -> tuple[Any, list[StepPlan]]:
         """(schedule, one StepPlan per denoising step: expert, timestep, guidance) of resolved settings."""
@@ -332,7 +346,8 @@ class WanPipeline:
     @torch.no_grad()
     def denoise(self, prepared: "PreparedRender", latents: torch.Tensor | None = None, *,
                 steps: Sequence[StepPlan] | None = None, solver=None, experts: list[Callable] | None = None,
-                predict: Callable | None = None, callback: Callable[..., None] | None = None) -> torch.Tensor:
+                predict: Callable | None = None, callback: Callable[..., None] | None = None,
+                cache=None) -> torch.Tensor:
         """Run ``steps`` (default: all of ``prepared.steps``) from ``latents`` (default: the initial ones).
 
         ``solver``: one made by ``prepared.make_solver()`` and carried across calls (its multistep state
@@ -340,20 +355,33 @@ class WanPipeline:
         an expert a step range never uses may be a stub), ``predict`` the guided prediction.
         ``callback(step_index, num_steps, latents, estimate)`` after every step, ``num_steps`` counting the
         whole plan, so a stage running part of it reports the step's place in the render.
+        ``cache``: the step cache of these steps (default: the settings' one, made by :meth:`step_cache`); its
+        counts are added to ``prepared.step_cache``.
         """
         tick = time.perf_counter()
         total = len(prepared.steps)
         solver = solver or prepared.make_solver()
         on_step = None if callback is None else (lambda plan, x, estimate: callback(plan.index, total, x, estimate))
+        if cache is None:
+            cache = self.step_cache(prepared)
         latents = denoise(prepared.latents if latents is None else latents,
                           steps=prepared.steps if steps is None else steps,
                           solver=solver,
                           experts=experts or [self._expert_fn(m) for m in self.experts], context=prepared.context,
                           negative_context=prepared.negative_context if prepared.settings.use_cfg else None,
                           conditioning=prepared.conditioning, model_dtype=self.dtype, on_step=on_step,
-                          predict=predict or self.default_predict(), guide=_style_guide(prepared, solver))
+                          predict=predict or self.default_predict(), cache=cache,
+                          guide=_style_guide(prepared, solver))
         prepared.timings["denoise_s"] = prepared.timings.get("denoise_s", 0.0) + time.perf_counter() - tick
+        if cache is not None and hasattr(cache, "stats"):
+            prepared.add_cache_stats(cache.stats())
         return latents
+
+    def step_cache(self, prepared: "PreparedRender"):
+        """The step cache of ``prepared``'s settings over its whole plan (engine/step_cache.py), None when off."""
+        from wan_dist.engine.step_cache import make_step_cache
+
+        return make_step_cache(self, prepared)
 
     @torch.no_grad()
     def finish(self, prepared: "PreparedRender", latents: torch.Tensor) -> WanOutput:
@@ -366,7 +394,7 @@ class WanPipeline:
             latents = self.post_pass(prepared.camera, latents, timings)
         timings["total_s"] = time.perf_counter() - prepared.started
         return WanOutput(frames=latents, settings=prepared.settings, timings=timings, camera=prepared.camera,
-                         loras=list(prepared.loras))
+                         loras=list(prepared.loras), step_cache=prepared.step_cache)
 
     @staticmethod
     def post_pass(camera: CameraPlan | None, frames, timings: dict[str, float]):
@@ -390,7 +418,9 @@ class WanPipeline:
                  output_type: str = "np", callback: Callable[..., None] | None = None,
                  experts: list[Callable] | None = None, predict: Callable | None = None,
                  data_shard: tuple[int, int] | None = None, camera=None, layers=None,
-                 fps: int | None = None, loras=None, recipe: str | None = None, style_lock=None) -> WanOutput:
+                 fps: int | None = None, loras=None, recipe: str | None = None, style_lock=None,
+                 cache: str | None = None, cache_threshold: float | None = None,
+                 cache_retention: float | None = None) -> WanOutput:
         """Render a batch of clips: :meth:`resolve`, :meth:`prepare`, :meth:`denoise`, :meth:`finish`.
         See INTERFACES.md for the arguments.
 
@@ -411,13 +441,16 @@ class WanPipeline:
         objects), ``fps`` the clip's rate (the shake's frequency is in Hz; default: the variant's).
         ``style_lock``: keep the input image's statistics while sampling (see :meth:`prepare`); the colour
         transfer after decoding is the publisher's (engine/post.py).
+        ``cache`` / ``cache_threshold`` / ``cache_retention``: step caching (see :meth:`resolve`); the output's
+        ``step_cache`` records what it skipped.
         """
         settings = self.resolve(prompt, negative_prompt, image=image, height=height, width=width,
                                 num_frames=num_frames, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2,
                                 boundary_ratio=boundary_ratio, shift=shift, seed=seed, solver=solver,
                                 schedule=schedule, prompt_embeds=prompt_embeds, output_type=output_type,
-                                camera=camera, recipe=recipe)
+                                camera=camera, recipe=recipe, cache=cache, cache_threshold=cache_threshold,
+                                cache_retention=cache_retention)
         prepared = self.prepare(settings, image=image, prompt_embeds=prompt_embeds,
                                 negative_prompt_embeds=negative_prompt_embeds, latents=latents, data_shard=data_shard,
                                 camera=camera, layers=layers, fps=fps, loras=loras, style_lock=style_lock)
@@ -447,6 +480,16 @@ class PreparedRender:
     camera: CameraPlan | None = None  # the request's camera path, sampled (engine/camera.py)
     loras: list[dict] = field(default_factory=list)
     style: "StylePull | None" = None  # the style lock's sampling-time pull (image-conditioned renders)
+    step_cache: dict | None = None  # the step cache's counts over the steps denoised so far
+
+    def add_cache_stats(self, stats: dict) -> None:
+        """Add one denoise call's step-cache counts (a stage may denoise part of the plan)."""
+        if self.step_cache is None:
+            self.step_cache = {**stats, "skipped_steps": list(stats["skipped_steps"])}
+            return
+        for key in ("steps", "forwards", "forwards_skipped"):
+            self.step_cache[key] += stats[key]
+        self.step_cache["skipped_steps"] = sorted(self.step_cache["skipped_steps"] + list(stats["skipped_steps"]))
 
     @property
     def boundary(self) -> int:

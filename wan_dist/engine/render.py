@@ -29,6 +29,7 @@ class RenderResult:
     rendition_guides: dict[str, str] = field(default_factory=dict)  # profile name -> its guides copy (overlays.guides)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    step_cache: dict | None = None  # with a step cache: what it skipped (WanOutput.step_cache)
 
 
 def versions() -> dict[str, str]:
@@ -70,12 +71,15 @@ def generate_for(pipe, request: RenderRequest, *, callback=None, generate=None):
     policy = getattr(pipe, "fetch_policy", None)
     image = _load_image(request.image, policy)
     post = post_inputs(request, image, policy)  # before the render: a refused logo URL costs no GPU time
+    # likewise the step cache's only when it is on
+    cache = {} if s.cache == "off" else {"cache": s.cache, "cache_threshold": s.cache_threshold,
+                                         "cache_retention": s.cache_retention}
     style = {} if request.style_lock is None else {"style_lock": request.style_lock}
     out = generate(request.prompt, request.negative_prompt, image=image,
                     height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                     guidance_scale_2=s.guidance_scale_2, boundary_ratio=s.boundary_ratio, shift=s.shift,
-                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera,
+                    seed=request.seed, solver=s.solver, schedule=s.schedule, callback=callback, **camera, **cache,
                     **({"loras": list(request.loras)} if request.loras else {}), **style)
     if out is not None:  # None on the ranks of a group that do not hold the result
         out.post_inputs = post
@@ -118,6 +122,9 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     }
     if getattr(out, "camera", None) is not None:  # the sampled camera path: every frame's pose
         sidecar["camera_path"] = out.camera.record()
+    step_cache = getattr(out, "step_cache", None)
+    if step_cache is not None:  # the steps and forwards the step cache skipped
+        sidecar["step_cache"] = step_cache
     tick = time.perf_counter()
     try:
         frames = out.frames[0]
@@ -139,7 +146,7 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
     renditions = {entry["profile"]: entry["uri"] for entry in sidecar.get("renditions", [])}
     guides = {entry["profile"]: entry["guides_uri"] for entry in sidecar.get("renditions", []) if "guides_uri" in entry}
     return RenderResult(status="completed", seed=out.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
-                        renditions=renditions, rendition_guides=guides, timings=timings)
+                        renditions=renditions, rendition_guides=guides, timings=timings, step_cache=step_cache)
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,

@@ -36,6 +36,7 @@ from wan_dist.controls.reframe import subject_keyframes
 from wan_dist.controls.renditions import parse_renditions
 from wan_dist.engine.settings import RECIPES, frames_for_duration
 from wan_dist.video.interpolate import retimed_count
+from wan_dist.sampling.step_cache import CACHE_MODES, DEFAULT_RETENTION, DEFAULT_THRESHOLDS
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
            "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
@@ -49,7 +50,7 @@ FPS_MODES = ("convert", "playback")
 MAX_GUIDANCE, MAX_SHIFT = 100.0, 100.0  # far past any useful value (Wan: guidance 3-5, shift 1-17)
 LORA_TRANSFORMERS = ("high", "low", "both")
 _SAMPLING = ("solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2",
-             "boundary_ratio")
+             "boundary_ratio", "cache", "cache_threshold", "cache_retention")
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,13 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("shift", float, "flow-matching timestep shift", low=0, open_low=True, high=MAX_SHIFT),
     RequestField("solver", str, "flow-matching solver", choices=("unipc", "dpm++", "euler")),
     RequestField("schedule", str, "timestep schedule", choices=("reference", "diffusers")),
+    RequestField("cache", str, "step caching: off (default), magcache (calibrated residual magnitudes) or teacache "
+                 "(timestep-embedding change): skipped steps reuse the blocks' residual", choices=CACHE_MODES),
+    RequestField("cache_threshold", float, "step cache threshold: higher skips more steps (default: magcache "
+                 f"{DEFAULT_THRESHOLDS['magcache']}, teacache {DEFAULT_THRESHOLDS['teacache']})", low=0, open_low=True,
+                 high=10),
+    RequestField("cache_retention", float, "step cache: share of each expert's first steps always computed "
+                 f"(default {DEFAULT_RETENTION})", low=0, high=1),
     RequestField("recipe", str, "sampling recipe for the sampling fields left out: lightning = 4 steps, shift 5, "
                  "no CFG, Euler (for the Lightning LoRAs)", choices=tuple(RECIPES), input_only=True),
     RequestField("seed", int, "random seed (default: drawn, or derived from the id, and recorded)", low=0,
@@ -218,6 +226,7 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
 # see RenderRequest.digest
 _LATER_FIELDS = ("camera", "layers", "loras", "renditions", "subject_box", "overlays", "style_lock", "fps_mode")
+_LATER_SAMPLING = {"cache": "off"}  # as _LATER_FIELDS, counted only when not this value (or None)
 
 
 class RequestError(ValueError):
@@ -299,7 +308,8 @@ class RenderRequest:
         for any change of what is rendered or recorded."""
         # fields added after the first release count only when set (a null camera, an empty loras list): a
         # published clip of a request that does not use them keeps its digest, so a rerun after an upgrade skips it
-        loose = {k: v for k, v in self.to_dict().items() if not (k in _LATER_FIELDS and v in (None, []))}
+        loose = {k: v for k, v in self.to_dict().items() if not (k in _LATER_FIELDS and v in (None, []))
+                 and not (k.startswith("cache") and v in (None, _LATER_SAMPLING.get(k)))}
         text = json.dumps(loose, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -309,7 +319,7 @@ class RenderRequest:
         s = sidecar["settings"]
         request = sidecar.get("request", {})
         fps_mode = request.get("fps_mode") if "fps_mode" in request else _legacy_fps_mode(sidecar)
-        sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING})
+        sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING if s.get(name) is not None})
         # a camera path's phrases are in the resolved prompt: the request's own prompt gets them again
         prompt = request["prompt"] if request.get("camera") is not None else s["prompts"][0]
         return cls(prompt=prompt, negative_prompt=s["negative_prompts"][0], image=request.get("image"),

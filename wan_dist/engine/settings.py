@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from wan_dist.models.presets import VariantSpec
+from wan_dist.sampling.step_cache import CACHE_MODES, DEFAULT_RETENTION, DEFAULT_THRESHOLDS
 
 __all__ = ["RenderSettings", "resolve_settings", "frames_for_duration", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS",
            "SCHEDULES", "RECIPES"]
@@ -60,6 +61,9 @@ class RenderSettings:
     solver: str
     seed: int
     output_type: str
+    cache: str = "off"  # step caching: off | magcache | teacache (sampling/step_cache.py)
+    cache_threshold: float | None = None  # None when off
+    cache_retention: float | None = None
 
     @property
     def batch_size(self) -> int:
@@ -118,7 +122,8 @@ def image_size_for_area(image_width: int, image_height: int, *, area: int, multi
 def resolve_settings(spec: VariantSpec, *, layout: str, prompt, negative_prompt, prompt_embeds, height, width,
                      num_frames, num_inference_steps, guidance_scale, guidance_scale_2, boundary_ratio, shift,
                      seed, solver, schedule, output_type, has_image: bool, checkpoint_id: str,
-                     image_size: tuple[int, int] | None = None, recipe: str | None = None) -> RenderSettings:
+                     image_size: tuple[int, int] | None = None, recipe: str | None = None, cache: str | None = None,
+                     cache_threshold: float | None = None, cache_retention: float | None = None) -> RenderSettings:
     """Fill defaults from ``recipe`` (:data:`RECIPES`), then ``spec``, and validate every field, raising
     ValueError('<field>: <reason>')."""
     if recipe is not None:
@@ -180,8 +185,26 @@ def resolve_settings(spec: VariantSpec, *, layout: str, prompt, negative_prompt,
         _fail("output_type", f"must be 'np' or 'latent', got {output_type!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         _fail("seed", f"must be an integer in [0, 2^63), got {seed!r}")
+    cache, cache_threshold, cache_retention = _cache_settings(cache, cache_threshold, cache_retention)
     return RenderSettings(
         variant=spec.name, task=spec.task, layout=layout, checkpoint_id=checkpoint_id, prompts=tuple(prompts),
         negative_prompts=tuple(negatives), height=height, width=width, num_frames=num_frames,
         num_inference_steps=steps, guidance_scale=guidance, guidance_scale_2=guidance_2, boundary_ratio=boundary,
-        shift=shift, schedule=schedule, solver=solver, seed=seed, output_type=output_type)
+        shift=shift, schedule=schedule, solver=solver, seed=seed, output_type=output_type, cache=cache,
+        cache_threshold=cache_threshold, cache_retention=cache_retention)
+
+
+def _cache_settings(cache, threshold, retention) -> tuple[str, float | None, float | None]:
+    """(mode, threshold, retention) of the step cache: the mode's defaults filled; None for both when off."""
+    cache = cache or "off"
+    if cache not in CACHE_MODES:
+        _fail("cache", f"must be one of {CACHE_MODES}, got {cache!r}")
+    if cache == "off":
+        for name, value in (("cache_threshold", threshold), ("cache_retention", retention)):
+            if value is not None:
+                _fail(name, "applies to a step cache: give cache=magcache or cache=teacache too")
+        return cache, None, None
+    threshold = _number(DEFAULT_THRESHOLDS[cache] if threshold is None else threshold, "cache_threshold", low=0,
+                        high=10, low_open=True)
+    retention = _number(DEFAULT_RETENTION if retention is None else retention, "cache_retention", low=0, high=1)
+    return cache, threshold, retention

@@ -478,14 +478,20 @@ class WanDiT(nn.Module):
         return x.reshape(tokens.shape[0], self.config.out_channels, f * pt, h * ph, w * pw)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor,
-                context: torch.Tensor | TextContext) -> torch.Tensor:
+                context: torch.Tensor | TextContext, *, blocks=None) -> torch.Tensor:
         """Velocity prediction.
 
         latents: [B, C_in, F, H, W]. timestep: [B] or per token [B, L] with L = F/pt * H/ph * W/pw,
         float or int. context: [B, T, text_dim] text encoder output (T <= text_len rows, all attended), or the
         :class:`TextContext` that :meth:`prepare_context` made of it (the same result, computed once
         for all steps of a render). Returns fp32 [B, C_out, F, H, W].
+        ``blocks``: a step cache's hook (:meth:`wan_dist.sampling.step_cache.StepCache.hook`), called as
+        ``blocks(model, tokens, run)`` in place of ``run(tokens)``, which runs every block.
         """
         state = self.embed(latents, timestep, context)
-        x = self.run_blocks(state.tokens, state.e0, state.context, state.rope, inplace=True)  # tokens are ours
+
+        def run(tokens: torch.Tensor) -> torch.Tensor:
+            return self.run_blocks(tokens, state.e0, state.context, state.rope, inplace=True)  # tokens are ours
+
+        x = run(state.tokens) if blocks is None else blocks(self, state.tokens, run)
         return self.unpatchify(self.head(x, state.e), state.grid)

@@ -57,13 +57,16 @@ class ParallelDiT:
         self._prepared[id(context)] = (context, prepared)
         return prepared
 
-    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, context) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, context, *, blocks=None) -> torch.Tensor:
         """Velocity prediction, as ``model(latents, timestep, context)``.
 
         latents [B, C_in, F, H, W], timestep [B] or per token [B, L], context [B, text_len, text_dim]
         (or the model's prepared context), all replicated over the sequence group. Sequence rank s
         computes tokens [s * Ls, (s + 1) * Ls) of every sample. Returns fp32 [B, C_out, F, H, W], the
         same on every rank of the sequence group.
+        ``blocks``: a step cache's hook, called as ``blocks(model, x, run)`` on this rank's shard x [B, Ls, dim]
+        in place of ``run(x)`` (see :meth:`wan_dist.sampling.step_cache.StepCache.hook`); it decides from
+        replicated values only, so every rank of the group runs the blocks (and their collectives) or none.
         """
         model, axis = self.model, self.mesh.sequence
         grid = model.grid_of(latents.shape)
@@ -75,7 +78,11 @@ class ParallelDiT:
         e, e0 = model.embed_time(shard_timestep(timestep, shard).to(x.device), shard.shard_tokens)
         text = self.prepare_context(context)
         rope = model.rope(grid, shard.start, shard.end, device=x.device)
-        x = _run_blocks(model, x, e0, text, rope, shard.key_length)
+
+        def run(tokens: torch.Tensor) -> torch.Tensor:
+            return _run_blocks(model, tokens, e0, text, rope, shard.key_length)
+
+        x = run(x) if blocks is None else blocks(model, x, run)
         out = model.head(x, e)  # [B, Ls, prod(patch) * C_out], fp32
         out = gather_sequence(out, shard, axis, counter=self.mesh.counter)
         return model.unpatchify(out, grid)

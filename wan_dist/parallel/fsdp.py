@@ -32,6 +32,7 @@ uniform dtype) and it all-gathers mixed-dtype groups as bytes, so a bf16 expert 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -128,11 +129,14 @@ class ShardedExpert:
         self.model = model
         self.parallel = parallelize_dit(model, mesh)
 
-    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, context) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor, context, *, blocks=None) -> torch.Tensor:
+        """``blocks``: a step cache's hook (see :class:`~wan_dist.parallel.dit.ParallelDiT`); it runs inside the
+        root unit's gathered call, so a skipped step gathers the root and no block."""
         comm = getattr(self.model, _COMM)
         outer, comm.counter = comm.counter, self.parallel.mesh.counter  # one model may serve several meshes
+        fn = self.parallel if blocks is None else functools.partial(self.parallel, blocks=blocks)
         try:
-            return getattr(self.model, _RUN)(self.parallel, latents, timestep, context).float()
+            return getattr(self.model, _RUN)(fn, latents, timestep, context).float()
         finally:
             comm.counter = outer
             # FSDP2 keeps per-iteration bookkeeping for backward prefetch; without a backward it would

@@ -51,8 +51,8 @@ def parallel_experts(pipe, mesh: ParallelMesh) -> list:
     for model in pipe.experts:
         wrapped = parallelize_dit(model, mesh)
 
-        def expert(x, t, context, _wrapped=wrapped):
-            return _wrapped(x, t, context).float()
+        def expert(x, t, context, *, blocks=None, _wrapped=wrapped):
+            return _wrapped(x, t, context, blocks=blocks).float()
 
         experts.append(expert)
     return experts

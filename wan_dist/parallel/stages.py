@@ -54,10 +54,11 @@ from wan_dist.sampling.stop import StopRender, stop_code, stop_reason
 GENERATE_KEYS = frozenset({"prompt", "negative_prompt", "image", "height", "width", "num_frames",
                            "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
                            "seed", "solver", "schedule", "prompt_embeds", "negative_prompt_embeds", "latents",
-                           "output_type", "callback", "camera", "layers", "fps", "loras", "style_lock"})
+                           "output_type", "callback", "camera", "layers", "fps", "loras", "style_lock", "cache",
+                           "cache_threshold", "cache_retention"})
 _RESOLVE_KEYS = ("prompt", "negative_prompt", "image", "height", "width", "num_frames", "num_inference_steps",
                  "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver", "schedule",
-                 "prompt_embeds", "output_type", "camera")
+                 "prompt_embeds", "output_type", "camera", "cache", "cache_threshold", "cache_retention")
 # the request's camera path and style lock: both stages prepare them alike
 _PREPARE_KEYS = ("camera", "layers", "fps", "style_lock")
 
@@ -283,7 +284,7 @@ class DisaggregatedRunner:
             share_text(pipe, self.stage_group)
         wrapped = parallelize_dit(model, self.mesh)
         self.experts = [_absent_expert(0, self.stage), _absent_expert(1, self.stage)]
-        self.experts[self.stage] = lambda x, t, context: wrapped(x, t, context).float()
+        self.experts[self.stage] = lambda x, t, context, *, blocks=None: wrapped(x, t, context, blocks=blocks).float()
         default = getattr(pipe, "default_predict", None)  # the pipeline's cfg_mode when cfg is not split
         split = self.mesh.axis("cfg").size > 1
         self.predict = cfg_parallel_prediction(self.mesh) if split or default is None else default()

@@ -167,7 +167,7 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
             context: torch.Tensor, negative_context: torch.Tensor | None, conditioning: Conditioning,
             predict=guided_prediction, model_dtype: torch.dtype | None = None,
             on_step: Callable[[StepPlan, torch.Tensor, Callable[[], torch.Tensor]], None] | None = None,
-            guide: Callable[[StepPlan, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+            cache=None, guide: Callable[[StepPlan, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
             ) -> torch.Tensor:
     """Run ``steps`` (a contiguous slice of the plan) from ``latents`` [B, C, f, h, w] (fp32).
 
@@ -180,6 +180,9 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
     guidance_scale, batched_context=...)`` (see :func:`guided_prediction`).
     ``guide(plan, latents, velocity) -> velocity`` adjusts the guided velocity before the solver steps (a
     style lock's pull on the clean estimate); it sees the same replicated tensors on every rank.
+    ``cache``: a :class:`~wan_dist.sampling.step_cache.StepCache` (or its recorder): told each step before the
+    prediction, it calls the experts as ``expert(x, t, context, blocks=hook)`` so a step may reuse the blocks'
+    residual; ``on_step`` still runs after every step, skipped or not. None: the experts are called as they are.
     """
     batch = latents.shape[0]
     batched_context = batch_contexts(context, negative_context)  # once per call, not per step
@@ -188,7 +191,11 @@ def denoise(latents: torch.Tensor, *, steps: Sequence[StepPlan], solver: Solver,
         if model_dtype is not None:
             model_input = model_input.to(model_dtype)
         timestep = conditioning.model_timestep(plan.timestep, batch)
-        velocity = predict(experts[plan.expert], model_input, timestep, context, negative_context,
+        expert = experts[plan.expert]
+        if cache is not None:
+            cache.begin_step(plan)
+            expert = cache.wrap(expert)
+        velocity = predict(expert, model_input, timestep, context, negative_context,
                            plan.guidance_scale, batched_context=batched_context)
         if guide is not None:
             velocity = guide(plan, latents, velocity)
