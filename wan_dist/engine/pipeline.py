@@ -539,7 +539,7 @@ def _style_guide(prepared: "PreparedRender", solver):
         sigma = solver.sigma(plan.index)
         if lock_weight(pull.strength, fraction) == 0.0 or sigma <= 0.0:
             return velocity
-        x0 = latents - sigma * velocity.float()
+        x0 = solver.denoised(plan.index, velocity.float(), latents)
         return (latents - pull_statistics(x0, pull.reference, pull.strength, fraction)) / sigma
 
     return guide
