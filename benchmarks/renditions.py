@@ -94,8 +94,10 @@ def _layout_rows(profiles) -> dict[str, tuple[int, int]]:
 
 
 def _opposite(position: str) -> str:
-    flip = {"top": "bottom", "bottom": "top", "left": "right", "right": "left", "center": "top_left"}
-    return "_".join(flip.get(part, part) for part in position.split("_")) if position != "center" else "top_left"
+    if position == "center":
+        return "top_left"
+    flip = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
+    return "_".join(flip[part] for part in position.split("_"))
 
 
 def _run(cfg: DictConfig) -> list[dict]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import cv2
@@ -166,12 +167,9 @@ def _background_outside(frames: np.ndarray, track: np.ndarray, *, fallback: np.n
         x1, y1 = int(min(width, np.ceil(box[2] + grow_x))), int(min(height, np.ceil(box[3] + grow_y)))
         covered[index, y0:y1, x0:x1] = True
     values = np.where(covered[..., None], np.nan, frames.astype(np.float32))
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel: the fallback takes it
-            background = np.nanmedian(values, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel: the fallback takes it
+        background = np.nanmedian(values, axis=0)
     return np.where(np.isnan(background), fallback, background)
 
 
