@@ -54,6 +54,7 @@ WALK: dict[str, tuple[str, object]] = {
     "renditions": ("tiny", ["tiktok", "youtube"]),
     "overlays": ("tiny", {"title": {"text": "Kites", "position": "top"}, "guides": True}),  # with WALK's renditions
     "style_lock": ("tiny-ti2v", 0.6),  # the number shorthand, with WALK's image
+    "long": ("tiny", {"window": 5, "overlap": 1, "impose": 0.25}),
 }
 # what a field needs beside it to take effect
 COMPANIONS = {"layers": "camera", "overlays": "renditions"}
@@ -183,7 +184,7 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     assert request.digest() != dataclasses.replace(request, seed=6).digest()
     # a field added later counts only when set: clips published before it existed are still recognised
     before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "overlays",
-                                                         "style_lock")}
+                                                         "style_lock", "long")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()

@@ -14,7 +14,7 @@ __all__ = ["manifest_main", "SHARED_COLUMNS"]
 # Keys of conf/manifest.yaml copied into every row when not null.
 SHARED_COLUMNS = ("negative_prompt", "image", "width", "height", "num_frames", "duration_s", "fps",
                   "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift", "solver",
-                  "schedule", "output_prefix", "metadata", "camera", "layers")
+                  "schedule", "output_prefix", "metadata", "camera", "layers", "long")
 
 
 def manifest_main(cfg: DictConfig) -> None:
@@ -27,7 +27,7 @@ def manifest_main(cfg: DictConfig) -> None:
         value = cfg[key]
         if value is None:
             continue
-        if key in ("metadata", "camera", "layers") and not isinstance(value, str):  # a mapping: JSON text
+        if key in ("metadata", "camera", "layers", "long") and not isinstance(value, str):  # a mapping: JSON text
             value = json.dumps(OmegaConf.to_container(value, resolve=True), sort_keys=True)
         defaults[key] = value
     text = read_bytes(str(cfg.prompts)).decode("utf-8")

@@ -133,7 +133,12 @@ def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: 
            callback: Callable[..., None] | None = None) -> RenderResult:
     """Render ``request`` with ``pipe`` and publish ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
 
-    Bad input raises ValueError naming the field (before anything is written).
+    Bad input raises ValueError naming the field (before anything is written). A clip longer than one window
+    (``request.long``) renders window by window and is encoded as it goes (engine/long.py).
     """
+    from wan_dist.engine.long import is_windowed, render_long
+
+    if is_windowed(request, pipe.spec):
+        return render_long(pipe, request, output, model_source=model_source, callback=callback)
     out = generate_for(pipe, request, callback=callback)
     return publish(model_record(pipe, model_source), request, out, output)

@@ -23,14 +23,16 @@ from typing import Any, Callable, Mapping
 from wan_dist.config import SamplingConfig
 from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, StyleLock
 from wan_dist.controls.overlays import layout_overlays
+from wan_dist.controls.long import LongSpec
 from wan_dist.controls.renditions import parse_renditions
 from wan_dist.engine.settings import RECIPES, frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
-           "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
+           "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_LONG_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
            "LORA_TRANSFORMERS"]
 
-MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
+MAX_NUM_FRAMES = 241  # one window at most: 10 s at 24 fps, 15 s at 16 fps (longer: a long clip, engine/long.py)
+MAX_LONG_FRAMES = 3600 * 24 + 1  # an hour at 24 fps, rendered window after window
 MAX_PROMPT_CHARS = 10_000
 MAX_LORAS, MAX_LORA_SCALE, MAX_URI_CHARS = 8, 10.0, 2048
 MAX_GUIDANCE, MAX_SHIFT = 100.0, 100.0  # far past any useful value (Wan: guidance 3-5, shift 1-17)
@@ -158,7 +160,8 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("image", str, "input image (i2v / ti2v): a path or URL"),
     RequestField("width", int, "pixels; a multiple of the VAE stride x patch (16 or 32)", low=1, high=4096),
     RequestField("height", int, "pixels; as width", low=1, high=4096),
-    RequestField("num_frames", int, "4k+1 frames", low=1, high=MAX_NUM_FRAMES),
+    RequestField("num_frames", int, f"4k+1 frames (beyond {MAX_NUM_FRAMES}, or a window: a long clip, see long)", low=1,
+                 high=MAX_LONG_FRAMES),
     RequestField("duration_s", float, "clip length in seconds instead of num_frames", low=0, open_low=True,
                  high=3600, input_only=True),
     RequestField("fps", int, "frames per second of the clip (default: the variant's)", low=1, high=120),
@@ -187,9 +190,12 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  "guides: bool} (INTERFACES.md)", normalise=_control(OverlaySpec)),
     RequestField("style_lock", dict, "keep the input image's grade: a strength 0..1 or {strength, colour, "
                  "smoothing_s}", normalise=_control(StyleLock), shorthand=float),
+    RequestField("long", dict, "a clip longer than one window: {method: continue|sliding, overlap (latent frames, "
+                 "default 1), window (frames, default the model's), impose (0..1), fuse: linear|pyramid}; "
+                 f"implied beyond {MAX_NUM_FRAMES} frames", normalise=_control(LongSpec)),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
-_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock")  # see RenderRequest.digest
+_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock", "long")  # see RenderRequest.digest
 
 
 class RequestError(ValueError):
@@ -225,6 +231,7 @@ class RenderRequest:
     renditions: list[str] | None = None  # platform profile names (controls.platforms)
     overlays: dict[str, Any] | None = None  # controls.OverlaySpec's loose form, normalised
     style_lock: dict[str, Any] | None = None  # controls.StyleLock's loose form, normalised
+    long: dict[str, Any] | None = None  # controls.LongSpec's loose form: set when the clip spans several windows
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -283,7 +290,7 @@ class RenderRequest:
                    camera=request.get("camera"), layers=request.get("layers"),
                    loras=[dict(x) for x in request.get("loras") or ()],
                    renditions=request.get("renditions"), overlays=request.get("overlays"),
-                   style_lock=request.get("style_lock"))
+                   style_lock=request.get("style_lock"), long=request.get("long"))
 
 
 @dataclass(frozen=True)
@@ -332,9 +339,10 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
         else:
             values["num_frames"] = frames_for_duration(values["duration_s"], fps, spec.vae.temporal_stride)
             frames_field = "duration_s"
-            if values["num_frames"] > MAX_NUM_FRAMES:
-                problems.append(("duration_s", f"at most {(MAX_NUM_FRAMES - 1) / fps:g} s at {fps} fps "
-                                                f"({MAX_NUM_FRAMES} frames)"))
+            if values["num_frames"] > MAX_LONG_FRAMES:
+                problems.append(("duration_s", f"at most {(MAX_LONG_FRAMES - 1) / fps:g} s at {fps} fps "
+                                                f"({MAX_LONG_FRAMES} frames)"))
+    _check_long(values, problems, spec, frames_field)
     if "seed" not in values:
         values["seed"] = default_seed() if default_seed is not None else _random_seed()
     settings = _resolve(spec, layout, values, problems, frames_field)
@@ -356,6 +364,15 @@ def _check_text(values: dict, problems: list) -> None:
                              or any(ord(c) < 32 or ord(c) == 127 for c in name)):
         problems.append(("name", f"must be a folder name: no '/' or '\\', no leading '.', no control "
                                  f"characters, got {name!r}"))
+
+
+def _check_long(values: dict, problems: list, spec, frames_field: str) -> None:
+    """A clip beyond one window gets ``long`` (given, or the defaults past MAX_NUM_FRAMES), checked against the
+    model's window; the fields a windowed render cannot honour yet are refused by name."""
+    from wan_dist.engine.long import check_long
+
+    for problem in check_long(values, spec, frames_field=frames_field, max_frames=MAX_NUM_FRAMES):
+        problems.append(problem)
 
 
 def _check_post(values: dict, problems: list) -> None:
@@ -420,7 +437,8 @@ def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
         height=None if by_image else s.height, width=None if by_image else s.width, num_frames=s.num_frames,
         fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}),
         camera=values.get("camera"), layers=values.get("layers"), loras=list(values.get("loras") or ()),
-        renditions=values.get("renditions"), overlays=values.get("overlays"), style_lock=values.get("style_lock"))
+        renditions=values.get("renditions"), overlays=values.get("overlays"), style_lock=values.get("style_lock"),
+        long=values.get("long"))
     settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)

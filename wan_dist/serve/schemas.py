@@ -20,7 +20,7 @@ needs an image), as at every front door. Rules of this door:
   side and 5% of the aspect (a missing one: the default size's). A size outside the variant's
   ``defaults.sizes`` is refused (``strict_sizes=False``: any multiple). No size on i2v: the image decides.
 - Length: ``num_frames``, or ``duration_s`` / ``seconds`` / ``duration`` (``engine.request.frames_for_duration``)
-  at ``fps`` (default: the variant's); at most :data:`MAX_NUM_FRAMES` frames.
+  at ``fps`` (default: the variant's); beyond :data:`MAX_NUM_FRAMES` frames a long clip (``long``), rendered window by window.
 - ``seed`` absent: drawn now and written into the request, so a retried job renders the same clip; the
   ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
 - ``image``: an http(s)/s3 URL or a ``data:image/...;base64`` URI up to :data:`MAX_IMAGE_BYTES`; never a

@@ -1,0 +1,164 @@
+"""Long clips (issue 17): the window plan, the seam, the request field, streaming MP4 and a windowed render."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wan_dist import load_pipeline
+from wan_dist.config import OutputConfig
+from wan_dist.controls.long import LongSpec, Window, blend_seam, plan_windows, seam_weights, window_seed
+from wan_dist.engine.long import ImposedSeam, LongClip, is_windowed
+from wan_dist.engine.render import render
+from wan_dist.engine.request import MAX_NUM_FRAMES, RenderRequest, RequestError, build_request
+from wan_dist.models.presets import get_preset
+from wan_dist.sampling.denoise import TextToVideo
+from wan_dist.sampling.schedules import diffusers_schedule
+from wan_dist.video.mp4 import Mp4Writer, decode_mp4, encode_mp4
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def test_windows_of_49_frames_in_17_frame_windows_sharing_two_latent_frames():
+    # 2 latent frames shared -> 4*1+1 = 5 frames; each window after the first adds 17 - 5 = 12 frames:
+    # [0, 17), [12, 29), [24, 41), and the last one ends on frame 48: [36, 49) (13 frames, 4*3+1)
+    windows = plan_windows(49, window=17, overlap=2)
+    assert windows == [Window(0, 0, 17, 0), Window(1, 12, 17, 5), Window(2, 24, 17, 5), Window(3, 36, 13, 5)]
+
+
+def test_windows_sharing_one_frame_and_a_clip_that_fits_one_window():
+    assert plan_windows(33, window=17, overlap=1) == [Window(0, 0, 17, 0), Window(1, 16, 17, 1)]
+    assert plan_windows(17, window=17, overlap=3) == [Window(0, 0, 17, 0)]
+    assert plan_windows(9, window=17, overlap=1) == [Window(0, 0, 9, 0)]
+
+
+@pytest.mark.parametrize("frames,window,overlap", [(961, 17, 1), (961, 81, 4), (125, 21, 2), (45, 17, 4)])
+def test_windows_cover_the_clip_exactly_and_every_window_is_4k_plus_1(frames, window, overlap):
+    windows = plan_windows(frames, window=window, overlap=overlap)
+    covered = np.zeros(frames, dtype=int)
+    for w in windows:
+        covered[w.start:w.start + w.frames] += 1
+        assert (w.frames - 1) % 4 == 0 and w.frames <= window
+    assert covered.min() == 1 and windows[-1].start + windows[-1].frames == frames
+    for before, after in zip(windows, windows[1:]):  # consecutive windows share exactly `overlap` frames
+        assert before.start + before.frames - after.start == after.overlap == 4 * (overlap - 1) + 1
+
+
+def test_window_seeds_differ_and_the_first_is_the_requests():
+    seeds = [window_seed(7, k) for k in range(50)]
+    assert seeds[0] == 7 and len(set(seeds)) == 50
+
+
+def test_seam_blend_ramps_from_the_earlier_window_to_the_later():
+    earlier = np.full((3, 2, 2, 3), 200, np.uint8)
+    later = np.zeros((3, 2, 2, 3), np.uint8)
+    # weights of the later window 1/4, 2/4, 3/4 -> 200 * (3/4, 2/4, 1/4)
+    assert blend_seam(earlier, later)[:, 0, 0, 0].tolist() == [150, 100, 50]
+    assert seam_weights(1).tolist() == [0.5]
+
+
+# ---------------------------------------------------------------------------------------------- field
+def test_long_field_errors_name_the_part():
+    spec = get_preset("toy")  # 17-frame windows: 5 latent frames
+    cases = [({"overlap": 5}, "overlap"), ({"method": "spin"}, "method"), ({"window": 19}, "window"),
+             ({"impose": 2}, "impose"), ({"span": 1}, "span"), ({"window": 401}, "window")]
+    for long, part in cases:
+        with pytest.raises(RequestError) as caught:
+            build_request({"prompt": "a red circle", "num_frames": 49, "long": long}, spec=spec)
+        assert (caught.value.field, caught.value.reason.split(":")[0]) == ("long", part), caught.value.problems
+
+
+def test_beyond_one_window_a_clip_is_long_with_the_defaults():
+    spec = get_preset("toy")
+    built = build_request({"prompt": "a red circle", "duration_s": 60.0, "seed": 1}, spec=spec)
+    assert built.request.num_frames == 961 > MAX_NUM_FRAMES
+    assert built.request.long == LongSpec().to_dict() and is_windowed(built.request, spec)
+    short = build_request({"prompt": "a red circle", "duration_s": 3.0, "seed": 1}, spec=spec).request
+    assert short.long is None and not is_windowed(short, spec)
+    assert short.digest() == RenderRequest.from_dict(short.to_dict()).digest()
+
+
+def test_a_windowed_clip_refuses_what_it_cannot_honour_by_name():
+    spec = get_preset("toy")
+    with pytest.raises(RequestError) as caught:
+        build_request({"prompt": "a red circle", "num_frames": 49, "long": {}, "renditions": ["youtube"],
+                       "camera": {"moves": [{"type": "pan", "amount": 10}]}}, spec=spec)
+    assert {"renditions", "camera"} <= {field for field, _ in caught.value.problems}
+    with pytest.raises(RequestError) as caught:
+        build_request({"prompt": "a red circle", "num_frames": 49, "long": {"method": "sliding"}},
+                      spec=get_preset("toy-i2v"))
+    assert ("long", "method") in {(field, reason.split(":")[0]) for field, reason in caught.value.problems}
+
+
+# ---------------------------------------------------------------------------------------------- seam
+def test_imposed_seam_holds_the_clean_frames_at_each_steps_level_then_lets_go():
+    schedule = diffusers_schedule(6, 5.0, solver="unipc")
+    clean = torch.full((1, 2, 1, 2, 2), 3.0)
+    noise = torch.full((1, 2, 1, 2, 2), -1.0)
+    seam = ImposedSeam(TextToVideo(), clean, noise, schedule, until=2)
+    latents = seam.start(torch.zeros(1, 2, 3, 2, 2))
+    sigma = [float(s) for s in schedule.sigmas]
+    assert torch.allclose(latents[:, :, 0], torch.tensor((1 - sigma[0]) * 3.0 - sigma[0]))
+    assert latents[:, :, 1:].eq(0).all()
+    for index, timestep in enumerate(schedule.timesteps):
+        seam.model_timestep(timestep, 1)
+        stepped = seam.after_step(torch.full((1, 2, 3, 2, 2), 9.0))
+        expected = (1 - sigma[index + 1]) * 3.0 - sigma[index + 1] if index < 2 else 9.0
+        assert torch.allclose(stepped[:, :, 0], torch.tensor(expected)), index
+        assert stepped[:, :, 1:].eq(9.0).all()
+
+
+# ---------------------------------------------------------------------------------------------- video
+def test_mp4_writer_streams_the_same_frames_as_one_encode(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (10, 32, 48, 3), dtype=np.uint8)
+    path = tmp_path / "clip.mp4"
+    with Mp4Writer(str(path), 8, crf=0, preset="ultrafast") as writer:
+        writer.write(frames[:3])
+        writer.write(frames[3:])
+    streamed, fps = decode_mp4(path.read_bytes())
+    whole, _ = decode_mp4(encode_mp4(frames, 8, crf=0, preset="ultrafast"))
+    assert fps == 8 and streamed.shape == frames.shape and np.array_equal(streamed, whole)
+    with pytest.raises(ValueError, match="no frames"):
+        Mp4Writer(str(tmp_path / "empty.mp4"), 8).close()
+
+
+# ---------------------------------------------------------------------------------------------- render
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pipeline("tiny", dtype=torch.float32)
+
+
+def test_long_clip_frames_join_windows_with_blended_seams(tiny):
+    # 25 frames in 9-frame windows sharing 2 latent frames (5 frames): windows at 0, 4, 8, 12, 16
+    request = build_request({"prompt": "a red circle", "num_frames": 25, "seed": 5,
+                             "long": {"window": 9, "overlap": 2, "impose": 1.0}}, spec=tiny.spec).request
+    clip = LongClip(tiny, request)
+    parts = list(clip.frames())
+    frames = np.concatenate([f for _, f in parts])
+    assert frames.shape == (25, 64, 64, 3)
+    assert [r["start"] for r, _ in parts] == [0, 4, 8, 12, 16]
+    # imposing until the last step but one (impose 1.0 of 2 steps -> 1)
+    assert [r["impose_steps"] for r, _ in parts] == [0, 1, 1, 1, 1]
+    assert len({r["seed"] for r, _ in parts}) == 5
+    # window 0 is the one-window render of its seed (the first 4 frames were handed on unblended)
+    alone = tiny.generate("a red circle", num_frames=9, seed=5).frames[0]
+    assert np.array_equal(frames[:4], alone[:4])
+
+
+def test_long_render_publishes_a_sidecar_that_re_renders_the_clip_exactly(tiny, tmp_path):
+    built = build_request({"prompt": "a red circle", "num_frames": 21, "seed": 2, "name": "long",
+                           "long": {"window": 9, "overlap": 1}}, spec=tiny.spec)
+    output = OutputConfig(uri=str(tmp_path / "a"), preset="ultrafast")
+    result = render(tiny, built.request, output)
+    assert result.status == "completed", result.error
+    sidecar = json.loads(open(result.sidecar_uri).read())
+    windows = sidecar["long"]["windows"]
+    assert [(w["start"], w["frames"], w["overlap"]) for w in windows] == [(0, 9, 0), (8, 9, 1), (16, 5, 1)]
+    assert [w["seed"] for w in windows] == [window_seed(2, k) for k in range(3)]
+    clip, _ = decode_mp4(open(result.clip_uri, "rb").read())
+    assert clip.shape[0] == 21
+    again = render(tiny, RenderRequest.from_sidecar(sidecar), OutputConfig(uri=str(tmp_path / "b"), preset="ultrafast"))
+    assert open(again.clip_uri, "rb").read() == open(result.clip_uri, "rb").read()

@@ -1,0 +1,278 @@
+"""Long clips, method ``continue``: window after window, each conditioned on the end of the one before.
+
+The window plan, seeds and seam blend are :mod:`wan_dist.controls.long`'s. Per window ``k``:
+
+1. settings resolved as for a one-window render of ``window.frames`` frames with seed ``window_seed(seed, k)``;
+2. ``k > 0``: the previous window's last ``P`` frames (kept from its decode) are VAE-encoded to ``o`` clean latent
+   frames; :class:`ImposedSeam` writes them, noised to the level of each step with the window's own noise, over
+   the window's first ``o`` latent frames for the first ``impose`` share of the steps. Why this for text-to-video:
+   a T2V model has no input to condition on, but its trajectory can be steered (SDEdit/RePaint): the seam's
+   content is what the model denoises through the high-noise steps, where layout and motion are decided, and the
+   model then refines it freely so it joins the new frames. Image-to-video and text+image models also take the
+   first shared frame as their input image (the model's own conditioning);
+3. denoise, decode, the camera's post pass; the ``P`` shared frames are cross-faded (``blend_seam``) and every
+   finished frame is handed on at once: only the last ``P`` frames are held for the next seam, so memory does
+   not grow with the clip's length.
+
+:func:`render_long` encodes the frames into an MP4 as they come (``video.Mp4Writer`` on a local temporary file)
+and publishes it with a sidecar that records every window (frames, overlap, seed, steps imposed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from wan_dist.controls.camera import ControlError
+from wan_dist.controls.long import LongSpec, Window, blend_seam, plan_windows, window_seed
+from wan_dist.sampling.sdedit import noise_to
+
+__all__ = ["check_long", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
+
+_WINDOWED_REFUSES = {
+    "renditions": "a platform rendition of a clip longer than one window is not available yet",
+    "overlays": "overlays come with renditions, not available for a clip longer than one window yet",
+    "style_lock": "not available for a clip longer than one window yet",
+    "camera": "a camera path over a clip longer than one window is given per shot (shots) instead",
+    "layers": "comes with a camera path, not available for a clip longer than one window",
+}
+
+
+def window_frames(long: dict | None, spec) -> int:
+    """Frames per window: the request's ``long.window``, else the model's own clip length."""
+    given = None if long is None else long.get("window")
+    return int(given or spec.defaults.num_frames)
+
+
+def is_windowed(request, spec) -> bool:
+    """Whether ``request`` renders as several windows (``long`` set and more frames than one window)."""
+    frames = request.num_frames or spec.defaults.num_frames
+    return request.long is not None and frames > window_frames(request.long, spec)
+
+
+def check_long(values: dict, spec, *, frames_field: str, max_frames: int) -> list[tuple[str, str]]:
+    """Problems of a request's loose ``values`` as a long clip (``values["long"]`` is set to the defaults when
+    the frames exceed ``max_frames`` and none is given). Empty for a one-window clip."""
+    frames = values.get("num_frames") or spec.defaults.num_frames
+    stride = spec.vae.temporal_stride
+    if values.get("long") is None:
+        if frames <= max_frames:
+            return []
+        values["long"] = LongSpec().to_dict()
+    long = LongSpec.from_dict(values["long"])
+    window = window_frames(values["long"], spec)
+    try:
+        long.check_model(window=window, temporal_stride=stride, field="")
+    except ControlError as error:
+        return [("long", f"{error.field.lstrip('.')}: {error.reason}")]
+    if window > max_frames:
+        return [("long", f"window: at most {max_frames} frames, got {window}")]
+    if frames <= window or (frames - 1) % stride:
+        return []  # one window (or frames the variant's rules refuse by name)
+    problems = [(name, reason) for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
+    if long.method == "sliding":
+        problems.append(("long", "method: sliding is not available yet; use continue"))
+    return problems
+
+
+class ImposedSeam:
+    """A step's conditioning (``sampling.denoise.Conditioning``) that also imposes the seam: latent frames
+    ``[:o]`` become ``noise_to(clean, noise, sigma)`` after every step ``i < until`` (``sigma`` the level the
+    step ends at), and in the initial latents (:meth:`start`). Everything else is the task's ``inner``
+    conditioning's (an image's frame imposed by TI2V stays imposed: it is applied last).
+
+    The step is known from the timestep :meth:`model_timestep` is given (denoise calls it once per step,
+    before the step's ``after_step``).
+    """
+
+    def __init__(self, inner, clean: torch.Tensor, noise: torch.Tensor, schedule, until: int):
+        self.inner, self.clean, self.noise, self.until = inner, clean, noise, until
+        self.sigmas = [float(s) for s in schedule.sigmas]
+        self.timesteps = [float(t) for t in schedule.timesteps]
+        self._index = -1
+        self._sigma: float | None = self.sigmas[0] if until > 0 else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _impose(self, latents: torch.Tensor, sigma: float) -> torch.Tensor:
+        frames = self.clean.shape[2]
+        latents = latents.clone()
+        latents[:, :, :frames] = noise_to(self.clean, self.noise, sigma).to(latents.dtype)
+        return latents
+
+    def start(self, latents: torch.Tensor) -> torch.Tensor:
+        """The initial latents with the seam at the schedule's first level."""
+        if self._sigma is None:
+            return latents
+        return self.inner.after_step(self._impose(latents, self.sigmas[0]))
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.inner.model_input(latents)
+
+    def model_timestep(self, timestep: torch.Tensor, batch: int) -> torch.Tensor:
+        value = float(timestep.reshape(-1)[0])
+        later = range(self._index + 1, len(self.timesteps))  # monotone: the first match after the last step
+        self._index = min(later, key=lambda i: (abs(self.timesteps[i] - value), i), default=self._index)
+        self._sigma = self.sigmas[self._index + 1] if self._index < self.until else None
+        return self.inner.model_timestep(timestep, batch)
+
+    def after_step(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._sigma is not None:
+            latents = self._impose(latents, self._sigma)
+        return self.inner.after_step(latents)
+
+
+def _pixels(frames: np.ndarray, device) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> [1, 3, F, H, W] float32 in [-1, 1] (what the VAE encodes)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).to(torch.float32) / 127.5 - 1.0
+    return video.permute(3, 0, 1, 2).unsqueeze(0).to(device)
+
+
+class LongClip:
+    """The windows of one long ``request`` on ``pipe`` (a WanPipeline in this process).
+
+    :meth:`frames` yields ``(record, frames)`` per window: its record for the sidecar and its finished frames
+    ``[n, H, W, 3]`` uint8, in clip order (their concatenation is the clip). ``settings`` (after the first
+    window) is the first window's resolved settings; ``timings`` sums every window's phases.
+    """
+
+    def __init__(self, pipe, request):
+        from wan_dist.engine.settings import RenderSettings  # noqa: F401  (the type of self.settings)
+
+        self.pipe, self.request = pipe, request
+        self.spec = LongSpec.from_dict(request.long or {})
+        stride = pipe.vae.temporal_stride
+        self.window = window_frames(request.long, pipe.spec)
+        self.spec.check_model(window=self.window, temporal_stride=stride)
+        self.num_frames = request.num_frames or pipe.spec.defaults.num_frames
+        self.windows = plan_windows(self.num_frames, window=self.window, overlap=self.spec.overlap,
+                                    temporal_stride=stride)
+        self.seed = request.seed if request.seed is not None else int(torch.randint(0, 2**31, ()).item())
+        self.settings = None
+        self.timings: dict[str, float] = {}
+        self.records: list[dict] = []
+        self.loras: list[dict] = []
+        self._contexts: dict[tuple, tuple] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def frames(self, *, callback: Callable[..., None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+        tail = None  # the previous window's last shared frames, not yet handed on
+        source = self._input_image()
+        for window in self.windows:
+            image = source if window.index == 0 else self._seam_image(tail, source)
+            record, frames = self._render_window(window, image, tail, callback)
+            if tail is not None:
+                frames = np.concatenate([blend_seam(tail, frames[:window.overlap]), frames[window.overlap:]])
+            last = window.index == len(self.windows) - 1
+            keep = 0 if last else self.windows[window.index + 1].overlap
+            tail = frames[len(frames) - keep:].copy() if keep else None
+            self.records.append(record)
+            yield record, frames[:len(frames) - keep]
+
+    def _input_image(self):
+        from wan_dist.engine.render import _load_image
+
+        return _load_image(self.request.image, getattr(self.pipe, "fetch_policy", None))
+
+    def _seam_image(self, tail: np.ndarray, source):
+        """The input image of a window after the first: the first shared frame, for models that take one."""
+        if self.pipe.spec.task == "t2v" or (self.pipe.spec.task == "ti2v" and source is None):
+            return None
+        from PIL import Image
+
+        return Image.fromarray(tail[0])
+
+    def _render_window(self, window: Window, image, tail, callback):
+        pipe, request = self.pipe, self.request
+        s = request.sampling
+        seed = window_seed(self.seed, window.index)
+        size = {} if self.settings is None else {"height": self.settings.height, "width": self.settings.width}
+        settings = pipe.resolve(request.prompt, request.negative_prompt, image=image,
+                                height=size.get("height", request.height), width=size.get("width", request.width),
+                                num_frames=window.frames, num_inference_steps=s.num_inference_steps,
+                                guidance_scale=s.guidance_scale, guidance_scale_2=s.guidance_scale_2,
+                                boundary_ratio=s.boundary_ratio, shift=s.shift, seed=seed, solver=s.solver,
+                                schedule=s.schedule)
+        if self.settings is None:
+            self.settings = settings
+        prepared = pipe.prepare(settings, image=image, contexts=self._context(settings),
+                                loras=list(request.loras) or None)
+        self.loras = list(prepared.loras)
+        until = 0
+        if tail is not None:
+            until = min(round(self.spec.impose * len(prepared.steps)), len(prepared.steps) - 1)
+        if until > 0:
+            tick = time.perf_counter()
+            clean = pipe.vae.encode(_pixels(tail, pipe.device)).to(torch.float32)
+            frames_o = clean.shape[2]
+            seam = ImposedSeam(prepared.conditioning, clean, prepared.latents[:, :, :frames_o].clone(),
+                               prepared.schedule, until)
+            prepared.conditioning = seam
+            prepared.latents = seam.start(prepared.latents)
+            prepared.timings["seam_encode_s"] = time.perf_counter() - tick
+        total = len(prepared.steps)
+        on_step = None if callback is None else (
+            lambda step, _total, x, estimate: callback(window.index * total + step, len(self.windows) * total, x,
+                                                       estimate))
+        latents = pipe.denoise(prepared, callback=on_step)
+        out = pipe.finish(prepared, latents)
+        for name, seconds in out.timings.items():
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+        record = {**window.to_dict(), "seed": seed, "impose_steps": until, "num_inference_steps": total,
+                  "image": "request" if window.index == 0 and image is not None else
+                  ("seam" if image is not None else None)}
+        return record, out.frames[0]
+
+    def _context(self, settings):
+        """The window's text contexts, encoded once per prompt pair for the whole clip."""
+        key = (settings.prompts, settings.negative_prompts)
+        if key not in self._contexts:
+            self._contexts[key] = self.pipe._contexts(settings, settings.batch_size, None, None)
+        return self._contexts[key]
+
+    def sidecar_section(self) -> dict:
+        """What the sidecar records of the windows (``long``): the settings and every window's record."""
+        return {**self.spec.to_dict(), "window": self.window, "windows": list(self.records)}
+
+
+def render_long(pipe, request, output, *, model_source: str | None = None,
+                callback: Callable[..., None] | None = None):
+    """Render the long ``request`` window by window into ``{output.uri}/{name}/clip.mp4`` + ``clip.json``,
+    encoding each window's frames as they are finished. Returns a RenderResult (storage failures: a failed one)."""
+    from wan_dist.engine.clips import publish_clip_file
+    from wan_dist.engine.render import RenderResult, model_record, versions
+    from wan_dist.storage.objects import join
+    from wan_dist.video.mp4 import Mp4Writer
+
+    started = time.perf_counter()
+    clip = LongClip(pipe, request)
+    fps = request.fps or pipe.spec.defaults.fps
+    with tempfile.TemporaryDirectory(prefix="wan-dist-long-") as folder:
+        path = Path(folder) / "clip.mp4"
+        encode_s = 0.0
+        with Mp4Writer(str(path), fps, codec=output.codec, crf=output.crf, preset=output.preset) as writer:
+            for _record, frames in clip.frames(callback=callback):
+                tick = time.perf_counter()
+                writer.write(frames)
+                encode_s += time.perf_counter() - tick
+        settings = {**clip.settings.to_dict(), "num_frames": clip.num_frames, "seed": clip.seed}
+        timings = {**clip.timings, "encode_s": encode_s, "total_s": time.perf_counter() - started}
+        sidecar = {"request": request.to_dict(), "request_digest": request.digest(), "settings": settings,
+                   "model": {k: v for k, v in model_record(pipe, model_source).items() if k != "default_fps"},
+                   "fps": fps, "timings": timings, "loras": clip.loras, "versions": versions(),
+                   "created_at": time.time(), "long": clip.sidecar_section()}
+        prefix = join(output.uri, request.clip_name(clip.seed))
+        try:
+            uris = publish_clip_file(path, prefix_uri=prefix, sidecar=sidecar)
+        except Exception as error:  # storage failures are results, not crashes: the caller may retry
+            return RenderResult(status="failed", seed=clip.seed, timings=timings,
+                                error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
+    return RenderResult(status="completed", seed=clip.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
+                        timings=timings)
