@@ -162,3 +162,67 @@ def test_long_render_publishes_a_sidecar_that_re_renders_the_clip_exactly(tiny, 
     assert clip.shape[0] == 21
     again = render(tiny, RenderRequest.from_sidecar(sidecar), OutputConfig(uri=str(tmp_path / "b"), preset="ultrafast"))
     assert open(again.clip_uri, "rb").read() == open(result.clip_uri, "rb").read()
+
+
+# ---------------------------------------------------------------------------------------------- sliding
+def test_sliding_windows_fuse_weights_and_noise_rescheduling():
+    from wan_dist.engine.sliding import fuse_weights, latent_windows, reschedule_noise
+
+    # 12 latent frames in windows of 5 sharing 2: starts 0, 3, 6 and the last aligned to the end, 7
+    assert latent_windows(12, window=5, overlap=2) == [(0, 5), (3, 8), (6, 11), (7, 12)]
+    assert latent_windows(4, window=5, overlap=2) == [(0, 4)]
+    assert fuse_weights(5, overlap=2, kind="linear", first=False, last=False).tolist() == [1 / 3, 2 / 3, 1, 2 / 3, 1 / 3]
+    assert fuse_weights(5, overlap=2, kind="linear", first=True, last=False).tolist()[:3] == [1, 1, 1]
+    assert fuse_weights(5, overlap=2, kind="pyramid", first=True, last=True).tolist() == [1, 2, 3, 2, 1]
+    noise = torch.arange(9, dtype=torch.float32).reshape(1, 1, 9, 1, 1)
+    moved = reschedule_noise(noise, window=4, stride=2, seed=0).flatten().tolist()
+    assert moved[:4] == [0, 1, 2, 3]
+    # frames [4, 6) take frames {0, 1} shuffled, [6, 8) frames {2, 3}, [8] frame {4}'s noise (itself from {0, 1})
+    assert sorted(moved[4:6]) == [0, 1] and sorted(moved[6:8]) == [2, 3] and moved[8] in (0, 1)
+
+
+def test_fused_prediction_of_a_frame_wise_expert_is_that_expert_on_the_whole_latent():
+    from wan_dist.engine.sliding import fused_prediction, latent_windows
+
+    # an expert that acts on each frame alone: every window agrees where they overlap, so any weighting gives
+    # the expert's output on the whole latent
+    def expert(x, t, context):
+        return x * 2.0 + t.reshape(-1, 1, 1, 1, 1)
+
+    def base(expert_fn, model_input, timestep, context, negative, scale, *, batched_context=None):
+        return expert_fn(model_input, timestep, context)
+
+    latent = torch.randn(1, 2, 12, 2, 2)
+    windows = latent_windows(12, window=5, overlap=2)
+    for kind in ("linear", "pyramid"):
+        fused = fused_prediction(base, windows, overlap=2, kind=kind)(expert, latent, torch.tensor([3.0]), None,
+                                                                       None, 1.0)
+        assert torch.allclose(fused, expert(latent, torch.tensor([3.0]), None), atol=1e-6)
+
+
+def test_segment_decode_has_every_frame_once(tiny):
+    from wan_dist.engine.sliding import decode_segments
+
+    latents = torch.randn(1, 16, 7, 8, 8)
+    parts = list(decode_segments(tiny.vae, latents, segment=3))
+    assert [len(p) for p in parts] == [9, 12, 4]  # latents [0, 3): 1 + 2 * 4; [3, 6): 3 * 4; [6, 7): 4
+    # the first segment is the plain decode of its latents
+    from wan_dist.models.vae import video_to_frames
+
+    assert np.array_equal(parts[0], video_to_frames(tiny.vae.decode(latents[:, :, :3]))[0])
+
+
+def test_a_sliding_clip_renders_every_frame_and_re_renders_exactly(tiny, tmp_path):
+    built = build_request({"prompt": "a red circle", "num_frames": 29, "seed": 4,
+                           "long": {"method": "sliding", "window": 9, "overlap": 1, "fuse": "pyramid"}},
+                          spec=tiny.spec)
+    result = render(tiny, built.request, OutputConfig(uri=str(tmp_path / "a"), preset="ultrafast"))
+    assert result.status == "completed", result.error
+    sidecar = json.loads(open(result.sidecar_uri).read())
+    assert sidecar["long"]["method"] == "sliding" and sidecar["long"]["noise"] == "freenoise"
+    # 29 frames -> 8 latent frames in windows of 3 sharing 1: [0, 3), [2, 5), [4, 7), [5, 8)
+    assert [(w["latent_start"], w["latent_end"]) for w in sidecar["long"]["windows"]] == [(0, 3), (2, 5), (4, 7),
+                                                                                          (5, 8)]
+    assert decode_mp4(open(result.clip_uri, "rb").read())[0].shape[0] == 29
+    again = render(tiny, RenderRequest.from_sidecar(sidecar), OutputConfig(uri=str(tmp_path / "b"), preset="ultrafast"))
+    assert open(again.clip_uri, "rb").read() == open(result.clip_uri, "rb").read()

@@ -76,8 +76,9 @@ def check_long(values: dict, spec, *, frames_field: str, max_frames: int) -> lis
     if frames <= window or (frames - 1) % stride:
         return []  # one window (or frames the variant's rules refuse by name)
     problems = [(name, reason) for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
-    if long.method == "sliding":
-        problems.append(("long", "method: sliding is not available yet; use continue"))
+    if long.method == "sliding" and spec.task != "t2v":
+        problems.append(("long", f"method: sliding fuses text-to-video windows; {spec.name} is {spec.task}: "
+                                 "use continue"))
     return problems
 
 
@@ -163,6 +164,9 @@ class LongClip:
 
     # ------------------------------------------------------------------------------------------
     def frames(self, *, callback: Callable[..., None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+        if self.spec.method == "sliding" and len(self.windows) > 1:
+            yield from self._sliding(callback)
+            return
         tail = None  # the previous window's last shared frames, not yet handed on
         source = self._input_image()
         for window in self.windows:
@@ -230,6 +234,38 @@ class LongClip:
                   ("seam" if image is not None else None)}
         return record, out.frames[0]
 
+    def _sliding(self, callback) -> Iterator[tuple[dict, np.ndarray]]:
+        """One long latent, windows fused at every step (engine/sliding.py); decoded and handed on in segments."""
+        from wan_dist.engine.sliding import decode_segments, fused_prediction, latent_windows, reschedule_noise
+
+        pipe, request, s = self.pipe, self.request, self.request.sampling
+        stride = pipe.vae.temporal_stride
+        settings = pipe.resolve(request.prompt, request.negative_prompt, height=request.height, width=request.width,
+                                num_frames=self.num_frames, num_inference_steps=s.num_inference_steps,
+                                guidance_scale=s.guidance_scale, guidance_scale_2=s.guidance_scale_2,
+                                boundary_ratio=s.boundary_ratio, shift=s.shift, seed=self.seed, solver=s.solver,
+                                schedule=s.schedule)
+        self.settings = settings
+        shape = pipe.latent_shape(settings)
+        window, overlap = (self.window - 1) // stride + 1, self.spec.overlap
+        noise = torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(self.seed), dtype=torch.float32)
+        noise = reschedule_noise(noise, window=window, stride=window - overlap, seed=self.seed)
+        prepared = pipe.prepare(settings, latents=noise, contexts=self._context(settings),
+                                loras=list(request.loras) or None)
+        self.loras = list(prepared.loras)
+        windows = latent_windows(shape[1], window=window, overlap=overlap)
+        predict = fused_prediction(pipe.default_predict(), windows, overlap=overlap, kind=self.spec.fuse)
+        latents = pipe.denoise(prepared, predict=predict, callback=callback)
+        tick = time.perf_counter()
+        self.records = [{"index": i, "latent_start": a, "latent_end": b, "start": max(0, stride * (a - 1) + 1) if a
+                         else 0, "frames": stride * (b - a - 1) + 1 if a == 0 else stride * (b - a), "seed": self.seed}
+                        for i, (a, b) in enumerate(windows)]
+        for frames in decode_segments(pipe.vae, latents, segment=window - overlap):
+            yield {}, frames
+        for name, seconds in prepared.timings.items():
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.timings["decode_s"] = time.perf_counter() - tick
+
     def _context(self, settings):
         """The window's text contexts, encoded once per prompt pair for the whole clip."""
         key = (settings.prompts, settings.negative_prompts)
@@ -239,7 +275,10 @@ class LongClip:
 
     def sidecar_section(self) -> dict:
         """What the sidecar records of the windows (``long``): the settings and every window's record."""
-        return {**self.spec.to_dict(), "window": self.window, "windows": list(self.records)}
+        section = {**self.spec.to_dict(), "window": self.window, "windows": list(self.records)}
+        if self.spec.method == "sliding":
+            section["noise"] = "freenoise"  # rescheduled from the seed (engine/sliding.py)
+        return section
 
 
 def render_long(pipe, request, output, *, model_source: str | None = None,
