@@ -36,7 +36,8 @@ __all__ = ["LONG_METHODS", "FUSE_WEIGHTS", "LongSpec", "Window", "plan_windows",
 
 LONG_METHODS = ("continue", "sliding")
 FUSE_WEIGHTS = ("linear", "pyramid")
-DEFAULT_IMPOSE = 0.5  # share of the steps during which the seam's latents are imposed (continue)
+DEFAULT_IMPOSE = 0.9  # share of the steps during which the seam's latents are imposed (continue)
+DEFAULT_OVERLAP = 2  # latent frames: 5 shared frames (one shared frame gives the model no motion to continue)
 _SEED_STRIDE = 1_000_003  # window k's seed: seed + k * stride (mod 2^63); window 0 renders as a one-window clip
 
 
@@ -44,14 +45,14 @@ _SEED_STRIDE = 1_000_003  # window k's seed: seed + k * stride (mod 2^63); windo
 class LongSpec:
     """A request's ``long`` field: ``{method, overlap, window, impose, fuse}``.
 
-    ``overlap``: latent frames shared by consecutive windows (default 1); ``window``: frames per window (``4k+1``,
+    ``overlap``: latent frames shared by consecutive windows (default 2); ``window``: frames per window (``4k+1``,
     default the model's own length); ``impose``: share of the steps the seam is imposed (continue); ``fuse``:
     how overlapping window predictions are weighted (sliding: ``linear`` ramps across the overlap, ``pyramid``
     peaks at a window's centre).
     """
 
     method: str = "continue"
-    overlap: int = 1
+    overlap: int = DEFAULT_OVERLAP
     window: int | None = None
     impose: float = DEFAULT_IMPOSE
     fuse: str = "linear"
@@ -68,7 +69,7 @@ class LongSpec:
         method = data.get("method") or "continue"
         if method not in LONG_METHODS:
             raise ControlError("method", f"must be one of {', '.join(LONG_METHODS)}; got {method!r:.60}")
-        overlap = 1 if data.get("overlap") is None else data["overlap"]
+        overlap = DEFAULT_OVERLAP if data.get("overlap") is None else data["overlap"]
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1:
             raise ControlError("overlap", f"must be a positive integer (latent frames), got {overlap!r:.60}")
         window = data.get("window")

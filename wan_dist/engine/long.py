@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from wan_dist.controls.camera import ControlError
-from wan_dist.controls.long import LongSpec, Window, blend_seam, plan_windows, window_seed
+from wan_dist.controls.long import LongSpec, Window, plan_windows, window_seed
+from wan_dist.controls.storyboard import apply_transition, sub_path
 from wan_dist.sampling.sdedit import noise_to
 
 __all__ = ["check_long", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
@@ -51,14 +52,20 @@ def window_frames(long: dict | None, spec) -> int:
 
 
 def is_windowed(request, spec) -> bool:
-    """Whether ``request`` renders as several windows (``long`` set and more frames than one window)."""
+    """Whether ``request`` renders window by window: a storyboard, or ``long`` set and more frames than a window."""
+    if request.shots:
+        return True
     frames = request.num_frames or spec.defaults.num_frames
     return request.long is not None and frames > window_frames(request.long, spec)
 
 
-def check_long(values: dict, spec, *, frames_field: str, max_frames: int) -> list[tuple[str, str]]:
+def check_long(values: dict, spec, *, frames_field: str, max_frames: int,
+               given_frames: bool = False) -> list[tuple[str, str]]:
     """Problems of a request's loose ``values`` as a long clip (``values["long"]`` is set to the defaults when
-    the frames exceed ``max_frames`` and none is given). Empty for a one-window clip."""
+    the frames exceed ``max_frames`` and none is given) or a storyboard (``values["num_frames"]`` set to the
+    shots' frames). Empty for a one-window clip. ``given_frames``: num_frames came from the caller."""
+    if values.get("shots"):
+        return _check_storyboard(values, spec, given_frames=given_frames, max_frames=max_frames)
     frames = values.get("num_frames") or spec.defaults.num_frames
     stride = spec.vae.temporal_stride
     if values.get("long") is None:
@@ -80,6 +87,32 @@ def check_long(values: dict, spec, *, frames_field: str, max_frames: int) -> lis
         problems.append(("long", f"method: sliding fuses text-to-video windows; {spec.name} is {spec.task}: "
                                  "use continue"))
     return problems
+
+
+def _check_storyboard(values: dict, spec, *, given_frames: bool, max_frames: int) -> list[tuple[str, str]]:
+    from wan_dist.engine.storyboard import check_shots
+
+    values["long"] = values.get("long") or LongSpec().to_dict()
+    long = LongSpec.from_dict(values["long"])
+    window = window_frames(values["long"], spec)
+    try:
+        long.check_model(window=window, temporal_stride=spec.vae.temporal_stride, field="")
+    except ControlError as error:
+        return [("long", f"{error.field.lstrip('.')}: {error.reason}")]
+    if window > max_frames:
+        return [("long", f"window: at most {max_frames} frames, got {window}")]
+    problems = [(name, "give each shot its own camera (shots[i].camera)" if name == "camera" else reason)
+                for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
+    if long.method == "sliding":
+        problems.append(("long", "method: a storyboard continues shot after shot: use continue"))
+    if given_frames:
+        problems.append(("num_frames", "a storyboard is as long as its shots: give duration_s (checked against "
+                                       "their sum) or neither"))
+    fps = values.get("fps") or spec.defaults.fps
+    total, found = check_shots(values["shots"], fps=fps, window=window, overlap=long.overlap,
+                               temporal_stride=spec.vae.temporal_stride, duration_s=values.get("duration_s"))
+    values["num_frames"] = total
+    return problems + found
 
 
 class ImposedSeam:
@@ -137,7 +170,8 @@ def _pixels(frames: np.ndarray, device) -> torch.Tensor:
 
 
 class LongClip:
-    """The windows of one long ``request`` on ``pipe`` (a WanPipeline in this process).
+    """The windows of one long ``request`` on ``pipe`` (a WanPipeline in this process): a storyboard's shots
+    (engine/storyboard.py) or one shot of the request's prompt.
 
     :meth:`frames` yields ``(record, frames)`` per window: its record for the sidecar and its finished frames
     ``[n, H, W, 3]`` uint8, in clip order (their concatenation is the clip). ``settings`` (after the first
@@ -145,16 +179,26 @@ class LongClip:
     """
 
     def __init__(self, pipe, request):
-        from wan_dist.engine.settings import RenderSettings  # noqa: F401  (the type of self.settings)
+        from wan_dist.engine.storyboard import ShotPlan, plan_shots
 
         self.pipe, self.request = pipe, request
         self.spec = LongSpec.from_dict(request.long or {})
         stride = pipe.vae.temporal_stride
         self.window = window_frames(request.long, pipe.spec)
         self.spec.check_model(window=self.window, temporal_stride=stride)
-        self.num_frames = request.num_frames or pipe.spec.defaults.num_frames
-        self.windows = plan_windows(self.num_frames, window=self.window, overlap=self.spec.overlap,
+        self.fps = request.fps or pipe.spec.defaults.fps
+        if request.shots:
+            self.shots = plan_shots(request.shots, fps=self.fps, window=self.window, overlap=self.spec.overlap,
                                     temporal_stride=stride)
+            self.num_frames = 1 + sum(shot.own for shot in self.shots)
+        else:
+            self.num_frames = request.num_frames or pipe.spec.defaults.num_frames
+            windows = plan_windows(self.num_frames, window=self.window, overlap=self.spec.overlap,
+                                   temporal_stride=stride)
+            self.shots = [ShotPlan(index=0, prompt=request.prompt, camera=None, transition="cut",
+                                   own=self.num_frames - 1, shared=1, entry_latents=0, frames=self.num_frames,
+                                   windows=tuple(windows))]
+        self.windows = [w for shot in self.shots for w in shot.windows]
         self.seed = request.seed if request.seed is not None else int(torch.randint(0, 2**31, ()).item())
         self.settings = None
         self.timings: dict[str, float] = {}
@@ -164,21 +208,35 @@ class LongClip:
 
     # ------------------------------------------------------------------------------------------
     def frames(self, *, callback: Callable[..., None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
-        if self.spec.method == "sliding" and len(self.windows) > 1:
+        if self.spec.method == "sliding" and len(self.windows) > 1 and not self.request.shots:
             yield from self._sliding(callback)
             return
-        tail = None  # the previous window's last shared frames, not yet handed on
+        tail = None  # the last frames handed on so far that the next window shares, not yet handed on
         source = self._input_image()
-        for window in self.windows:
-            image = source if window.index == 0 else self._seam_image(tail, source)
-            record, frames = self._render_window(window, image, tail, callback)
-            if tail is not None:
-                frames = np.concatenate([blend_seam(tail, frames[:window.overlap]), frames[window.overlap:]])
-            last = window.index == len(self.windows) - 1
-            keep = 0 if last else self.windows[window.index + 1].overlap
-            tail = frames[len(frames) - keep:].copy() if keep else None
-            self.records.append(record)
-            yield record, frames[:len(frames) - keep]
+        count = 0
+        for shot, after in zip(self.shots, self.shots[1:] + [None]):
+            for window in shot.windows:
+                first = window.index == 0
+                kind = shot.transition if first else "continue"
+                conditioned = tail is not None and kind != "cut"
+                image = self._seam_image(tail, source) if conditioned else source
+                span = shot.frames - 1
+                camera = sub_path(shot.camera, window.start / span, (window.start + window.frames - 1) / span)
+                record, frames = self._render_window(count, window, shot.prompt, camera, image,
+                                                     tail if conditioned else None, callback)
+                record.update({"shot": shot.index, "transition": kind if first and shot.index else None})
+                if conditioned:
+                    frames = np.concatenate([apply_transition(kind, tail, frames[:len(tail)]), frames[len(tail):]])
+                elif first and shot.index > 0:  # after a cut the shot's first frame is never shown
+                    frames = frames[1:]
+                if window.index + 1 < len(shot.windows):
+                    keep = shot.windows[window.index + 1].overlap
+                else:
+                    keep = after.shared if after is not None and after.transition != "cut" else 0
+                tail = frames[len(frames) - keep:].copy() if keep else None
+                self.records.append(record)
+                count += 1
+                yield record, frames[:len(frames) - keep]
 
     def _input_image(self):
         from wan_dist.engine.render import _load_image
@@ -186,28 +244,28 @@ class LongClip:
         return _load_image(self.request.image, getattr(self.pipe, "fetch_policy", None))
 
     def _seam_image(self, tail: np.ndarray, source):
-        """The input image of a window after the first: the first shared frame, for models that take one."""
+        """The input image of a continuing window: the first shared frame, for models that take one."""
         if self.pipe.spec.task == "t2v" or (self.pipe.spec.task == "ti2v" and source is None):
             return None
         from PIL import Image
 
         return Image.fromarray(tail[0])
 
-    def _render_window(self, window: Window, image, tail, callback):
+    def _render_window(self, count: int, window: Window, prompt: str, camera, image, tail, callback):
         pipe, request = self.pipe, self.request
         s = request.sampling
-        seed = window_seed(self.seed, window.index)
+        seed = window_seed(self.seed, count)
         size = {} if self.settings is None else {"height": self.settings.height, "width": self.settings.width}
-        settings = pipe.resolve(request.prompt, request.negative_prompt, image=image,
+        settings = pipe.resolve(prompt, request.negative_prompt, image=image,
                                 height=size.get("height", request.height), width=size.get("width", request.width),
                                 num_frames=window.frames, num_inference_steps=s.num_inference_steps,
                                 guidance_scale=s.guidance_scale, guidance_scale_2=s.guidance_scale_2,
                                 boundary_ratio=s.boundary_ratio, shift=s.shift, seed=seed, solver=s.solver,
-                                schedule=s.schedule)
+                                schedule=s.schedule, camera=camera)
         if self.settings is None:
             self.settings = settings
         prepared = pipe.prepare(settings, image=image, contexts=self._context(settings),
-                                loras=list(request.loras) or None)
+                                loras=list(request.loras) or None, camera=camera, fps=self.fps)
         self.loras = list(prepared.loras)
         until = 0
         if tail is not None:
@@ -222,16 +280,16 @@ class LongClip:
             prepared.latents = seam.start(prepared.latents)
             prepared.timings["seam_encode_s"] = time.perf_counter() - tick
         total = len(prepared.steps)
+        windows = len(self.windows)
         on_step = None if callback is None else (
-            lambda step, _total, x, estimate: callback(window.index * total + step, len(self.windows) * total, x,
-                                                       estimate))
+            lambda step, _total, x, estimate: callback(count * total + step, windows * total, x, estimate))
         latents = pipe.denoise(prepared, callback=on_step)
         out = pipe.finish(prepared, latents)
         for name, seconds in out.timings.items():
             self.timings[name] = self.timings.get(name, 0.0) + seconds
-        record = {**window.to_dict(), "seed": seed, "impose_steps": until, "num_inference_steps": total,
-                  "image": "request" if window.index == 0 and image is not None else
-                  ("seam" if image is not None else None)}
+        record = {**window.to_dict(), "index": count, "shot_window": window.index, "seed": seed,
+                  "impose_steps": until, "num_inference_steps": total, "prompt": settings.prompts[0],
+                  "camera": camera, "image": None if image is None else ("seam" if tail is not None else "request")}
         return record, out.frames[0]
 
     def _sliding(self, callback) -> Iterator[tuple[dict, np.ndarray]]:
@@ -276,6 +334,8 @@ class LongClip:
     def sidecar_section(self) -> dict:
         """What the sidecar records of the windows (``long``): the settings and every window's record."""
         section = {**self.spec.to_dict(), "window": self.window, "windows": list(self.records)}
+        if self.request.shots:
+            section["shots"] = [{k: v for k, v in shot.record().items() if k != "windows"} for shot in self.shots]
         if self.spec.method == "sliding":
             section["noise"] = "freenoise"  # rescheduled from the seed (engine/sliding.py)
         return section
@@ -298,6 +358,8 @@ def render_long(pipe, request, output, *, model_source: str | None = None,
         encode_s = 0.0
         with Mp4Writer(str(path), fps, codec=output.codec, crf=output.crf, preset=output.preset) as writer:
             for _record, frames in clip.frames(callback=callback):
+                if not len(frames):  # a window whose frames all wait for the next seam
+                    continue
                 tick = time.perf_counter()
                 writer.write(frames)
                 encode_s += time.perf_counter() - tick

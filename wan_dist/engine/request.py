@@ -25,6 +25,7 @@ from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, 
 from wan_dist.controls.overlays import layout_overlays
 from wan_dist.controls.long import LongSpec
 from wan_dist.controls.renditions import parse_renditions
+from wan_dist.controls.storyboard import MAX_SHOTS, TRANSITIONS, shot_item
 from wan_dist.engine.settings import RECIPES, frames_for_duration
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
@@ -146,6 +147,13 @@ def _control(kind):
     return normalise
 
 
+def _shot(index: int, item: Any) -> dict:
+    try:
+        return shot_item(index, item)
+    except ControlError as error:
+        raise ItemError(error.field, error.reason) from None
+
+
 def _renditions(value: list) -> list:
     try:
         return [profile.name for profile in parse_renditions(value, field="")]
@@ -191,11 +199,14 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("style_lock", dict, "keep the input image's grade: a strength 0..1 or {strength, colour, "
                  "smoothing_s}", normalise=_control(StyleLock), shorthand=float),
     RequestField("long", dict, "a clip longer than one window: {method: continue|sliding, overlap (latent frames, "
-                 "default 1), window (frames, default the model's), impose (0..1), fuse: linear|pyramid}; "
+                 "default 2), window (frames, default the model's), impose (0..1, default 0.9), fuse: linear|pyramid}; "
                  f"implied beyond {MAX_NUM_FRAMES} frames", normalise=_control(LongSpec)),
+    RequestField("shots", list, "a storyboard: [{prompt, duration_s, camera, transition: "
+                 f"{'|'.join(TRANSITIONS)}, transition_s}}]; a shot continues the one before unless cut",
+                 max_length=MAX_SHOTS, items=_shot),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
-_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock", "long")  # see RenderRequest.digest
+_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "overlays", "style_lock", "long", "shots")  # see RenderRequest.digest
 
 
 class RequestError(ValueError):
@@ -232,6 +243,7 @@ class RenderRequest:
     overlays: dict[str, Any] | None = None  # controls.OverlaySpec's loose form, normalised
     style_lock: dict[str, Any] | None = None  # controls.StyleLock's loose form, normalised
     long: dict[str, Any] | None = None  # controls.LongSpec's loose form: set when the clip spans several windows
+    shots: list[dict[str, Any]] | None = None  # a storyboard: controls.storyboard.shot_item's normalised shots
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -283,14 +295,14 @@ class RenderRequest:
         request = sidecar.get("request", {})
         sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING})
         # a camera path's phrases are in the resolved prompt: the request's own prompt gets them again
-        prompt = request["prompt"] if request.get("camera") is not None else s["prompts"][0]
+        prompt = request["prompt"] if request.get("camera") is not None or request.get("shots") else s["prompts"][0]
         return cls(prompt=prompt, negative_prompt=s["negative_prompts"][0], image=request.get("image"),
                    height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
                    seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
                    camera=request.get("camera"), layers=request.get("layers"),
                    loras=[dict(x) for x in request.get("loras") or ()],
                    renditions=request.get("renditions"), overlays=request.get("overlays"),
-                   style_lock=request.get("style_lock"), long=request.get("long"))
+                   style_lock=request.get("style_lock"), long=request.get("long"), shots=request.get("shots"))
 
 
 @dataclass(frozen=True)
@@ -322,6 +334,8 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
                 values[name] = _FIELDS[name].check(value)
             except ValueError as error:
                 problems.append((name + getattr(error, "path", ""), str(error)))
+    if "prompt" not in values and values.get("shots"):  # a storyboard: its first shot names the clip
+        values["prompt"] = values["shots"][0]["prompt"]
     _check_text(values, problems)
     _check_post(values, problems)
     if values.get("layers") is not None and values.get("camera") is None and "camera" not in dict(problems):
@@ -353,7 +367,8 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
 
 def _check_text(values: dict, problems: list) -> None:
     if "prompt" not in values:
-        if not any(field == "prompt" for field, _ in problems):  # given but refused: its own reason says why
+        # given but refused, or shots that could not name it: their own reasons say why
+        if not any(field == "prompt" or field.startswith("shots") for field, _ in problems):
             problems.append(("prompt", "required: what to render"))
     elif not values["prompt"].strip():
         problems.append(("prompt", "must be a non-empty string, not blank"))
@@ -371,7 +386,9 @@ def _check_long(values: dict, problems: list, spec, frames_field: str) -> None:
     model's window; the fields a windowed render cannot honour yet are refused by name."""
     from wan_dist.engine.long import check_long
 
-    for problem in check_long(values, spec, frames_field=frames_field, max_frames=MAX_NUM_FRAMES):
+    given_frames = frames_field == "num_frames" and "num_frames" in values
+    for problem in check_long(values, spec, frames_field=frames_field, max_frames=MAX_NUM_FRAMES,
+                              given_frames=given_frames):
         problems.append(problem)
 
 
@@ -438,7 +455,7 @@ def _built(spec, values: dict, s, fps: int) -> BuiltRequest:
         fps=fps, seed=s.seed, sampling=sampling, name=values.get("name"), metadata=dict(values.get("metadata") or {}),
         camera=values.get("camera"), layers=values.get("layers"), loras=list(values.get("loras") or ()),
         renditions=values.get("renditions"), overlays=values.get("overlays"), style_lock=values.get("style_lock"),
-        long=values.get("long"))
+        long=values.get("long"), shots=values.get("shots"))
     settings = {**s.to_dict(), "fps": fps, **(dict.fromkeys(("height", "width")) if by_image else {})}
     del settings["checkpoint_id"]  # a placeholder here: the renderer's checkpoint decides
     return BuiltRequest(request=request, settings=settings)
