@@ -58,7 +58,7 @@ def _render(pipe, prompt: str, cfg, seed: int, folder: str, image: str | None):
     from wan_dist.video.mp4 import decode_mp4
 
     fields = {"prompt": prompt, "duration_s": float(cfg.duration_s), "seed": seed, "num_inference_steps": cfg.steps,
-              "long": {"overlap": cfg.overlap, "impose": cfg.impose}, "image": image}
+              "long": {"method": cfg.method, "overlap": cfg.overlap, "impose": cfg.impose}, "image": image}
     request = build_request(fields, spec=pipe.spec).request
     result = render(pipe, request, OutputConfig(uri=folder, preset="ultrafast", crf=12))
     if result.status != "completed":
@@ -74,7 +74,11 @@ def seam_statistics(frames: np.ndarray, windows: list[dict]) -> dict:
     seam = np.zeros(len(change), dtype=bool)
     seams = []
     for w in windows[1:]:
-        pairs = np.arange(w["start"] - 1, w["start"] + w["overlap"])  # entering, inside and leaving the blend
+        # continue: the pairs entering, inside and leaving a seam's blended frames; sliding: those of the frames
+        # two windows share (their latent overlap, decoded)
+        shared = w["overlap"] if "overlap" in w else windows[windows.index(w) - 1]["start"] + \
+            windows[windows.index(w) - 1]["frames"] - w["start"]
+        pairs = np.arange(w["start"] - 1, w["start"] + shared).clip(0, len(change) - 1)
         seam[pairs] = True
         seams.append(float(change[pairs].mean()))
     inside = float(change[~seam].mean())
@@ -124,6 +128,7 @@ def _memory(cfg) -> dict:
     base = None
     for duration in cfg.durations_s:
         settings = {"model": cfg.model, "threads": cfg.threads, "prompt": cfg.prompts[0], "seed": cfg.seed,
+                    "method": cfg.method,
                     "duration_s": duration, "steps": cfg.steps, "overlap": cfg.overlap, "impose": cfg.impose}
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)], capture_output=True,
                               text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -150,7 +155,7 @@ def main() -> None:
     def run(cfg: DictConfig) -> None:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         measured = _seams(cfg) if cfg.mode == "seams" else _memory(cfg)
-        report_row({"mode": cfg.mode, "model": cfg.model, **measured}, cfg)
+        report_row({"mode": cfg.mode, "model": cfg.model, "method": cfg.method, **measured}, cfg)
 
     run()
 

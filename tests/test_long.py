@@ -226,3 +226,48 @@ def test_a_sliding_clip_renders_every_frame_and_re_renders_exactly(tiny, tmp_pat
     assert decode_mp4(open(result.clip_uri, "rb").read())[0].shape[0] == 29
     again = render(tiny, RenderRequest.from_sidecar(sidecar), OutputConfig(uri=str(tmp_path / "b"), preset="ultrafast"))
     assert open(again.clip_uri, "rb").read() == open(result.clip_uri, "rb").read()
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_a_stopped_long_render_resumes_after_its_last_finished_window(tiny, tmp_path):
+    from wan_dist.sampling.stop import StopRender
+    from wan_dist.storage.objects import list_prefix
+
+    # 25 frames in 9-frame windows sharing 1 latent frame: windows at 0, 8, 16; 2 steps each
+    request = build_request({"prompt": "a red circle", "num_frames": 25, "seed": 8, "name": "resumable",
+                             "long": {"window": 9, "overlap": 1}}, spec=tiny.spec).request
+    output = OutputConfig(uri=str(tmp_path / "out"), preset="ultrafast")
+    seen: list[int] = []
+
+    def stop_in_window_2(step, total, _latents, _estimate):
+        seen.append(step)
+        if step == 4:  # window 2's first step
+            raise StopRender("cancelled")
+
+    with pytest.raises(StopRender):
+        render(tiny, request, output, callback=stop_in_window_2)
+    assert seen == [0, 1, 2, 3, 4]
+    kept = list_prefix(str(tmp_path / "out" / "resumable" / "windows"))
+    assert sorted(uri.rsplit("/", 1)[1] for uri in kept if uri.endswith(".json")) == ["0000.json", "0001.json"]
+    seen.clear()
+    result = render(tiny, request, output, callback=lambda step, *_: seen.append(step))
+    assert result.status == "completed", result.error
+    assert seen == [4, 5]  # only window 2 rendered: windows 0 and 1 came from storage
+    assert list_prefix(str(tmp_path / "out" / "resumable" / "windows")) == []  # removed once published
+    sidecar = json.loads(open(result.sidecar_uri).read())
+    assert [w["index"] for w in sidecar["long"]["windows"]] == [0, 1, 2]
+    fresh = render(tiny, request, OutputConfig(uri=str(tmp_path / "fresh"), preset="ultrafast"))
+    assert open(fresh.clip_uri, "rb").read() == open(result.clip_uri, "rb").read()
+
+
+def test_windows_of_another_request_are_not_resumed(tiny, tmp_path):
+    from wan_dist.engine.windows import WindowStore
+
+    store = WindowStore(str(tmp_path / "clip"), "digest-a")
+    store.save(0, np.zeros((4, 8, 8, 3), np.uint8), np.ones((1, 8, 8, 3), np.uint8), record={"index": 0},
+               settings={}, timings={}, loras=[])
+    resumed = store.load()
+    assert resumed.count == 1 and resumed.tail.shape == (1, 8, 8, 3) and resumed.tail.max() == 1
+    assert [len(s) for s in store.segments(1)] == [4]
+    assert WindowStore(str(tmp_path / "clip"), "digest-b").load() is None
+    assert store.load() is None  # the other request's windows were deleted

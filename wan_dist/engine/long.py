@@ -207,15 +207,35 @@ class LongClip:
         self._contexts: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------------------------------
-    def frames(self, *, callback: Callable[..., None] | None = None) -> Iterator[tuple[dict, np.ndarray]]:
-        if self.spec.method == "sliding" and len(self.windows) > 1 and not self.request.shots:
+    @property
+    def sliding(self) -> bool:
+        return self.spec.method == "sliding" and len(self.windows) > 1 and not self.request.shots
+
+    def frames(self, *, callback: Callable[..., None] | None = None, resume=None) -> Iterator[tuple[dict, np.ndarray]]:
+        """``resume``: an ``engine.windows.Resumed``: its windows are not rendered again; their held frames,
+        settings, records and timings continue. ``self.tail`` holds the frames kept for the next seam."""
+        if self.sliding:
             yield from self._sliding(callback)
             return
-        tail = None  # the last frames handed on so far that the next window shares, not yet handed on
+        self.tail = None  # the last frames the next window shares, not yet handed on
+        done = 0
+        if resume is not None:
+            from wan_dist.engine.settings import RenderSettings
+
+            done, self.tail = resume.count, resume.tail
+            settings = dict(resume.settings)
+            settings["prompts"], settings["negative_prompts"] = (tuple(settings["prompts"]),
+                                                                 tuple(settings["negative_prompts"]))
+            self.settings = RenderSettings(**settings)
+            self.records, self.timings, self.loras = list(resume.records), dict(resume.timings), list(resume.loras)
         source = self._input_image()
         count = 0
         for shot, after in zip(self.shots, self.shots[1:] + [None]):
             for window in shot.windows:
+                if count < done:
+                    count += 1
+                    continue
+                tail = self.tail
                 first = window.index == 0
                 kind = shot.transition if first else "continue"
                 conditioned = tail is not None and kind != "cut"
@@ -233,7 +253,7 @@ class LongClip:
                     keep = shot.windows[window.index + 1].overlap
                 else:
                     keep = after.shared if after is not None and after.transition != "cut" else 0
-                tail = frames[len(frames) - keep:].copy() if keep else None
+                self.tail = frames[len(frames) - keep:].copy() if keep else None
                 self.records.append(record)
                 count += 1
                 yield record, frames[:len(frames) - keep]
@@ -343,21 +363,36 @@ class LongClip:
 
 def render_long(pipe, request, output, *, model_source: str | None = None,
                 callback: Callable[..., None] | None = None):
-    """Render the long ``request`` window by window into ``{output.uri}/{name}/clip.mp4`` + ``clip.json``,
-    encoding each window's frames as they are finished. Returns a RenderResult (storage failures: a failed one)."""
+    """Render the long ``request`` window by window into ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
+
+    Each finished window is kept under ``{name}/windows/`` (engine/windows.py) before the next one starts, so a
+    render of the same request that was stopped resumes after its last finished window; the clip is then
+    encoded from the windows one at a time (``sliding``, one latent, encodes as it decodes). Returns a
+    RenderResult (storage failures: a failed one)."""
     from wan_dist.engine.clips import publish_clip_file
     from wan_dist.engine.render import RenderResult, model_record, versions
+    from wan_dist.engine.windows import WindowStore
     from wan_dist.storage.objects import join
     from wan_dist.video.mp4 import Mp4Writer
 
     started = time.perf_counter()
     clip = LongClip(pipe, request)
-    fps = request.fps or pipe.spec.defaults.fps
+    fps = clip.fps
+    prefix = join(output.uri, request.clip_name(clip.seed))
+    store = WindowStore(prefix, request.digest())
     with tempfile.TemporaryDirectory(prefix="wan-dist-long-") as folder:
         path = Path(folder) / "clip.mp4"
         encode_s = 0.0
         with Mp4Writer(str(path), fps, codec=output.codec, crf=output.crf, preset=output.preset) as writer:
-            for _record, frames in clip.frames(callback=callback):
+            if clip.sliding:
+                parts = (frames for _, frames in clip.frames(callback=callback))
+            else:
+                resumed = store.load()
+                for record, frames in clip.frames(callback=callback, resume=resumed):
+                    store.save(record["index"], frames, clip.tail, record=record, settings=clip.settings.to_dict(),
+                               timings=clip.timings, loras=clip.loras)
+                parts = store.segments(len(clip.windows))
+            for frames in parts:
                 if not len(frames):  # a window whose frames all wait for the next seam
                     continue
                 tick = time.perf_counter()
@@ -369,9 +404,9 @@ def render_long(pipe, request, output, *, model_source: str | None = None,
                    "model": {k: v for k, v in model_record(pipe, model_source).items() if k != "default_fps"},
                    "fps": fps, "timings": timings, "loras": clip.loras, "versions": versions(),
                    "created_at": time.time(), "long": clip.sidecar_section()}
-        prefix = join(output.uri, request.clip_name(clip.seed))
         try:
             uris = publish_clip_file(path, prefix_uri=prefix, sidecar=sidecar)
+            store.clear()
         except Exception as error:  # storage failures are results, not crashes: the caller may retry
             return RenderResult(status="failed", seed=clip.seed, timings=timings,
                                 error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
