@@ -14,7 +14,8 @@ The window plan, seeds and seam blend are :mod:`wan_dist.controls.long`'s. Per w
    finished frame is handed on at once: only the last ``P`` frames are held for the next seam, so memory does
    not grow with the clip's length.
 
-:func:`render_long` encodes the frames into an MP4 as they come (``video.Mp4Writer`` on a local temporary file)
+:func:`render_long` keeps every finished window in storage (engine/windows.py: a stopped render resumes after the
+last one), encodes the clip from them one window at a time (``video.Mp4Writer`` on a local temporary file)
 and publishes it with a sidecar that records every window (frames, overlap, seed, steps imposed).
 """
 
@@ -259,9 +260,9 @@ class LongClip:
                 yield record, frames[:len(frames) - keep]
 
     def _input_image(self):
-        from wan_dist.engine.render import _load_image
+        from wan_dist.engine.images import load_image
 
-        return _load_image(self.request.image, getattr(self.pipe, "fetch_policy", None))
+        return load_image(self.request.image, getattr(self.pipe, "fetch_policy", None))
 
     def _seam_image(self, tail: np.ndarray, source):
         """The input image of a continuing window: the first shared frame, for models that take one."""
@@ -361,16 +362,16 @@ class LongClip:
         return section
 
 
-def render_long(pipe, request, output, *, model_source: str | None = None,
-                callback: Callable[..., None] | None = None):
+def render_long(pipe, request, output, *, model: dict, versions: dict,
+                callback: Callable[..., None] | None = None) -> dict:
     """Render the long ``request`` window by window into ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
 
     Each finished window is kept under ``{name}/windows/`` (engine/windows.py) before the next one starts, so a
     render of the same request that was stopped resumes after its last finished window; the clip is then
-    encoded from the windows one at a time (``sliding``, one latent, encodes as it decodes). Returns a
-    RenderResult (storage failures: a failed one)."""
+    encoded from the windows one at a time (``sliding``, one latent, encodes as it decodes). ``model``: the
+    sidecar's model section (``engine.render.model_record``), ``versions`` its versions. Returns the fields of a
+    RenderResult (``engine.render.render_windowed`` makes it; storage failures: a failed one)."""
     from wan_dist.engine.clips import publish_clip_file
-    from wan_dist.engine.render import RenderResult, model_record, versions
     from wan_dist.engine.windows import WindowStore
     from wan_dist.storage.objects import join
     from wan_dist.video.mp4 import Mp4Writer
@@ -401,14 +402,14 @@ def render_long(pipe, request, output, *, model_source: str | None = None,
         settings = {**clip.settings.to_dict(), "num_frames": clip.num_frames, "seed": clip.seed}
         timings = {**clip.timings, "encode_s": encode_s, "total_s": time.perf_counter() - started}
         sidecar = {"request": request.to_dict(), "request_digest": request.digest(), "settings": settings,
-                   "model": {k: v for k, v in model_record(pipe, model_source).items() if k != "default_fps"},
-                   "fps": fps, "timings": timings, "loras": clip.loras, "versions": versions(),
+                   "model": {k: v for k, v in model.items() if k != "default_fps"},
+                   "fps": fps, "timings": timings, "loras": clip.loras, "versions": versions,
                    "created_at": time.time(), "long": clip.sidecar_section()}
         try:
             uris = publish_clip_file(path, prefix_uri=prefix, sidecar=sidecar)
             store.clear()
         except Exception as error:  # storage failures are results, not crashes: the caller may retry
-            return RenderResult(status="failed", seed=clip.seed, timings=timings,
-                                error=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
-    return RenderResult(status="completed", seed=clip.seed, clip_uri=uris.clip_uri, sidecar_uri=uris.sidecar_uri,
-                        timings=timings)
+            return {"status": "failed", "seed": clip.seed, "timings": timings,
+                    "error": f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"}
+    return {"status": "completed", "seed": clip.seed, "clip_uri": uris.clip_uri, "sidecar_uri": uris.sidecar_uri,
+            "timings": timings}
