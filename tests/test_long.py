@@ -271,3 +271,33 @@ def test_windows_of_another_request_are_not_resumed(tiny, tmp_path):
     assert [len(s) for s in store.segments(1)] == [4]
     assert WindowStore(str(tmp_path / "clip"), "digest-b").load() is None
     assert store.load() is None  # the other request's windows were deleted
+
+
+@pytest.mark.parametrize("variant", ["tiny-i2v", "tiny-ti2v"])
+def test_image_models_continue_from_the_first_shared_frame(variant, tmp_path):
+    from PIL import Image
+
+    pipe = load_pipeline(variant, dtype=torch.float32)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 8:40] = (200, 40, 40)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    window = pipe.spec.defaults.num_frames  # 9
+    request = build_request({"prompt": "a red box", "image": str(tmp_path / "image.png"), "seed": 1,
+                             "num_frames": 2 * window - 1, "long": {"overlap": 1}}, spec=pipe.spec).request
+    clip = LongClip(pipe, request)
+    seen_images = []
+    prepare = pipe.prepare
+
+    def spy(settings, **kwargs):  # the image each window is conditioned on
+        seen_images.append(kwargs.get("image"))
+        return prepare(settings, **kwargs)
+
+    pipe.prepare = spy
+    windows = clip.frames()
+    first = next(windows)
+    held = clip.tail.copy()  # window 0's last frame, held for the seam
+    parts = [first, *windows]
+    frames = np.concatenate([f for _, f in parts])
+    assert frames.shape[0] == 2 * window - 1
+    assert [r["image"] for r, _ in parts] == ["request", "seam"]
+    assert held.shape == (1, 64, 64, 3) and np.array_equal(np.asarray(seen_images[1]), held[0])
