@@ -1,7 +1,7 @@
 """CPU benchmark of long clips (issue 17), Hydra-sweepable: seams, a static scene, peak memory and time.
 
     python benchmarks/long_clips.py mode=seams                       # toy, several prompts, median seam ratio
-    python benchmarks/long_clips.py mode=seams model=toy-i2v
+    python benchmarks/long_clips.py mode=seams preset=toy-i2v
     python benchmarks/long_clips.py mode=memory                      # 5 s vs 60 s, each in its own process
 
 ``seams``: each prompt of ``prompts`` renders ``duration_s`` as windows (``long``); per clip, the mean absolute
@@ -10,7 +10,9 @@ other pairs (inside windows); the row has the median over clips of each clip's m
 target: <= 1.5), and the same for the ``static_prompt`` clip with its absolute changes and its drift (mean
 absolute difference of the last frame from the first).
 ``memory``: each duration of ``durations_s`` renders in a fresh subprocess (the model loaded there too) that
-reports its peak RSS (``ru_maxrss``) and render seconds; the row has each and the ratios to the shortest.
+reports its peak RSS (``ru_maxrss``), render seconds and CPU seconds (user + system: what the render itself used,
+which a machine shared with other work stretches less than wall time); every duration ``repeats`` times, the
+durations alternating; the row has the medians and their ratios to the shortest.
 Rows go to ``save_to`` (benchmarks/csv_rows.py).
 """
 
@@ -87,7 +89,7 @@ def seam_statistics(frames: np.ndarray, windows: list[dict]) -> dict:
 
 
 def _seams(cfg) -> dict:
-    pipe = _pipe(cfg.model, cfg.threads)
+    pipe = _pipe(cfg.preset, cfg.threads)
     with tempfile.TemporaryDirectory() as folder:
         image = _image(Path(folder) / "image.png") if pipe.spec.task != "t2v" else None
         clips = []
@@ -112,34 +114,43 @@ def child(settings: dict) -> dict:
     from types import SimpleNamespace
 
     cfg = SimpleNamespace(**settings)
-    pipe = _pipe(cfg.model, cfg.threads)
+    pipe = _pipe(cfg.preset, cfg.threads)
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as folder:
-        tick = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        tick, cpu = time.perf_counter(), usage.ru_utime + usage.ru_stime
         frames, windows = _render(pipe, cfg.prompt, cfg, cfg.seed, folder, None)
         seconds = time.perf_counter() - tick
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "loaded_rss_mb": loaded_rss / 1024, "render_s": seconds, "frames": int(frames.shape[0]),
-            "windows": len(windows)}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - cpu
+    return {"peak_rss_mb": usage.ru_maxrss / 1024, "loaded_rss_mb": loaded_rss / 1024, "render_s": seconds,
+            "cpu_s": cpu, "frames": int(frames.shape[0]), "windows": len(windows)}
 
 
 def _memory(cfg) -> dict:
+    runs: dict[float, list[dict]] = {duration: [] for duration in cfg.durations_s}
+    for _ in range(cfg.repeats):
+        for duration in cfg.durations_s:
+            settings = {"preset": cfg.preset, "threads": cfg.threads, "prompt": cfg.prompts[0], "seed": cfg.seed,
+                        "method": cfg.method, "duration_s": duration, "steps": cfg.steps, "overlap": cfg.overlap,
+                        "impose": cfg.impose}
+            done = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)], capture_output=True,
+                                  text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            runs[duration].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{duration} s: {runs[duration][-1]}", flush=True)
     row = {}
     base = None
-    for duration in cfg.durations_s:
-        settings = {"model": cfg.model, "threads": cfg.threads, "prompt": cfg.prompts[0], "seed": cfg.seed,
-                    "method": cfg.method,
-                    "duration_s": duration, "steps": cfg.steps, "overlap": cfg.overlap, "impose": cfg.impose}
-        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)], capture_output=True,
-                              text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{duration} s: {result}", flush=True)
-        base = base or result
+    for duration, results in runs.items():
+        median = {key: statistics.median(r[key] for r in results) for key in ("peak_rss_mb", "render_s", "cpu_s")}
+        windows = results[0]["windows"]
+        base = base or {**median, "windows": windows}
         tag = f"{duration:g}s"
-        row.update({f"peak_rss_mb.{tag}": round(result["peak_rss_mb"], 1), f"render_s.{tag}": round(result["render_s"], 2),
-                    f"windows.{tag}": result["windows"],
-                    f"rss_ratio.{tag}": round(result["peak_rss_mb"] / base["peak_rss_mb"], 4),
-                    f"s_per_window.{tag}": round(result["render_s"] / result["windows"], 3)})
+        row.update({f"windows.{tag}": windows, f"peak_rss_mb.{tag}": round(median["peak_rss_mb"], 1),
+                    f"peak_rss_mb_runs.{tag}": " ".join(f"{r['peak_rss_mb']:.0f}" for r in results),
+                    f"rss_ratio.{tag}": round(median["peak_rss_mb"] / base["peak_rss_mb"], 4),
+                    f"render_s.{tag}": round(median["render_s"], 2),
+                    f"cpu_s_per_window.{tag}": round(median["cpu_s"] / windows, 3),
+                    f"cpu_ratio_per_window.{tag}": round(median["cpu_s"] / windows / (base["cpu_s"] / base["windows"]), 4)})
     row["load1"] = round(os.getloadavg()[0], 2)
     return row
 
@@ -155,7 +166,7 @@ def main() -> None:
     def run(cfg: DictConfig) -> None:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         measured = _seams(cfg) if cfg.mode == "seams" else _memory(cfg)
-        report_row({"mode": cfg.mode, "model": cfg.model, "method": cfg.method, **measured}, cfg)
+        report_row({"mode": cfg.mode, "model": cfg.preset, "method": cfg.method, **measured}, cfg)
 
     run()
 
