@@ -380,7 +380,7 @@ def render_long(pipe, request, output, *, model: dict, versions: dict,
     clip = LongClip(pipe, request)
     fps = clip.fps
     prefix = join(output.uri, request.clip_name(clip.seed))
-    store = WindowStore(prefix, request.digest())
+    store = WindowStore(prefix, f"{request.digest()}-{clip.seed}")  # a request without a seed drew its own
     with tempfile.TemporaryDirectory(prefix="wan-dist-long-") as folder:
         path = Path(folder) / "clip.mp4"
         encode_s = 0.0
