@@ -137,6 +137,11 @@ def test_an_unreachable_fps_names_the_field_and_says_what_is():
         build_request({"prompt": "x", "fps": 65}, spec=PRESETS["tiny"])
     assert refused.value.field == "fps" and "at most 64" in refused.value.reason
     assert build_request({"prompt": "x", "fps": 65, "fps_mode": "playback"}, spec=PRESETS["tiny"]).request.fps == 65
+    # 20 s at 24 fps from A14B: 321 frames rendered at 16 fps as a long clip, published as 481 at 24 fps
+    built = build_request({"prompt": "x", "duration_s": 20.0, "fps": 24}, spec=PRESETS["t2v-a14b"])
+    assert (built.request.num_frames, built.settings["frames"]) == (20 * 16 + 1, 20 * 24 + 1)
+    assert built.request.long is not None and built.request.fps_mode == "convert"
     with pytest.raises(RequestError) as long:
-        build_request({"prompt": "x", "duration_s": 20.0, "fps": 24}, spec=PRESETS["t2v-a14b"])
-    assert long.value.field == "duration_s" and "16 fps" in long.value.reason
+        build_request({"prompt": "x", "duration_s": 3600.0, "fps": 30, "fps_mode": "playback"},
+                      spec=PRESETS["t2v-a14b"])
+    assert long.value.field == "duration_s" and "30 fps" in long.value.reason

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wan_dist.video.interpolate import (blend, convert_fps, interpolate, pair_motion, retime_positions,
+from wan_dist.video.interpolate import (Retimer, blend, convert_fps, interpolate, pair_motion, retime_positions,
                                         retimed_count)
 from wan_dist.world import render_clip, sample_scene
 
@@ -216,6 +216,29 @@ def test_large_frames_flow_at_the_working_size():
     assert motion.forward.shape == (56, 80, 2) and motion.full_size == (112, 160)
     made = interpolate(a, b, 0.5, motion)
     assert made.shape == a.shape and psnr(made, frame(0.5)) > psnr(blend(a, b, 0.5), frame(0.5))
+
+
+@pytest.mark.parametrize(("from_fps", "to_fps", "parts"), [(16, 24, (5, 4, 4, 4)), (16, 40, (1, 7, 9)),
+                                                             (24, 16, (4, 1, 12))])
+def test_a_clip_converted_in_parts_equals_each_frame_made_from_its_neighbours(from_fps, to_fps, parts):
+    """A long clip converts window by window (engine/long.py): each part's output needs the frame held from the
+    part before; the parts' outputs together are the clip's frames, each made from the input frames around it."""
+    scene = shapes_scene(3, 64, 80)
+    frames = np.stack([scene(t) for t in range(sum(parts))])
+    retimer = Retimer(len(frames), from_fps, to_fps)
+    outputs, start = [], 0
+    for size in parts:
+        outputs.append(retimer.push(frames[start:start + size]))
+        start += size
+    out = np.concatenate(outputs)
+    expected = [frames[i] if numerator == 0 else interpolate(frames[i], frames[i + 1], numerator / denominator)
+                for i, numerator, denominator in retime_positions(len(frames), from_fps, to_fps)]
+    assert out.shape == (len(expected),) + frames.shape[1:]
+    for j, frame in enumerate(expected):
+        np.testing.assert_array_equal(out[j], frame, err_msg=f"output frame {j}")
+    assert retimer.record() == convert_fps(frames, from_fps, to_fps)[1]
+    with pytest.raises(ValueError, match="^frames: "):
+        retimer.push(frames[:1])
 
 
 def test_small_frames_convert():

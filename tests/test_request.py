@@ -59,6 +59,9 @@ WALK: dict[str, tuple[str, object]] = {
     "subject_box": ("tiny", [[0.1, 0.2, 0.4, 0.6], [0.5, 0.2, 0.8, 0.6]]),  # keyframes, with WALK's renditions
     "overlays": ("tiny", {"title": {"text": "Kites", "position": "top"}, "guides": True}),  # with WALK's renditions
     "style_lock": ("tiny-ti2v", 0.6),  # the number shorthand, with WALK's image
+    "long": ("tiny", {"window": 5, "overlap": 1, "impose": 0.25}),
+    "shots": ("tiny", [{"prompt": "a kite rises", "duration_s": 0.5},
+                       {"prompt": "dunes at dusk", "duration_s": 0.5, "transition": "crossfade"}]),
 }
 # what a field needs beside it to take effect
 COMPANIONS = {"layers": "camera", "overlays": "renditions", "fps_mode": "fps", "subject_box": "renditions"}
@@ -193,7 +196,7 @@ def test_the_loose_form_round_trips_and_reads_records_that_nest_sampling():
     # a field added later counts only when set: clips published before it existed are still recognised
     before = {k: v for k, v in loose.items() if k not in ("camera", "layers", "loras", "renditions", "subject_box",
                                                          "overlays", "style_lock", "fps_mode", "cache",
-                                                         "cache_threshold", "cache_retention")}
+                                                         "cache_threshold", "cache_retention", "long", "shots")}
     assert request.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
                                               ).hexdigest()[:32]
     assert request.digest() != dataclasses.replace(request, camera=CameraPath().to_dict()).digest()

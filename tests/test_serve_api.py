@@ -511,3 +511,17 @@ def test_batch_results_link_each_clip_through_the_api_when_the_store_has_no_http
         with serve_app.client("k2") as other:
             assert other.get(record["clip_url"]).status_code == 404  # another key's batch
     assert_error(api.get(f"/v1/batches/{batch_id}/clips/no-such-row"), 404, "row_id")
+
+
+def test_a_long_clip_and_a_storyboard_render_through_the_api(serve_app, api):
+    # issue 17: 21 frames in 9-frame windows (3 windows); a storyboard of two shots joined by a crossfade
+    long = create(api, {**FAST, "prompt": "a fox walks a long way", "num_frames": 21,
+                        "long": {"window": 9, "overlap": 1}})
+    shots = [{"prompt": "a fox in the snow", "duration_s": 0.5},
+             {"prompt": "a fox by a river", "duration_s": 0.5, "transition": "crossfade"}]
+    board = create(api, {**{k: v for k, v in FAST.items() if k != "num_frames"}, "shots": shots})
+    for job, frames in ((long, 21), (board, 17)):  # a storyboard is 1 + 8 + 8 frames (0.5 s each at 16 fps)
+        assert wait_status(api, job["id"], "completed", 120)["progress"] == 100
+        assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content, frames=frames)
+    assert_error(api.post("/v1/models/tiny/jobs", json={**FAST, "shots": [{**shots[0], "transition": "whip"}]}),
+                 422, "shots[0].transition")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from wan_dist.engine.request import MAX_LONG_FRAMES
 from wan_dist.engine.settings import frames_for_duration
 from wan_dist.models.presets import PRESETS
 from wan_dist.serve import schemas
@@ -60,7 +61,7 @@ def test_error_body_is_the_openai_shape():
 
 BAD = [
     ("tiny", {"num_frames": 10}, "num_frames"),  # not 4k+1
-    ("tiny", {"num_frames": schemas.MAX_NUM_FRAMES + 4}, "num_frames"),
+    ("tiny", {"num_frames": MAX_LONG_FRAMES + 4}, "num_frames"),  # past an hour at 24 fps, even window by window
     ("t2v-a14b", {"size": "1024x576"}, "size"),  # a multiple of 16, but not a size of the variant
     ("ti2v-5b", {"size": "1280x720"}, "size"),  # an A14B size, not a 5B one
     ("tiny", {"width": 96, "height": 96}, "width"), ("tiny", {"size": "big"}, "size"),
@@ -79,8 +80,9 @@ BAD = [
     ("tiny", {"shift": 0}, "shift"), ("tiny", {"solver": "ddim"}, "solver"),
     ("tiny", {"schedule": "karras"}, "schedule"), ("tiny", {"fps": 0}, "fps"),
     ("tiny", {"num_frames": 9, "seconds": 1}, "seconds"), ("tiny", {"seconds": 1, "duration": 1}, "duration"),
-    ("tiny", {"seconds": 0}, "seconds"), ("tiny", {"duration": 60}, "duration"),
-    ("tiny", {"seconds": 60}, "seconds"),  # more than MAX_NUM_FRAMES frames
+    ("tiny", {"seconds": 0}, "seconds"), ("tiny", {"duration": 4000}, "duration"),
+    ("tiny", {"seconds": 4000}, "seconds"),  # past the schema's hour
+    ("tiny", {"seconds": 60, "long": {"overlap": 3}}, "long"),  # tiny's 9-frame windows hold 3 latent frames
     ("i2v-a14b", {"image": None}, "image"), ("tiny-i2v", {"image": None}, "image"),  # i2v needs an image
     ("tiny", {"image": PNG}, "image"),  # t2v takes none
     ("tiny-ti2v", {"image": "/etc/passwd"}, "image"),  # never a local path from a client

@@ -47,7 +47,7 @@ from wan_dist.config import BatchConfig, OutputConfig
 from wan_dist.engine.clips import SIDECAR_NAME
 from wan_dist.engine.control import StopRender
 from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
-from wan_dist.engine.rank_calls import Generate
+from wan_dist.engine.rank_calls import Generate, Render
 from wan_dist.batch.resume import plan_resume, published_rows
 from wan_dist.storage.objects import join, presigned_url
 
@@ -57,8 +57,10 @@ log = logging.getLogger("wan_dist.batch")
 
 
 def _publish(model: dict, request, out, output: OutputConfig):
-    from wan_dist.engine.render import publish
+    from wan_dist.engine.render import RenderResult, publish
 
+    if isinstance(out, RenderResult):  # a long clip: its rank published it as it rendered (engine/long.py)
+        return out
     return publish(model, request, out, output)
 
 
@@ -321,7 +323,12 @@ class BatchRunner:
         self._first_submit = self._first_submit or now
         slot.first_submit = slot.first_submit or now
         self.progress.rendering_started()
-        call = slot.group.submit(Generate(task.row.request, self.row_control(task.row) if self.row_control else None))
+        control = self.row_control(task.row) if self.row_control else None
+        if task.row.request.long is not None:  # a long clip is encoded on its rank as it renders: never whole
+            source = (slot.record or {}).get("source")
+            call = slot.group.submit(Render(task.row.request, self._row_output(task.row), source, control))
+        else:
+            call = slot.group.submit(Generate(task.row.request, control))
         slot.group.prefetch(task.row.request)  # its prompts are encoded while the call before it renders
         slot.calls.append((call, task, set(call.refs)))
         for ref in call.refs:

@@ -15,7 +15,7 @@ __all__ = ["manifest_main", "SHARED_COLUMNS"]
 SHARED_COLUMNS = ("negative_prompt", "image", "width", "height", "num_frames", "duration_s", "fps",
                   "fps_mode", "num_inference_steps", "guidance_scale", "guidance_scale_2", "boundary_ratio", "shift",
                   "solver", "schedule", "cache", "cache_threshold", "cache_retention", "output_prefix", "metadata",
-                  "camera", "layers")
+                  "camera", "layers", "long")
 
 
 def manifest_main(cfg: DictConfig) -> None:
@@ -28,7 +28,7 @@ def manifest_main(cfg: DictConfig) -> None:
         value = cfg[key]
         if value is None:
             continue
-        if key in ("metadata", "camera", "layers") and not isinstance(value, str):  # a mapping: JSON text
+        if key in ("metadata", "camera", "layers", "long") and not isinstance(value, str):  # a mapping: JSON text
             value = json.dumps(OmegaConf.to_container(value, resolve=True), sort_keys=True)
         defaults[key] = value
     text = read_bytes(str(cfg.prompts)).decode("utf-8")

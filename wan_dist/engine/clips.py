@@ -17,7 +17,7 @@ import numpy as np
 from wan_dist.storage import delete, join, read_bytes, write_bytes_atomic
 from wan_dist.video.mp4 import encode_mp4
 
-__all__ = ["CLIP_NAME", "SIDECAR_NAME", "ClipURIs", "read_sidecar", "sidecar_bytes", "write_clip"]
+__all__ = ["CLIP_NAME", "SIDECAR_NAME", "ClipURIs", "publish_clip_file", "read_sidecar", "sidecar_bytes", "write_clip"]
 
 CLIP_NAME = "clip.mp4"
 SIDECAR_NAME = "clip.json"
@@ -65,6 +65,24 @@ def write_clip(
     write_bytes_atomic(
         uris.sidecar_uri, payload, content_type="application/json", storage_options=storage_options
     )
+    return uris
+
+
+def publish_clip_file(path, *, prefix_uri: str, sidecar: Mapping[str, Any],
+                      storage_options: Mapping[str, Any] | None = None, chunk_bytes: int = 1 << 20) -> ClipURIs:
+    """Publish an MP4 already encoded to the local file ``path`` (a long clip, written as it was rendered) as
+    ``{prefix_uri}/clip.mp4``, streamed in chunks, then the sidecar: the order and atomicity of :func:`write_clip`."""
+    payload = sidecar_bytes(sidecar)
+    uris = ClipURIs(clip_uri=join(prefix_uri, CLIP_NAME), sidecar_uri=join(prefix_uri, SIDECAR_NAME))
+
+    def chunks():
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                yield chunk
+
+    delete(uris.sidecar_uri, storage_options=storage_options)
+    write_bytes_atomic(uris.clip_uri, chunks(), content_type="video/mp4", storage_options=storage_options)
+    write_bytes_atomic(uris.sidecar_uri, payload, content_type="application/json", storage_options=storage_options)
     return uris
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from wan_dist.sampling.conditioning import i2v_condition_video
 
-__all__ = ["image_size", "prepare_image", "i2v_image_latents"]
+__all__ = ["image_size", "prepare_image", "i2v_image_latents", "load_image"]
 
 
 def _to_pil(image) -> Image.Image:
@@ -81,3 +81,14 @@ def i2v_image_latents(vae, first_frames: torch.Tensor, num_frames: int) -> torch
     training). Returns float32 [B, z, (num_frames - 1) / 4 + 1, H / s, W / s] on the VAE's device.
     """
     return vae.encode(i2v_condition_video(first_frames, num_frames).to(vae.device))
+
+
+def load_image(uri: str | None, policy=None) -> Image.Image | None:
+    """The image at ``uri`` (a path or URL) read under fetch ``policy`` (storage.fetch.read_source), RGB; None for none."""
+    if uri is None:
+        return None
+    import io
+
+    from wan_dist.storage.fetch import read_source
+
+    return Image.open(io.BytesIO(read_source(uri, policy=policy, field="image"))).convert("RGB")

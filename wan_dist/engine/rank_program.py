@@ -77,7 +77,17 @@ class RankProgram:
     def render(self, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
                control=None) -> RenderResult | None:
         """Generate, then the result rank publishes the clip and returns the RenderResult (the others None).
-        ``control``: as in :meth:`generate` (a stopped render publishes nothing)."""
+        ``control``: as in :meth:`generate` (a stopped render publishes nothing). A clip beyond one window
+        renders window by window and is encoded as it goes (engine/long.py), on a one-rank group."""
+        from wan_dist.engine.long import is_windowed
+        from wan_dist.engine.render import render_windowed
+
+        if is_windowed(request, self.pipe.spec):
+            if self.world_size > 1:
+                raise ValueError("long: a clip beyond one window renders on a one-rank group (parallel degrees 1)")
+            control = with_step_hook(control, self.step_hook, request)
+            return render_windowed(self.pipe, request, output, model_source=model_source,
+                                   callback=self._step_callback(control))
         out = self.generate(request, control)
         if out is None:
             return None

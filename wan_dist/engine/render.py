@@ -16,7 +16,7 @@ from typing import Any, Callable
 from wan_dist.config import OutputConfig
 from wan_dist.engine.request import RenderRequest
 
-__all__ = ["RenderRequest", "RenderResult", "render", "generate_for", "publish", "model_record", "versions"]
+__all__ = ["RenderRequest", "RenderResult", "render", "render_windowed", "generate_for", "publish", "model_record", "versions"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,11 +149,25 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
                         renditions=renditions, rendition_guides=guides, timings=timings, step_cache=step_cache)
 
 
+def render_windowed(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
+                    callback: Callable[..., None] | None = None) -> RenderResult:
+    """Render a clip longer than one window (or a storyboard) window by window and publish it (engine/long.py)."""
+    from wan_dist.engine.long import render_long
+
+    return RenderResult(**render_long(pipe, request, output, model=model_record(pipe, model_source),
+                                      versions=versions(), callback=callback))
+
+
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
            callback: Callable[..., None] | None = None) -> RenderResult:
     """Render ``request`` with ``pipe`` and publish ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
 
-    Bad input raises ValueError naming the field (before anything is written).
+    Bad input raises ValueError naming the field (before anything is written). A clip longer than one window
+    (``request.long``) renders window by window and is encoded as it goes (engine/long.py).
     """
+    from wan_dist.engine.long import is_windowed
+
+    if is_windowed(request, pipe.spec):
+        return render_windowed(pipe, request, output, model_source=model_source, callback=callback)
     out = generate_for(pipe, request, callback=callback)
     return publish(model_record(pipe, model_source), request, out, output)

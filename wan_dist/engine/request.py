@@ -31,18 +31,21 @@ from typing import Any, Callable, Mapping
 
 from wan_dist.config import SamplingConfig
 from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, StyleLock
+from wan_dist.controls.long import LongSpec
 from wan_dist.controls.overlays import layout_overlays
 from wan_dist.controls.reframe import subject_keyframes
 from wan_dist.controls.renditions import parse_renditions
+from wan_dist.controls.storyboard import MAX_SHOTS, TRANSITIONS, shot_item
 from wan_dist.engine.settings import RECIPES, frames_for_duration
-from wan_dist.video.interpolate import retimed_count
 from wan_dist.sampling.step_cache import CACHE_MODES, DEFAULT_RETENTION, DEFAULT_THRESHOLDS
+from wan_dist.video.interpolate import retimed_count
 
 __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "RenderRequest", "BuiltRequest",
-           "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_PROMPT_CHARS", "MAX_LORAS",
-           "LORA_TRANSFORMERS", "FPS_MODES", "MAX_INTERPOLATION"]
+           "build_request", "frames_for_duration", "lora_item", "MAX_NUM_FRAMES", "MAX_LONG_FRAMES", "MAX_PROMPT_CHARS",
+           "MAX_LORAS", "LORA_TRANSFORMERS", "FPS_MODES", "MAX_INTERPOLATION"]
 
-MAX_NUM_FRAMES = 241  # 10 s at 24 fps, 15 s at 16 fps
+MAX_NUM_FRAMES = 241  # one window at most: 10 s at 24 fps, 15 s at 16 fps (longer: a long clip, engine/long.py)
+MAX_LONG_FRAMES = 3600 * 24 + 1  # an hour at 24 fps, rendered window after window
 MAX_PROMPT_CHARS = 10_000
 MAX_LORAS, MAX_LORA_SCALE, MAX_URI_CHARS = 8, 10.0, 2048
 MAX_INTERPOLATION = 4  # fps_mode convert reaches at most 4x the model's rate (3 made frames per rendered one)
@@ -165,6 +168,13 @@ def _subject_box(value: list) -> list:
         raise ValueError(f"{error.field.lstrip('.')}: {error.reason}" if error.field else error.reason) from None
 
 
+def _shot(index: int, item: Any) -> dict:
+    try:
+        return shot_item(index, item)
+    except ControlError as error:
+        raise ItemError(error.field, error.reason) from None
+
+
 def _renditions(value: list) -> list:
     try:
         return [profile.name for profile in parse_renditions(value, field="")]
@@ -179,7 +189,8 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("image", str, "input image (i2v / ti2v): a path or URL"),
     RequestField("width", int, "pixels; a multiple of the VAE stride x patch (16 or 32)", low=1, high=4096),
     RequestField("height", int, "pixels; as width", low=1, high=4096),
-    RequestField("num_frames", int, "4k+1 frames", low=1, high=MAX_NUM_FRAMES),
+    RequestField("num_frames", int, f"4k+1 frames (beyond {MAX_NUM_FRAMES}, or a window: a long clip, see long)", low=1,
+                 high=MAX_LONG_FRAMES),
     RequestField("duration_s", float, "clip length in seconds instead of num_frames", low=0, open_low=True,
                  high=3600, input_only=True),
     RequestField("fps", int, "frames per second of the clip (default: the variant's); above the variant's rate "
@@ -222,10 +233,17 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
                  "guides: bool} (INTERFACES.md)", normalise=_control(OverlaySpec)),
     RequestField("style_lock", dict, "keep the input image's grade: a strength 0..1 or {strength, colour, "
                  "smoothing_s}", normalise=_control(StyleLock), shorthand=float),
+    RequestField("long", dict, "a clip longer than one window: {method: continue|sliding, overlap (latent frames, "
+                 "default 2), window (frames, default the model's), impose (0..1, default 0.9), fuse: linear|pyramid}; "
+                 f"implied beyond {MAX_NUM_FRAMES} frames", normalise=_control(LongSpec)),
+    RequestField("shots", list, "a storyboard: [{prompt, duration_s, camera, transition: "
+                 f"{'|'.join(TRANSITIONS)}, transition_s}}]; a shot continues the one before unless cut",
+                 max_length=MAX_SHOTS, items=_shot),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
 # see RenderRequest.digest
-_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "subject_box", "overlays", "style_lock", "fps_mode")
+_LATER_FIELDS = ("camera", "layers", "loras", "renditions", "subject_box", "overlays", "style_lock", "fps_mode", "long",
+                 "shots")
 _LATER_SAMPLING = {"cache": "off"}  # as _LATER_FIELDS, counted only when not this value (or None)
 
 
@@ -264,6 +282,8 @@ class RenderRequest:
     subject_box: list[list[float]] | None = None  # keyframe boxes the renditions keep in frame (controls.reframe)
     overlays: dict[str, Any] | None = None  # controls.OverlaySpec's loose form, normalised
     style_lock: dict[str, Any] | None = None  # controls.StyleLock's loose form, normalised
+    long: dict[str, Any] | None = None  # controls.LongSpec's loose form: set when the clip spans several windows
+    shots: list[dict[str, Any]] | None = None  # a storyboard: controls.storyboard.shot_item's normalised shots
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -321,15 +341,15 @@ class RenderRequest:
         fps_mode = request.get("fps_mode") if "fps_mode" in request else _legacy_fps_mode(sidecar)
         sampling = SamplingConfig(**{name: s[name] for name in _SAMPLING if s.get(name) is not None})
         # a camera path's phrases are in the resolved prompt: the request's own prompt gets them again
-        prompt = request["prompt"] if request.get("camera") is not None else s["prompts"][0]
+        prompt = request["prompt"] if request.get("camera") is not None or request.get("shots") else s["prompts"][0]
         return cls(prompt=prompt, negative_prompt=s["negative_prompts"][0], image=request.get("image"),
                    height=s["height"], width=s["width"], num_frames=s["num_frames"], fps=sidecar["fps"],
                    fps_mode=fps_mode, seed=s["seed"], sampling=sampling, metadata=dict(request.get("metadata", {})),
                    camera=request.get("camera"), layers=request.get("layers"),
                    loras=[dict(x) for x in request.get("loras") or ()],
                    renditions=request.get("renditions"), subject_box=request.get("subject_box"),
-                   overlays=request.get("overlays"),
-                   style_lock=request.get("style_lock"))
+                   overlays=request.get("overlays"), style_lock=request.get("style_lock"), long=request.get("long"),
+                   shots=request.get("shots"))
 
 
 def _legacy_fps_mode(sidecar: dict) -> str | None:
@@ -371,6 +391,8 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
                 values[name] = _FIELDS[name].check(value)
             except ValueError as error:
                 problems.append((name + getattr(error, "path", ""), str(error)))
+    if "prompt" not in values and values.get("shots"):  # a storyboard: its first shot names the clip
+        values["prompt"] = values["shots"][0]["prompt"]
     _check_text(values, problems)
     _check_post(values, problems)
     if values.get("layers") is not None and values.get("camera") is None and "camera" not in dict(problems):
@@ -388,9 +410,10 @@ def build_request(fields: Mapping[str, Any], *, spec, layout: str = "diffusers",
         else:
             values["num_frames"] = frames_for_duration(values["duration_s"], render_fps, spec.vae.temporal_stride)
             frames_field = "duration_s"
-            if values["num_frames"] > MAX_NUM_FRAMES:
-                problems.append(("duration_s", f"at most {(MAX_NUM_FRAMES - 1) / render_fps:g} s: the model renders "
-                                                f"at most {MAX_NUM_FRAMES} frames at {render_fps} fps"))
+            if values["num_frames"] > MAX_LONG_FRAMES:
+                problems.append(("duration_s", f"at most {(MAX_LONG_FRAMES - 1) / render_fps:g} s: the model renders "
+                                                f"at most {MAX_LONG_FRAMES} frames at {render_fps} fps"))
+    _check_long(values, problems, spec, frames_field, render_fps)
     if "seed" not in values:
         values["seed"] = default_seed() if default_seed is not None else _random_seed()
     settings = _resolve(spec, layout, values, problems, frames_field)
@@ -416,7 +439,8 @@ def _frame_rates(spec, values: dict, problems: list) -> tuple[int, int]:
 
 def _check_text(values: dict, problems: list) -> None:
     if "prompt" not in values:
-        if not any(field == "prompt" for field, _ in problems):  # given but refused: its own reason says why
+        # given but refused, or shots that could not name it: their own reasons say why
+        if not any(field == "prompt" or field.startswith("shots") for field, _ in problems):
             problems.append(("prompt", "required: what to render"))
     elif not values["prompt"].strip():
         problems.append(("prompt", "must be a non-empty string, not blank"))
@@ -427,6 +451,17 @@ def _check_text(values: dict, problems: list) -> None:
                              or any(ord(c) < 32 or ord(c) == 127 for c in name)):
         problems.append(("name", f"must be a folder name: no '/' or '\\', no leading '.', no control "
                                  f"characters, got {name!r}"))
+
+
+def _check_long(values: dict, problems: list, spec, frames_field: str, render_fps: int) -> None:
+    """A clip beyond one window gets ``long`` (given, or the defaults past MAX_NUM_FRAMES), checked against the
+    model's window; the fields a windowed render cannot honour yet are refused by name."""
+    from wan_dist.engine.long import check_long
+
+    given_frames = frames_field == "num_frames" and "num_frames" in values
+    for problem in check_long(values, spec, frames_field=frames_field, max_frames=MAX_NUM_FRAMES,
+                              given_frames=given_frames, fps=render_fps):
+        problems.append(problem)
 
 
 def _check_post(values: dict, problems: list) -> None:
@@ -495,7 +530,7 @@ def _built(spec, values: dict, s, fps: int, render_fps: int) -> BuiltRequest:
         metadata=dict(values.get("metadata") or {}),
         camera=values.get("camera"), layers=values.get("layers"), loras=list(values.get("loras") or ()),
         renditions=values.get("renditions"), subject_box=values.get("subject_box"), overlays=values.get("overlays"),
-        style_lock=values.get("style_lock"))
+        style_lock=values.get("style_lock"), long=values.get("long"), shots=values.get("shots"))
     settings = {**s.to_dict(), "fps": fps, "render_fps": render_fps,
                 "frames": retimed_count(s.num_frames, render_fps, fps),
                 **(dict.fromkeys(("height", "width")) if by_image else {})}

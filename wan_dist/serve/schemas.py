@@ -20,8 +20,9 @@ needs an image), as at every front door. Rules of this door:
   side and 5% of the aspect (a missing one: the default size's). A size outside the variant's
   ``defaults.sizes`` is refused (``strict_sizes=False``: any multiple). No size on i2v: the image decides.
 - Length: ``num_frames``, or ``duration_s`` / ``seconds`` / ``duration`` (``engine.request.frames_for_duration``)
-  at the rate the model renders (the variant's; ``fps`` itself with ``fps_mode`` playback); at most
-  :data:`MAX_NUM_FRAMES` frames. ``fps`` is the published clip's rate (engine.request: converted to).
+  at the rate the model renders (the variant's; ``fps`` itself with ``fps_mode`` playback); beyond
+  :data:`MAX_NUM_FRAMES` frames a long clip (``long``), rendered window by window. ``fps`` is the published clip's
+  rate (engine.request: converted to).
 - ``seed`` absent: drawn now and written into the request, so a retried job renders the same clip; the
   ``RenderRequest`` is fully resolved (size, frames, fps, sampling) so defaults changing later do not matter.
 - ``image``: an http(s)/s3 URL or a ``data:image/...;base64`` URI up to :data:`MAX_IMAGE_BYTES`; never a

@@ -38,7 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["METHODS", "FLOW_SHORT_SIDE", "PairMotion", "retimed_count", "retime_positions", "convert_fps",
+__all__ = ["METHODS", "FLOW_SHORT_SIDE", "PairMotion", "Retimer", "retimed_count", "retime_positions", "convert_fps",
            "pair_motion", "interpolate", "blend", "dis_flow"]
 
 METHODS = ("flow", "blend", "repeat")  # interpolation above the input rate: the product's, and two baselines
@@ -280,39 +280,85 @@ def convert_fps(frames: np.ndarray, from_fps: int, to_fps: int, *, method: str =
     it the in-between frames are made by ``method``: ``flow`` (:func:`interpolate`; ``occlusion=False`` is its
     ablation without occlusion handling), or the baselines ``blend`` (cross-fade) and ``repeat`` (the nearest
     earlier frame). The same rate returns ``frames`` as they are."""
+    _check_frames(frames)
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {', '.join(METHODS)}; got {method!r}")
+    if to_fps == from_fps:
+        _check_rates(len(frames), from_fps, to_fps)
+        return frames, {"from_fps": from_fps, "to_fps": to_fps, "frames_in": len(frames), "frames_out": len(frames),
+                        "method": "none"}
+    retimer = Retimer(len(frames), from_fps, to_fps, method=method, flow_short_side=flow_short_side,
+                      occlusion=occlusion)
+    return retimer.push(frames), retimer.record()
+
+
+def _check_frames(frames: np.ndarray) -> None:
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         raise ValueError(f"frames: must be RGB uint8 [F, H, W, 3], got "
                          f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}")
-    if method not in METHODS:
-        raise ValueError(f"method: must be one of {', '.join(METHODS)}; got {method!r}")
-    positions = retime_positions(len(frames), from_fps, to_fps)
-    record: dict[str, Any] = {"from_fps": from_fps, "to_fps": to_fps, "frames_in": len(frames),
-                              "frames_out": len(positions)}
-    if to_fps == from_fps:
-        return frames, {**record, "method": "none"}
-    if to_fps < from_fps:
-        picks = [index for index, _, _ in positions]
-        return frames[picks], {**record, "method": "drop", "dropped": len(frames) - len(set(picks))}
-    out = np.empty((len(positions),) + frames.shape[1:], np.uint8)
-    motion, motion_of, hidden = None, None, []
-    for j, (index, numerator, denominator) in enumerate(positions):
-        if numerator == 0:
-            out[j] = frames[index]
-            continue
-        tau, a, b = numerator / denominator, frames[index], frames[index + 1]
-        if method == "repeat":
-            out[j] = a
-        elif method == "blend":
-            out[j] = blend(a, b, tau)
-        else:
-            if motion_of != index:  # positions only increase: one pair's motion at a time
-                motion = pair_motion(a, b, flow_short_side=flow_short_side, occlusion=occlusion)
-                motion_of = index
-                hidden.append(motion.hidden_share)
-            out[j] = interpolate(a, b, tau, motion)
-    record.update(method="dis_flow" if method == "flow" else method,
-                  interpolated=sum(1 for _, numerator, _ in positions if numerator))
-    if method == "flow":
-        record.update(flow_short_side=flow_short_side, occlusion=occlusion,
-                      hidden_share=round(float(np.mean(hidden)), 6) if hidden else 0.0)
-    return out, record
+
+
+class Retimer:
+    """:func:`convert_fps` of a clip of ``num_frames`` frames that arrive in parts (a long clip's windows): each
+    :meth:`push` of the next input frames returns the output frames they complete, holding only the last input
+    frame between parts (an in-between frame needs the frames on both sides). The parts' outputs concatenated
+    equal ``convert_fps`` of the whole clip; :meth:`record` is its record once every frame was pushed."""
+
+    def __init__(self, num_frames: int, from_fps: int, to_fps: int, *, method: str = "flow",
+                 flow_short_side: int = FLOW_SHORT_SIDE, occlusion: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"method: must be one of {', '.join(METHODS)}; got {method!r}")
+        self.positions = retime_positions(num_frames, from_fps, to_fps)
+        self.num_frames, self.from_fps, self.to_fps = num_frames, from_fps, to_fps
+        self.method, self.flow_short_side, self.occlusion = method, flow_short_side, occlusion
+        self._next = 0  # the next output frame
+        self._seen = 0  # input frames pushed so far
+        self._last: np.ndarray | None = None  # input frame _seen - 1
+        self._motion: tuple[int, PairMotion] | None = None
+        self._hidden: list[float] = []
+
+    def push(self, frames: np.ndarray) -> np.ndarray:
+        """The output frames that ``frames`` (the next input frames, [n, H, W, 3] uint8) complete."""
+        _check_frames(frames)
+        start, end = self._seen, self._seen + len(frames)
+        if end > self.num_frames:
+            raise ValueError(f"frames: {end} pushed, the clip has {self.num_frames}")
+
+        def frame(index: int) -> np.ndarray:
+            return frames[index - start] if index >= start else self._last
+
+        out = []
+        while self._next < len(self.positions):
+            index, numerator, denominator = self.positions[self._next]
+            if (index + 1 if numerator else index) >= end:
+                break  # waits for the next part
+            out.append(frame(index) if numerator == 0 else self._between(frame(index), frame(index + 1), index,
+                                                                        numerator / denominator))
+            self._next += 1
+        if len(frames):
+            self._seen, self._last = end, frames[-1]
+        return np.stack(out) if out else np.empty((0,) + frames.shape[1:], np.uint8)
+
+    def _between(self, a: np.ndarray, b: np.ndarray, index: int, tau: float) -> np.ndarray:
+        if self.method == "repeat":
+            return a
+        if self.method == "blend":
+            return blend(a, b, tau)
+        if self._motion is None or self._motion[0] != index:  # positions only increase: one pair's motion at a time
+            self._motion = (index, pair_motion(a, b, flow_short_side=self.flow_short_side, occlusion=self.occlusion))
+            self._hidden.append(self._motion[1].hidden_share)
+        return interpolate(a, b, tau, self._motion[1])
+
+    def record(self) -> dict[str, Any]:
+        """What was done, for a sidecar: rates, frames in and out, the method (and the flow's settings)."""
+        record: dict[str, Any] = {"from_fps": self.from_fps, "to_fps": self.to_fps, "frames_in": self.num_frames,
+                                  "frames_out": len(self.positions)}
+        if self.to_fps < self.from_fps:
+            picks = {index for index, _, _ in self.positions}
+            return {**record, "method": "drop", "dropped": self.num_frames - len(picks)}
+        record.update(method="dis_flow" if self.method == "flow" else self.method,
+                      interpolated=sum(1 for _, numerator, _ in self.positions if numerator))
+        if self.method == "flow":
+            record.update(flow_short_side=self.flow_short_side, occlusion=self.occlusion,
+                          hidden_share=round(float(np.mean(self._hidden)), 6) if self._hidden else 0.0)
+        return record

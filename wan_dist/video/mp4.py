@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["decode_mp4", "encode_mp4", "probe_mp4", "sample_frames"]
+__all__ = ["Mp4Writer", "decode_mp4", "encode_mp4", "probe_mp4", "sample_frames"]
 
 _PIXEL_FORMAT = "yuv420p"
 
@@ -60,6 +60,69 @@ def encode_mp4(
         # The encoder holds back frames (lookahead, B-frames) until flushed.
         container.mux(stream.encode(None))
     return buffer.getvalue()
+
+
+class Mp4Writer:
+    """An MP4 written as its frames come (a long clip never held whole): ``write(frames)`` any number of times,
+    then ``close()`` (or a ``with`` block). ``sink`` is a file path or a writable binary file object.
+
+    The same stream as :func:`encode_mp4` of all the frames at once: frame ``i`` has timestamp ``i / fps``; the
+    size is set by the first frames (even height and width, yuv420p), every later frame must match it.
+    """
+
+    def __init__(self, sink, fps: int, *, codec: str = "libx264", crf: int = 18, preset: str = "medium"):
+        _check_fps(fps)
+        if isinstance(crf, bool) or not isinstance(crf, int) or crf < 0:
+            raise ValueError(f"Mp4Writer: crf must be a non-negative int, got {crf!r}")
+        self._sink, self._fps = sink, int(fps)
+        self._options = {"crf": str(crf), "preset": preset}
+        self._codec = codec
+        self._container = self._stream = None
+        self.frames_written = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append ``frames`` ``[F, H, W, 3]`` uint8 RGB."""
+        _check_frames(frames)
+        count, height, width, _ = frames.shape
+        if self._container is None:
+            if height % 2 or width % 2:
+                raise ValueError(f"Mp4Writer: {_PIXEL_FORMAT} needs an even height and width, got {height}x{width}")
+            av = _import_av()
+            self._container = av.open(self._sink, mode="w", format="mp4")
+            self._stream = self._container.add_stream(self._codec, rate=self._fps, options=self._options)
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = _PIXEL_FORMAT
+            self._stream.time_base = Fraction(1, self._fps)
+        elif (height, width) != (self._stream.height, self._stream.width):
+            raise ValueError(f"Mp4Writer: frames are {height}x{width}, the stream is "
+                             f"{self._stream.height}x{self._stream.width}")
+        av = _import_av()
+        frames = np.ascontiguousarray(frames)
+        for index in range(count):
+            frame = av.VideoFrame.from_ndarray(frames[index], format="rgb24")
+            frame.pts = self.frames_written
+            self.frames_written += 1
+            self._container.mux(self._stream.encode(frame))
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file (an error when no frame was written)."""
+        if self._container is None:
+            raise ValueError("Mp4Writer: no frames were written")
+        container, self._container = self._container, None
+        try:
+            container.mux(self._stream.encode(None))
+        finally:
+            container.close()
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        elif self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 def decode_mp4(data: bytes) -> tuple[np.ndarray, float]:
