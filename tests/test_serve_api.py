@@ -513,15 +513,22 @@ def test_batch_results_link_each_clip_through_the_api_when_the_store_has_no_http
     assert_error(api.get(f"/v1/batches/{batch_id}/clips/no-such-row"), 404, "row_id")
 
 
-def test_a_long_clip_and_a_storyboard_render_through_the_api(serve_app, api):
+def test_a_long_clip_and_a_storyboard_render_through_the_api(serve_app, api, holds):
     # issue 17: 21 frames in 9-frame windows (3 windows); a storyboard of two shots joined by a crossfade
     long = create(api, {**FAST, "prompt": "a fox walks a long way", "num_frames": 21,
                         "long": {"window": 9, "overlap": 1}})
-    shots = [{"prompt": "a fox in the snow", "duration_s": 0.5},
+    # the storyboard is held at its second window's first step (2 steps a window): the job says where it is
+    first = holds.plan("a fox in the snow, then by a river", FAST["num_inference_steps"] + 1)
+    shots = [{"prompt": first, "duration_s": 0.5},
              {"prompt": "a fox by a river", "duration_s": 0.5, "transition": "crossfade"}]
-    board = create(api, {**{k: v for k, v in FAST.items() if k != "num_frames"}, "shots": shots})
+    board = create(api, {**{k: v for k, v in FAST.items() if k != "num_frames"}, "prompt": first, "shots": shots})
+    holds.wait_reached(first)
+    window = get(api, board["id"])["window"]
+    assert (window["index"], window["shot"], window["shots"]) == (2, 2, 2) and window["count"] >= 2, window
+    holds.release(first)
     for job, frames in ((long, 21), (board, 17)):  # a storyboard is 1 + 8 + 8 frames (0.5 s each at 16 fps)
-        assert wait_status(api, job["id"], "completed", 120)["progress"] == 100
+        done = wait_status(api, job["id"], "completed", 120)
+        assert done["progress"] == 100 and done["window"] is None  # a window is shown while it renders
         assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content, frames=frames)
     assert_error(api.post("/v1/models/tiny/jobs", json={**FAST, "shots": [{**shots[0], "transition": "whip"}]}),
                  422, "shots[0].transition")

@@ -9,6 +9,9 @@ A control that also defines ``preview_due(step, total) -> bool`` and ``on_previe
 gets preview frames: when it says one is due (and the step did not stop the render), the result rank
 decodes the first frame of the step's clean-latent estimate (:mod:`wan_dist.engine.preview`) and hands
 it over as uint8 [H, W, 3]. A preview that fails is logged and skipped; it never stops the render.
+A control that defines ``on_window(window)`` is told on the result rank when a long clip's next window starts
+(:mod:`wan_dist.engine.long`): ``{"index", "count", "shot", "shots"}``, 1-based (``shot`` / ``shots`` of a
+storyboard, else 1 / 1); the steps then count over every window of the clip. It never stops the render either.
 
 The ranks of a group are inside collectives together, so they must all stop after the same step:
 :func:`make_step_callback` turns the result rank's decision into a small integer and broadcasts it
@@ -64,6 +67,11 @@ class ChainedControl:
 
     def on_preview(self, frame, step: int, total: int) -> None:
         self._previewer.on_preview(frame, step, total)
+
+    def on_window(self, window: dict) -> None:
+        for control in self.controls:
+            if hasattr(control, "on_window"):
+                control.on_window(window)
 
 
 def load_step_hook(path: str) -> Callable[[Any], Any]:
@@ -143,7 +151,16 @@ def make_step_callback(control: Callable[[int, int], None] | None, *, rank: int,
         if code:
             raise StopRender(stop_reason(code))
 
+    if is_result_rank and hasattr(control, "on_window"):
+        callback.on_window = lambda window: _on_window(control, window)
     return callback
+
+
+def _on_window(control, window: dict) -> None:
+    try:
+        control.on_window(window)
+    except Exception:  # noqa: BLE001 - a report, as a preview: it never stops the render
+        log.exception("step control: on_window failed for %s; the render goes on", window)
 
 
 def _preview(control, decode, estimate, step: int, total: int) -> None:

@@ -262,6 +262,9 @@ class LongClip:
                 if count < done:
                     count += 1
                     continue
+                if callback is not None and hasattr(callback, "on_window"):  # a job reports where it is
+                    callback.on_window({"index": count + 1, "count": len(self.windows), "shot": shot.index + 1,
+                                        "shots": len(self.shots)})
                 tail = self.tail
                 first = window.index == 0
                 kind = shot.transition if first else "continue"

@@ -128,6 +128,7 @@ class Job:
     error: dict | None = None
     result: dict | None = None
     preview: dict | None = None  # the latest preview frame while rendering: {"step", "total", "uri", "updated_at"}
+    window: dict | None = None  # a long clip's window rendering now: {"index", "count", "shot", "shots"} (1-based)
     timings: dict = field(default_factory=dict)
     webhook_url: str | None = None
     webhook: dict = field(default_factory=dict)
@@ -160,7 +161,7 @@ class Job:
                 raise ValueError(f"Job.{name} must be a dict, got {getattr(self, name)!r}")
         if self.error is not None and not (isinstance(self.error, dict) and {"code", "message"} <= self.error.keys()):
             raise ValueError(f"Job.error must be None or a dict with code and message, got {self.error!r}")
-        for name in ("result", "preview"):
+        for name in ("result", "preview", "window"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ValueError(f"Job.{name} must be None or a dict, got {getattr(self, name)!r}")
 
@@ -252,7 +253,8 @@ def apply_release(job: Job, now: float) -> Job:
         error = {"code": "worker_lost",
                  "message": f"the renderer stopped renewing its lease; gave up after {job.attempts} attempts"}
         return _bump(job, now, status=JobStatus.FAILED, completed_at=now, lease_until=None, error=error)
-    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0, preview=None)
+    return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0, preview=None,
+                 window=None)
 
 
 def apply_hand_back(job: Job, worker: str, now: float) -> Job:
@@ -263,7 +265,7 @@ def apply_hand_back(job: Job, worker: str, now: float) -> Job:
     if job.cancel_requested:
         return _bump(job, now, status=JobStatus.CANCELLED, completed_at=now, lease_owner=None, lease_until=None)
     return _bump(job, now, status=JobStatus.QUEUED, lease_owner=None, lease_until=None, progress=0, preview=None,
-                 attempts=max(0, job.attempts - 1))
+                 window=None, attempts=max(0, job.attempts - 1))
 
 
 def apply_finish(job: Job, worker: str, fields: Mapping[str, Any], now: float) -> Job:

@@ -64,6 +64,15 @@ class JobPreview(BaseModel):
     updated_at: float | None
 
 
+class JobWindow(BaseModel):
+    """The window of a long clip (request fields ``long`` / ``shots``) rendering now, 1-based; ``progress`` counts
+    the steps of every window."""
+    index: int
+    count: int
+    shot: int = Field(description="the storyboard shot it belongs to (1 without shots)")
+    shots: int
+
+
 class RenditionOutput(BaseModel):
     """One platform rendition of a completed job (request field ``renditions``): ``url`` downloads it, a presigned
     http(s) URL where the store gives one, else the API's ``.../renditions/{profile}`` opened with the caller's key."""
@@ -101,6 +110,7 @@ class JobObject(BaseModel):
     result: JobResult | None
     error: JobError | None
     preview: JobPreview | None
+    window: JobWindow | None
     webhook: dict[str, Any] | None
     metadata: dict[str, Any]
 
@@ -259,6 +269,7 @@ CLIP = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
 JPEG = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 SSE_EVENT = {"type": "object", "required": ["event", "data"], "description": "One server-sent event; data is "
               "the job object (status), {id, progress} (progress) or {id, step, total, image: a data: URL of a JPEG} "
-              "(preview: the first frame of the render's current estimate), as JSON",
-              "properties": {"event": {"type": "string", "enum": ["status", "progress", "preview"]},
+              "(preview: the first frame of the render's current estimate) or {id, index, count, shot, shots} "
+              "(window: a long clip's next window), as JSON",
+              "properties": {"event": {"type": "string", "enum": ["status", "progress", "preview", "window"]},
                              "data": {"type": "string"}}}

@@ -414,9 +414,18 @@ def _preview(job: dict) -> dict | None:
     return {"step": preview["step"], "total": preview["total"], "updated_at": preview.get("updated_at")}
 
 
+def _window(job: dict) -> dict | None:
+    """The window of a long clip rendering now (engine/long.py), while the job renders."""
+    window = job.get("window")
+    if job.get("status") != "in_progress" or not window:
+        return None
+    return {name: window.get(name) for name in ("index", "count", "shot", "shots")}
+
+
 def job_view(job: dict, *, queue_position: int | None) -> dict:
     """The body of ``GET /v1/jobs/{id}``: status, queue position (queued jobs only), progress in percent,
-    times, timings, result URLs, error, webhook delivery state and metadata (never owner, lease or keys)."""
+    times, timings, result URLs, error, the preview's step and a long clip's window while it renders, webhook
+    delivery state and metadata (never owner, lease or keys)."""
     status, request = job["status"], dict(job.get("request") or {})
     if str((request.get("render") or {}).get("image") or "").startswith("data:"):  # no megabytes in every poll
         request["render"] = {**request["render"], "image": "data:(inline image)"}
@@ -425,5 +434,5 @@ def job_view(job: dict, *, queue_position: int | None) -> dict:
             "progress": _percent(job), "created_at": job.get("created_at"), "started_at": job.get("started_at"),
             "completed_at": job.get("completed_at"), "deadline_at": job.get("deadline_at"),
             "expires_at": job.get("expires_at"), "request": request, "timings": dict(job.get("timings") or {}),
-            "result": job.get("result"), "error": _error(job), "preview": _preview(job),
+            "result": job.get("result"), "error": _error(job), "preview": _preview(job), "window": _window(job),
             "webhook": job.get("webhook"), "metadata": dict(job.get("metadata") or {})}

@@ -77,6 +77,10 @@ class StoreStepControl:
         if progress != current.progress:
             store.update(self.job_id, progress=progress)
 
+    def on_window(self, window: dict) -> None:
+        """A long clip's next window starts (engine/long.py): recorded as the job's ``window``."""
+        self._store().update(self.job_id, window=dict(window))
+
     def preview_due(self, step: int, total: int) -> bool:
         return (self.preview_every_s > 0 and self.output is not None and step < total
                 and time.monotonic() - self._last_preview >= self.preview_every_s)
@@ -194,7 +198,8 @@ class JobWorker:
         if current.attempts < current.max_attempts and not current.cancel_requested:
             log.warning("%s: %s attempt %d failed (%s); requeued", self.worker_id, job.id, current.attempts,
                         message.splitlines()[0])
-            return self._record(job, status=JobStatus.QUEUED, progress=0, preview=None, error=error)
+            return self._record(job, status=JobStatus.QUEUED, progress=0, preview=None, window=None,
+                                error=error)
         return self._finish(job, status=JobStatus.FAILED, error=error)
 
     def _finish(self, job: Job, *, status: str, error: dict | None, **fields) -> Job:

@@ -103,7 +103,8 @@ SSE_HEARTBEAT_S = 15.0  # a comment line when nothing else was sent for this lon
 
 async def _events(s: ServeState, job_id: str, request: Request):
     """Server-sent events: ``status`` on every status change, ``progress`` on every progress value while in progress,
-    ``preview`` (a data: URL of a JPEG) on every new preview frame, ending with the terminal status; between them a
+    ``preview`` (a data: URL of a JPEG) on every new preview frame, ``window`` when a long clip's next window starts
+    (``index``, ``count``, ``shot``, ``shots``), ending with the terminal status; between them a
     ``: keep-alive`` comment every :data:`SSE_HEARTBEAT_S` seconds of silence (a queued job may wait long)."""
     sent = time.monotonic()
     async for event in _changes(s, job_id, request):
@@ -120,6 +121,7 @@ async def _changes(s: ServeState, job_id: str, request: Request):
     """The events of :func:`_events` as they happen, and None after every look that found nothing new."""
     last: tuple | None = None
     shown = None  # the preview step last sent
+    window = None  # the long clip's window last sent
     while True:
         job = await asyncio.to_thread(s.store.get, job_id)
         new_status = last is None or job.status != last[0]
@@ -129,6 +131,9 @@ async def _changes(s: ServeState, job_id: str, request: Request):
         if job.status == JobStatus.IN_PROGRESS and job.progress != (0 if new_status else last[1]):
             yield f"event: progress\ndata: {json.dumps({'id': job.id, 'progress': job.progress})}\n\n"
         last = (job.status, job.progress)
+        if job.status == JobStatus.IN_PROGRESS and job.window and job.window != window:
+            window = job.window
+            yield f"event: window\ndata: {json.dumps({'id': job.id, **window})}\n\n"
         if job.preview and job.preview["step"] != shown and (image := await preview_bytes(job)) is not None:
             shown = job.preview["step"]
             data = {"id": job.id, "step": shown, "total": job.preview["total"],
