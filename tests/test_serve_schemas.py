@@ -402,3 +402,29 @@ def test_openai_sdk_multipart_round_trip():
     with pytest.raises(openai.NotFoundError) as info:
         client.videos.create(model="sora-2", prompt="a kite")
     assert info.value.param == "model"
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"num_frames": 21, "long": {"window": 9, "overlap": 1}}, "long"),
+    ({"shots": [{"prompt": "a kite", "duration_s": 0.5}, {"prompt": "dunes", "duration_s": 0.5,
+                                                           "transition": "crossfade"}]}, "shots"),
+])
+def test_a_server_with_multi_rank_groups_refuses_a_windowed_clip_by_field(fields, param):
+    """A clip beyond one window renders on a one-rank group: a server whose groups have more ranks answers 422 at
+    the door instead of failing the job after it was accepted; one window is taken everywhere."""
+    from wan_dist.config import GroupSpec, ParallelConfig
+    from wan_dist.engine.request import build_request
+    from wan_dist.serve.routes.common import check_group_takes
+    from wan_dist.serve.settings import RendererSettings, ServeSettings
+
+    def server(ulysses: int) -> ServeSettings:
+        return ServeSettings(models=("tiny",), renderer=RendererSettings(
+            group=GroupSpec(parallel=ParallelConfig(ulysses=ulysses))))
+
+    windowed = build_request({"prompt": "a kite", "num_inference_steps": 2, **fields}, spec=PRESETS["tiny"]).request
+    one = build_request({"prompt": "a kite", "num_frames": 9}, spec=PRESETS["tiny"]).request
+    check_group_takes(server(1), windowed, "tiny")
+    check_group_takes(server(2), one, "tiny")
+    with pytest.raises(RequestError) as refused:
+        check_group_takes(server(2), windowed, "tiny")
+    assert refused.value.status == 422 and refused.value.param == param and "2 ranks" in str(refused.value)

@@ -21,7 +21,7 @@ from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
 
-__all__ = ["IMAGE_FILES", "MAX_JSON_DEPTH", "check_webhook_url", "clip_response", "content", "persist_job",
+__all__ = ["IMAGE_FILES", "MAX_JSON_DEPTH", "check_group_takes", "check_webhook_url", "clip_response", "content", "persist_job",
            "list_body", "page", "poll_headers", "preview_bytes", "read_body", "rendition"]
 
 IMAGE_FILES = ("image", "input_reference")
@@ -164,6 +164,7 @@ async def persist_job(s: ServeState, request: Request, variant: str, validated, 
     """Persist the validated job (kind ``job`` or ``video``) of the caller, once per Idempotency-Key."""
     owner = request.state.owner
     key = idempotency_key(request)
+    check_group_takes(s.settings, validated.request, variant)
     await check_webhook_url(validated.webhook_url, s)
     try:
         job, _created = await asyncio.to_thread(s.service.create, owner=owner, variant=variant, validated=validated,
@@ -172,6 +173,19 @@ async def persist_job(s: ServeState, request: Request, variant: str, validated, 
         raise RequestError(409, f"Idempotency-Key {key!r} was used for job {err.job_id} with a different body",
                            param="Idempotency-Key", code="idempotency_conflict") from None
     return job
+
+
+def check_group_takes(settings, render_request, variant: str) -> None:
+    """A clip beyond one window renders on a one-rank group (engine/long.py): on a server whose render groups have
+    more ranks it is refused here (422 naming ``shots`` or ``long``), not failed job by job."""
+    from wan_dist.engine.long import is_windowed
+    from wan_dist.models.presets import PRESETS
+
+    ranks = settings.renderer.group.parallel.world_size
+    if ranks > 1 and is_windowed(render_request, PRESETS[variant]):
+        param = "shots" if render_request.shots else "long"
+        raise RequestError(422, f"{param}: a clip beyond one window renders on a one-rank group; this server's "
+                                f"render groups have {ranks} ranks", param=param, code="invalid_value")
 
 
 async def page(s: ServeState, request: Request, limit: int, after: str | None, *, kind, order: str = "desc"):
