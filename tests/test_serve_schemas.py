@@ -409,22 +409,25 @@ def test_openai_sdk_multipart_round_trip():
     ({"shots": [{"prompt": "a kite", "duration_s": 0.5}, {"prompt": "dunes", "duration_s": 0.5,
                                                            "transition": "crossfade"}]}, "shots"),
 ])
-def test_a_server_with_multi_rank_groups_refuses_a_windowed_clip_by_field(fields, param):
-    """A clip beyond one window renders on a one-rank group: a server whose groups have more ranks answers 422 at
-    the door instead of failing the job after it was accepted; one window is taken everywhere."""
+def test_a_server_whose_groups_cannot_render_windows_refuses_a_windowed_clip_by_field(fields, param):
+    """A clip beyond one window renders on colocated groups without a data degree: a server with data-parallel or
+    disaggregated groups answers 422 at the door instead of failing the job after it was accepted; one window is
+    taken everywhere."""
     from wan_dist.config import GroupSpec, ParallelConfig
     from wan_dist.engine.request import build_request
     from wan_dist.serve.routes.common import check_group_takes
     from wan_dist.serve.settings import RendererSettings, ServeSettings
 
-    def server(ulysses: int) -> ServeSettings:
+    def server(**parallel) -> ServeSettings:
         return ServeSettings(models=("tiny",), renderer=RendererSettings(
-            group=GroupSpec(parallel=ParallelConfig(ulysses=ulysses))))
+            group=GroupSpec(parallel=ParallelConfig(**parallel))))
 
     windowed = build_request({"prompt": "a kite", "num_inference_steps": 2, **fields}, spec=PRESETS["tiny"]).request
     one = build_request({"prompt": "a kite", "num_frames": 9}, spec=PRESETS["tiny"]).request
-    check_group_takes(server(1), windowed, "tiny")
-    check_group_takes(server(2), one, "tiny")
-    with pytest.raises(RequestError) as refused:
-        check_group_takes(server(2), windowed, "tiny")
-    assert refused.value.status == 422 and refused.value.param == param and "2 ranks" in str(refused.value)
+    for layout in ({}, {"ulysses": 2}, {"ulysses": 2, "cfg": 2}):
+        check_group_takes(server(**layout), windowed, "tiny")
+    for layout, word in (({"data": 2}, "data degree"), ({"placement": "disaggregated"}, "disaggregated")):
+        check_group_takes(server(**layout), one, "tiny")
+        with pytest.raises(RequestError) as refused:
+            check_group_takes(server(**layout), windowed, "tiny")
+        assert refused.value.status == 422 and refused.value.param == param and word in str(refused.value)

@@ -35,7 +35,7 @@ from wan_dist.controls.long import LongSpec, Window, plan_windows, window_seed
 from wan_dist.controls.storyboard import apply_transition, sub_path
 from wan_dist.sampling.sdedit import noise_to
 
-__all__ = ["check_long", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
+__all__ = ["check_long", "long_layout_problem", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
 
 _WINDOWED_REFUSES = {
     "renditions": "a platform rendition of a clip longer than one window is not available yet",
@@ -59,6 +59,18 @@ def is_windowed(request, spec) -> bool:
         return True
     frames = request.num_frames or spec.defaults.num_frames
     return request.long is not None and frames > window_frames(request.long, spec)
+
+
+def long_layout_problem(parallel) -> str | None:
+    """Why a render group laid out as ``parallel`` (a ParallelConfig) cannot render a clip beyond one window, or
+    None. Every rank of a colocated group runs the windows in lockstep with its parallel experts (Ulysses, ring,
+    CFG, FSDP); a long clip is one row, so a data degree has nothing to split, and disaggregated stages hand one
+    render's latents across once, where each window would need its seam from the stage that decodes."""
+    if parallel.placement == "disaggregated":
+        return "a clip beyond one window renders on a colocated group; this one is disaggregated"
+    if parallel.data > 1:
+        return f"a clip beyond one window is one row; this group's data degree is {parallel.data}"
+    return None
 
 
 def check_long(values: dict, spec, *, frames_field: str, max_frames: int, fps: int,
@@ -204,10 +216,11 @@ class LongClip:
     window) is the first window's resolved settings; ``timings`` sums every window's phases.
     """
 
-    def __init__(self, pipe, request):
+    def __init__(self, pipe, request, *, experts: list | None = None, predict=None):
         from wan_dist.engine.storyboard import ShotPlan, plan_shots
 
         self.pipe, self.request = pipe, request
+        self.experts, self.predict = experts, predict  # a parallel layout's (every rank runs the windows), or None
         self.spec = LongSpec.from_dict(request.long or {})
         stride = pipe.vae.temporal_stride
         self.window = window_frames(request.long, pipe.spec)
@@ -334,7 +347,7 @@ class LongClip:
         windows = len(self.windows)
         on_step = None if callback is None else (
             lambda step, _total, x, estimate: callback(count * total + step, windows * total, x, estimate))
-        latents = pipe.denoise(prepared, callback=on_step)
+        latents = pipe.denoise(prepared, callback=on_step, experts=self.experts, predict=self.predict)
         out = pipe.finish(prepared, latents)
         for name, seconds in out.timings.items():
             self.timings[name] = self.timings.get(name, 0.0) + seconds
@@ -365,8 +378,9 @@ class LongClip:
                                 loras=list(request.loras) or None)
         self.loras = list(prepared.loras)
         windows = latent_windows(shape[1], window=window, overlap=overlap)
-        predict = fused_prediction(pipe.default_predict(), windows, overlap=overlap, kind=self.spec.fuse)
-        latents = pipe.denoise(prepared, predict=predict, callback=callback)
+        predict = fused_prediction(self.predict or pipe.default_predict(), windows, overlap=overlap,
+                                   kind=self.spec.fuse)
+        latents = pipe.denoise(prepared, predict=predict, callback=callback, experts=self.experts)
         tick = time.perf_counter()
         self.records = [{"index": i, "latent_start": a, "latent_end": b, "start": max(0, stride * (a - 1) + 1) if a
                          else 0, "frames": stride * (b - a - 1) + 1 if a == 0 else stride * (b - a), "seed": self.seed}
@@ -394,15 +408,21 @@ class LongClip:
         return section
 
 
-def render_long(pipe, request, output, *, model: dict, versions: dict,
-                callback: Callable[..., None] | None = None) -> dict:
+def render_long(pipe, request, output, *, model: dict, versions: dict, callback: Callable[..., None] | None = None,
+                experts: list | None = None, predict=None, publishes: bool = True,
+                barrier: Callable[[], None] | None = None) -> dict | None:
     """Render the long ``request`` window by window into ``{output.uri}/{name}/clip.mp4`` + ``clip.json``.
 
     Each finished window is kept under ``{name}/windows/`` (engine/windows.py) before the next one starts, so a
     render of the same request that was stopped resumes after its last finished window; the clip is then
     encoded from the windows one at a time (``sliding``, one latent, encodes as it decodes). ``model``: the
     sidecar's model section (``engine.render.model_record``), ``versions`` its versions. Returns the fields of a
-    RenderResult (``engine.render.render_windowed`` makes it; storage failures: a failed one)."""
+    RenderResult (``engine.render.render_windowed`` makes it; storage failures: a failed one).
+
+    On a render group every rank calls it together with its layout's ``experts`` and ``predict`` and the
+    request's seed set: the windows run in lockstep, and only the rank that ``publishes`` stores windows and the
+    clip (the others return None). ``barrier()``: waits for every rank, once each has read the stored windows,
+    so all resume after the same window."""
     from wan_dist.engine.clips import publish_clip_file
     from wan_dist.engine.windows import WindowStore
     from wan_dist.storage.objects import join
@@ -410,11 +430,18 @@ def render_long(pipe, request, output, *, model: dict, versions: dict,
     from wan_dist.video.mp4 import Mp4Writer
 
     started = time.perf_counter()
-    clip = LongClip(pipe, request)
+    clip = LongClip(pipe, request, experts=experts, predict=predict)
     fps = request.fps or clip.fps  # the published rate: the model's frames are converted to it as they are written
     retimer = None if fps == clip.fps else Retimer(clip.num_frames, clip.fps, fps)
     prefix = join(output.uri, request.clip_name(clip.seed))
     store = WindowStore(prefix, f"{request.digest()}-{clip.seed}")  # a request without a seed drew its own
+    resumed = None if clip.sliding else store.load()
+    if barrier is not None:
+        barrier()
+    if not publishes:  # another rank of the group: the same windows, kept and published by the result rank
+        for _ in clip.frames(callback=callback, resume=resumed):
+            pass
+        return None
     with tempfile.TemporaryDirectory(prefix="wan-dist-long-") as folder:
         path = Path(folder) / "clip.mp4"
         encode_s = convert_s = 0.0
@@ -422,7 +449,6 @@ def render_long(pipe, request, output, *, model: dict, versions: dict,
             if clip.sliding:
                 parts = (frames for _, frames in clip.frames(callback=callback))
             else:
-                resumed = store.load()
                 for record, frames in clip.frames(callback=callback, resume=resumed):
                     store.save(record["index"], frames, clip.tail, record=record, settings=clip.settings.to_dict(),
                                timings=clip.timings, loras=clip.loras)

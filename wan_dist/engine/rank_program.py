@@ -78,16 +78,27 @@ class RankProgram:
                control=None) -> RenderResult | None:
         """Generate, then the result rank publishes the clip and returns the RenderResult (the others None).
         ``control``: as in :meth:`generate` (a stopped render publishes nothing). A clip beyond one window
-        renders window by window and is encoded as it goes (engine/long.py), on a one-rank group."""
-        from wan_dist.engine.long import is_windowed
+        renders window by window and is encoded as it goes (engine/long.py); on a colocated group every rank
+        runs the windows with its parallel experts and the result rank keeps and publishes them."""
+        from wan_dist.engine.long import is_windowed, long_layout_problem
         from wan_dist.engine.render import render_windowed
 
         if is_windowed(request, self.pipe.spec):
+            group = {}
             if self.world_size > 1:
-                raise ValueError("long: a clip beyond one window renders on a one-rank group (parallel degrees 1)")
+                problem = long_layout_problem(self.parallel)
+                if problem is not None:
+                    raise ValueError(f"long: {problem}")
+                import dataclasses
+
+                import torch.distributed as dist
+
+                request = dataclasses.replace(request, seed=self.generate_fn.shared_seed(request.seed))
+                group = {**self.generate_fn.window_layout(), "publishes": self.rank == self.result_rank,
+                         "barrier": dist.barrier}
             control = with_step_hook(control, self.step_hook, request)
             return render_windowed(self.pipe, request, output, model_source=model_source,
-                                   callback=self._step_callback(control))
+                                   callback=self._step_callback(control), **group)
         out = self.generate(request, control)
         if out is None:
             return None

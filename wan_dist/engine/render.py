@@ -150,12 +150,15 @@ def publish(model: dict[str, Any], request: RenderRequest, out, output: OutputCo
 
 
 def render_windowed(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,
-                    callback: Callable[..., None] | None = None) -> RenderResult:
-    """Render a clip longer than one window (or a storyboard) window by window and publish it (engine/long.py)."""
+                    callback: Callable[..., None] | None = None, **group) -> RenderResult | None:
+    """Render a clip longer than one window (or a storyboard) window by window and publish it (engine/long.py).
+    ``group``: a render group rank's ``experts``, ``predict``, ``publishes`` and ``barrier`` (see
+    ``engine.long.render_long``); a rank that does not publish gets None."""
     from wan_dist.engine.long import render_long
 
-    return RenderResult(**render_long(pipe, request, output, model=model_record(pipe, model_source),
-                                      versions=versions(), callback=callback))
+    fields = render_long(pipe, request, output, model=model_record(pipe, model_source), versions=versions(),
+                         callback=callback, **group)
+    return None if fields is None else RenderResult(**fields)
 
 
 def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: str | None = None,

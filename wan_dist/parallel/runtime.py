@@ -129,6 +129,19 @@ class ParallelGenerate:
     def __call__(self, *args, **kwargs):
         return parallel_generate(self.pipe, self.mesh, *args, experts=self.experts, **kwargs)
 
+    def window_layout(self) -> dict:
+        """What every rank denoises a long clip's windows with (engine/long.py): this layout's parallel experts
+        and guided prediction (the data axis splits rows; a long clip is one)."""
+        if self.mesh.axis("data").size > 1:
+            raise ValueError("long: a clip beyond one window is one row; this group's data degree is "
+                             f"{self.mesh.axis('data').size}")
+        return {"experts": self.experts, "predict": cfg_parallel_prediction(self.mesh)}
+
+    @staticmethod
+    def shared_seed(seed: int | None) -> int:
+        """``seed``, or one drawn on rank 0 and broadcast (every rank calls it together)."""
+        return _shared_seed(seed)
+
     @property
     def control_scope(self) -> tuple[int, int, Any]:
         """(rank running the step control, ranks taking part in its broadcast, their process group)."""

@@ -176,16 +176,16 @@ async def persist_job(s: ServeState, request: Request, variant: str, validated, 
 
 
 def check_group_takes(settings, render_request, variant: str) -> None:
-    """A clip beyond one window renders on a one-rank group (engine/long.py): on a server whose render groups have
-    more ranks it is refused here (422 naming ``shots`` or ``long``), not failed job by job."""
-    from wan_dist.engine.long import is_windowed
+    """A clip beyond one window renders on a one-rank or colocated group without a data degree
+    (``engine.long.long_layout_problem``): a server whose render groups are laid out otherwise refuses it here
+    (422 naming ``shots`` or ``long``) instead of failing the job after accepting it."""
+    from wan_dist.engine.long import is_windowed, long_layout_problem
     from wan_dist.models.presets import PRESETS
 
-    ranks = settings.renderer.group.parallel.world_size
-    if ranks > 1 and is_windowed(render_request, PRESETS[variant]):
+    problem = long_layout_problem(settings.renderer.group.parallel)
+    if problem is not None and is_windowed(render_request, PRESETS[variant]):
         param = "shots" if render_request.shots else "long"
-        raise RequestError(422, f"{param}: a clip beyond one window renders on a one-rank group; this server's "
-                                f"render groups have {ranks} ranks", param=param, code="invalid_value")
+        raise RequestError(422, f"{param}: {problem} on this server", param=param, code="invalid_value")
 
 
 async def page(s: ServeState, request: Request, limit: int, after: str | None, *, kind, order: str = "desc"):
