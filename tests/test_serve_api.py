@@ -523,8 +523,12 @@ def test_a_long_clip_and_a_storyboard_render_through_the_api(serve_app, api, hol
              {"prompt": "a fox by a river", "duration_s": 0.5, "transition": "crossfade"}]
     board = create(api, {**{k: v for k, v in FAST.items() if k != "num_frames"}, "prompt": first, "shots": shots})
     holds.wait_reached(first)
-    window = get(api, board["id"])["window"]
+    held_job = get(api, board["id"])
+    window = held_job["window"]
     assert (window["index"], window["shot"], window["shots"]) == (2, 2, 2) and window["count"] >= 2, window
+    # previews stream across windows: steps count over the whole clip
+    assert held_job["preview"] is not None and held_job["preview"]["total"] == window["count"] * 2, held_job
+    assert api.get(f"/v1/jobs/{board['id']}/preview").headers["content-type"] == "image/jpeg"
     holds.release(first)
     for job, frames in ((long, 21), (board, 17)):  # a storyboard is 1 + 8 + 8 frames (0.5 s each at 16 fps)
         done = wait_status(api, job["id"], "completed", 120)

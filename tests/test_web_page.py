@@ -10,6 +10,8 @@ Skipped only when the Chromium binary is missing (.ci/run installs it with apt w
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -172,6 +174,30 @@ def test_a_job_renders_with_previews_and_plays(app, page, holds, artifacts):
     wait_for(lambda: page.find_elements("css selector", f"#recent-list li[data-job-id='{job_id}'] video"), 30,
              what="the job in the recent list with its clip")
     _shot(page, artifacts, "3-completed-clip")
+    assert _severe(page) == []
+
+
+def test_a_storyboard_shows_which_window_and_shot_it_renders(app, page, holds, artifacts):
+    # two shots of 0.5 s, 2 steps a window: held at step 3, the second window's (and shot's) first step
+    prompt = holds.plan("web page: a kite, then the dunes", JOB["num_inference_steps"] + 1)
+    _fill(page, {"prompt": prompt, **{k: v for k, v in JOB.items() if k != "num_frames"}})
+    page.find_element("id", "f-num_frames").clear()  # a storyboard is as long as its shots
+    page.find_element("css selector", "#fields-more summary").click()
+    shots = [{"prompt": "a kite rises", "duration_s": 0.5},
+             {"prompt": "dunes at dusk", "duration_s": 0.5, "transition": "crossfade"}]
+    page.find_element("id", "extra-json").send_keys(json.dumps({"shots": shots}))
+    page.find_element("css selector", "#job-form button[type='submit']").click()
+    holds.wait_reached(prompt, timeout_s=120)
+    line = wait_for(lambda: (text := _text(page, "job-window")).startswith("Window 2") and text, 30,
+                    what=f"the window line while it renders ({_state(page)})")
+    with app.client(KEY) as api:  # the page says what the API says
+        window = api.get(f"/v1/jobs/{_text(page, 'job-id').strip()}").json()["window"]
+    assert line == f"Window 2 of {window['count']}, shot 2 of 2" and window["index"] == 2
+    assert page.find_element("id", "job-window").is_displayed()
+    _shot(page, artifacts, "4-storyboard-window")
+    holds.release(prompt)
+    wait_for(lambda: _text(page, "job-status").startswith("completed"), 120, what="completed on the page")
+    assert not page.find_element("id", "job-window").is_displayed()  # shown only while it renders
     assert _severe(page) == []
 
 

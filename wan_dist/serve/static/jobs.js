@@ -69,6 +69,8 @@ export class JobView {
       if (TERMINAL.has(data.status)) this.finish(data);
     } else if (event === "progress") {
       this.setProgress(data.progress);
+    } else if (event === "window") {
+      this.setWindow(data);
     } else if (event === "preview") {
       $("job-preview").src = data.image;
       $("job-preview-caption").textContent = `Preview after step ${data.step} of ${data.total}`;
@@ -84,7 +86,17 @@ export class JobView {
     status.className = `status-${view.status}`;
     if (view.error) status.textContent += `: ${view.error.message}`;
     this.setProgress(view.progress);
+    this.setWindow(view.window);
     $("cancel-job").hidden = TERMINAL.has(view.status);
+  }
+
+  // A long clip renders window after window (a storyboard: shot after shot); null once it is not rendering.
+  setWindow(window) {
+    const line = $("job-window");
+    line.hidden = !window;
+    if (!window) return;
+    line.textContent = `Window ${window.index} of ${window.count}` +
+      (window.shots > 1 ? `, shot ${window.shot} of ${window.shots}` : "");
   }
 
   setProgress(progress) {
