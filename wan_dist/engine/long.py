@@ -35,7 +35,7 @@ from wan_dist.controls.long import LongSpec, Window, plan_windows, window_seed
 from wan_dist.controls.storyboard import apply_transition, sub_path
 from wan_dist.sampling.sdedit import noise_to
 
-__all__ = ["check_long", "long_layout_problem", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
+__all__ = ["check_long", "long_layout_problem", "window_count", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
 
 _WINDOWED_REFUSES = {
     "renditions": "a platform rendition of a clip longer than one window is not available yet",
@@ -59,6 +59,23 @@ def is_windowed(request, spec) -> bool:
         return True
     frames = request.num_frames or spec.defaults.num_frames
     return request.long is not None and frames > window_frames(request.long, spec)
+
+
+def window_count(request, spec) -> int:
+    """How many windows ``request`` renders on variant ``spec`` (1 for a one-window clip): the cost of its
+    denoising, in the request's steps per window, for budgets (``sliding`` counts as its windows too)."""
+    if not is_windowed(request, spec):
+        return 1
+    from wan_dist.engine.storyboard import plan_shots
+
+    long = LongSpec.from_dict(request.long or {})
+    window, stride = window_frames(request.long, spec), spec.vae.temporal_stride
+    if request.shots:
+        shots = plan_shots(request.shots, fps=request.render_fps(spec.defaults.fps), window=window,
+                           overlap=long.overlap, temporal_stride=stride)
+        return sum(len(shot.windows) for shot in shots)
+    return len(plan_windows(request.num_frames or spec.defaults.num_frames, window=window, overlap=long.overlap,
+                            temporal_stride=stride))
 
 
 def long_layout_problem(parallel) -> str | None:

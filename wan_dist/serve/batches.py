@@ -71,6 +71,7 @@ class BatchSpec:
     metadata: dict
     rows: int
     invalid_rows: int
+    steps: int  # denoising steps of its valid rows: each row's steps times its windows (engine.long.window_count)
 
 
 def validate_batch(body: dict, *, served: tuple[str, ...], output_root: str, layout: str, uploaded: str | None,
@@ -127,10 +128,15 @@ def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tupl
         raise RequestError(422, f"model: {names} {'is' if len(unserved) == 1 else 'are'} not served here, named by "
                            f"{sum(rows_by_model[m] for m in unserved)} row(s); served: {list(served)}",
                            param="model", code="model_not_found")
+    from wan_dist.engine.long import window_count
+    from wan_dist.models.presets import PRESETS
+
+    steps = sum(row.settings["num_inference_steps"] * window_count(row.request, PRESETS[row.model])
+                for row in manifest.rows)
     return BatchSpec(variant=variant, rows_by_model=dict(rows_by_model), manifest_uri=uri,
                      manifest_given=request.manifest_uri, output=output,
                      webhook_url=request.webhook_url, metadata=dict(request.metadata),
-                     rows=len(manifest), invalid_rows=len(manifest.invalid))
+                     rows=len(manifest), invalid_rows=len(manifest.invalid), steps=steps)
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -86,18 +86,22 @@ class BatchSettings:
     """Batches on the renderers' groups. ``interactive_per_row``: fair turns, at most this many interactive
     jobs while a batch row waits; a row's retries back off from ``retry_backoff_s``; the results table is
     written every ``results_flush_rows`` rows. A tenant's manifest holds at most ``max_rows`` rows whose columns
-    decode to at most ``max_decoded_bytes`` (checked from the Parquet footer, before anything is decompressed)."""
+    decode to at most ``max_decoded_bytes`` (checked from the Parquet footer, before anything is decompressed).
+    ``max_steps_per_key``: the denoising steps (each valid row's steps times its windows) a key's unfinished
+    batches may hold together; a batch that would pass it is refused with a 429 (0: no budget)."""
 
     interactive_per_row: int = 2
     retry_backoff_s: float = 2.0
     results_flush_rows: int = 25
     max_rows: int = 100_000
     max_decoded_bytes: int = 256 * 2**20
+    max_steps_per_key: int = 0
 
     def __post_init__(self) -> None:
         for name in ("interactive_per_row", "results_flush_rows", "max_rows", "max_decoded_bytes"):
             _check(self, int(getattr(self, name)) >= 1, name, "must be >= 1")
         _check(self, self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
+        _check(self, int(self.max_steps_per_key) >= 0, "max_steps_per_key", "must be >= 0 (0: no budget)")
 
 
 @dataclass(frozen=True, kw_only=True)

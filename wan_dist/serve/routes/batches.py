@@ -10,12 +10,13 @@ from fastapi.responses import JSONResponse, Response
 from wan_dist.serve.batch_parts import cancel_batch as cancel_parts, ensure_parts, new_batch
 from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_uri, batch_rendition_uri, batch_results,
                                     validate_batch)
-from wan_dist.serve.jobs import IdempotencyConflict, Job
+from wan_dist.serve.jobs import ACTIVE_STATUSES, IdempotencyConflict, Job
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject, BatchResults, request_body_schema,
                                     responses)
 from wan_dist.serve.routes.common import (check_webhook_url, clip_response, discarded_on_refusal, idempotency_key,
                                          list_body, page, poll_headers, read_body)
 from wan_dist.serve.schemas import RequestError
+from wan_dist.serve.service import QueueFull
 from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState, state_of
 
@@ -120,11 +121,15 @@ async def _persist_batch(s: ServeState, request: Request, settings: ServeSetting
                                    source_prefixes=settings.source_prefixes, max_rows=settings.batches.max_rows,
                                    max_decoded_bytes=settings.batches.max_decoded_bytes)
     await check_webhook_url(spec.webhook_url, s)
+    if settings.batches.max_steps_per_key and (key is None or
+                                               await asyncio.to_thread(s.store.find_by_key, owner, key) is None):
+        await asyncio.to_thread(check_step_budget, s.store, owner, spec.steps, settings.batches.max_steps_per_key)
     job = new_batch(rows_by_model=spec.rows_by_model, default_model=spec.variant, owner=owner,
                     output_root=settings.output,
                     max_attempts=settings.jobs.max_attempts,
                     request={"manifest_uri": spec.manifest_uri, "manifest_given": spec.manifest_given,
-                             "output": spec.output, "rows": spec.rows, "invalid_rows": spec.invalid_rows},
+                             "output": spec.output, "rows": spec.rows, "invalid_rows": spec.invalid_rows,
+                             "steps": spec.steps},
                     webhook_url=spec.webhook_url, metadata=spec.metadata, idempotency_key=key,
                     body_hash=digest if key else None)
     try:
@@ -135,3 +140,23 @@ async def _persist_batch(s: ServeState, request: Request, settings: ServeSetting
     # after the batch record, so a replayed Idempotency-Key finds it and creates only the parts still missing
     await asyncio.to_thread(ensure_parts, s.store, job, settings.output)
     return job
+
+
+def check_step_budget(store, owner: str, steps: int, budget: int) -> None:
+    """A key's unfinished batches hold at most ``budget`` denoising steps (``batches.max_steps_per_key``): a batch
+    over it alone is a 422 (it never fits), one that the key's other batches push over it a 429 (it fits once they
+    finish)."""
+    if steps > budget:
+        raise RequestError(422, f"manifest: its rows need {steps} denoising steps (steps x windows), more than this "
+                                f"key's budget of {budget}; split it into smaller batches", param="manifest",
+                           code="over_budget")
+    held, after = 0, None
+    while True:
+        jobs, more = store.list(owner=owner, kind="batch", status=ACTIVE_STATUSES, limit=100, after=after)
+        held += sum(int(job.request.get("steps") or 0) for job in jobs)
+        if not more:
+            break
+        after = jobs[-1].id
+    if held + steps > budget:
+        raise QueueFull(f"this key's unfinished batches hold {held} of its {budget} denoising steps; this batch needs "
+                        f"{steps}: wait for them to finish, or cancel one", 30.0, "step_budget")
