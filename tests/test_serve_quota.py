@@ -5,6 +5,8 @@ batch steps, and an idempotent replay that must get its job back even when the q
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wan_dist.serve.settings import AuthSettings, BatchSettings, LimitSettings, ServeSettings
@@ -84,7 +86,6 @@ def test_the_queue_bound_is_the_models_and_a_replay_passes_it(app):
 
 def upload_batch(client, rows: list[dict], **headers):
     import tempfile
-    from pathlib import Path
 
     from wan_dist.batch.manifest import write_manifest
 
@@ -113,6 +114,10 @@ def test_a_keys_batches_hold_at_most_its_step_budget(app):
     assert_429(upload_batch(k1, five), "step_budget")  # 20 + 12 + 20 > 40
     replay = upload_batch(k1, five, **{"Idempotency-Key": "b1"})  # a replay is not a new batch
     assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+    # nor a new upload: the first batch's manifest stays, the refused one and the replay's copy are gone
+    uploads = sorted(p.name for p in (Path(state.settings.output) / "_uploads").iterdir())
+    kept = sorted(Path(state.store.get(r.json()["id"]).request["manifest_uri"]).name for r in (first, second))
+    assert uploads == kept
     assert upload_batch(k2, five).status_code == 202  # the budget is per key
     too_big = upload_batch(k2, [{**row, "id": "r0", "prompt": "a kite", "num_inference_steps": 50}])  # never fits
     assert too_big.status_code == 422 and too_big.json()["error"]["code"] == "over_budget", too_big.text

@@ -13,8 +13,8 @@ from wan_dist.serve.batches import (MAX_MANIFEST_BYTES, BatchCreate, batch_clip_
 from wan_dist.serve.jobs import ACTIVE_STATUSES, IdempotencyConflict, Job
 from wan_dist.serve.openapi import (CLIP, CREATE_ERRORS, BatchList, BatchObject, BatchResults, request_body_schema,
                                     responses)
-from wan_dist.serve.routes.common import (check_webhook_url, clip_response, discarded_on_refusal, idempotency_key,
-                                         list_body, page, poll_headers, read_body)
+from wan_dist.serve.routes.common import (check_webhook_url, clip_response, discarded_on_refusal, drop_unused_upload,
+                                         idempotency_key, list_body, page, poll_headers, read_body)
 from wan_dist.serve.schemas import RequestError
 from wan_dist.serve.service import QueueFull
 from wan_dist.serve.settings import ServeSettings
@@ -139,6 +139,7 @@ async def _persist_batch(s: ServeState, request: Request, settings: ServeSetting
                            param="Idempotency-Key", code="idempotency_conflict") from None
     # after the batch record, so a replayed Idempotency-Key finds it and creates only the parts still missing
     await asyncio.to_thread(ensure_parts, s.store, job, settings.output)
+    await drop_unused_upload(uploaded, job)
     return job
 
 

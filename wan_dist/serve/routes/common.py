@@ -21,7 +21,8 @@ from wan_dist.serve.settings import ServeSettings
 from wan_dist.serve.state import ServeState
 from wan_dist.serve.urls import IMAGE_SCHEMES, check_public_url
 
-__all__ = ["IMAGE_FILES", "MAX_JSON_DEPTH", "check_group_takes", "check_webhook_url", "clip_response", "content", "persist_job",
+__all__ = ["IMAGE_FILES", "MAX_JSON_DEPTH", "check_group_takes", "check_webhook_url", "clip_response", "content", "drop_unused_upload",
+           "persist_job",
            "list_body", "page", "poll_headers", "preview_bytes", "read_body", "rendition"]
 
 IMAGE_FILES = ("image", "input_reference")
@@ -160,8 +161,10 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-async def persist_job(s: ServeState, request: Request, variant: str, validated, kind: str, digest: str):
-    """Persist the validated job (kind ``job`` or ``video``) of the caller, once per Idempotency-Key."""
+async def persist_job(s: ServeState, request: Request, variant: str, validated, kind: str, digest: str,
+                      uploaded: str | None = None):
+    """Persist the validated job (kind ``job`` or ``video``) of the caller, once per Idempotency-Key; an
+    ``uploaded`` file a replay brought again is deleted (:func:`drop_unused_upload`)."""
     owner = request.state.owner
     key = idempotency_key(request)
     check_group_takes(s.settings, validated.request, variant)
@@ -172,7 +175,15 @@ async def persist_job(s: ServeState, request: Request, variant: str, validated, 
     except IdempotencyConflict as err:
         raise RequestError(409, f"Idempotency-Key {key!r} was used for job {err.job_id} with a different body",
                            param="Idempotency-Key", code="idempotency_conflict") from None
+    await drop_unused_upload(uploaded, job)
     return job
+
+
+async def drop_unused_upload(uploaded: str | None, job) -> None:
+    """A replayed Idempotency-Key gets the first record back, which keeps the file the first request uploaded:
+    the replay's own copy is deleted, not left behind."""
+    if uploaded is not None and uploaded not in json.dumps(job.request):
+        await asyncio.to_thread(delete_quietly, uploaded)
 
 
 def check_group_takes(settings, render_request, variant: str) -> None:

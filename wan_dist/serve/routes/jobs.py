@@ -33,7 +33,7 @@ def router(settings: ServeSettings) -> APIRouter:
         body, uploaded, digest = await read_body(request, JobCreate, s)
         async with discarded_on_refusal(uploaded):
             validated = validate_job_request(body, variant=variant, layout=settings.layout, uploaded_image=uploaded)
-            job = await persist_job(s, request, variant, validated, "job", digest)
+            job = await persist_job(s, request, variant, validated, "job", digest, uploaded)
         return JSONResponse(s.service.view(job), status_code=202, headers=poll_headers(settings))
 
     @api.get("/v1/jobs/{job_id}", responses=responses(404, 422, model=JobObject))

@@ -28,7 +28,7 @@ def router(settings: ServeSettings) -> APIRouter:
         async with discarded_on_refusal(uploaded):
             validated = validate_video_request(body, served=settings.models, layout=settings.layout,
                                                uploaded_image=uploaded)
-            job = await persist_job(s, request, validated.variant, validated, "video", digest)
+            job = await persist_job(s, request, validated.variant, validated, "video", digest, uploaded)
         return JSONResponse(s.service.video(job), headers=poll_headers(settings))
 
     @api.get("/v1/videos/{video_id}", responses=responses(404, 422, model=VideoObject))
