@@ -10,6 +10,8 @@ monotonic clock show stage 0 on request i + 1 while stage 1 is on request i.
 
 from __future__ import annotations
 
+import dataclasses
+
 from datetime import timedelta
 
 import pytest
@@ -223,6 +225,14 @@ def test_handoff_wire_format_round_trips():
     back = HandOff.from_wire(euler.header(), euler.payloads())
     assert back.state.history == () and back.state.last_sample is None and back.negative_context is None
     assert back.stop == 2  # a request stage 0 stopped: stage 1 raises its StopRender
+    assert back.cache is None and received.cache is None  # no step cache
+    # stage 0's step-cache counts travel in the header: its skipped steps as bits (up to 252 steps)
+    cache = {"steps": 200, "forwards": 250, "forwards_skipped": 150, "skipped_steps": [0, 1, 62, 63, 126, 199]}
+    cached = HandOff(request=3, seed=4, latents=latents, state=state, context=context, negative_context=None,
+                     cache=cache)
+    assert HandOff.from_wire(cached.header(), [p.clone() for p in cached.payloads()]).cache == cache
+    with pytest.raises(ValueError, match="skipped step 252"):
+        dataclasses.replace(cached, cache={**cache, "skipped_steps": [252]}).header()
     # given embeddings: the negative context may have other rows than the context (each is attended as it is)
     uneven = HandOff(request=1, seed=2, latents=latents, state=state, context=context[:, :20],
                      negative_context=2 * context[:, :7])

@@ -116,12 +116,11 @@ def test_disaggregated_stages_cache_each_expert_as_the_colocated_render_does(wor
     cases, results = world2
     case = next(c for c in cases if c["name"] == "disaggregated_magcache")
     reference, record = _single_process(case)
+    assert 0 < len(record["skipped_steps"]) < STEPS - 1
     for rank, per_rank in enumerate(results):
         latents, got = per_rank["disaggregated_magcache"]
-        # the result comes from the low-noise stage: its steps and skips are the low-noise part of the render's
-        assert set(got["skipped_steps"]) <= set(record["skipped_steps"])
-        assert got["steps"] < STEPS
-        low = sorted(i for i in record["skipped_steps"] if i >= STEPS - got["steps"])
-        assert got["skipped_steps"] == low
+        # the result comes from the low-noise stage, with the high-noise stage's counts from its hand-off: the
+        # record is the colocated render's, both experts' steps
+        assert got == record, f"rank {rank}: {got} != {record}"
         error = (latents - reference).abs().max().item()
         assert error <= TOLERANCE, f"rank {rank} differs from the colocated cached render by {error}"

@@ -19,8 +19,10 @@ from wan_dist.sampling.solvers import SolverState
 __all__ = ["HandOff", "PendingSend", "send_handoff", "recv_handoff", "broadcast_handoff"]
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_HEADER = 18  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
-#               B, C, f, h, w (latent shape), T, D (context shape), T of the negative context (0 without one), stop
+_HEADER = 26  # request, seed, step_index, last_order, history, has_last, has_negative, state dtype, context dtype,
+#               B, C, f, h, w (latent shape), T, D (context shape), T of the negative context (0 without one), stop,
+#               has_cache, the step cache's steps, forwards, forwards skipped, skipped steps (4 words of 63 bits)
+_MASK_WORDS, _MASK_BITS = 4, 63  # skipped steps as bits: up to 252 steps (requests allow 200)
 
 
 @dataclass(eq=False)
@@ -29,7 +31,9 @@ class HandOff:
     the solver state (tensors shaped like the latents, same dtype), the context [B, T, D], the negative
     context [B, T', D] (given embeddings may differ in rows: each is attended as it is) and the seed.
     ``stop``: 0, or the stop code (wan_dist.sampling.stop) of a request its step control stopped on stage 0:
-    stage 1 then raises the same StopRender instead of running its steps (the tensors are placeholders)."""
+    stage 1 then raises the same StopRender instead of running its steps (the tensors are placeholders).
+    ``cache``: stage 0's step-cache counts (``steps``, ``forwards``, ``forwards_skipped``, ``skipped_steps``),
+    which stage 1 adds to its own so the render's record covers both experts; None without a step cache."""
 
     request: int
     seed: int
@@ -38,6 +42,7 @@ class HandOff:
     context: torch.Tensor
     negative_context: torch.Tensor | None
     stop: int = 0
+    cache: dict | None = None
 
     def header(self) -> torch.Tensor:
         state, ctx, negative = self.state, self.context, self.negative_context
@@ -47,7 +52,7 @@ class HandOff:
         values = [self.request, self.seed, state.step_index, state.last_order, len(state.history),
                   int(state.last_sample is not None), int(negative is not None),
                   _DTYPES.index(self.latents.dtype), _DTYPES.index(ctx.dtype), *self.latents.shape, *ctx.shape[1:],
-                  0 if negative is None else negative.shape[1], self.stop]
+                  0 if negative is None else negative.shape[1], self.stop, *_cache_words(self.cache)]
         return torch.tensor(values, dtype=torch.int64)
 
     def payloads(self) -> list[torch.Tensor]:
@@ -77,7 +82,26 @@ class HandOff:
         last = stacked[1 + h[4]] if h[5] else None
         state = SolverState(step_index=h[2], history=history, last_sample=last, last_order=h[3])
         return cls(request=h[0], seed=h[1], latents=stacked[0], state=state, context=context.reshape(batch, rows, dim),
-                   negative_context=negative.reshape(batch, negative_rows, dim) if h[6] else None, stop=h[17])
+                   negative_context=negative.reshape(batch, negative_rows, dim) if h[6] else None, stop=h[17],
+                   cache=_cache_of(h[18:]))
+
+
+def _cache_words(cache: dict | None) -> list[int]:
+    if cache is None:
+        return [0] * (4 + _MASK_WORDS)
+    words = [0] * _MASK_WORDS
+    for step in cache["skipped_steps"]:
+        if not 0 <= step < _MASK_WORDS * _MASK_BITS:
+            raise ValueError(f"HandOff: skipped step {step} is past the {_MASK_WORDS * _MASK_BITS} the header holds")
+        words[step // _MASK_BITS] |= 1 << (step % _MASK_BITS)
+    return [1, cache["steps"], cache["forwards"], cache["forwards_skipped"], *words]
+
+
+def _cache_of(words: list[int]) -> dict | None:
+    if not words[0]:
+        return None
+    skipped = [w * _MASK_BITS + bit for w, word in enumerate(words[4:]) for bit in range(_MASK_BITS) if word >> bit & 1]
+    return {"steps": words[1], "forwards": words[2], "forwards_skipped": words[3], "skipped_steps": skipped}
 
 
 def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -136,4 +160,4 @@ def _to_wire(handoff: HandOff, device: torch.device) -> HandOff:
     negative = None if handoff.negative_context is None else handoff.negative_context.to(device)
     return HandOff(request=handoff.request, seed=handoff.seed, latents=handoff.latents.to(device),
                    state=handoff.state.to(device), context=handoff.context.to(device), negative_context=negative,
-                   stop=handoff.stop)
+                   stop=handoff.stop, cache=handoff.cache)

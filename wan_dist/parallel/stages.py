@@ -352,7 +352,8 @@ class DisaggregatedRunner:
 
         def handoff(latents, stop: int = 0) -> HandOff:
             return HandOff(request=index, seed=seed, latents=latents, state=solver.get_state(),
-                           context=prepared.context, negative_context=prepared.negative_context, stop=stop)
+                           context=prepared.context, negative_context=prepared.negative_context, stop=stop,
+                           cache=None if stop else prepared.step_cache)
 
         try:
             latents = self._denoise(index, prepared, None, prepared.steps[:boundary], solver, kwargs)
@@ -409,6 +410,8 @@ class DisaggregatedRunner:
         solver.set_state(handoff.state.to(device))
         latents = self._denoise(index, prepared, prepared.latents, prepared.steps[self._boundary(prepared.steps):],
                                 solver, kwargs)
+        if handoff.cache is not None:  # the high-noise stage's counts: the record covers the whole render
+            prepared.add_cache_stats(handoff.cache)
         return pipe.finish(prepared, latents)
 
     # both -------------------------------------------------------------------------------------
