@@ -4,7 +4,7 @@ start from the proxy clip, warped text-to-video noise).
 
 The exact mode guarantees the framing whatever the model draws, which is what the end-to-end test measures.
 Whether guided generation moves the picture the requested way (the issue's >= 90% of clips) is a benchmark on
-the trained `toy-i2v`, not measured yet (its first weights learned no motion: benchmarks/RESULTS.md).
+the trained `toy-i2v` (benchmarks/camera.py): 8% today, its weights having learned no motion (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
