@@ -33,9 +33,10 @@ from wan_dist.config import SamplingConfig
 from wan_dist.controls import CameraPath, ControlError, LayerSpec, OverlaySpec, StyleLock
 from wan_dist.controls.long import LongSpec
 from wan_dist.controls.overlays import layout_overlays
-from wan_dist.controls.reframe import subject_keyframes
 from wan_dist.controls.renditions import parse_renditions
-from wan_dist.controls.storyboard import MAX_SHOTS, TRANSITIONS, shot_item
+from wan_dist.controls.storyboard import MAX_SHOTS, TRANSITIONS
+from wan_dist.engine.request_items import (LORA_TRANSFORMERS, ItemError, control_item, lora_item, renditions_item,
+                                           shot_entry, subject_box_item)
 from wan_dist.engine.settings import RECIPES, frames_for_duration
 from wan_dist.sampling.step_cache import CACHE_MODES, DEFAULT_RETENTION, DEFAULT_THRESHOLDS
 from wan_dist.video.interpolate import retimed_count
@@ -47,11 +48,10 @@ __all__ = ["REQUEST_FIELDS", "RequestField", "RequestError", "ItemError", "Rende
 MAX_NUM_FRAMES = 241  # one window at most: 10 s at 24 fps, 15 s at 16 fps (longer: a long clip, engine/long.py)
 MAX_LONG_FRAMES = 3600 * 24 + 1  # an hour at 24 fps, rendered window after window
 MAX_PROMPT_CHARS = 10_000
-MAX_LORAS, MAX_LORA_SCALE, MAX_URI_CHARS = 8, 10.0, 2048
+MAX_LORAS = 8
 MAX_INTERPOLATION = 4  # fps_mode convert reaches at most 4x the model's rate (3 made frames per rendered one)
 FPS_MODES = ("convert", "playback")
 MAX_GUIDANCE, MAX_SHIFT = 100.0, 100.0  # far past any useful value (Wan: guidance 3-5, shift 1-17)
-LORA_TRANSFORMERS = ("high", "low", "both")
 _SAMPLING = ("solver", "schedule", "num_inference_steps", "shift", "guidance_scale", "guidance_scale_2",
              "boundary_ratio", "cache", "cache_threshold", "cache_retention")
 
@@ -118,70 +118,6 @@ class RequestField:
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
 
 
-class ItemError(ValueError):
-    """A bad part of a structured field: ``path`` is what follows the field's name (``[0].scale``)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(reason)
-        self.path = path
-
-
-def lora_item(index: int, item: Any) -> dict:
-    """One entry of ``loras``, normalised to ``{"path", "scale", "transformer"}`` (defaults 1.0 and "high")."""
-    at = f"[{index}]"
-    if not isinstance(item, dict):
-        raise ItemError(at, f"must be an object {{path, scale, transformer}}, got {type(item).__name__}")
-    unknown = sorted(set(item) - {"path", "scale", "transformer"})
-    if unknown:
-        raise ItemError(f"{at}.{unknown[0]}", "unknown field; known: path, scale, transformer")
-    path = item.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise ItemError(f"{at}.path", "required: a path or URL of a LoRA .safetensors file")
-    if len(path) > MAX_URI_CHARS or any(ord(c) < 32 for c in path):
-        raise ItemError(f"{at}.path", f"must be a path or URL of at most {MAX_URI_CHARS} characters")
-    scale = 1.0 if item.get("scale") is None else item["scale"]
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ItemError(f"{at}.scale", f"must be a finite number, got {scale!r:.60}")
-    if abs(scale) > MAX_LORA_SCALE:
-        raise ItemError(f"{at}.scale", f"must be in [-{MAX_LORA_SCALE:g}, {MAX_LORA_SCALE:g}], got {scale}")
-    transformer = "high" if item.get("transformer") is None else item["transformer"]
-    if transformer not in LORA_TRANSFORMERS:
-        raise ItemError(f"{at}.transformer", f"must be one of {', '.join(LORA_TRANSFORMERS)}; got {transformer!r:.60}")
-    return {"path": path, "scale": float(scale), "transformer": transformer}
-
-
-
-def _control(kind):
-    """The normalised loose form of a creative control (wan_dist.controls), checked by the control itself."""
-    def normalise(value: dict) -> dict:
-        try:
-            return kind.from_dict(value).to_dict()
-        except ControlError as error:
-            raise ValueError(str(error)) from None
-    return normalise
-
-
-def _subject_box(value: list) -> list:
-    try:
-        return subject_keyframes(value, field="")
-    except ControlError as error:
-        raise ValueError(f"{error.field.lstrip('.')}: {error.reason}" if error.field else error.reason) from None
-
-
-def _shot(index: int, item: Any) -> dict:
-    try:
-        return shot_item(index, item)
-    except ControlError as error:
-        raise ItemError(error.field, error.reason) from None
-
-
-def _renditions(value: list) -> list:
-    try:
-        return [profile.name for profile in parse_renditions(value, field="")]
-    except ControlError as error:
-        raise ValueError(f"{error.field.lstrip('.')}: {error.reason}" if error.field else error.reason) from None
-
-
 REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("prompt", str, "what to render", max_length=MAX_PROMPT_CHARS),
     RequestField("negative_prompt", str, "what to steer away from (default: the reference's)",
@@ -219,26 +155,26 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("name", str, "clip folder under the output (a manifest row's id)", max_length=200),
     RequestField("metadata", dict, "free-form data kept with the clip"),
     RequestField("camera", dict, "camera path: {moves: [{type, amount, start, end, easing}], shake: {intensity, "
-                 "frequency_hz}, mode: guided|exact, strength} (INTERFACES.md)", normalise=_control(CameraPath)),
+                 "frequency_hz}, mode: guided|exact, strength} (INTERFACES.md)", normalise=control_item(CameraPath)),
     RequestField("layers", dict, "layer-aware motion of the camera path: {parallax, motion_blur, foreground_box}",
-                 normalise=_control(LayerSpec)),
+                 normalise=control_item(LayerSpec)),
     RequestField("loras", list, "LoRAs: [{path (file or URL), scale (default 1), transformer: high (default) | low "
                                 "| both}]", max_length=MAX_LORAS, items=lora_item),
     RequestField("renditions", list, "platform outputs beside the clip: [youtube, youtube_shorts, tiktok, "
-                 "instagram_reels, instagram_feed, instagram_feed_4x5]", normalise=_renditions),
+                 "instagram_reels, instagram_feed, instagram_feed_4x5]", normalise=renditions_item),
     RequestField("subject_box", list, "what the renditions keep in frame: [x0, y0, x1, y1] (fractions of the frame), "
                  "or keyframe boxes spread evenly over the clip (default: estimated from motion)",
-                 normalise=_subject_box),
+                 normalise=subject_box_item),
     RequestField("overlays", dict, "per rendition: {title: {text, size, colour, position, start, end, fade}, "
-                 "guides: bool} (INTERFACES.md)", normalise=_control(OverlaySpec)),
+                 "guides: bool} (INTERFACES.md)", normalise=control_item(OverlaySpec)),
     RequestField("style_lock", dict, "keep the input image's grade: a strength 0..1 or {strength, colour, "
-                 "smoothing_s}", normalise=_control(StyleLock), shorthand=float),
+                 "smoothing_s}", normalise=control_item(StyleLock), shorthand=float),
     RequestField("long", dict, "a clip longer than one window: {method: continue|sliding, overlap (latent frames, "
                  "default 2), window (frames, default the model's), impose (0..1, default 0.9), fuse: linear|pyramid}; "
-                 f"implied beyond {MAX_NUM_FRAMES} frames", normalise=_control(LongSpec)),
+                 f"implied beyond {MAX_NUM_FRAMES} frames", normalise=control_item(LongSpec)),
     RequestField("shots", list, "a storyboard: [{prompt, duration_s, camera, transition: "
                  f"{'|'.join(TRANSITIONS)}, transition_s}}]; a shot continues the one before unless cut",
-                 max_length=MAX_SHOTS, items=_shot),
+                 max_length=MAX_SHOTS, items=shot_entry),
 )
 _FIELDS = {f.name: f for f in REQUEST_FIELDS}
 # see RenderRequest.digest
