@@ -186,14 +186,16 @@ def test_a_jobs_view_names_no_server_path(tmp_path):
         failed_id = client.post("/v1/models/tiny/jobs", json=BODY).json()["id"]
         with open_store(settings.store) as store:
             store.claim("tiny", worker="w", lease_s=60)
-            message = (f"OSError: cannot write {settings.output}/{failed_id}/clip.mp4 near /srv/models/x.bin\n"
+            message = (f"OSError: cannot write {settings.output}/{failed_id}/clip.mp4 near /srv/models/x.bin "
+                       f"(s3://operator-models/wan/a14b/x.bin, https://tenant.example/mine.png)\n"
                        f"Traceback (most recent call last):\n  File \"{tmp_path}/engine/render.py\", line 1")
             store.finish(failed_id, "w", status="failed", completed_at=1.0,
                          error={"code": "render_failed", "message": message})
         failed = client.get(f"/v1/jobs/{failed_id}").json()
     assert str(tmp_path) not in json.dumps(failed), failed
     assert failed["error"] == {"code": "render_failed",
-                               "message": f"OSError: cannot write {failed_id}/clip.mp4 near …/x.bin"}
+                               "message": f"OSError: cannot write {failed_id}/clip.mp4 near …/x.bin "
+                                          "(s3://…/x.bin, https://tenant.example/mine.png)"}
     assert str(tmp_path) not in json.dumps(view), view
     assert view["request"]["render"]["image"].startswith("_uploads/")
     assert view["result"] == {"seed": 1, "clip": f"{job_id}/clip.mp4", "sidecar": f"{job_id}/clip.json",

@@ -17,6 +17,9 @@ TRACEBACK = "Traceback (most recent call last):"
 # ("https://host/a" is not one: its "//" follows a ":")
 _START = r"""(?<![^\s'"(\[=,])"""
 _ABSOLUTE = re.compile(_START + r"""(?:file://)?/[^\s'"(),\]]+""")
+# an object-store URI (the operator's buckets: a model's, a LoRA store's, another output's); a tenant's http(s) URL
+# is its own and stays
+_BUCKET = re.compile(_START + r"""(?:s3|s3a|gs|gcs|az|abfs|abfss|oss|hdfs|memory)://[^\s'"(),\]]+""")
 
 
 def _roots(output_root: str) -> list[str]:
@@ -42,10 +45,12 @@ def relative(uri: str, output_root: str) -> str:
 
 def public_message(text: str | None, output_root: str) -> str | None:
     """``text`` as a tenant may read it: without a traceback, the output's files relative to it, and any other
-    absolute path reduced to its last name (``…/render.py``)."""
+    absolute path or object-store URI reduced to its last name (``…/render.py``, ``s3://…/x.safetensors``)."""
     if not text:
         return text
     text = text.split(TRACEBACK, 1)[0].rstrip()
     for root in _roots(output_root):
         text = re.sub(_START + re.escape(root) + "/", "", text)
+    text = _BUCKET.sub(lambda match: match.group(0).split("://", 1)[0] + "://…/"
+                       + match.group(0).rstrip("/").rsplit("/", 1)[-1], text)
     return _ABSOLUTE.sub(lambda match: "…/" + match.group(0).rstrip("/").rsplit("/", 1)[-1], text)
