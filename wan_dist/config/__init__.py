@@ -234,6 +234,10 @@ class GroupSpec:
     cluster has them, see :meth:`for_cluster`). ``threads_per_rank``: torch threads of each rank process.
     ``dtype``: "auto" (float32 on CPU, bfloat16 on GPU) or a dtype name. ``step_hook``:
     ``"package.module:name"`` of a step-control factory run for every render (wan_dist.engine.control), "" none.
+    ``memory_limit_mb``: the private memory (heap and anonymous mappings: ``RLIMIT_DATA``) each CPU rank process
+    may hold, 0 for none. A render that would pass it fails with an allocation error (retried and failed like any
+    render failure) instead of the kernel's OOM killer taking other processes of the node; not with GPUs (the
+    CUDA driver's own mappings count against it).
     """
 
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
@@ -242,6 +246,7 @@ class GroupSpec:
     threads_per_rank: int = 1
     dtype: str = "auto"
     step_hook: str = ""
+    memory_limit_mb: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -252,6 +257,10 @@ class GroupSpec:
         _require(self.cpus_per_rank > 0, name, "cpus_per_rank", f"must be > 0, got {self.cpus_per_rank}")
         _require(int(self.threads_per_rank) >= 1, name, "threads_per_rank",
                  f"must be >= 1, got {self.threads_per_rank}")
+        _require(int(self.memory_limit_mb) >= 0, name, "memory_limit_mb",
+                 f"must be >= 0 (0: no limit), got {self.memory_limit_mb}")
+        _require(not (self.memory_limit_mb and self.use_gpus), name, "memory_limit_mb",
+                 "limits CPU ranks: with use_gpus the CUDA driver's own mappings would count against it")
 
     @property
     def world_size(self) -> int:

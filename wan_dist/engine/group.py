@@ -132,13 +132,19 @@ class RankWorker:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, address: str, port: int, *, backend: str, threads: int, timeout_s: float) -> None:
+    def setup(self, address: str, port: int, *, backend: str, threads: int, timeout_s: float,
+              memory_limit_mb: int = 0) -> None:
         from datetime import timedelta
 
         import torch
         import torch.distributed as dist
 
         torch.set_num_threads(threads)
+        if memory_limit_mb:  # GroupSpec.memory_limit_mb: this process's private memory, heap and anonymous maps
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_limit_mb * 2**20, hard))
         if self.world_size > 1:
             dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.rank,
                                     world_size=self.world_size, timeout=timedelta(seconds=timeout_s))
@@ -247,7 +253,7 @@ class RenderGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if self.config.use_gpus is None:  # GPUs when the cluster has them (GroupSpec.for_cluster)
-            self.config = self.config.for_cluster(ray.cluster_resources())
+            self.config = self.config.for_cluster(ray.cluster_resources())  # checks memory_limit_mb against it
         config = self.config
         if config.source in EMBEDDED_PRESETS:  # written once here, not raced by every rank (local Ray only)
             with _RESOLVE_LOCK:
@@ -265,7 +271,8 @@ class RenderGroup:
         address, port = ray.get(self.workers[0].rendezvous_address.remote())
         backend = "nccl" if config.use_gpus else "gloo"
         self._all(lambda w: w.setup.remote(address, port, backend=backend, threads=config.threads_per_rank,
-                                           timeout_s=config.collective_timeout_s))
+                                           timeout_s=config.collective_timeout_s,
+                                           memory_limit_mb=config.memory_limit_mb))
         infos = self._all(lambda w: w.load.remote(config))
         result_ranks = {info["result_rank"] for info in infos}
         if len(result_ranks) != 1:
