@@ -343,3 +343,41 @@ def test_image_models_continue_from_the_first_shared_frame(variant, tmp_path):
     assert frames.shape[0] == 2 * window - 1
     assert [r["image"] for r, _ in parts] == ["request", "seam"]
     assert held.shape == (1, 64, 64, 3) and np.array_equal(np.asarray(seen_images[1]), held[0])
+
+
+def test_a_long_clip_keeps_its_input_images_style_window_by_window(tmp_path):
+    """style_lock on a long clip: the latent pull in every window and the colour pass streamed over the stored
+    windows (engine.long.StyleRegrade): the clip drifts less from the image's grade, the sidecar records it as a
+    one-window clip's, and re-renders the same bytes; a sliding clip refuses it by name."""
+    from PIL import Image
+
+    pipe = load_pipeline("tiny-ti2v", dtype=torch.float32)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = (200, 120, 40)  # a warm half and a cool half: a grade random weights do not keep
+    image[:, 32:] = (30, 60, 170)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    fields = {"prompt": "a warm and a cool half", "image": str(tmp_path / "image.png"), "seed": 2,
+              "num_frames": 21, "num_inference_steps": 3, "long": {"window": 9, "overlap": 1}}
+    locked = build_request({**fields, "style_lock": 1.0}, spec=pipe.spec).request
+    result = render(pipe, locked, OutputConfig(uri=str(tmp_path / "a"), preset="ultrafast"))
+    assert result.status == "completed", result.error
+    record = json.loads(open(result.sidecar_uri).read())["style_lock"]
+    assert record["strength"] == 1.0
+    assert record["drift_ciede2000"]["with"] < record["drift_ciede2000"]["without"], record
+    # the grade (each frame's mean colour; random weights redraw the content) against the same clip unlocked
+    from wan_dist.controls.style import grade_drift
+
+    plain = render(pipe, build_request(fields, spec=pipe.spec).request,
+                   OutputConfig(uri=str(tmp_path / "plain"), preset="ultrafast"))
+    clip, _ = decode_mp4(open(result.clip_uri, "rb").read())
+    unlocked, _ = decode_mp4(open(plain.clip_uri, "rb").read())
+    assert clip.shape[0] == unlocked.shape[0] == 21
+    assert grade_drift(clip, image) < 0.5 * grade_drift(unlocked, image), (grade_drift(clip, image),
+                                                                           grade_drift(unlocked, image))
+    sidecar = json.loads(open(result.sidecar_uri).read())
+    again = render(pipe, RenderRequest.from_sidecar(sidecar), OutputConfig(uri=str(tmp_path / "b"), preset="ultrafast"))
+    assert open(again.clip_uri, "rb").read() == open(result.clip_uri, "rb").read()
+    with pytest.raises(RequestError) as refused:
+        build_request({**fields, "style_lock": 1.0, "long": {"method": "sliding", "window": 9, "overlap": 1}},
+                      spec=get_preset("tiny"))  # (t2v: sliding's own rule; the image is refused beside it)
+    assert "style_lock" in {field for field, _ in refused.value.problems}

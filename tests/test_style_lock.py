@@ -105,6 +105,25 @@ def test_colour_transfer_halves_the_drift_and_keeps_the_texture():
     assert jumps <= np.abs(np.diff(clip.reshape(len(clip), -1, 3).mean(1), axis=0)).max() + 0.5
 
 
+def test_a_clip_regraded_in_parts_is_the_whole_clips_transfer():
+    """A long clip is regraded window by window (engine/long.py): statistics of every part, smoothed together, then
+    each part regraded with its rows: frame for frame what colour_transfer does to the whole clip."""
+    from wan_dist.controls.style import frame_statistics, regrade, smooth_statistics
+
+    rng = np.random.default_rng(4)
+    frames = np.clip(rng.normal(120, 40, (30, 24, 32, 3)) + np.linspace(0, 60, 30)[:, None, None, None], 0,
+                     255).astype(np.uint8)  # a grade drifting over the clip
+    source = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    whole = colour_transfer(frames, source, strength=0.8, fps=16, smoothing_s=0.5)
+    parts = [frames[:9], frames[9:10], frames[10:30]]
+    statistics = smooth_statistics(np.concatenate([frame_statistics(p) for p in parts]), fps=16, smoothing_s=0.5)
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    regraded = np.concatenate([regrade(p, statistics[a:a + len(p)], source, strength=0.8)
+                               for p, a in zip(parts, starts)])
+    np.testing.assert_array_equal(regraded, whole)
+    assert np.abs(whole.astype(int) - frames.astype(int)).mean() > 5  # the transfer did change the frames
+
+
 def test_high_frequency_ratio_reads_softness_and_sharpness():
     source = _source()
     still = np.stack([source] * 3)

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # tensor methods only at run time: importing the controls doe
 
 from wan_dist.controls.camera import ControlError, _keys, _number
 
-__all__ = ["StyleLock", "pull_statistics", "lock_weight", "to_lab", "from_lab", "colour_transfer", "ciede2000",
+__all__ = ["StyleLock", "pull_statistics", "lock_weight", "to_lab", "from_lab", "colour_transfer", "frame_statistics",
+           "smooth_statistics", "regrade", "ciede2000",
            "colour_drift", "grade_drift", "high_frequency_ratio", "DRIFT_SIZE"]
 
 DRIFT_SIZE = 64  # short side (pixels) at which colour drift is measured
@@ -121,15 +122,33 @@ def colour_transfer(frames: np.ndarray, source: np.ndarray, *, strength: float =
                     smoothing_s: float = 0.5) -> np.ndarray:
     """``frames`` [F, H, W, 3] uint8 regraded to ``source`` [h, w, 3] uint8: per frame and Lab channel,
     (x - m_t) / s_t * s_src + m_src, where m_t, s_t are the frames' statistics smoothed over time (Gaussian,
-    sigma ``smoothing_s`` seconds at ``fps``); blended with the input by ``strength``."""
+    sigma ``smoothing_s`` seconds at ``fps``); blended with the input by ``strength``. A clip too long to hold
+    takes the same steps in parts: :func:`frame_statistics` of every part, :func:`smooth_statistics` of them
+    all, then :func:`regrade` of each part with its frames' rows (equal to this, frame for frame)."""
     if strength <= 0:
         return frames
+    return regrade(frames, smooth_statistics(frame_statistics(frames), fps=fps, smoothing_s=smoothing_s), source,
+                   strength=strength)
+
+
+def frame_statistics(frames: np.ndarray) -> np.ndarray:
+    """Each frame's Lab mean and standard deviation: [F, 2, 3] float32."""
+    flat = to_lab(frames).reshape(len(frames), -1, 3)
+    return np.stack([flat.mean(1), flat.std(1)], axis=1)
+
+
+def smooth_statistics(statistics: np.ndarray, *, fps: float, smoothing_s: float) -> np.ndarray:
+    """:func:`frame_statistics` of a whole clip smoothed over time (Gaussian, sigma ``smoothing_s`` s at ``fps``)."""
+    return np.stack([_smooth_time(statistics[:, 0], smoothing_s * fps), _smooth_time(statistics[:, 1],
+                                                                                        smoothing_s * fps)], axis=1)
+
+
+def regrade(frames: np.ndarray, statistics: np.ndarray, source: np.ndarray, *, strength: float) -> np.ndarray:
+    """``frames`` regraded to ``source`` with their rows of :func:`smooth_statistics` (see :func:`colour_transfer`)."""
     lab = to_lab(frames)
     ref = to_lab(source).reshape(-1, 3)
     ref_mean, ref_std = ref.mean(0), ref.std(0)
-    flat = lab.reshape(len(frames), -1, 3)
-    means = _smooth_time(flat.mean(1), smoothing_s * fps)
-    stds = _smooth_time(flat.std(1), smoothing_s * fps)
+    means, stds = statistics[:, 0], statistics[:, 1]
     graded = (lab - means[:, None, None]) / (stds[:, None, None] + _EPS) * ref_std + ref_mean
     return from_lab(lab + strength * (graded - lab))
 

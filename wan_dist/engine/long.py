@@ -41,7 +41,6 @@ _WINDOWED_REFUSES = {
     "renditions": "a platform rendition of a clip longer than one window is not available yet",
     "subject_box": "comes with renditions, not available for a clip longer than one window yet",
     "overlays": "overlays come with renditions, not available for a clip longer than one window yet",
-    "style_lock": "not available for a clip longer than one window yet",
     "camera": "a camera path over a clip longer than one window is given per shot (shots) instead",
     "layers": "comes with a camera path, not available for a clip longer than one window",
 }
@@ -115,6 +114,9 @@ def check_long(values: dict, spec, *, frames_field: str, max_frames: int, fps: i
     if frames <= window or (frames - 1) % stride:
         return []  # one window (or frames the variant's rules refuse by name)
     problems = [(name, reason) for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
+    if long.method == "sliding" and values.get("style_lock") is not None:
+        problems.append(("style_lock", "regrades a clip window by window from its kept windows, and a sliding clip "
+                                       "is decoded once: use long.method continue"))
     if long.method == "sliding" and values.get("cache") not in (None, "off"):
         problems.append(("cache", "sliding windows run the model on every window at each step, and a step cache "
                                   "reuses one forward: use long.method continue, or cache off"))
@@ -319,9 +321,12 @@ class LongClip:
                 yield record, frames[:len(frames) - keep]
 
     def _input_image(self):
-        from wan_dist.engine.images import load_image
+        """The request's input image (read once, under the pipeline's fetch policy), or None."""
+        if not hasattr(self, "_image"):
+            from wan_dist.engine.images import load_image
 
-        return load_image(self.request.image, getattr(self.pipe, "fetch_policy", None))
+            self._image = load_image(self.request.image, getattr(self.pipe, "fetch_policy", None))
+        return self._image
 
     def _seam_image(self, tail: np.ndarray, source):
         """The input image of a continuing window: the first shared frame, for models that take one."""
@@ -346,7 +351,8 @@ class LongClip:
         if self.settings is None:
             self.settings = settings
         prepared = pipe.prepare(settings, image=image, contexts=self._context(settings),
-                                loras=list(request.loras) or None, camera=camera, fps=self.fps)
+                                loras=list(request.loras) or None, camera=camera, fps=self.fps,
+                                style_lock=request.style_lock)
         self.loras = list(prepared.loras)
         until = 0
         if tail is not None:
@@ -425,6 +431,73 @@ class LongClip:
         return section
 
 
+class StyleRegrade:
+    """A long clip's style lock colour pass (``engine.post.lock_style`` of a one-window clip), streamed over its
+    stored windows: :meth:`measure` reads every frame's Lab statistics (and the drift without the pass), then
+    :meth:`regrade` grades each window's frames with the clip's smoothed statistics, frame for frame what
+    ``controls.style.colour_transfer`` does to the whole clip. Frames at the rate the model renders (before any
+    fps conversion)."""
+
+    def __init__(self, lock, source: np.ndarray, fps: float):
+        self.lock, self.source, self.fps = lock, source, fps
+        self.statistics: np.ndarray | None = None
+        self._done = 0
+        self._sums = {"without": [0.0, 0.0], "with": [0.0, 0.0]}  # colour drift, high-frequency energy (sums)
+        self._frames = {"without": 0, "with": 0}
+
+    @classmethod
+    def of(cls, request, image, fps: float) -> "StyleRegrade | None":
+        """The pass ``request`` asks for (a style lock and an input image), else None."""
+        if request.style_lock is None or image is None:
+            return None
+        from wan_dist.controls import StyleLock
+
+        return cls(StyleLock.from_dict(request.style_lock), np.asarray(image.convert("RGB")), fps)
+
+    def _source_at(self, frames: np.ndarray) -> np.ndarray:
+        import cv2
+
+        return cv2.resize(self.source, (frames.shape[2], frames.shape[1]), interpolation=cv2.INTER_AREA)
+
+    def _count(self, key: str, frames: np.ndarray) -> None:
+        from wan_dist.controls.style import colour_drift, high_frequency_ratio
+
+        source = self._source_at(frames)
+        self._sums[key][0] += colour_drift(frames, source) * len(frames)
+        self._sums[key][1] += high_frequency_ratio(frames, source) * len(frames)
+        self._frames[key] += len(frames)
+
+    def measure(self, parts) -> None:
+        from wan_dist.controls.style import frame_statistics, smooth_statistics
+
+        rows = []
+        for frames in parts:
+            if len(frames):
+                rows.append(frame_statistics(frames))
+                self._count("without", frames)
+        self.statistics = smooth_statistics(np.concatenate(rows), fps=self.fps, smoothing_s=self.lock.smoothing_s)
+
+    def regrade(self, frames: np.ndarray) -> np.ndarray:
+        from wan_dist.controls.style import regrade
+
+        if not len(frames) or not self.lock.colour or self.lock.strength <= 0:
+            return frames
+        rows = self.statistics[self._done:self._done + len(frames)]
+        self._done += len(frames)
+        frames = regrade(frames, rows, self._source_at(frames), strength=self.lock.strength)
+        self._count("with", frames)
+        return frames
+
+    def record(self) -> dict:
+        """The sidecar's ``style_lock``, as a one-window clip's: the lock, drift and texture without and with it."""
+        record = {**self.lock.to_dict(), "drift_ciede2000": {}, "high_frequency_ratio": {}}
+        for key, (drift, texture) in self._sums.items():
+            if self._frames[key]:
+                record["drift_ciede2000"][key] = drift / self._frames[key]
+                record["high_frequency_ratio"][key] = texture / self._frames[key]
+        return record
+
+
 def render_long(pipe, request, output, *, model: dict, versions: dict, callback: Callable[..., None] | None = None,
                 experts: list | None = None, predict=None, publishes: bool = True,
                 barrier: Callable[[], None] | None = None) -> dict | None:
@@ -450,6 +523,7 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
     clip = LongClip(pipe, request, experts=experts, predict=predict)
     fps = request.fps or clip.fps  # the published rate: the model's frames are converted to it as they are written
     retimer = None if fps == clip.fps else Retimer(clip.num_frames, clip.fps, fps)
+    style = None if clip.sliding else StyleRegrade.of(request, clip._input_image(), clip.fps)
     prefix = join(output.uri, request.clip_name(clip.seed))
     store = WindowStore(prefix, f"{request.digest()}-{clip.seed}")  # a request without a seed drew its own
     resumed = None if clip.sliding else store.load()
@@ -470,6 +544,9 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
                     store.save(record["index"], frames, clip.tail, record=record, settings=clip.settings.to_dict(),
                                timings=clip.timings, loras=clip.loras)
                 parts = store.segments(len(clip.windows))
+                if style is not None:  # the colour pass needs every frame's statistics first: a pass over the store
+                    style.measure(store.segments(len(clip.windows)))
+                    parts = (style.regrade(frames) for frames in parts)
             for frames in parts:
                 if retimer is not None:
                     tick = time.perf_counter()
@@ -490,6 +567,8 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
                    "created_at": time.time(), "long": clip.sidecar_section()}
         if retimer is not None:
             sidecar["fps_conversion"] = retimer.record()
+        if style is not None:
+            sidecar["style_lock"] = style.record()
         try:
             uris = publish_clip_file(path, prefix_uri=prefix, sidecar=sidecar)
             store.clear()
