@@ -82,10 +82,13 @@ def test_beyond_one_window_a_clip_is_long_with_the_defaults():
 
 def test_a_windowed_clip_refuses_what_it_cannot_honour_by_name():
     spec = get_preset("toy")
-    with pytest.raises(RequestError) as caught:
-        build_request({"prompt": "a red circle", "num_frames": 49, "long": {}, "renditions": ["youtube"],
-                       "camera": {"moves": [{"type": "pan", "amount": 10}]}}, spec=spec)
+    with pytest.raises(RequestError) as caught:  # a camera path is given per shot; renditions need kept windows
+        build_request({"prompt": "a red circle", "num_frames": 49, "long": {"method": "sliding"},
+                       "renditions": ["youtube"], "camera": {"moves": [{"type": "pan", "amount": 10}]}}, spec=spec)
     assert {"renditions", "camera"} <= {field for field, _ in caught.value.problems}
+    # with continue (the default) the renditions are cut window by window
+    assert build_request({"prompt": "a red circle", "num_frames": 49, "long": {}, "renditions": ["youtube"]},
+                         spec=spec).request.renditions == ["youtube"]
     with pytest.raises(RequestError) as caught:
         build_request({"prompt": "a red circle", "num_frames": 49, "long": {"method": "sliding"}},
                       spec=get_preset("toy-i2v"))
@@ -381,3 +384,33 @@ def test_a_long_clip_keeps_its_input_images_style_window_by_window(tmp_path):
         build_request({**fields, "style_lock": 1.0, "long": {"method": "sliding", "window": 9, "overlap": 1}},
                       spec=get_preset("tiny"))  # (t2v: sliding's own rule; the image is refused beside it)
     assert "style_lock" in {field for field, _ in refused.value.problems}
+
+
+def test_a_long_clips_renditions_are_cut_window_by_window_as_a_whole_clips_are(tiny, tmp_path):
+    """Renditions of a long clip (engine.long_post.LongRenditions): the subject tracked while the clip is encoded,
+    then each profile cut, titled and encoded in a second pass over the kept windows; with a given subject_box they
+    equal the one-window post pass (controls.renditions.make_rendition) on the whole clip's frames, the title's fade
+    timed over the whole rendition although it is drawn window by window."""
+    from wan_dist.controls import OverlaySpec
+    from wan_dist.controls.renditions import make_rendition, parse_renditions
+
+    fields = {"prompt": "a red circle", "num_frames": 21, "seed": 6, "long": {"window": 9, "overlap": 1},
+              "renditions": ["tiktok"], "subject_box": [[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.9]],
+              "overlays": {"title": {"text": "Kites", "start": 0.3, "end": 0.9, "fade": 0.2}, "guides": True}}
+    request = build_request(fields, spec=tiny.spec).request
+    result = render(tiny, request, OutputConfig(uri=str(tmp_path / "a"), preset="ultrafast", crf=0))
+    assert result.status == "completed", result.error
+    sidecar = json.loads(open(result.sidecar_uri).read())
+    (entry,) = sidecar["renditions"]
+    assert set(result.renditions) == set(result.rendition_guides) == {"tiktok"}
+    made, rate = decode_mp4(open(result.renditions["tiktok"], "rb").read())
+    frames = np.concatenate([f for _, f in LongClip(tiny, request).frames()])  # the clip's frames, in memory
+    (profile,) = parse_renditions(["tiktok"])
+    whole = make_rendition(frames, tiny.spec.defaults.fps, profile, subject_box=request.subject_box,
+                           overlays=OverlaySpec.from_dict(request.overlays))
+    assert made.shape == whole.frames.shape and rate == profile.fps and entry["num_frames"] == len(whole.frames)
+    assert entry["crop_path"] == np.round(whole.windows, 2).tolist()
+    difference = np.abs(made.astype(int) - whole.frames.astype(int)).mean(axis=(1, 2, 3))
+    assert difference.max() < 2.0, difference  # the codec's error alone (the title's fade frames included)
+    guides, _ = decode_mp4(open(result.rendition_guides["tiktok"], "rb").read())
+    assert guides.shape == made.shape

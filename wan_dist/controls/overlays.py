@@ -308,11 +308,12 @@ def _blend(frame: np.ndarray, patch: np.ndarray, box: tuple[int, int, int, int],
 
 
 def render_overlays(frames: np.ndarray, spec: OverlaySpec, layout: Layout, *, fps: float,
-                    logo: np.ndarray | None = None) -> np.ndarray:
+                    logo: np.ndarray | None = None, start: int = 0, duration: float | None = None) -> np.ndarray:
     """``frames`` [F, H, W, 3] uint8 (one rendition) with the title (faded per its timing) and the ``logo``
-    (RGBA or RGB uint8 [h, w, 4|3]) drawn at ``layout``'s boxes; a new array."""
+    (RGBA or RGB uint8 [h, w, 4|3]) drawn at ``layout``'s boxes; a new array. A rendition drawn in parts (a long
+    clip) gives each part's first frame index ``start`` and the whole rendition's ``duration`` (seconds)."""
     out = frames.copy()
-    duration = len(frames) / fps
+    duration = len(frames) / fps if duration is None else duration
     title_patch = _title_patch(spec.title, layout) if spec.title is not None and layout.title_box else None
     logo_patch = None
     if spec.logo is not None and layout.logo_box is not None and logo is not None:
@@ -322,7 +323,7 @@ def render_overlays(frames: np.ndarray, spec: OverlaySpec, layout: Layout, *, fp
     for index in range(len(out)):
         if title_patch is not None:
             t = spec.title
-            opacity = fade_envelope(index / fps, t.start, t.end, t.fade, duration)
+            opacity = fade_envelope((start + index) / fps, t.start, t.end, t.fade, duration)
             if opacity > 0:
                 _blend(out[index], title_patch, layout.title_box, opacity)
         if logo_patch is not None:

@@ -24,8 +24,8 @@ from wan_dist.controls.camera import ControlError
 from wan_dist.controls.layers import saliency_map
 from wan_dist.controls.platforms import Box, PlatformProfile
 
-__all__ = ["subject_keyframes", "MAX_SUBJECT_KEYFRAMES", "subject_track", "crop_window", "crop_path", "containment", "apply_crop", "retime", "reframe",
-           "DEFAULT_SMOOTHING_S"]
+__all__ = ["subject_keyframes", "MAX_SUBJECT_KEYFRAMES", "subject_track", "user_track", "crop_frame", "crop_window",
+           "crop_path", "containment", "apply_crop", "retime", "reframe", "DEFAULT_SMOOTHING_S"]
 
 DEFAULT_SMOOTHING_S = 0.5  # Gaussian sigma of the crop path, seconds: slow, deliberate reframing
 _SMOOTHING_PASSES = 40
@@ -49,7 +49,7 @@ def subject_keyframes(value: Any, field: str = "subject_box") -> list[list[float
     return [[box.x0, box.y0, box.x1, box.y1] for box in parsed]
 
 
-def _user_track(box, num_frames: int, width: int, height: int) -> np.ndarray:
+def user_track(box, num_frames: int, width: int, height: int) -> np.ndarray:
     boxes = np.asarray(box, np.float64)
     if boxes.ndim == 1:
         boxes = boxes[None]
@@ -84,7 +84,7 @@ def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     would read as background), not of the second."""
     num_frames, height, width = frames.shape[:3]
     if box is not None:
-        return _user_track(box, num_frames, width, height)
+        return user_track(box, num_frames, width, height)
     scale = min(1.0, _TRACK_SIZE / min(width, height))
     small = frames if scale == 1.0 else np.stack([
         cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
@@ -241,23 +241,26 @@ def retime(num_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
 def apply_crop(frames: np.ndarray, windows: np.ndarray, profile: PlatformProfile, source_fps: float) -> np.ndarray:
     """The rendition's frames [F', profile.height, profile.width, 3] uint8: each window cut from ``frames``
     (sub-pixel, by an affine map) and resized to the profile, frames picked at the profile's rate."""
-    out_size = (profile.width, profile.height)
     picks = retime(len(frames), source_fps, profile.fps)
     result = np.empty((len(picks), profile.height, profile.width, 3), np.uint8)
     for out_index, index in enumerate(picks):
-        x0, y0, x1, y1 = windows[index]
-        scale_x, scale_y = profile.width / (x1 - x0), profile.height / (y1 - y0)
-        matrix = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]], np.float64)
-        # INTER_AREA is only honoured by resize: pre-shrink by whole factors when the window is much larger
-        source = frames[index]
-        if scale_x < 0.5:
-            factor = int(1 / scale_x)
-            source = cv2.resize(source, (source.shape[1] // factor, source.shape[0] // factor),
-                                interpolation=cv2.INTER_AREA)
-            matrix[:, :2] *= factor
-        result[out_index] = cv2.warpAffine(source, matrix, out_size, flags=cv2.INTER_LINEAR,
-                                           borderMode=cv2.BORDER_REPLICATE)
+        result[out_index] = crop_frame(frames[index], windows[index], profile)
     return result
+
+
+def crop_frame(frame: np.ndarray, window: np.ndarray, profile: PlatformProfile) -> np.ndarray:
+    """One rendition frame [profile.height, profile.width, 3]: ``window`` (x0, y0, x1, y1) cut from ``frame``
+    (sub-pixel, by an affine map) and resized to the profile."""
+    x0, y0, x1, y1 = window
+    scale_x, scale_y = profile.width / (x1 - x0), profile.height / (y1 - y0)
+    matrix = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]], np.float64)
+    # INTER_AREA is only honoured by resize: pre-shrink by whole factors when the window is much larger
+    if scale_x < 0.5:
+        factor = int(1 / scale_x)
+        frame = cv2.resize(frame, (frame.shape[1] // factor, frame.shape[0] // factor), interpolation=cv2.INTER_AREA)
+        matrix[:, :2] *= factor
+    return cv2.warpAffine(frame, matrix, (profile.width, profile.height), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def reframe(frames: np.ndarray, profile: PlatformProfile, *, fps: float, subject_box=None,

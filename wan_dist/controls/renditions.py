@@ -19,7 +19,7 @@ from wan_dist.controls.overlays import Layout, OverlaySpec, draw_guides, layout_
 from wan_dist.controls.platforms import PlatformProfile, profiles
 from wan_dist.controls.reframe import reframe
 
-__all__ = ["Rendition", "parse_renditions", "make_rendition", "MAX_RENDITIONS"]
+__all__ = ["Rendition", "parse_renditions", "make_rendition", "rendition_record", "MAX_RENDITIONS"]
 
 MAX_RENDITIONS = 8
 
@@ -58,10 +58,15 @@ class Rendition:
 
     def record(self) -> dict:
         """What a sidecar lists about this rendition (besides its URIs)."""
-        layout = None if self.layout is None else {"title_box": self.layout.title_box, "logo_box": self.layout.logo_box,
-                                                   "title_lines": list(self.layout.title_lines)}
-        return {"profile": self.profile.name, **self.profile.to_dict(), "num_frames": len(self.frames),
-                "crop_path": np.round(self.windows, 2).tolist(), "overlays": layout}
+        return rendition_record(self.profile, len(self.frames), self.windows, self.layout)
+
+
+def rendition_record(profile: PlatformProfile, num_frames: int, windows: np.ndarray, layout: Layout | None) -> dict:
+    """What a sidecar lists about a rendition of ``num_frames`` frames cut along ``windows`` (besides its URIs)."""
+    boxes = None if layout is None else {"title_box": layout.title_box, "logo_box": layout.logo_box,
+                                         "title_lines": list(layout.title_lines)}
+    return {"profile": profile.name, **profile.to_dict(), "num_frames": num_frames,
+            "crop_path": np.round(windows, 2).tolist(), "overlays": boxes}
 
 
 def make_rendition(frames: np.ndarray, fps: float, profile: PlatformProfile, *, subject_box=None,

@@ -30,127 +30,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from wan_dist.controls.camera import ControlError
 from wan_dist.controls.long import LongSpec, Window, plan_windows, window_seed
 from wan_dist.controls.storyboard import apply_transition, sub_path
+from wan_dist.engine.long_checks import (check_long, is_windowed, long_layout_problem, window_count,  # noqa: F401
+                                         window_frames)
 from wan_dist.sampling.sdedit import noise_to
 
-__all__ = ["check_long", "long_layout_problem", "window_count", "is_windowed", "window_frames", "ImposedSeam", "LongClip", "render_long"]
-
-_WINDOWED_REFUSES = {
-    "renditions": "a platform rendition of a clip longer than one window is not available yet",
-    "subject_box": "comes with renditions, not available for a clip longer than one window yet",
-    "overlays": "overlays come with renditions, not available for a clip longer than one window yet",
-    "camera": "a camera path over a clip longer than one window is given per shot (shots) instead",
-    "layers": "comes with a camera path, not available for a clip longer than one window",
-}
-
-
-def window_frames(long: dict | None, spec) -> int:
-    """Frames per window: the request's ``long.window``, else the model's own clip length."""
-    given = None if long is None else long.get("window")
-    return int(given or spec.defaults.num_frames)
-
-
-def is_windowed(request, spec) -> bool:
-    """Whether ``request`` renders window by window: a storyboard, or ``long`` set and more frames than a window."""
-    if request.shots:
-        return True
-    frames = request.num_frames or spec.defaults.num_frames
-    return request.long is not None and frames > window_frames(request.long, spec)
-
-
-def window_count(request, spec) -> int:
-    """How many windows ``request`` renders on variant ``spec`` (1 for a one-window clip): the cost of its
-    denoising, in the request's steps per window, for budgets (``sliding`` counts as its windows too)."""
-    if not is_windowed(request, spec):
-        return 1
-    from wan_dist.engine.storyboard import plan_shots
-
-    long = LongSpec.from_dict(request.long or {})
-    window, stride = window_frames(request.long, spec), spec.vae.temporal_stride
-    if request.shots:
-        shots = plan_shots(request.shots, fps=request.render_fps(spec.defaults.fps), window=window,
-                           overlap=long.overlap, temporal_stride=stride)
-        return sum(len(shot.windows) for shot in shots)
-    return len(plan_windows(request.num_frames or spec.defaults.num_frames, window=window, overlap=long.overlap,
-                            temporal_stride=stride))
-
-
-def long_layout_problem(parallel) -> str | None:
-    """Why a render group laid out as ``parallel`` (a ParallelConfig) cannot render a clip beyond one window, or
-    None. Every rank of a colocated group runs the windows in lockstep with its parallel experts (Ulysses, ring,
-    CFG, FSDP); a long clip is one row, so a data degree has nothing to split, and disaggregated stages hand one
-    render's latents across once, where each window would need its seam from the stage that decodes."""
-    if parallel.placement == "disaggregated":
-        return "a clip beyond one window renders on a colocated group; this one is disaggregated"
-    if parallel.data > 1:
-        return f"a clip beyond one window is one row; this group's data degree is {parallel.data}"
-    return None
-
-
-def check_long(values: dict, spec, *, frames_field: str, max_frames: int, fps: int,
-               given_frames: bool = False) -> list[tuple[str, str]]:
-    """Problems of a request's loose ``values`` as a long clip (``values["long"]`` is set to the defaults when
-    the frames exceed ``max_frames`` and none is given) or a storyboard (``values["num_frames"]`` set to the
-    shots' frames, at ``fps``: the rate the model renders). Empty for a one-window clip. ``given_frames``:
-    num_frames came from the caller."""
-    if values.get("shots"):
-        return _check_storyboard(values, spec, given_frames=given_frames, max_frames=max_frames, fps=fps)
-    frames = values.get("num_frames") or spec.defaults.num_frames
-    stride = spec.vae.temporal_stride
-    if values.get("long") is None:
-        if frames <= max_frames:
-            return []
-        values["long"] = LongSpec().to_dict()
-    long = LongSpec.from_dict(values["long"])
-    window = window_frames(values["long"], spec)
-    try:
-        long.check_model(window=window, temporal_stride=stride, field="")
-    except ControlError as error:
-        return [("long", f"{error.field.lstrip('.')}: {error.reason}")]
-    if window > max_frames:
-        return [("long", f"window: at most {max_frames} frames, got {window}")]
-    if frames <= window or (frames - 1) % stride:
-        return []  # one window (or frames the variant's rules refuse by name)
-    problems = [(name, reason) for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
-    if long.method == "sliding" and values.get("style_lock") is not None:
-        problems.append(("style_lock", "regrades a clip window by window from its kept windows, and a sliding clip "
-                                       "is decoded once: use long.method continue"))
-    if long.method == "sliding" and values.get("cache") not in (None, "off"):
-        problems.append(("cache", "sliding windows run the model on every window at each step, and a step cache "
-                                  "reuses one forward: use long.method continue, or cache off"))
-    if long.method == "sliding" and spec.task != "t2v":
-        problems.append(("long", f"method: sliding fuses text-to-video windows; {spec.name} is {spec.task}: "
-                                 "use continue"))
-    return problems
-
-
-def _check_storyboard(values: dict, spec, *, given_frames: bool, max_frames: int,
-                      fps: int) -> list[tuple[str, str]]:
-    from wan_dist.engine.storyboard import check_shots
-
-    values["long"] = values.get("long") or LongSpec().to_dict()
-    long = LongSpec.from_dict(values["long"])
-    window = window_frames(values["long"], spec)
-    try:
-        long.check_model(window=window, temporal_stride=spec.vae.temporal_stride, field="")
-    except ControlError as error:
-        return [("long", f"{error.field.lstrip('.')}: {error.reason}")]
-    if window > max_frames:
-        return [("long", f"window: at most {max_frames} frames, got {window}")]
-    problems = [(name, "give each shot its own camera (shots[i].camera)" if name == "camera" else reason)
-                for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
-    if long.method == "sliding":
-        problems.append(("long", "method: a storyboard continues shot after shot: use continue"))
-    if given_frames:
-        problems.append(("num_frames", "a storyboard is as long as its shots: give duration_s (checked against "
-                                       "their sum) or neither"))
-    total, found = check_shots(values["shots"], fps=fps, window=window, overlap=long.overlap,
-                               temporal_stride=spec.vae.temporal_stride, duration_s=values.get("duration_s"))
-    values["num_frames"] = total
-    return problems + found
-
+__all__ = ["check_long", "long_layout_problem", "window_count", "is_windowed", "window_frames", "ImposedSeam", "LongClip",
+           "render_long"]  # the checks live in engine/long_checks.py (engine/request.py reads them)
 
 class ImposedSeam:
     """A step's conditioning (``sampling.denoise.Conditioning``) that also imposes the seam: latent frames
@@ -431,73 +318,6 @@ class LongClip:
         return section
 
 
-class StyleRegrade:
-    """A long clip's style lock colour pass (``engine.post.lock_style`` of a one-window clip), streamed over its
-    stored windows: :meth:`measure` reads every frame's Lab statistics (and the drift without the pass), then
-    :meth:`regrade` grades each window's frames with the clip's smoothed statistics, frame for frame what
-    ``controls.style.colour_transfer`` does to the whole clip. Frames at the rate the model renders (before any
-    fps conversion)."""
-
-    def __init__(self, lock, source: np.ndarray, fps: float):
-        self.lock, self.source, self.fps = lock, source, fps
-        self.statistics: np.ndarray | None = None
-        self._done = 0
-        self._sums = {"without": [0.0, 0.0], "with": [0.0, 0.0]}  # colour drift, high-frequency energy (sums)
-        self._frames = {"without": 0, "with": 0}
-
-    @classmethod
-    def of(cls, request, image, fps: float) -> "StyleRegrade | None":
-        """The pass ``request`` asks for (a style lock and an input image), else None."""
-        if request.style_lock is None or image is None:
-            return None
-        from wan_dist.controls import StyleLock
-
-        return cls(StyleLock.from_dict(request.style_lock), np.asarray(image.convert("RGB")), fps)
-
-    def _source_at(self, frames: np.ndarray) -> np.ndarray:
-        import cv2
-
-        return cv2.resize(self.source, (frames.shape[2], frames.shape[1]), interpolation=cv2.INTER_AREA)
-
-    def _count(self, key: str, frames: np.ndarray) -> None:
-        from wan_dist.controls.style import colour_drift, high_frequency_ratio
-
-        source = self._source_at(frames)
-        self._sums[key][0] += colour_drift(frames, source) * len(frames)
-        self._sums[key][1] += high_frequency_ratio(frames, source) * len(frames)
-        self._frames[key] += len(frames)
-
-    def measure(self, parts) -> None:
-        from wan_dist.controls.style import frame_statistics, smooth_statistics
-
-        rows = []
-        for frames in parts:
-            if len(frames):
-                rows.append(frame_statistics(frames))
-                self._count("without", frames)
-        self.statistics = smooth_statistics(np.concatenate(rows), fps=self.fps, smoothing_s=self.lock.smoothing_s)
-
-    def regrade(self, frames: np.ndarray) -> np.ndarray:
-        from wan_dist.controls.style import regrade
-
-        if not len(frames) or not self.lock.colour or self.lock.strength <= 0:
-            return frames
-        rows = self.statistics[self._done:self._done + len(frames)]
-        self._done += len(frames)
-        frames = regrade(frames, rows, self._source_at(frames), strength=self.lock.strength)
-        self._count("with", frames)
-        return frames
-
-    def record(self) -> dict:
-        """The sidecar's ``style_lock``, as a one-window clip's: the lock, drift and texture without and with it."""
-        record = {**self.lock.to_dict(), "drift_ciede2000": {}, "high_frequency_ratio": {}}
-        for key, (drift, texture) in self._sums.items():
-            if self._frames[key]:
-                record["drift_ciede2000"][key] = drift / self._frames[key]
-                record["high_frequency_ratio"][key] = texture / self._frames[key]
-        return record
-
-
 def render_long(pipe, request, output, *, model: dict, versions: dict, callback: Callable[..., None] | None = None,
                 experts: list | None = None, predict=None, publishes: bool = True,
                 barrier: Callable[[], None] | None = None) -> dict | None:
@@ -516,13 +336,13 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
     from wan_dist.engine.clips import publish_clip_file
     from wan_dist.engine.windows import WindowStore
     from wan_dist.storage.objects import join
-    from wan_dist.video.interpolate import Retimer
+    from wan_dist.engine.long_post import LongRenditions, StyleRegrade
+    from wan_dist.video.interpolate import Retimer, retimed_count
     from wan_dist.video.mp4 import Mp4Writer
 
     started = time.perf_counter()
     clip = LongClip(pipe, request, experts=experts, predict=predict)
     fps = request.fps or clip.fps  # the published rate: the model's frames are converted to it as they are written
-    retimer = None if fps == clip.fps else Retimer(clip.num_frames, clip.fps, fps)
     style = None if clip.sliding else StyleRegrade.of(request, clip._input_image(), clip.fps)
     prefix = join(output.uri, request.clip_name(clip.seed))
     store = WindowStore(prefix, f"{request.digest()}-{clip.seed}")  # a request without a seed drew its own
@@ -533,47 +353,78 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
         for _ in clip.frames(callback=callback, resume=resumed):
             pass
         return None
+    logo = None  # fetched before any window renders: a refused logo URL costs no render time
+    if request.renditions:
+        from wan_dist.engine.post import post_inputs
+
+        inputs = post_inputs(request, None, getattr(pipe, "fetch_policy", None))
+        logo = None if inputs is None else inputs.logo
     with tempfile.TemporaryDirectory(prefix="wan-dist-long-") as folder:
         path = Path(folder) / "clip.mp4"
-        encode_s = convert_s = 0.0
-        with Mp4Writer(str(path), fps, codec=output.codec, crf=output.crf, preset=output.preset) as writer:
-            if clip.sliding:
-                parts = (frames for _, frames in clip.frames(callback=callback))
-            else:
-                for record, frames in clip.frames(callback=callback, resume=resumed):
-                    store.save(record["index"], frames, clip.tail, record=record, settings=clip.settings.to_dict(),
-                               timings=clip.timings, loras=clip.loras)
-                parts = store.segments(len(clip.windows))
-                if style is not None:  # the colour pass needs every frame's statistics first: a pass over the store
-                    style.measure(store.segments(len(clip.windows)))
-                    parts = (style.regrade(frames) for frames in parts)
+        spent = {"encode_s": 0.0, "fps_conversion_s": 0.0}
+        first_pass: dict = {}  # the first pass's Retimer: its record goes in the sidecar
+        if not clip.sliding:
+            for record, frames in clip.frames(callback=callback, resume=resumed):
+                store.save(record["index"], frames, clip.tail, record=record, settings=clip.settings.to_dict(),
+                           timings=clip.timings, loras=clip.loras)
+            if style is not None:  # the colour pass needs every frame's statistics first: a pass over the store
+                style.measure(store.segments(len(clip.windows)))
+
+        def published(first: bool = True):
+            """The clip's frames as published, part by part: kept windows, graded, converted to ``fps``."""
+            parts = ((frames for _, frames in clip.frames(callback=callback)) if clip.sliding
+                     else store.segments(len(clip.windows)))
+            retime = None if fps == clip.fps else Retimer(clip.num_frames, clip.fps, fps)
+            start = 0
             for frames in parts:
-                if retimer is not None:
+                if style is not None:
+                    frames = style.regrade(frames, start, count=first)
+                start += len(frames)
+                if retime is not None:
                     tick = time.perf_counter()
-                    frames = retimer.push(frames)
-                    convert_s += time.perf_counter() - tick
-                if not len(frames):  # a window whose frames all wait for the next seam
-                    continue
+                    frames = retime.push(frames)
+                    spent["fps_conversion_s"] += time.perf_counter() - tick
+                    if first:
+                        first_pass["retimer"] = retime
+                if len(frames):  # (a window whose frames all wait for the next seam has none)
+                    yield frames
+
+        renditions = None
+        if request.renditions:
+            width, height = clip.settings.width, clip.settings.height
+            renditions = LongRenditions(request, fps=fps, num_frames=retimed_count(clip.num_frames, clip.fps, fps),
+                                        size=(width, height), logo=logo)
+        with Mp4Writer(str(path), fps, codec=output.codec, crf=output.crf, preset=output.preset) as writer:
+            for frames in published():
                 tick = time.perf_counter()
                 writer.write(frames)
-                encode_s += time.perf_counter() - tick
+                spent["encode_s"] += time.perf_counter() - tick
+                if renditions is not None:
+                    renditions.observe(frames)
         settings = {**clip.settings.to_dict(), "num_frames": clip.num_frames, "seed": clip.seed}
-        timings = {**clip.timings, "encode_s": encode_s, "total_s": time.perf_counter() - started}
-        if retimer is not None:
-            timings["fps_conversion_s"] = convert_s
+        timings = {**clip.timings, "encode_s": spent["encode_s"]}
+        if "retimer" in first_pass:
+            timings["fps_conversion_s"] = spent["fps_conversion_s"]
         sidecar = {"request": request.to_dict(), "request_digest": request.digest(), "settings": settings,
                    "model": {k: v for k, v in model.items() if k != "default_fps"},
                    "fps": fps, "render_fps": clip.fps, "timings": timings, "loras": clip.loras, "versions": versions,
                    "created_at": time.time(), "long": clip.sidecar_section()}
-        if retimer is not None:
-            sidecar["fps_conversion"] = retimer.record()
+        if "retimer" in first_pass:
+            sidecar["fps_conversion"] = first_pass["retimer"].record()
         if style is not None:
             sidecar["style_lock"] = style.record()
         try:
+            if renditions is not None:  # a second pass over the kept windows, published before the sidecar
+                tick = time.perf_counter()
+                sidecar["renditions"] = renditions.publish(published(first=False), prefix, output)
+                timings["renditions_s"] = time.perf_counter() - tick
+            timings["total_s"] = time.perf_counter() - started
             uris = publish_clip_file(path, prefix_uri=prefix, sidecar=sidecar)
             store.clear()
         except Exception as error:  # storage failures are results, not crashes: the caller may retry
             return {"status": "failed", "seed": clip.seed, "timings": timings,
                     "error": f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"}
+    entries = sidecar.get("renditions", [])
     return {"status": "completed", "seed": clip.seed, "clip_uri": uris.clip_uri, "sidecar_uri": uris.sidecar_uri,
-            "timings": timings}
+            "timings": timings, "renditions": {entry["profile"]: entry["uri"] for entry in entries},
+            "rendition_guides": {entry["profile"]: entry["guides_uri"] for entry in entries if "guides_uri" in entry}}

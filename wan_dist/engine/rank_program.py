@@ -80,7 +80,7 @@ class RankProgram:
         ``control``: as in :meth:`generate` (a stopped render publishes nothing). A clip beyond one window
         renders window by window and is encoded as it goes (engine/long.py); on a colocated group every rank
         runs the windows with its parallel experts and the result rank keeps and publishes them."""
-        from wan_dist.engine.long import is_windowed, long_layout_problem
+        from wan_dist.engine.long_checks import is_windowed, long_layout_problem
         from wan_dist.engine.render import render_windowed
 
         if is_windowed(request, self.pipe.spec):

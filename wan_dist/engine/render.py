@@ -168,7 +168,7 @@ def render(pipe, request: RenderRequest, output: OutputConfig, *, model_source: 
     Bad input raises ValueError naming the field (before anything is written). A clip longer than one window
     (``request.long``) renders window by window and is encoded as it goes (engine/long.py).
     """
-    from wan_dist.engine.long import is_windowed
+    from wan_dist.engine.long_checks import is_windowed
 
     if is_windowed(request, pipe.spec):
         return render_windowed(pipe, request, output, model_source=model_source, callback=callback)

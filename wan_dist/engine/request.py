@@ -392,7 +392,7 @@ def _check_text(values: dict, problems: list) -> None:
 def _check_long(values: dict, problems: list, spec, frames_field: str, render_fps: int) -> None:
     """A clip beyond one window gets ``long`` (given, or the defaults past MAX_NUM_FRAMES), checked against the
     model's window; the fields a windowed render cannot honour yet are refused by name."""
-    from wan_dist.engine.long import check_long
+    from wan_dist.engine.long_checks import check_long
 
     given_frames = frames_field == "num_frames" and "num_frames" in values
     for problem in check_long(values, spec, frames_field=frames_field, max_frames=MAX_NUM_FRAMES,

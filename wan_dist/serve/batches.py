@@ -128,7 +128,7 @@ def _checked_batch(request: BatchCreate, uri: str, *, variant: str, served: tupl
         raise RequestError(422, f"model: {names} {'is' if len(unserved) == 1 else 'are'} not served here, named by "
                            f"{sum(rows_by_model[m] for m in unserved)} row(s); served: {list(served)}",
                            param="model", code="model_not_found")
-    from wan_dist.engine.long import window_count
+    from wan_dist.engine.long_checks import window_count
     from wan_dist.models.presets import PRESETS
 
     steps = sum(row.settings["num_inference_steps"] * window_count(row.request, PRESETS[row.model])

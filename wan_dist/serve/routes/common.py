@@ -190,7 +190,7 @@ def check_group_takes(settings, render_request, variant: str) -> None:
     """A clip beyond one window renders on a one-rank or colocated group without a data degree
     (``engine.long.long_layout_problem``): a server whose render groups are laid out otherwise refuses it here
     (422 naming ``shots`` or ``long``) instead of failing the job after accepting it."""
-    from wan_dist.engine.long import is_windowed, long_layout_problem
+    from wan_dist.engine.long_checks import is_windowed, long_layout_problem
     from wan_dist.models.presets import PRESETS
 
     problem = long_layout_problem(settings.renderer.group.parallel)
