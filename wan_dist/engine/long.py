@@ -332,11 +332,15 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
     On a render group every rank calls it together with its layout's ``experts`` and ``predict`` and the
     request's seed set: the windows run in lockstep, and only the rank that ``publishes`` stores windows and the
     clip (the others return None). ``barrier()``: waits for every rank, once each has read the stored windows,
-    so all resume after the same window."""
+    so all resume after the same window.
+
+    The published frames are the kept windows, regraded by a style lock and converted to ``fps``, made afresh for
+    each pass over them (engine/long_post.py): the clip's encode (which also tracks the renditions' subject), then
+    the renditions' cut; a style lock's statistics are read in a pass before both."""
     from wan_dist.engine.clips import publish_clip_file
+    from wan_dist.engine.long_post import LongRenditions, StyleRegrade
     from wan_dist.engine.windows import WindowStore
     from wan_dist.storage.objects import join
-    from wan_dist.engine.long_post import LongRenditions, StyleRegrade
     from wan_dist.video.interpolate import Retimer, retimed_count
     from wan_dist.video.mp4 import Mp4Writer
 
