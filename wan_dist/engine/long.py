@@ -305,7 +305,7 @@ class LongClip:
         """The window's text contexts, encoded once per prompt pair for the whole clip."""
         key = (settings.prompts, settings.negative_prompts)
         if key not in self._contexts:
-            self._contexts[key] = self.pipe._contexts(settings, settings.batch_size, None, None)
+            self._contexts[key] = self.pipe.text_contexts(settings)
         return self._contexts[key]
 
     def sidecar_section(self) -> dict:

@@ -110,13 +110,16 @@ class WanPipeline:
     def encode_prompt_uncached(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder.encode(prompts, device=self.device, dtype=self.dtype)
 
-    def _contexts(self, settings: RenderSettings, batch: int, prompt_embeds, negative_prompt_embeds):
-        """The render's text contexts [B, T, text_dim] on the pipeline's device, in its dtype.
+    def text_contexts(self, settings: RenderSettings, batch: int | None = None, prompt_embeds=None,
+                      negative_prompt_embeds=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The render's text contexts [B, T, text_dim] on the pipeline's device, in its dtype (``batch``: the
+        settings' batch size by default); a caller rendering many windows of one prompt encodes them once.
 
         Encoded prompts have text_len rows (true rows, then zeros). Given embeddings keep their rows in the
         diffusers layout, whose pipeline attends what it is given, and are zero padded to text_len in the
         reference layout, whose model pads every prompt so; the DiT attends the rows it gets.
         """
+        batch = settings.batch_size if batch is None else batch
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompt(settings.prompts)
         if negative_prompt_embeds is None:
@@ -289,7 +292,7 @@ class WanPipeline:
         timings_lora = time.perf_counter() - started
         batch = settings.batch_size
         if contexts is None:
-            contexts = self._contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
+            contexts = self.text_contexts(settings, batch, prompt_embeds, negative_prompt_embeds)
         context, negative_context = (c.to(self.device, self.dtype) for c in contexts)
         rows = _rows_of(batch, data_shard)
         timings = {"lora_s": timings_lora, "text_encode_s": time.perf_counter() - started - timings_lora}
