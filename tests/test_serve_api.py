@@ -18,6 +18,7 @@ import pytest
 from serve_fixtures import ServeApp, WebhookReceiver, free_port, read_sse, settle, wait_for
 from step_holds import HOOK
 from wan_dist.config import GroupSpec
+from wan_dist.controls.renditions import parse_renditions
 from wan_dist.serve.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
 from wan_dist.serve.settings import (AuthSettings, JobSettings, LimitSettings, PreviewSettings, RendererSettings,
                                      ServeSettings, WebhookSettings)
@@ -516,7 +517,7 @@ def test_batch_results_link_each_clip_through_the_api_when_the_store_has_no_http
 def test_a_long_clip_and_a_storyboard_render_through_the_api(serve_app, api, holds):
     # issue 17: 21 frames in 9-frame windows (3 windows); a storyboard of two shots joined by a crossfade
     long = create(api, {**FAST, "prompt": "a fox walks a long way", "num_frames": 21,
-                        "long": {"window": 9, "overlap": 1}})
+                        "long": {"window": 9, "overlap": 1}, "renditions": ["instagram_feed"]})
     # the storyboard is held at its second window's first step (2 steps a window): the job says where it is
     first = holds.plan("a fox in the snow, then by a river", FAST["num_inference_steps"] + 1)
     shots = [{"prompt": first, "duration_s": 0.5},
@@ -534,5 +535,11 @@ def test_a_long_clip_and_a_storyboard_render_through_the_api(serve_app, api, hol
         done = wait_status(api, job["id"], "completed", 120)
         assert done["progress"] == 100 and done["window"] is None  # a window is shown while it renders
         assert_clip(api.get(f"/v1/jobs/{job['id']}/content").content, frames=frames)
+        if job is long:  # its rendition, cut window by window, listed and downloaded like a one-window clip's
+            (rendition,) = done["result"]["renditions"]
+            assert rendition["profile"] == "instagram_feed"
+            video, _ = decode_mp4(api.get(rendition["url"]).content)
+            (profile,) = parse_renditions(["instagram_feed"])
+            assert video.shape[1:3] == (profile.height, profile.width)
     assert_error(api.post("/v1/models/tiny/jobs", json={**FAST, "shots": [{**shots[0], "transition": "whip"}]}),
                  422, "shots[0].transition")
