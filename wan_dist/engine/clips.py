@@ -74,16 +74,21 @@ def publish_clip_file(path, *, prefix_uri: str, sidecar: Mapping[str, Any],
     ``{prefix_uri}/clip.mp4``, streamed in chunks, then the sidecar: the order and atomicity of :func:`write_clip`."""
     payload = sidecar_bytes(sidecar)
     uris = ClipURIs(clip_uri=join(prefix_uri, CLIP_NAME), sidecar_uri=join(prefix_uri, SIDECAR_NAME))
+    delete(uris.sidecar_uri, storage_options=storage_options)
+    upload_file(path, uris.clip_uri, storage_options=storage_options, chunk_bytes=chunk_bytes)
+    write_bytes_atomic(uris.sidecar_uri, payload, content_type="application/json", storage_options=storage_options)
+    return uris
 
+
+def upload_file(path, uri: str, *, content_type: str = "video/mp4", storage_options: Mapping[str, Any] | None = None,
+                chunk_bytes: int = 1 << 20) -> None:
+    """The local file ``path`` written atomically to ``uri``, streamed in chunks (never read whole)."""
     def chunks():
         with open(path, "rb") as handle:
             while chunk := handle.read(chunk_bytes):
                 yield chunk
 
-    delete(uris.sidecar_uri, storage_options=storage_options)
-    write_bytes_atomic(uris.clip_uri, chunks(), content_type="video/mp4", storage_options=storage_options)
-    write_bytes_atomic(uris.sidecar_uri, payload, content_type="application/json", storage_options=storage_options)
-    return uris
+    write_bytes_atomic(uri, chunks(), content_type=content_type, storage_options=storage_options)
 
 
 def read_sidecar(prefix_uri: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

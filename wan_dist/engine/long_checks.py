@@ -72,14 +72,9 @@ def check_long(values: dict, spec, *, frames_field: str, max_frames: int, fps: i
         if frames <= max_frames:
             return []
         values["long"] = LongSpec().to_dict()
-    long = LongSpec.from_dict(values["long"])
-    window = window_frames(values["long"], spec)
-    try:
-        long.check_model(window=window, temporal_stride=stride, field="")
-    except ControlError as error:
-        return [("long", f"{error.field.lstrip('.')}: {error.reason}")]
-    if window > max_frames:
-        return [("long", f"window: at most {max_frames} frames, got {window}")]
+    long, window, refused = _windows(values, spec, max_frames)
+    if refused:
+        return refused
     if frames <= window or (frames - 1) % stride:
         return []  # one window (or frames the variant's rules refuse by name)
     problems = [(name, reason) for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
@@ -97,19 +92,27 @@ def check_long(values: dict, spec, *, frames_field: str, max_frames: int, fps: i
     return problems
 
 
-def _check_storyboard(values: dict, spec, *, given_frames: bool, max_frames: int,
-                      fps: int) -> list[tuple[str, str]]:
-    from wan_dist.engine.storyboard import check_shots
-
-    values["long"] = values.get("long") or LongSpec().to_dict()
+def _windows(values: dict, spec, max_frames: int) -> tuple[LongSpec, int, list[tuple[str, str]]]:
+    """(the request's long spec, its window's frames, the problems of that window on the model: none if it fits)."""
     long = LongSpec.from_dict(values["long"])
     window = window_frames(values["long"], spec)
     try:
         long.check_model(window=window, temporal_stride=spec.vae.temporal_stride, field="")
     except ControlError as error:
-        return [("long", f"{error.field.lstrip('.')}: {error.reason}")]
+        return long, window, [("long", f"{error.field.lstrip('.')}: {error.reason}")]
     if window > max_frames:
-        return [("long", f"window: at most {max_frames} frames, got {window}")]
+        return long, window, [("long", f"window: at most {max_frames} frames, got {window}")]
+    return long, window, []
+
+
+def _check_storyboard(values: dict, spec, *, given_frames: bool, max_frames: int,
+                      fps: int) -> list[tuple[str, str]]:
+    from wan_dist.engine.storyboard import check_shots
+
+    values["long"] = values.get("long") or LongSpec().to_dict()
+    long, window, refused = _windows(values, spec, max_frames)
+    if refused:
+        return refused
     problems = [(name, "give each shot its own camera (shots[i].camera)" if name == "camera" else reason)
                 for name, reason in _WINDOWED_REFUSES.items() if values.get(name) is not None]
     if long.method == "sliding":

@@ -10,6 +10,7 @@ clip is encoded, then a second pass cuts and encodes every rendition).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -137,66 +138,50 @@ class LongRenditions:
         from wan_dist.controls.overlays import draw_guides, layout_overlays, render_overlays
         from wan_dist.controls.reframe import crop_frame, crop_path, retime
         from wan_dist.controls.renditions import rendition_record
+        from wan_dist.engine.clips import upload_file
         from wan_dist.engine.post import RENDITIONS_FOLDER
-        from wan_dist.storage import write_bytes_atomic
         from wan_dist.storage.objects import join
         from wan_dist.video.mp4 import Mp4Writer
 
         subject = self.subject()
         draws = self.overlays is not None and (self.overlays.title is not None or self.overlays.logo is not None)
         logo_size = None if self.logo is None else (self.logo.shape[1], self.logo.shape[0])
-        with tempfile.TemporaryDirectory(prefix="wan-dist-renditions-") as folder:
+        with tempfile.TemporaryDirectory(prefix="wan-dist-renditions-") as folder, contextlib.ExitStack() as open_:
             plans = []
             for profile in self.profiles:
                 windows = crop_path(subject, self.size, profile, fps=self.fps)
                 layout = layout_overlays(self.overlays, profile, logo_size=logo_size) if draws else None
                 guides = self.overlays is not None and self.overlays.guides
-                writers = {"clip": Mp4Writer(str(Path(folder) / f"{profile.name}.mp4"), profile.fps,
-                                             codec=output.codec, crf=output.crf, preset=output.preset)}
-                if guides:
-                    writers["guides"] = Mp4Writer(str(Path(folder) / f"{profile.name}.guides.mp4"), profile.fps,
-                                                  codec=output.codec, crf=output.crf, preset=output.preset)
-                plans.append((profile, windows, layout, retime(self.num_frames, self.fps, profile.fps), writers))
-            for _, _, _, _, writers in plans:
-                for writer in writers.values():
-                    writer.__enter__()
-            try:
-                start = 0
-                for frames in parts:
-                    end = start + len(frames)
-                    for profile, windows, layout, picks, writers in plans:
-                        first, last = np.searchsorted(picks, start), np.searchsorted(picks, end)
-                        if first == last:
-                            continue
-                        made = np.stack([crop_frame(frames[index - start], windows[index], profile)
-                                         for index in picks[first:last]])
-                        if layout is not None:
-                            made = render_overlays(made, self.overlays, layout, fps=profile.fps, logo=self.logo,
-                                                   start=int(first), duration=len(picks) / profile.fps)
-                        writers["clip"].write(made)
-                        if "guides" in writers:
-                            writers["guides"].write(draw_guides(made, profile))
-                    start = end
-            finally:
-                for _, _, _, _, writers in plans:
-                    for writer in writers.values():
-                        writer.__exit__(None, None, None)
+                names = {"clip": f"{profile.name}.mp4", **({"guides": f"{profile.name}.guides.mp4"} if guides else {})}
+                writers = {kind: open_.enter_context(Mp4Writer(str(Path(folder) / name), profile.fps,
+                                                              codec=output.codec, crf=output.crf,
+                                                              preset=output.preset))
+                           for kind, name in names.items()}
+                plans.append((profile, windows, layout, retime(self.num_frames, self.fps, profile.fps), names,
+                              writers))
+            start = 0
+            for frames in parts:
+                end = start + len(frames)
+                for profile, windows, layout, picks, _, writers in plans:
+                    first, last = np.searchsorted(picks, start), np.searchsorted(picks, end)
+                    if first == last:
+                        continue
+                    made = np.stack([crop_frame(frames[index - start], windows[index], profile)
+                                     for index in picks[first:last]])
+                    if layout is not None:
+                        made = render_overlays(made, self.overlays, layout, fps=profile.fps, logo=self.logo,
+                                               start=int(first), duration=len(picks) / profile.fps)
+                    writers["clip"].write(made)
+                    if "guides" in writers:
+                        writers["guides"].write(draw_guides(made, profile))
+                start = end
+            open_.close()  # every MP4 finished before it is uploaded
             entries = []
-            for profile, windows, layout, picks, writers in plans:
-                entry = {**rendition_record(profile, len(picks), windows, layout),
-                         "uri": join(prefix, RENDITIONS_FOLDER, f"{profile.name}.mp4")}
-                _upload(Path(folder) / f"{profile.name}.mp4", entry["uri"], write_bytes_atomic)
-                if "guides" in writers:
-                    entry["guides_uri"] = join(prefix, RENDITIONS_FOLDER, f"{profile.name}.guides.mp4")
-                    _upload(Path(folder) / f"{profile.name}.guides.mp4", entry["guides_uri"], write_bytes_atomic)
+            for profile, windows, layout, picks, names, _ in plans:
+                entry = rendition_record(profile, len(picks), windows, layout)
+                for kind, key in (("clip", "uri"), ("guides", "guides_uri")):
+                    if kind in names:
+                        entry[key] = join(prefix, RENDITIONS_FOLDER, names[kind])
+                        upload_file(Path(folder) / names[kind], entry[key])
                 entries.append(entry)
         return entries
-
-
-def _upload(path: Path, uri: str, write_bytes_atomic) -> None:
-    def chunks():
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
-
-    write_bytes_atomic(uri, chunks(), content_type="video/mp4")

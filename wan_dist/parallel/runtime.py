@@ -131,10 +131,7 @@ class ParallelGenerate:
 
     def window_layout(self) -> dict:
         """What every rank denoises a long clip's windows with (engine/long.py): this layout's parallel experts
-        and guided prediction (the data axis splits rows; a long clip is one)."""
-        if self.mesh.axis("data").size > 1:
-            raise ValueError("long: a clip beyond one window is one row; this group's data degree is "
-                             f"{self.mesh.axis('data').size}")
+        and guided prediction (a data degree is refused before: engine.long_checks.long_layout_problem)."""
         return {"experts": self.experts, "predict": cfg_parallel_prediction(self.mesh)}
 
     @staticmethod
