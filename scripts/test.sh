@@ -10,6 +10,13 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TORCH_EXTENSIONS_DIR="$P
 # Ray starts its workers at niceness 15: beside any other busy process on the machine they get a few percent of
 # a core and every Ray test crawls (issue 21). Tests run them at the niceness of everything else.
 export RAY_worker_niceness=0
+# The run writes checkpoints, clips and Ray's logs under /tmp and the checkout: say up front how much room there is,
+# so a "No space left on device" later reads as the machine's, not the code's.
+free_mb=$(df -Pm "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
+echo "scripts/test.sh: ${free_mb} MB free under ${TMPDIR:-/tmp}"
+if [ "${free_mb:-0}" -lt 3000 ]; then
+  echo "scripts/test.sh: warning: under 3 GB free; the suite's Ray and checkpoint tests may fail with ENOSPC" >&2
+fi
 if ! .venv/bin/lint-imports --no-logo; then
   echo "import contracts broken (lint-imports, see pyproject.toml [tool.importlinter]): failing" >&2
   exit 1

@@ -142,6 +142,9 @@ def test_loss_falls_resume_continues_and_the_checkpoint_loads(tmp_path):
     assert (summary["start_step"], summary["step"]) == (24, 30)  # continued, not restarted
     state = _history(out)
     assert [h[1] for h in state["history"][:24]] == losses and len(state["history"]) == 30
+    # checkpoints at steps 4, 8, ..., 24, 28, 30: the newest keep_checkpoints (2) stay, the rest are deleted
+    kept = sorted(p.name for p in (out / "ray" / "experts").iterdir())
+    assert kept == ["checkpoint_local_00000028", "checkpoint_local_00000030"], kept
 
     pipe = load_pipeline(again.model, dtype=torch.float32)
     assert pipe.spec.name == "toy"
@@ -159,9 +162,21 @@ def test_ray_train_resumes_a_local_run_from_its_step(tmp_path, ray_local):
 
     out = tmp_path / "run"
     train(small_config(out, expert_steps=4), local=True)
-    result = train(replace(small_config(out, expert_steps=8), stage="experts"))
-    assert (result.summaries["experts"]["start_step"], result.summaries["experts"]["step"]) == (4, 8)
-    assert len(_history(out)["history"]) == 8 and (out / "experts_loss.png").stat().st_size > 1000
+    result = train(replace(small_config(out, expert_steps=16), stage="experts"))
+    assert (result.summaries["experts"]["start_step"], result.summaries["experts"]["step"]) == (4, 16)
+    assert len(_history(out)["history"]) == 16 and (out / "experts_loss.png").stat().st_size > 1000
+    # Ray Train checkpointed steps 8, 12 and 16 (checkpoint_every=4) and keeps the newest keep_checkpoints (2)
+    from wan_dist.train.loop import STATE_FILE
+
+    ray_kept = sorted(json.loads((p.parent / "meta.json").read_text())["step"]
+                      for p in (out / "ray" / "experts").rglob(STATE_FILE)
+                      if not p.parent.name.startswith("checkpoint_local_"))
+    assert ray_kept == [12, 16], ray_kept
+
+
+def test_keep_checkpoints_is_checked():
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        replace(small_config("/tmp/unused", expert_steps=1), keep_checkpoints=0)
 
 
 # toy-i2v --------------------------------------------------------------------------------------------------
@@ -207,6 +222,9 @@ def test_i2v_loss_falls_resume_continues_and_the_checkpoint_renders_from_an_imag
     assert (summary["start_step"], summary["step"]) == (24, 30)
     state = _history(out)
     assert [h[1] for h in state["history"][:24]] == losses and len(state["history"]) == 30
+    # checkpoints at steps 4, 8, ..., 24, 28, 30: the newest keep_checkpoints (2) stay, the rest are deleted
+    kept = sorted(p.name for p in (out / "ray" / "experts").iterdir())
+    assert kept == ["checkpoint_local_00000028", "checkpoint_local_00000030"], kept
 
     pipe = load_pipeline(again.model, dtype=torch.float32)
     assert (pipe.spec.name, pipe.spec.task) == ("toy-i2v", "i2v")

@@ -26,15 +26,18 @@ class WorkerConfig:
     """The Ray Train workers of a run, shared by ``TrainConfig`` and ``LoraTrainConfig`` (their fields stay at the
     top level, as the YAML and CLI overrides name them): ``num_workers`` workers (DDP), each reserving
     ``cpus_per_worker`` CPUs (and a GPU with ``use_gpu``) and running ``threads_per_worker`` torch threads.
-    Errors name the run's own config class (``TrainConfig.cpus_per_worker``)."""
+    ``keep_checkpoints``: the newest checkpoints a stage keeps on disk (older ones are deleted as new ones land;
+    a resume needs only the newest). Errors name the run's own config class (``TrainConfig.cpus_per_worker``)."""
 
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        _require(self.keep_checkpoints >= 1, name, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _require(self.num_workers >= 1, name, "num_workers", f"must be >= 1, got {self.num_workers}")
         _require(self.threads_per_worker >= 1, name, "threads_per_worker",
                  f"must be >= 1, got {self.threads_per_worker}")

@@ -40,12 +40,12 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 class LocalSession:
-    """One process, no Ray: checkpoints go straight into ``root``."""
+    """One process, no Ray: checkpoints go straight into ``root``, the newest ``keep`` of them stay."""
 
     rank, world_size = 0, 1
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path, keep: int = 2):
+        self.root, self.keep = Path(root), int(keep)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -55,6 +55,9 @@ class LocalSession:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(folder, target)
+        older = sorted(self.root.glob("checkpoint_local_*"))[:-self.keep]  # zero-padded steps sort in order
+        for stale in older:
+            shutil.rmtree(stale)
 
     def report(self, metrics: dict[str, float]) -> None:
         pass

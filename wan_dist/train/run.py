@@ -97,16 +97,17 @@ def run_workers(kind: str, config, payload: dict, *, local: bool, run_local, ray
     resume = latest_checkpoint(root)
     if local:
         root.mkdir(parents=True, exist_ok=True)
-        run_local(LocalSession(root), resume)
+        run_local(LocalSession(root, keep=config.keep_checkpoints), resume)
         return
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         ray_worker, train_loop_config={**payload, "resume": str(resume) if resume else None},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker}),
-        run_config=RunConfig(name=kind, storage_path=str(out / "ray")))
+        run_config=RunConfig(name=kind, storage_path=str(out / "ray"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints)))
     trainer.fit()  # raises TrainingFailedError naming the worker's exception
 
 
