@@ -14,11 +14,13 @@ The driver is one event loop around ``ray.wait``:
 * **resume**: rows whose sidecar is already published (``{output}/{prefix}/{id}/clip.json``; the sidecar
   is written last) are skipped. A stop (SIGTERM from ``ray job stop``) flushes the results and leaves
   every published clip whole: clip and sidecar are each written to a temporary key and published atomically.
-* **shared group** (``shared=``, the HTTP API's batches): one render group that somebody else owns and also
-  feeds (a renderer replica and its interactive jobs). The runner renders only rows of that group's model,
-  one call at a time, each call taken through ``shared.gate`` (the fair policy between batch rows and
-  interactive jobs); it never reloads, rebuilds or shuts the group down itself. A stop lets the call in
-  flight finish and publish.
+* **shared group** (``shared=``, an ``engine.dispatch.SharedGroup``: the HTTP API's batches): one render group
+  that somebody else owns and also feeds (a renderer replica and its interactive jobs). The runner renders only
+  rows of that group's model, one call at a time, each call taken through ``shared.gate`` (the fair policy
+  between batch rows and interactive jobs); it never reloads or shuts the group down, and a broken one is
+  rebuilt by the shared holder (once for both feeders). A stop lets the call in flight finish and publish.
+
+Groups are held, settled, rebuilt and retried with :mod:`wan_dist.engine.dispatch`, as the Serve renderers do.
 * **part of a manifest** (``config.only_models``): only those variants' rows; the others are left, unrecorded, to
   sibling runs over the same manifest and output (the HTTP API's mixed batches: one run per model's renderer).
 """
@@ -28,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import signal
 import threading
 import time
@@ -45,13 +46,13 @@ from wan_dist.batch.results import ResultsWriter, renditions_column, sidecar_ren
 from wan_dist.batch.sizing import group_count
 from wan_dist.config import BatchConfig, OutputConfig
 from wan_dist.engine.clips import SIDECAR_NAME
-from wan_dist.engine.control import StopRender
-from wan_dist.engine.group import GroupConfig, RenderGroup, RenderGroupFailed, RequestFailed
+from wan_dist.engine.dispatch import GroupHolder, RetryPolicy, SharedGroup, settle
+from wan_dist.engine.group import GroupConfig
 from wan_dist.engine.rank_calls import Generate, Render
 from wan_dist.batch.resume import plan_resume, published_rows
 from wan_dist.storage.objects import join, presigned_url
 
-__all__ = ["BatchRunner", "SharedGroup", "run_batch", "published_rows"]
+__all__ = ["BatchRunner", "run_batch", "published_rows"]
 
 log = logging.getLogger("wan_dist.batch")
 
@@ -62,22 +63,6 @@ def _publish(model: dict, request, out, output: OutputConfig):
     if isinstance(out, RenderResult):  # a long clip: its rank published it as it rendered (engine/long.py)
         return out
     return publish(model, request, out, output)
-
-
-@dataclass
-class SharedGroup:
-    """A started render group lent to a runner (see the module doc).
-
-    ``gate``: ``try_acquire() -> bool`` (never blocks) before each call, ``release()`` once its result is in;
-    ``rebuild(generation)``: bring the group back after it failed at ``generation`` (the owner decides how);
-    ``record``: the sidecar's model section (``RenderGroup.model_record``).
-    """
-
-    group: RenderGroup
-    model: str
-    record: dict
-    gate: Any
-    rebuild: Any
 
 
 @dataclass
@@ -97,13 +82,16 @@ class _Task:
 class _Slot:
     index: int
     model: str | None = None
-    group: RenderGroup | None = None
-    record: dict | None = None  # the sidecar's model section
+    holder: GroupHolder | None = None  # its group, with the sidecar's model section
     starting: Future | None = None
     start_failures: int = 0
     calls: list = field(default_factory=list)  # [(GroupCall, _Task, set of pending refs)], in order
     first_submit: float | None = None
     last_done: float | None = None
+
+    @property
+    def group(self):
+        return None if self.holder is None else self.holder.group
 
 
 class BatchRunner:
@@ -119,6 +107,7 @@ class BatchRunner:
         self.on_tick = on_tick  # called with the runner on every turn of the loop (lease renewal, cancel checks)
         # row -> a step control for its render (engine.control), or None; a StopRender it raises stops the run
         self.row_control = row_control
+        self.retries = RetryPolicy(config.max_attempts, config.retry_backoff_s)
         self.output = output
         self.group = config.group  # use_gpus decided for the cluster when the groups start
         self.storage_options = storage_options
@@ -167,7 +156,7 @@ class BatchRunner:
         try:
             if todo and self.shared is not None:
                 shared = self.shared
-                slots.append(_Slot(0, model=shared.model, group=shared.group, record=shared.record))
+                slots.append(_Slot(0, model=shared.model, holder=shared.holder))
                 self._loop(slots)
             elif todo:
                 count, self.group = group_count(cfg, ray.cluster_resources())
@@ -179,8 +168,8 @@ class BatchRunner:
             for slot in slots:
                 if slot.starting is not None:
                     slot.starting.cancel()
-                if slot.group is not None and self.shared is None:
-                    slot.group.shutdown()
+                if slot.holder is not None and self.shared is None:
+                    slot.holder.shutdown()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self.results.close()
             self.progress.maybe_log(force=True)
@@ -258,8 +247,8 @@ class BatchRunner:
             if not queue:  # this model is done: serve another
                 other = self._pick_model(slot, slots)
                 if other is not None and other != slot.model:
-                    slot.group.shutdown()
-                    slot.group = None
+                    slot.holder.shutdown()
+                    slot.holder = None
                     self._start(slot, other)
             return
         while len(slot.calls) < self.config.queue_depth and self._ready(queue):
@@ -290,19 +279,14 @@ class BatchRunner:
 
     def _start(self, slot: _Slot, model: str) -> None:
         cfg = self.config
-        group = RenderGroup(GroupConfig.from_spec(self.group, source=cfg.sources.get(model, model), layout=cfg.layout))
-        slot.model, slot.group = model, None
-
-        def start():
-            group.start(ready_timeout_s=cfg.group_ready_timeout_s)
-            return group, group.model_record(cfg.sources.get(model, model))
-
-        slot.starting = self._pool.submit(start)
+        config = GroupConfig.from_spec(self.group, source=cfg.sources.get(model, model), layout=cfg.layout)
+        slot.model, slot.holder = model, None
+        slot.starting = self._pool.submit(GroupHolder.start, config, ready_timeout_s=cfg.group_ready_timeout_s)
 
     def _started(self, slot: _Slot) -> None:
         future, slot.starting = slot.starting, None
         try:
-            slot.group, slot.record = future.result()
+            slot.holder = future.result()
             slot.start_failures = 0
             log.info("group %d: %s loaded (generation %d)", slot.index, slot.model, slot.group.generation)
         except Exception as error:  # noqa: BLE001 - a group that cannot start is reported, not fatal
@@ -325,7 +309,7 @@ class BatchRunner:
         self.progress.rendering_started()
         control = self.row_control(task.row) if self.row_control else None
         if task.row.request.long is not None:  # a long clip is encoded on its rank as it renders: never whole
-            source = (slot.record or {}).get("source")
+            source = slot.holder.record.get("source")
             call = slot.group.submit(Render(task.row.request, self._row_output(task.row), source, control))
         else:
             call = slot.group.submit(Generate(task.row.request, control))
@@ -347,26 +331,21 @@ class BatchRunner:
             pending.clear()  # the group decides what the error means
         if pending:
             return
-        try:
-            task.out_ref = slot.group.wait(call, fetch=False)
-        except RequestFailed as error:
-            slot.calls.pop(index)
-            self._release_gate()
-            if isinstance(error.cause, StopRender):  # the row's control stopped the run (a cancel): left undone
-                self.stop_requested.set()
-                return
-            self._retry(task, str(error), permanent=error.permanent)
-            return
-        except RenderGroupFailed as error:
-            self._release_gate()
-            self._group_failed(slot, str(error))
+        settled = settle(slot.group, call, fetch=False)
+        self._release_gate()
+        if settled.broken is not None:
+            self._group_failed(slot, settled.broken)
             return
         slot.calls.pop(index)
-        self._release_gate()
-        slot.last_done = time.monotonic()
-        task.attempts += 1
-        task.record = slot.record
-        self._to_publish.append(task)
+        if settled.stopped is not None:  # the row's control stopped the run (a cancel): left undone
+            self.stop_requested.set()
+        elif settled.error is not None:
+            self._retry(task, settled.error, permanent=settled.permanent)
+        else:
+            slot.last_done = time.monotonic()
+            task.attempts += 1
+            task.out_ref, task.record = settled.value, slot.holder.record
+            self._to_publish.append(task)
 
     def _release_gate(self) -> None:
         if self.shared is not None:
@@ -387,27 +366,19 @@ class BatchRunner:
             task.error = reason
             queue.appendleft(task)
         slot.calls = []
-        group, slot.group = slot.group, None
-        if self.shared is not None:  # the owner rebuilds its group; the runner waits for it
-            generation, shared = group.generation, self.shared
-            slot.starting = self._pool.submit(lambda: (shared.rebuild(generation), shared.record))
-            return
-        slot.starting = self._pool.submit(lambda: (group.rebuild(), group.model_record(
-            self.config.sources.get(slot.model, slot.model))))
+        holder, slot.holder = slot.holder, None  # a shared holder is rebuilt once for its owner and this runner
+        slot.starting = self._pool.submit(holder.rebuild, holder.generation)
 
     def _retry(self, task: _Task, error: str, *, permanent: bool = False) -> None:
         task.attempts += 1
         task.error = error
-        if permanent or task.attempts >= self.config.max_attempts:
+        delay = self.retries.delay(task.attempts, permanent=permanent)
+        if delay is None:
             self._fail(task, error)
             return
-        task.not_before = time.monotonic() + self._backoff(task.attempts)
+        task.not_before = time.monotonic() + delay
         log.warning("row %s: attempt %d failed (%s); retrying", task.row.id, task.attempts, error.splitlines()[0])
         self._queues[task.row.model].appendleft(task)
-
-    def _backoff(self, attempt: int) -> float:
-        base = self.config.retry_backoff_s * 2 ** (attempt - 1)
-        return base * random.uniform(0.5, 1.5)  # jitter: retries of many rows do not march in step
 
     # -- publishing ---------------------------------------------------------------------------
     def _start_publishes(self) -> None:
@@ -441,11 +412,12 @@ class BatchRunner:
             self._complete(task, result)
             return
         task.publish_attempts += 1
-        if task.publish_attempts >= self.config.max_attempts:
+        delay = self.retries.delay(task.publish_attempts)
+        if delay is None:
             self._fail(task, error_text or "publishing failed")
             return
         log.warning("row %s: publishing failed (%s); retrying", task.row.id, (error_text or "").splitlines()[0])
-        task.not_before = time.monotonic() + self._backoff(task.publish_attempts)
+        task.not_before = time.monotonic() + delay
         self._to_publish.append(task)
 
     def _row_output(self, row: ManifestRow) -> OutputConfig:

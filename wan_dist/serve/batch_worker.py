@@ -47,7 +47,7 @@ class BatchWorker:
         self.store = store
         self.variant = variant
         self.settings = settings
-        self.shared_group = shared_group  # () -> wan_dist.batch.SharedGroup (the group, once loaded)
+        self.shared_group = shared_group  # () -> engine.dispatch.SharedGroup (the group, once loaded)
         self.worker_id = worker_id
         self.poll_s = poll_s
         self.report_every_s = report_every_s

@@ -55,9 +55,7 @@ class RendererCore:
 
         self.settings = settings
         self.model = model
-        self.source = settings.sources.get(model, model)
-        self.group = None
-        self.record: dict | None = None
+        self.holder = None  # engine.dispatch.GroupHolder, once loaded
         self.store = open_store(settings.store)
         self.gate = FairGate(settings.batches.interactive_per_row)
         # on_change: the job loop's lease sweep may end a part of a mixed batch (worker_lost): settle its batch
@@ -66,24 +64,22 @@ class RendererCore:
                                 on_change=lambda job: settle_part(self.store, job))
         self.batches = BatchWorker(self.store, model, settings=settings, shared_group=self.shared_group,
                                    worker_id=self.worker.worker_id + "-batch")
-        self._rebuild_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     @property
     def ready(self) -> bool:
-        return self.group is not None and bool(self._threads) and all(t.is_alive() for t in self._threads)
+        return self.holder is not None and bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def load(self) -> None:
-        from wan_dist.engine.group import RenderGroup
+        from wan_dist.engine.dispatch import GroupHolder
 
-        self.group = RenderGroup(group_config(self.settings, self.model)).start()
-        self.record = self.group.model_record(self.source)
+        self.holder = GroupHolder.start(group_config(self.settings, self.model))
         log.info("renderer %s: %s loaded on a group of %d rank(s)", self.worker.worker_id, self.model,
-                 self.group.config.world_size)
+                 self.holder.group.config.world_size)
 
     def start(self) -> "RendererCore":
-        if self.group is None:
+        if self.holder is None:
             self.load()
         for name, target in (("jobs", self.worker.run), ("batches", self.batches.run)):
             thread = threading.Thread(target=target, args=(self._stop,), name=f"renderer-{self.model}-{name}",
@@ -105,56 +101,42 @@ class RendererCore:
                 log.exception("renderer %s: handing %s back failed", self.worker.worker_id, current)
         for thread in self._threads:
             thread.join(timeout_s)
-        if self.group is not None:
-            self.group.shutdown()
+        if self.holder is not None:
+            self.holder.shutdown()
         self.store.close()
 
-    # -- the group, shared ---------------------------------------------------------------------
-    def rebuild(self, generation: int):
-        """Rebuild the group after it failed at ``generation`` (once, whoever asks first); returns it."""
-        with self._rebuild_lock:
-            if self.group.generation == generation or not self.group.workers:
-                log.warning("renderer %s: rebuilding its render group", self.worker.worker_id)
-                self.group.rebuild()
-                self.record = self.group.model_record(self.source)
-            return self.group
-
     def shared_group(self):
-        from wan_dist.batch import SharedGroup
+        from wan_dist.engine.dispatch import SharedGroup
 
-        return SharedGroup(group=self.group, model=self.model, record=self.record, gate=self.gate,
-                           rebuild=self.rebuild)
+        return SharedGroup(holder=self.holder, model=self.model, gate=self.gate)
 
     # -- one interactive job -------------------------------------------------------------------
     def render(self, job: Job):
         """Render and publish ``job`` on the group (the JobWorker holds the gate); see the module doc."""
-        from wan_dist.engine.control import StopRender
+        from wan_dist.engine.dispatch import render_once
         from wan_dist.engine.group import RenderGroupFailed, RequestFailed
-        from wan_dist.engine.rank_calls import Render
 
         request = dataclasses.replace(render_request(job.request), name=job.id)
         s = self.settings
         control = StoreStepControl(job.id, s.store, self.worker.worker_id, self.worker.lease_s,
                                    self.worker.progress_every_s, output=s.output, preview_every_s=s.previews.every_s,
                                    preview_max_side=s.previews.max_side)
-        group = self.group
         try:
-            call = group.submit(Render(request, OutputConfig(uri=s.output), self.source, control))
-            return group.wait(call)
-        except RequestFailed as error:
-            if isinstance(error.cause, StopRender):
-                if error.cause.reason == "lease_lost":
-                    raise LeaseLost(str(error.cause), job.id) from None
-                raise JobCancelled(job.id) from None
-            if error.permanent:
-                raise ValueError(str(error.cause)) from None
-            raise
-        except RenderGroupFailed:
-            self.rebuild(group.generation)
-            raise
+            settled = render_once(self.holder, request, OutputConfig(uri=s.output), control)
         finally:
             if s.previews.every_s > 0:
                 _discard_preview(s.output, job.id)
+        if settled.stopped is not None:
+            if settled.stopped.reason == "lease_lost":
+                raise LeaseLost(str(settled.stopped), job.id)
+            raise JobCancelled(job.id)
+        if settled.broken is not None:  # rebuilt by now: the JobWorker retries the job on the new group
+            raise RenderGroupFailed(settled.broken)
+        if settled.permanent:  # bad input the validation could not see (an image that does not load)
+            raise ValueError(str(settled.cause))
+        if settled.error is not None:  # retried by the JobWorker up to max_attempts
+            raise RequestFailed(settled.error, cause=settled.cause)
+        return settled.value
 
 
 def _discard_preview(output: str, job_id: str) -> None:
