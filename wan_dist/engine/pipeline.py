@@ -23,10 +23,10 @@ from wan_dist.sampling.schedules import diffusers_schedule, reference_schedule
 from wan_dist.sampling.sdedit import noise_to, start_step, tail_schedule
 from wan_dist.sampling.solvers import make_solver
 from wan_dist.engine.camera import CameraPlan, camera_prompt, plan_camera
-from wan_dist.controls.style import StyleLock, lock_weight, pull_statistics
 from wan_dist.engine.images import i2v_image_latents, image_size, prepare_image
 from wan_dist.engine.loras import LoraAdapters, lora_specs
 from wan_dist.engine.settings import RenderSettings, resolve_settings
+from wan_dist.engine.style_pull import StylePull, style_guide, style_pull
 
 __all__ = ["WanPipeline", "WanOutput", "PreparedRender", "load_local_pipeline"]
 
@@ -323,7 +323,7 @@ class WanPipeline:
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
                               latents=conditioning.after_step(latents), conditioning=conditioning,
                               schedule=schedule, steps=steps, timings=timings, started=started, camera=plan,
-                              loras=lora_records, style=_style_pull(style_lock, conditioning))
+                              loras=lora_records, style=style_pull(style_lock, conditioning))
 
     def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, noise: torch.Tensor, schedule,
                           rows: slice, *, encode: bool = True):
@@ -374,7 +374,7 @@ class WanPipeline:
                           negative_context=prepared.negative_context if prepared.settings.use_cfg else None,
                           conditioning=prepared.conditioning, model_dtype=self.dtype, on_step=on_step,
                           predict=predict or self.default_predict(), cache=cache,
-                          guide=_style_guide(prepared, solver))
+                          guide=style_guide(prepared, solver))
         prepared.timings["denoise_s"] = prepared.timings.get("denoise_s", 0.0) + time.perf_counter() - tick
         if cache is not None and hasattr(cache, "stats"):
             prepared.add_cache_stats(cache.stats())
@@ -482,7 +482,7 @@ class PreparedRender:
     started: float
     camera: CameraPlan | None = None  # the request's camera path, sampled (engine/camera.py)
     loras: list[dict] = field(default_factory=list)
-    style: "StylePull | None" = None  # the style lock's sampling-time pull (image-conditioned renders)
+    style: StylePull | None = None  # the style lock's sampling-time pull (image-conditioned renders)
     step_cache: dict | None = None  # the step cache's counts over the steps denoised so far
 
     def add_cache_stats(self, stats: dict) -> None:
@@ -501,51 +501,6 @@ class PreparedRender:
 
     def make_solver(self):
         return make_solver(self.settings.solver, self.schedule)
-
-
-@dataclass(frozen=True)
-class StylePull:
-    """A style lock's pull: every step's clean estimate moves toward ``reference``'s per-channel statistics
-    (the input image's latent, [B or 1, C, 1, h, w]) by ``controls.style.lock_weight(strength, step / steps)``."""
-
-    reference: torch.Tensor
-    strength: float
-
-
-def _style_pull(style_lock, conditioning) -> StylePull | None:
-    """The pull a request's ``style_lock`` asks for, from the image latent its conditioning holds (None without
-    a lock, with ``latent`` off, or when no image conditions the render)."""
-    if style_lock is None:
-        return None
-    lock = StyleLock.from_dict(style_lock)
-    if not lock.latent or lock.strength == 0:
-        return None
-    if isinstance(conditioning, ImageToVideo):  # y = [mask (4), image video latents]: the image's frame
-        reference = conditioning.condition[:, 4:, :1]
-    elif isinstance(conditioning, FirstFrameToVideo) and conditioning.image_latents is not None:
-        reference = conditioning.image_latents
-    else:
-        return None
-    return StylePull(reference=reference.float(), strength=lock.strength)
-
-
-def _style_guide(prepared: "PreparedRender", solver):
-    """The denoise loop's ``guide`` for ``prepared.style``: the velocity whose clean estimate
-    ``x0 = x - sigma v`` is the pulled one (so the solver's history holds the pulled x0 too)."""
-    pull = prepared.style
-    if pull is None:
-        return None
-    steps = len(prepared.steps)
-
-    def guide(plan, latents, velocity):
-        fraction = plan.index / steps
-        sigma = solver.sigma(plan.index)
-        if lock_weight(pull.strength, fraction) == 0.0 or sigma <= 0.0:
-            return velocity
-        x0 = solver.denoised(plan.index, velocity.float(), latents)
-        return (latents - pull_statistics(x0, pull.reference, pull.strength, fraction)) / sigma
-
-    return guide
 
 
 def _rows_of(batch: int, data_shard: tuple[int, int] | None) -> slice:
