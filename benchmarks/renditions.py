@@ -11,7 +11,8 @@ Hydra-sweepable, conf/bench_renditions.yaml).
    (controls.reframe.reframe: subject estimated from motion, else saliency); reported per profile: the share of
    frames whose true box lies inside the crop's action-safe area (controls.reframe.containment), over all clips;
    the share of frames where any crop of the reframer's size could hold it there (``feasible_frames``), and the
-   share of those it did hold (``held_of_feasible``).
+   share of those it did hold (``held_of_feasible``), and the seconds the subject estimate took per clip
+   (``estimate_s_per_clip``: one track serves every profile, as in the post pass).
 2. Layout: for every profile and every title position and logo anchor (controls.overlays), the title's and the
    logo's pixel boxes are checked against the profile's title-safe area and interface regions.
 One row per profile goes to ``save_to`` (benchmarks/csv_rows.py).
@@ -19,6 +20,7 @@ One row per profile goes to ``save_to`` (benchmarks/csv_rows.py).
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,7 +104,7 @@ def _opposite(position: str) -> str:
 
 def _run(cfg: DictConfig) -> list[dict]:
     from wan_dist.controls.platforms import PROFILES
-    from wan_dist.controls.reframe import containment, reframe
+    from wan_dist.controls.reframe import containment, reframe, subject_track
     from wan_dist.world import render_clip, sample_scene
 
     layouts = _layout_rows(PROFILES)
@@ -110,7 +112,7 @@ def _run(cfg: DictConfig) -> list[dict]:
     for kind in cfg.scenes:
         inside = {name: [] for name in PROFILES}
         feasible = {name: [] for name in PROFILES}  # frames some crop could hold, and of those the ones held
-        used = 0
+        used, estimate_s = 0, []
         for index in range(cfg.clips):
             if kind == "moving_subject":  # the case: one object crossing a still camera's view
                 scene = sample_scene(cfg.seed + index, split="all", camera="static", motion=MOVING)
@@ -124,8 +126,11 @@ def _run(cfg: DictConfig) -> list[dict]:
                 continue
             used += 1
             frames = render_clip(scene, height=cfg.height, width=cfg.width, num_frames=cfg.frames)
+            started = time.perf_counter()
+            subject = subject_track(frames)
+            estimate_s.append(time.perf_counter() - started)
             for name, profile in PROFILES.items():
-                _, windows = reframe(frames, profile, fps=cfg.fps)
+                _, windows = reframe(frames, profile, fps=cfg.fps, subject=subject)
                 inside[name].append(containment(truth, windows, profile) * cfg.frames)
                 possible = _feasible(truth, (cfg.width, cfg.height), profile)
                 held = [containment(truth[i:i + 1], windows[i:i + 1], profile) for i in np.flatnonzero(possible)]
@@ -136,7 +141,8 @@ def _run(cfg: DictConfig) -> list[dict]:
                   "feasible_frames": round(sum(n for n, _ in feasible[name]) / (used * cfg.frames), 4),
                   "held_of_feasible": round(sum(h for _, h in feasible[name])
                                             / max(1, sum(n for n, _ in feasible[name])), 4),
-                  "overlay_boxes": layouts[name][0], "overlay_boxes_ok": layouts[name][1]} for name in PROFILES]
+                  "overlay_boxes": layouts[name][0], "overlay_boxes_ok": layouts[name][1],
+                  "estimate_s_per_clip": round(float(np.mean(estimate_s)), 3)} for name in PROFILES]
     return rows
 
 

@@ -1,9 +1,11 @@
 """Reframing a clip to a platform profile: a smoothed crop path that keeps the subject in the action-safe area.
 
 1. The subject, one box per frame in source pixels (x0, y0, x1, y1): from the user's box (fractions of the frame;
-   one box for the whole clip, or one per keyframe spread evenly and interpolated), else estimated: what differs
-   from the clip's background (its temporal median, refined without the first estimate's boxes; the background when
-   the camera holds still) where something moved, else the frame's spectral-residual saliency (:func:`wan_dist.controls.layers.saliency_map`).
+   one box for the whole clip, or one per keyframe spread evenly and interpolated), else estimated: what moves on
+   its own (dense optical flow, OpenCV's DIS, less the camera's move: an affine motion fitted to the flow with
+   RANSAC, so pans, tilts, zooms and shake cancel), else the frame's spectral-residual saliency
+   (:func:`wan_dist.controls.layers.saliency_map`). Motion, not a background model: a slow subject is never part of
+   a background estimate (a temporal median keeps the half of it that stays put, and then tracks its ghost).
 2. The crop: the largest window of the profile's aspect inside the source. Per frame, the subject box is inside the
    window's action-safe area for window positions in an interval (a corridor); the path follows the subject's
    centre, then is smoothed (Gaussian over time) and put back into the corridors, repeatedly, so it moves slowly
@@ -29,10 +31,15 @@ __all__ = ["subject_keyframes", "MAX_SUBJECT_KEYFRAMES", "subject_track", "user_
 
 DEFAULT_SMOOTHING_S = 0.5  # Gaussian sigma of the crop path, seconds: slow, deliberate reframing
 _SMOOTHING_PASSES = 40
-_MOTION_THRESHOLD = 16.0  # grey levels; below it a pixel counts as background
 _SUBJECT_MARGIN = 0.04  # share of the frame's short side added around an estimated subject
 _TRACK_SIZE = 180  # short side (pixels) at which the subject is estimated
-_GROW_SHARE = 0.25  # how far (share of the short side, at least) a moving part may grow over its own colour
+_FLOW_GAP = 2  # frames between a frame and the two it is compared with (before and after)
+_MOTION_THRESHOLD = 0.7  # pixels (working size) a pixel moves beyond the camera's move to count as moving
+_CAMERA_GRID = 6  # pixels between the flow samples the camera's move is fitted to
+_SIZE_WINDOW = 7  # frames over which an estimated box's width and height are median-filtered
+_FLOW_PATCH = 8  # DIS patch side (pixels; its stride half that)
+_STILL_CAMERA = 0.5  # pixels (working size) the camera may move between compared frames and count as still
+_DIFFERENCE_THRESHOLD = 16.0  # grey levels from the background that make a pixel part of the subject
 
 
 MAX_SUBJECT_KEYFRAMES = 64
@@ -78,10 +85,13 @@ def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     """The subject's box per frame [F, 4] (x0, y0, x1, y1 in source pixels) of ``frames`` [F, H, W, 3] uint8:
     from ``box`` (fractions; see the module docstring), else estimated from motion, else from saliency.
 
-    Estimated at a working size of :data:`_TRACK_SIZE` pixels on the short side. The background is the temporal
-    median, then again the median of each pixel over only the frames where it lies outside the first pass's boxes:
-    a subject that moves less than its own size in half the clip is part of the plain median (its trailing part
-    would read as background), not of the second."""
+    Estimated at a working size of :data:`_TRACK_SIZE` pixels on the short side: in each frame, the largest region
+    that moves beyond the camera's move (:func:`own_motion`) by more than :data:`_MOTION_THRESHOLD` pixels both
+    to the frame :data:`_FLOW_GAP` before and to the one as far after (one of them at the clip's ends), else the
+    frame's salient region; with a still camera, tightened to what differs from a background made without those
+    boxes (:func:`_refined`);
+    width and height median-filtered over time (:func:`_steady_size`); frames with no box take theirs from the
+    nearest frames that found one."""
     num_frames, height, width = frames.shape[:3]
     if box is not None:
         return user_track(box, num_frames, width, height)
@@ -89,11 +99,17 @@ def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     small = frames if scale == 1.0 else np.stack([
         cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
         for frame in frames])
-    background = np.median(small, axis=0)
-    track = _track_against(small, background)
-    if not np.isnan(track[:, 0]).all():
-        background = _background_outside(small, track, fallback=background)
-        track = _track_against(small, background)
+    motion, camera = own_motion(small)
+    track = np.full((num_frames, 4), np.nan)
+    for index, frame in enumerate(small):
+        found = _estimated_box(motion[index], _MOTION_THRESHOLD)
+        if found is None:
+            found = _estimated_box(saliency_map(frame), 0.5)
+        if found is not None:
+            track[index] = found
+    if camera.max(initial=0.0) < _STILL_CAMERA:  # a background exists only where the camera holds still
+        track = _refined(small, track)
+    track = _steady_size(track)
     small_height, small_width = small.shape[1:3]
     margin = _SUBJECT_MARGIN * min(small_width, small_height)
     track = track + np.array([-margin, -margin, margin, margin])
@@ -107,70 +123,102 @@ def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     return np.clip(track / scale, 0, [width, height, width, height])
 
 
-def _track_against(frames: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """The box [F, 4] of what differs from ``background`` in each frame (else the frame's salient region; NaN
-    where neither finds anything), without margin."""
-    track = np.full((len(frames), 4), np.nan)
-    reference = np.median(background.reshape(-1, background.shape[-1]), axis=0) + 1.0
-    for index, frame in enumerate(frames):
-        # the frame's overall exposure matched first: a clip that brightens or dims did not move everywhere
-        gain = (np.median(frame.reshape(-1, frame.shape[-1]), axis=0) + 1.0) / reference
-        moved = np.abs(frame.astype(np.float32) - background * gain).max(axis=-1)
-        found = _estimated_box(moved, _MOTION_THRESHOLD)
-        if found is not None:
-            found = _grown_by_colour(frame, moved > _MOTION_THRESHOLD, found)
-        else:
-            found = _estimated_box(saliency_map(frame), 0.5)
-        if found is not None:
-            track[index] = found
-    return track
-
-
-def _grown_by_colour(frame: np.ndarray, moved: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """``box`` (what moved) grown over the pixels of the moving part's colour connected to it, within the box
-    grown by its own size (at least :data:`_GROW_SHARE` of the short side): the part of a slow subject that
-    overlaps where it was is not seen moving, but it has the colour of the part that is. A region that reaches
-    that window's edge is the background's colour, and the box stays as it was."""
-    height, width = frame.shape[:2]
-    x0, y0, x1, y1 = box.astype(int)
-    seed = moved[y0:y1, x0:x1]
-    if not seed.any():
-        return box
-    colour = np.median(frame[y0:y1, x0:x1][seed].astype(np.float32), axis=0)
-    grow = max(x1 - x0, y1 - y0, round(_GROW_SHARE * min(width, height)))
-    wx0, wy0, wx1, wy1 = max(0, x0 - grow), max(0, y0 - grow), min(width, x1 + grow), min(height, y1 + grow)
-    window = frame[wy0:wy1, wx0:wx1].astype(np.float32)
-    similar = (np.abs(window - colour).max(axis=-1) < _MOTION_THRESHOLD) | moved[wy0:wy1, wx0:wx1]
-    count, labels = cv2.connectedComponents(similar.astype(np.uint8))
-    touching = np.unique(labels[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0][seed])
-    keep = np.isin(labels, touching[touching > 0])
-    # a region that reaches the window's edge inside the frame is the background's colour leaking: not grown
-    leaks = ((wx0 > 0 and keep[:, 0].any()) or (wy0 > 0 and keep[0].any()) or (wx1 < width and keep[:, -1].any())
-             or (wy1 < height and keep[-1].any()))
-    ys, xs = np.nonzero(keep)
-    if leaks or len(xs) == 0:
-        return box
-    grown = np.array([xs.min() + wx0, ys.min() + wy0, xs.max() + 1 + wx0, ys.max() + 1 + wy0], np.float64)
-    return np.concatenate([np.minimum(box[:2], grown[:2]), np.maximum(box[2:], grown[2:])])
-
-
-def _background_outside(frames: np.ndarray, track: np.ndarray, *, fallback: np.ndarray) -> np.ndarray:
-    """Each pixel's median over the frames where it lies outside that frame's box (grown by half its size);
-    ``fallback`` where every frame's box covers it."""
+def _refined(frames: np.ndarray, track: np.ndarray) -> np.ndarray:
+    """Each motion box [F, 4] tightened to what differs from the background there. A flow's box is a little too
+    large (DIS's patches straddle the subject's edge) but never misses where the subject is not, so the background
+    of a pixel is its median over the frames whose box, grown by a quarter, leaves it uncovered: no slow subject's
+    ghost in it. A box stays as it was where that difference finds nothing near it, or where every frame covers
+    one of its pixels."""
     num_frames, height, width = frames.shape[:3]
     covered = np.zeros((num_frames, height, width), bool)
+    grown = []
     for index, box in enumerate(track):
         if np.isnan(box[0]):
+            grown.append(None)
             continue
-        grow_x, grow_y = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
-        x0, y0 = int(max(0, box[0] - grow_x)), int(max(0, box[1] - grow_y))
-        x1, y1 = int(min(width, np.ceil(box[2] + grow_x))), int(min(height, np.ceil(box[3] + grow_y)))
+        gx, gy = (box[2] - box[0]) / 4, (box[3] - box[1]) / 4
+        x0, y0 = int(max(0, box[0] - gx)), int(max(0, box[1] - gy))
+        x1, y1 = int(min(width, np.ceil(box[2] + gx))), int(min(height, np.ceil(box[3] + gy)))
         covered[index, y0:y1, x0:x1] = True
+        grown.append((x0, y0, x1, y1))
     values = np.where(covered[..., None], np.nan, frames.astype(np.float32))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel: the fallback takes it
+        warnings.simplefilter("ignore", RuntimeWarning)
         background = np.nanmedian(values, axis=0)
-    return np.where(np.isnan(background), fallback, background)
+    out = track.copy()
+    for index, window in enumerate(grown):
+        if window is None:
+            continue
+        x0, y0, x1, y1 = window
+        part = background[y0:y1, x0:x1]
+        if np.isnan(part).any():
+            continue
+        differs = np.abs(frames[index, y0:y1, x0:x1].astype(np.float32) - part).max(axis=-1)
+        found = _estimated_box(differs, _DIFFERENCE_THRESHOLD)
+        if found is not None:
+            out[index] = found + np.array([x0, y0, x0, y0], np.float64)
+    return out
+
+
+def _steady_size(track: np.ndarray) -> np.ndarray:
+    """``track`` [F, 4] (NaN rows: not found) with each box's width and height replaced by their median over the
+    :data:`_SIZE_WINDOW` frames around it (found ones), about the box's own centre: a subject's size changes
+    slowly, the flow's errors (a halo at the frame's edge, a frame where part of the subject holds still) do not."""
+    found = np.flatnonzero(~np.isnan(track[:, 0]))
+    if len(found) < 3:
+        return track
+    centre = (track[:, :2] + track[:, 2:]) / 2
+    size = track[:, 2:] - track[:, :2]
+    steady = size.copy()
+    half = _SIZE_WINDOW // 2
+    for index in found:
+        near = found[np.abs(found - index) <= half]
+        steady[index] = np.median(size[near], axis=0)
+    return np.concatenate([centre - steady / 2, centre + steady / 2], axis=1)
+
+
+def own_motion(frames: np.ndarray, gap: int = _FLOW_GAP) -> tuple[np.ndarray, np.ndarray]:
+    """How far each pixel of each frame moves on its own [F, H, W] (pixels): the optical flow (DIS, on grey) to
+    the frame ``gap`` before and to the one ``gap`` after, each less the camera's move (:func:`camera_flow`), the
+    smaller of the two lengths (the one that exists at the clip's ends). Both must agree: what a flow towards one
+    neighbour gets wrong (the background a subject uncovers) the other gets right. Zero for a one-frame clip.
+    Also the camera's move per frame [F]: the largest mean length of its flow to either neighbour (pixels)."""
+    num_frames = len(frames)
+    grey = [cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY) for frame in frames]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setPatchSize(_FLOW_PATCH)
+    dis.setPatchStride(max(1, _FLOW_PATCH // 2))
+    motion = np.zeros(np.shape(frames)[:3], np.float32)
+    camera = np.zeros(num_frames)
+    for index in range(num_frames):
+        lengths = []
+        for other in (index - gap, index + gap):
+            if 0 <= other < num_frames:
+                flow = dis.calc(grey[index], grey[other], None)
+                moved = camera_flow(flow)
+                lengths.append(np.linalg.norm(flow - moved, axis=-1))
+                camera[index] = max(camera[index], float(np.linalg.norm(moved, axis=-1).mean()))
+        if lengths:
+            motion[index] = np.minimum.reduce(lengths)
+    return motion, camera
+
+
+def camera_flow(flow: np.ndarray) -> np.ndarray:
+    """The camera's part of ``flow`` [H, W, 2]: the affine motion (pan, tilt, zoom, roll, shake) that most of the
+    frame follows, fitted with RANSAC to the flow sampled every :data:`_CAMERA_GRID` pixels, at every pixel; the
+    median flow when no affine fits."""
+    height, width = flow.shape[:2]
+    ys, xs = np.mgrid[_CAMERA_GRID // 2:height:_CAMERA_GRID, _CAMERA_GRID // 2:width:_CAMERA_GRID]
+    source = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+    fitted = None
+    if len(source) >= 3:
+        fitted, _ = cv2.estimateAffine2D(source, source + flow[ys.ravel(), xs.ravel()], ransacReprojThreshold=0.5,
+                                         maxIters=500, refineIters=10)
+    if fitted is None:
+        return np.broadcast_to(np.median(flow.reshape(-1, 2), axis=0), flow.shape)
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+    return np.stack([fitted[0, 0] * grid_x + fitted[0, 1] * grid_y + fitted[0, 2] - grid_x,
+                     fitted[1, 0] * grid_x + fitted[1, 1] * grid_y + fitted[1, 2] - grid_y], axis=-1)
 
 
 def crop_window(source_width: int, source_height: int, profile: PlatformProfile) -> tuple[float, float]:
@@ -264,8 +312,11 @@ def crop_frame(frame: np.ndarray, window: np.ndarray, profile: PlatformProfile) 
 
 
 def reframe(frames: np.ndarray, profile: PlatformProfile, *, fps: float, subject_box=None,
-            smoothing_s: float = DEFAULT_SMOOTHING_S) -> tuple[np.ndarray, np.ndarray]:
-    """``frames`` [F, H, W, 3] uint8 at ``fps`` reframed to ``profile``: (rendition frames, crop windows [F, 4])."""
-    subject = subject_track(frames, subject_box)
+            smoothing_s: float = DEFAULT_SMOOTHING_S, subject: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` [F, H, W, 3] uint8 at ``fps`` reframed to ``profile``: (rendition frames, crop windows [F, 4]).
+    ``subject``: the track [F, 4] when it is made already (:func:`subject_track`: one for all of a clip's
+    renditions), else made here from ``subject_box``."""
+    if subject is None:
+        subject = subject_track(frames, subject_box)
     windows = crop_path(subject, (frames.shape[2], frames.shape[1]), profile, fps=fps, smoothing_s=smoothing_s)
     return apply_crop(frames, windows, profile, fps), windows

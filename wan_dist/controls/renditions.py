@@ -70,11 +70,12 @@ def rendition_record(profile: PlatformProfile, num_frames: int, windows: np.ndar
 
 
 def make_rendition(frames: np.ndarray, fps: float, profile: PlatformProfile, *, subject_box=None,
-                   overlays: OverlaySpec | None = None, logo: np.ndarray | None = None) -> Rendition:
+                   overlays: OverlaySpec | None = None, logo: np.ndarray | None = None,
+                   subject: np.ndarray | None = None) -> Rendition:
     """``frames`` [F, H, W, 3] uint8 at ``fps`` made into ``profile``'s rendition. ``logo``: the decoded logo
-    (RGBA or RGB uint8) when the overlays have one. Raises ControlError (``overlays...``) when an overlay does not
-    fit this profile."""
-    reframed, windows = reframe(frames, profile, fps=fps, subject_box=subject_box)
+    (RGBA or RGB uint8) when the overlays have one. ``subject``: the clip's subject track when made already (see
+    ``controls.reframe.reframe``). Raises ControlError (``overlays...``) when an overlay does not fit this profile."""
+    reframed, windows = reframe(frames, profile, fps=fps, subject_box=subject_box, subject=subject)
     layout, guides = None, None
     if overlays is not None and (overlays.title is not None or overlays.logo is not None):
         logo_size = None if logo is None else (logo.shape[1], logo.shape[0])

@@ -17,6 +17,7 @@ import numpy as np
 
 from wan_dist.config import OutputConfig
 from wan_dist.controls import OverlaySpec, StyleLock
+from wan_dist.controls.reframe import subject_track
 from wan_dist.controls.renditions import make_rendition, parse_renditions
 from wan_dist.controls.style import colour_drift, colour_transfer, high_frequency_ratio
 from wan_dist.engine.request import RenderRequest
@@ -93,9 +94,11 @@ def publish_renditions(request: RenderRequest, frames: np.ndarray, fps: float, p
     if not request.renditions:
         return []
     overlays = None if request.overlays is None else OverlaySpec.from_dict(request.overlays)
+    profiles = parse_renditions(request.renditions)
+    subject = subject_track(frames, request.subject_box)  # once for every profile
     entries = []
-    for profile in parse_renditions(request.renditions):
-        made = make_rendition(frames, fps, profile, subject_box=request.subject_box, overlays=overlays, logo=logo)
+    for profile in profiles:
+        made = make_rendition(frames, fps, profile, overlays=overlays, logo=logo, subject=subject)
         uri = join(prefix, RENDITIONS_FOLDER, f"{profile.name}.mp4")
         video = encode_mp4(made.frames, profile.fps, codec=output.codec, crf=output.crf, preset=output.preset)
         write_bytes_atomic(uri, video, content_type="video/mp4")
