@@ -338,10 +338,9 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
     each pass over them (engine/long_post.py): the clip's encode (which also tracks the renditions' subject), then
     the renditions' cut; a style lock's statistics are read in a pass before both."""
     from wan_dist.engine.clips import publish_clip_file
-    from wan_dist.engine.long_post import LongRenditions, StyleRegrade
+    from wan_dist.engine.long_post import StyleRegrade
     from wan_dist.engine.windows import WindowStore
     from wan_dist.storage.objects import join
-    from wan_dist.video.interpolate import Retimer, retimed_count
     from wan_dist.video.mp4 import Mp4Writer
 
     started = time.perf_counter()
@@ -357,12 +356,7 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
         for _ in clip.frames(callback=callback, resume=resumed):
             pass
         return None
-    logo = None  # fetched before any window renders: a refused logo URL costs no render time
-    if request.renditions:
-        from wan_dist.engine.post import post_inputs
-
-        inputs = post_inputs(request, None, getattr(pipe, "fetch_policy", None))
-        logo = None if inputs is None else inputs.logo
+    logo = _logo(pipe, request)  # before any window renders: a refused logo URL costs no render time
     with tempfile.TemporaryDirectory(prefix="wan-dist-long-") as folder:
         path = Path(folder) / "clip.mp4"
         spent = {"encode_s": 0.0, "fps_conversion_s": 0.0}
@@ -375,29 +369,10 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
                 style.measure(store.segments(len(clip.windows)))
 
         def published(first: bool = True):
-            """The clip's frames as published, part by part: kept windows, graded, converted to ``fps``."""
-            parts = ((frames for _, frames in clip.frames(callback=callback)) if clip.sliding
-                     else store.segments(len(clip.windows)))
-            retime = None if fps == clip.fps else Retimer(clip.num_frames, clip.fps, fps)
-            start = 0
-            for frames in parts:
-                if style is not None:
-                    frames = style.regrade(frames, start, count=first)
-                start += len(frames)
-                if retime is not None:
-                    tick = time.perf_counter()
-                    frames = retime.push(frames)
-                    spent["fps_conversion_s"] += time.perf_counter() - tick
-                    if first:
-                        first_pass["retimer"] = retime
-                if len(frames):  # (a window whose frames all wait for the next seam has none)
-                    yield frames
+            return _published(clip, store, style, fps, spent, first_pass, callback=callback, first=first)
 
-        renditions = None
-        if request.renditions:
-            width, height = clip.settings.width, clip.settings.height
-            renditions = LongRenditions(request, fps=fps, num_frames=retimed_count(clip.num_frames, clip.fps, fps),
-                                        size=(width, height), logo=logo)
+        renditions = _renditions(request, clip, fps, logo) if request.renditions else None
+
         with Mp4Writer(str(path), fps, codec=output.codec, crf=output.crf, preset=output.preset) as writer:
             for frames in published():
                 tick = time.perf_counter()
@@ -405,18 +380,11 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
                 spent["encode_s"] += time.perf_counter() - tick
                 if renditions is not None:
                     renditions.observe(frames)
-        settings = {**clip.settings.to_dict(), "num_frames": clip.num_frames, "seed": clip.seed}
         timings = {**clip.timings, "encode_s": spent["encode_s"]}
         if "retimer" in first_pass:
             timings["fps_conversion_s"] = spent["fps_conversion_s"]
-        sidecar = {"request": request.to_dict(), "request_digest": request.digest(), "settings": settings,
-                   "model": {k: v for k, v in model.items() if k != "default_fps"},
-                   "fps": fps, "render_fps": clip.fps, "timings": timings, "loras": clip.loras, "versions": versions,
-                   "created_at": time.time(), "long": clip.sidecar_section()}
-        if "retimer" in first_pass:
-            sidecar["fps_conversion"] = first_pass["retimer"].record()
-        if style is not None:
-            sidecar["style_lock"] = style.record()
+        sidecar = _sidecar(clip, request, model=model, versions=versions, fps=fps, timings=timings,
+                           retimer=first_pass.get("retimer"), style=style)
         try:
             if renditions is not None:  # a second pass over the kept windows, published before the sidecar
                 tick = time.perf_counter()
@@ -432,3 +400,61 @@ def render_long(pipe, request, output, *, model: dict, versions: dict, callback:
     return {"status": "completed", "seed": clip.seed, "clip_uri": uris.clip_uri, "sidecar_uri": uris.sidecar_uri,
             "timings": timings, "renditions": {entry["profile"]: entry["uri"] for entry in entries},
             "rendition_guides": {entry["profile"]: entry["guides_uri"] for entry in entries if "guides_uri" in entry}}
+
+
+def _logo(pipe, request):
+    """The overlays' logo of a long clip's renditions (None without one), fetched under the pipeline's policy."""
+    if not request.renditions:
+        return None
+    from wan_dist.engine.post import post_inputs
+
+    inputs = post_inputs(request, None, getattr(pipe, "fetch_policy", None))
+    return None if inputs is None else inputs.logo
+
+
+def _renditions(request, clip: LongClip, fps: int, logo):
+    """The long clip's renditions (engine/long_post.py), once its windows have rendered (they set its size)."""
+    from wan_dist.engine.long_post import LongRenditions
+    from wan_dist.video.interpolate import retimed_count
+
+    return LongRenditions(request, fps=fps, num_frames=retimed_count(clip.num_frames, clip.fps, fps),
+                          size=(clip.settings.width, clip.settings.height), logo=logo)
+
+
+def _published(clip: LongClip, store, style, fps: int, spent: dict, first_pass: dict, *, callback=None,
+               first: bool = True):
+    """A long clip's frames as published, part by part: its kept windows (a sliding clip's, rendered afresh),
+    regraded by ``style``, converted to ``fps``. The first pass counts the style's statistics and keeps its
+    Retimer in ``first_pass["retimer"]`` (for the sidecar); ``spent["fps_conversion_s"]`` adds up the conversion."""
+    from wan_dist.video.interpolate import Retimer
+
+    parts = ((frames for _, frames in clip.frames(callback=callback)) if clip.sliding
+             else store.segments(len(clip.windows)))
+    retime = None if fps == clip.fps else Retimer(clip.num_frames, clip.fps, fps)
+    start = 0
+    for frames in parts:
+        if style is not None:
+            frames = style.regrade(frames, start, count=first)
+        start += len(frames)
+        if retime is not None:
+            tick = time.perf_counter()
+            frames = retime.push(frames)
+            spent["fps_conversion_s"] += time.perf_counter() - tick
+            if first:
+                first_pass["retimer"] = retime
+        if len(frames):  # (a window whose frames all wait for the next seam has none)
+            yield frames
+
+
+def _sidecar(clip: LongClip, request, *, model: dict, versions: dict, fps: int, timings: dict, retimer, style) -> dict:
+    """A long clip's sidecar (its renditions are added once published)."""
+    settings = {**clip.settings.to_dict(), "num_frames": clip.num_frames, "seed": clip.seed}
+    sidecar = {"request": request.to_dict(), "request_digest": request.digest(), "settings": settings,
+               "model": {k: v for k, v in model.items() if k != "default_fps"},
+               "fps": fps, "render_fps": clip.fps, "timings": timings, "loras": clip.loras, "versions": versions,
+               "created_at": time.time(), "long": clip.sidecar_section()}
+    if retimer is not None:
+        sidecar["fps_conversion"] = retimer.record()
+    if style is not None:
+        sidecar["style_lock"] = style.record()
+    return sidecar
