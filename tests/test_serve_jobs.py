@@ -215,6 +215,44 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(store):
     assert store.release_expired(now=T0 + 100) == [] and store.claim("tiny", worker="w3", lease_s=1) is None
 
 
+def test_a_requeued_job_waits_out_its_backoff_while_later_jobs_are_claimed(store):
+    first, second = add(store), add(store)
+    assert store.claim("tiny", worker="w1", lease_s=10, now=T0).id == first.id
+    requeued = store.finish(first.id, "w1", status="queued", retry_after=T0 + 10)
+    assert requeued.status == "queued" and store.queue_position(first.id) == 0  # still first in line ...
+    assert store.claim("tiny", worker="w2", lease_s=10, now=T0 + 1).id == second.id  # ... but not claimable yet
+    assert store.claim("tiny", worker="w2", lease_s=10, now=T0 + 9.9) is None
+    again = store.claim("tiny", worker="w2", lease_s=10, now=T0 + 10)
+    assert (again.id, again.attempts, again.retry_after) == (first.id, 2, None)
+
+
+def test_a_worker_requeues_a_failed_render_with_the_retry_policys_backoff(store):
+    from wan_dist.serve.worker import JobWorker
+
+    job = add(store, max_attempts=3)
+    attempts = []
+
+    def render(claimed):
+        attempts.append(claimed.attempts)
+        raise RuntimeError("storage timed out")
+
+    worker = JobWorker(store, "tiny", render, worker_id="w1", retry_backoff_s=100.0)
+    before = time.time()
+    failed_once = worker.step()
+    assert failed_once.status == "queued" and failed_once.error["code"] == "render_failed"
+    # attempt 1 failed: claimable again after 100 s times a jitter in [0.5, 1.5)
+    assert before + 50 <= failed_once.retry_after < time.time() + 150
+    assert worker.step() is None  # nothing claimable meanwhile
+    # time passes (the store's clock): attempts 2 and 3 fail as the first did
+    store.claim("tiny", worker="w1", lease_s=10, now=failed_once.retry_after)
+    second = worker._retry_or_fail(store.get(job.id), "RuntimeError: storage timed out")
+    assert second.status == "queued" and second.retry_after - time.time() >= 100  # doubled: 200 s x [0.5, 1.5)
+    store.claim("tiny", worker="w1", lease_s=10, now=second.retry_after)
+    last = worker._retry_or_fail(store.get(job.id), "RuntimeError: storage timed out")
+    assert (last.status, last.attempts, last.retry_after) == ("failed", 3, None)  # max_attempts spent: no retry
+    assert attempts == [1]
+
+
 def test_a_worker_hands_its_job_back_without_spending_an_attempt(store):
     job = add(store, max_attempts=1)
     store.claim("tiny", worker="w1", lease_s=10, now=T0)

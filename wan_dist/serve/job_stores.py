@@ -189,8 +189,9 @@ class SQLiteJobStore(JobStore):
         now = clock(now)
         with self._transaction() as conn:
             row = conn.execute(f"{_SELECT} WHERE model = ? AND status = ? AND cancel_requested = 0 "
-                               "AND (deadline_at IS NULL OR deadline_at > ?) ORDER BY seq LIMIT 1",
-                               (model, JobStatus.QUEUED, now)).fetchone()
+                               "AND (deadline_at IS NULL OR deadline_at > ?) "
+                               "AND coalesce(json_extract(data, '$.retry_after'), 0) <= ? ORDER BY seq LIMIT 1",
+                               (model, JobStatus.QUEUED, now, now)).fetchone()
             if row is None:
                 return None
             job = apply_claim(_from_row(row), worker, lease_s, now)

@@ -124,6 +124,7 @@ class Job:
     max_attempts: int = 3
     lease_owner: str | None = None
     lease_until: float | None = None
+    retry_after: float | None = None  # a job requeued after a failed attempt is claimed no earlier (its backoff)
     cancel_requested: bool = False
     error: dict | None = None
     result: dict | None = None
@@ -225,14 +226,16 @@ def apply_update(job: Job, fields: Mapping[str, Any], *, expected_version: int |
 
 
 def claimable(job: Job, model: str, now: float) -> bool:
-    """Whether ``claim`` may hand out ``job``: queued, not cancelled, deadline (if any) not yet passed."""
+    """Whether ``claim`` may hand out ``job``: queued, not cancelled, deadline (if any) not yet passed, its retry's
+    backoff (if any) over."""
     return (job.model == model and job.status == JobStatus.QUEUED and not job.cancel_requested
-            and (job.deadline_at is None or job.deadline_at > now))
+            and (job.deadline_at is None or job.deadline_at > now)
+            and (job.retry_after is None or job.retry_after <= now))
 
 
 def apply_claim(job: Job, worker: str, lease_s: float, now: float) -> Job:
     return _bump(job, now, status=JobStatus.IN_PROGRESS, attempts=job.attempts + 1, lease_owner=worker,
-                 lease_until=now + lease_s, started_at=job.started_at if job.started_at is not None else now)
+                 lease_until=now + lease_s, retry_after=None, started_at=job.started_at if job.started_at is not None else now)
 
 
 def apply_renew(job: Job, worker: str, lease_s: float, now: float) -> Job:

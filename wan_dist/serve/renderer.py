@@ -61,7 +61,8 @@ class RendererCore:
         # on_change: the job loop's lease sweep may end a part of a mixed batch (worker_lost): settle its batch
         self.worker = JobWorker(self.store, model, self.render, poll_s=poll_s, gate=self.gate,
                                 lease_s=settings.jobs.lease_s if lease_s is None else lease_s,
-                                on_change=lambda job: settle_part(self.store, job))
+                                on_change=lambda job: settle_part(self.store, job),
+                                retry_backoff_s=settings.jobs.retry_backoff_s)
         self.batches = BatchWorker(self.store, model, settings=settings, shared_group=self.shared_group,
                                    worker_id=self.worker.worker_id + "-batch")
         self._stop = threading.Event()

@@ -65,16 +65,20 @@ class JobSettings:
     """A job's life in the queue (batches are jobs too). ``max_attempts``: renders of a job (and of each batch
     row) before it fails; ``default_deadline_s``: a job not done by then fails (its body may set its own);
     ``lease_s``: a renderer's lease on its job, renewed while it renders (a dead renderer's job reruns after
-    it); ``poll_after_ms``: the ``openai-poll-after-ms`` hint; ``presign_expires_s``: result URLs' lifetime."""
+    it); ``poll_after_ms``: the ``openai-poll-after-ms`` hint; ``presign_expires_s``: result URLs' lifetime;
+    ``retry_backoff_s``: a job whose render failed is requeued and claimed again after this, doubling per attempt
+    (with jitter: engine.dispatch.RetryPolicy, as batch rows)."""
 
     max_attempts: int = 3
     default_deadline_s: float = 3600.0
     lease_s: float = 60.0
     poll_after_ms: int = 2000
     presign_expires_s: int = 3600
+    retry_backoff_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self, int(self.max_attempts) >= 1, "max_attempts", "must be >= 1")
+        _check(self, self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
         for name in ("default_deadline_s", "lease_s"):
             _check(self, getattr(self, name) > 0, name, "must be > 0")
         for name in ("poll_after_ms", "presign_expires_s"):

@@ -122,7 +122,7 @@ def preview_uri(output: str, job_id: str) -> str:
 class JobWorker:
     def __init__(self, store: JobStore, model: str, render: Render, *, worker_id: str | None = None,
                  lease_s: float = 120.0, poll_s: float = 0.25, progress_every_s: float = 0.5,
-                 on_change: Callable[[Job], None] | None = None, gate=None):
+                 on_change: Callable[[Job], None] | None = None, gate=None, retry_backoff_s: float = 0.0):
         self.gate = gate  # FairGate shared with batch rows (wan_dist.serve.batches), or None
         self.store = store
         self.model = model
@@ -133,6 +133,7 @@ class JobWorker:
         self.progress_every_s = progress_every_s
         self.on_change = on_change or (lambda job: None)
         self.current: str | None = None  # id of the job being rendered
+        self.retry_backoff_s = retry_backoff_s  # a failed attempt's requeued job waits this, doubling per attempt
 
     # -- loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -193,13 +194,16 @@ class JobWorker:
                             timings={k: float(v) for k, v in result.timings.items()})
 
     def _retry_or_fail(self, job: Job, message: str) -> Job:
+        from wan_dist.engine.dispatch import RetryPolicy  # (lazily: the API process imports this module too)
+
         current = self.store.get(job.id)
         error = {"code": "render_failed", "message": message}
-        if current.attempts < current.max_attempts and not current.cancel_requested:
-            log.warning("%s: %s attempt %d failed (%s); requeued", self.worker_id, job.id, current.attempts,
-                        message.splitlines()[0])
+        delay = RetryPolicy(current.max_attempts, self.retry_backoff_s).delay(current.attempts)
+        if delay is not None and not current.cancel_requested:
+            log.warning("%s: %s attempt %d failed (%s); requeued, claimable in %.1f s", self.worker_id, job.id,
+                        current.attempts, message.splitlines()[0], delay)
             return self._record(job, status=JobStatus.QUEUED, progress=0, preview=None, window=None,
-                                error=error)
+                                error=error, retry_after=time.time() + delay)
         return self._finish(job, status=JobStatus.FAILED, error=error)
 
     def _finish(self, job: Job, *, status: str, error: dict | None, **fields) -> Job:
