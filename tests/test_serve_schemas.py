@@ -303,6 +303,9 @@ def test_job_view():
     assert view["webhook"] == {"state": "pending", "attempts": 0} and view["model"] == "wan2.2-t2v-a14b"
     assert not {"owner", "lease_owner", "idempotency_key", "body_hash"} & set(view)
     assert job_view(job("in_progress"), queue_position=3)["queue_position"] is None
+    retry = job_view(job("queued", attempts=1, retry_after=1_700_000_050.0), queue_position=0)
+    assert (retry["attempts"], retry["retry_after"]) == (1, 1_700_000_050.0)  # a failed render's retry, waiting
+    assert job_view(job("in_progress", attempts=2, retry_after=1.0), queue_position=None)["retry_after"] is None
     cancelled = job_view(job("cancelled"), queue_position=None)
     assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
     i2v = validate_job_request({"prompt": "x", "image": PNG}, variant="tiny-i2v")

@@ -104,6 +104,8 @@ class JobObject(BaseModel):
     started_at: float | None
     completed_at: float | None
     deadline_at: float | None
+    attempts: int
+    retry_after: float | None  # a queued retry of a failed render starts no earlier (epoch seconds)
     expires_at: float | None
     request: dict[str, Any]
     timings: dict[str, Any]

@@ -424,8 +424,9 @@ def _window(job: dict) -> dict | None:
 
 def job_view(job: dict, *, queue_position: int | None) -> dict:
     """The body of ``GET /v1/jobs/{id}``: status, queue position (queued jobs only), progress in percent,
-    times, timings, result URLs, error, the preview's step and a long clip's window while it renders, webhook
-    delivery state and metadata (never owner, lease or keys)."""
+    times, timings, result URLs, error, the preview's step and a long clip's window while it renders, the renders
+    tried so far and, for a queued retry, when it may start (``retry_after``), webhook delivery state and metadata
+    (never owner, lease or keys)."""
     status, request = job["status"], dict(job.get("request") or {})
     if str((request.get("render") or {}).get("image") or "").startswith("data:"):  # no megabytes in every poll
         request["render"] = {**request["render"], "image": "data:(inline image)"}
@@ -433,6 +434,8 @@ def job_view(job: dict, *, queue_position: int | None) -> dict:
             "status": status, "queue_position": queue_position if status == "queued" else None,
             "progress": _percent(job), "created_at": job.get("created_at"), "started_at": job.get("started_at"),
             "completed_at": job.get("completed_at"), "deadline_at": job.get("deadline_at"),
+            "attempts": int(job.get("attempts") or 0),
+            "retry_after": job.get("retry_after") if status == "queued" else None,
             "expires_at": job.get("expires_at"), "request": request, "timings": dict(job.get("timings") or {}),
             "result": job.get("result"), "error": _error(job), "preview": _preview(job), "window": _window(job),
             "webhook": job.get("webhook"), "metadata": dict(job.get("metadata") or {})}
