@@ -1,8 +1,8 @@
 """Batch rendering: Parquet manifests in, clips in object storage out (see wan_dist.batch.manifest).
 
 This package's names are batch's public API: the other front doors (the HTTP API's batches) start a run
-(``BatchRunner``, on an ``engine.dispatch.SharedGroup``), validate a manifest and read a run's results through them, never
-through a module inside the package (the import contracts in pyproject.toml hold them to it).
+(``BatchRunner``, on an ``engine.dispatch.SharedGroup``), validate a manifest and read a run's results through
+them, never through a module inside the package (the import contracts in pyproject.toml hold them to it).
 """
 
 from wan_dist.batch.manifest import (

@@ -19,10 +19,10 @@ The driver is one event loop around ``ray.wait``:
   rows of that group's model, one call at a time, each call taken through ``shared.gate`` (the fair policy
   between batch rows and interactive jobs); it never reloads or shuts the group down, and a broken one is
   rebuilt by the shared holder (once for both feeders). A stop lets the call in flight finish and publish.
-
-Groups are held, settled, rebuilt and retried with :mod:`wan_dist.engine.dispatch`, as the Serve renderers do.
 * **part of a manifest** (``config.only_models``): only those variants' rows; the others are left, unrecorded, to
   sibling runs over the same manifest and output (the HTTP API's mixed batches: one run per model's renderer).
+
+Groups are held, settled, rebuilt and retried with :mod:`wan_dist.engine.dispatch`, as the Serve renderers do.
 """
 
 from __future__ import annotations

@@ -86,12 +86,11 @@ def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     from ``box`` (fractions; see the module docstring), else estimated from motion, else from saliency.
 
     Estimated at a working size of :data:`_TRACK_SIZE` pixels on the short side: in each frame, the largest region
-    that moves beyond the camera's move (:func:`own_motion`) by more than :data:`_MOTION_THRESHOLD` pixels both
+    that moves beyond the camera's move (:func:`_own_motion`) by more than :data:`_MOTION_THRESHOLD` pixels both
     to the frame :data:`_FLOW_GAP` before and to the one as far after (one of them at the clip's ends), else the
     frame's salient region; with a still camera, tightened to what differs from a background made without those
-    boxes (:func:`_refined`);
-    width and height median-filtered over time (:func:`_steady_size`); frames with no box take theirs from the
-    nearest frames that found one."""
+    boxes (:func:`_refined`); width and height median-filtered over time (:func:`_steady_size`); frames with no
+    box take theirs from the nearest frames that found one."""
     num_frames, height, width = frames.shape[:3]
     if box is not None:
         return user_track(box, num_frames, width, height)
@@ -99,7 +98,7 @@ def subject_track(frames: np.ndarray, box=None) -> np.ndarray:
     small = frames if scale == 1.0 else np.stack([
         cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
         for frame in frames])
-    motion, camera = own_motion(small)
+    motion, camera = _own_motion(small)
     track = np.full((num_frames, 4), np.nan)
     for index, frame in enumerate(small):
         found = _estimated_box(motion[index], _MOTION_THRESHOLD)
@@ -177,9 +176,9 @@ def _steady_size(track: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - steady / 2, centre + steady / 2], axis=1)
 
 
-def own_motion(frames: np.ndarray, gap: int = _FLOW_GAP) -> tuple[np.ndarray, np.ndarray]:
+def _own_motion(frames: np.ndarray, gap: int = _FLOW_GAP) -> tuple[np.ndarray, np.ndarray]:
     """How far each pixel of each frame moves on its own [F, H, W] (pixels): the optical flow (DIS, on grey) to
-    the frame ``gap`` before and to the one ``gap`` after, each less the camera's move (:func:`camera_flow`), the
+    the frame ``gap`` before and to the one ``gap`` after, each less the camera's move (:func:`_camera_flow`), the
     smaller of the two lengths (the one that exists at the clip's ends). Both must agree: what a flow towards one
     neighbour gets wrong (the background a subject uncovers) the other gets right. Zero for a one-frame clip.
     Also the camera's move per frame [F]: the largest mean length of its flow to either neighbour (pixels)."""
@@ -195,7 +194,7 @@ def own_motion(frames: np.ndarray, gap: int = _FLOW_GAP) -> tuple[np.ndarray, np
         for other in (index - gap, index + gap):
             if 0 <= other < num_frames:
                 flow = dis.calc(grey[index], grey[other], None)
-                moved = camera_flow(flow)
+                moved = _camera_flow(flow)
                 lengths.append(np.linalg.norm(flow - moved, axis=-1))
                 camera[index] = max(camera[index], float(np.linalg.norm(moved, axis=-1).mean()))
         if lengths:
@@ -203,7 +202,7 @@ def own_motion(frames: np.ndarray, gap: int = _FLOW_GAP) -> tuple[np.ndarray, np
     return motion, camera
 
 
-def camera_flow(flow: np.ndarray) -> np.ndarray:
+def _camera_flow(flow: np.ndarray) -> np.ndarray:
     """The camera's part of ``flow`` [H, W, 2]: the affine motion (pan, tilt, zoom, roll, shake) that most of the
     frame follows, fitted with RANSAC to the flow sampled every :data:`_CAMERA_GRID` pixels, at every pixel; the
     median flow when no affine fits."""
@@ -312,7 +311,8 @@ def crop_frame(frame: np.ndarray, window: np.ndarray, profile: PlatformProfile) 
 
 
 def reframe(frames: np.ndarray, profile: PlatformProfile, *, fps: float, subject_box=None,
-            smoothing_s: float = DEFAULT_SMOOTHING_S, subject: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            smoothing_s: float = DEFAULT_SMOOTHING_S,
+            subject: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``frames`` [F, H, W, 3] uint8 at ``fps`` reframed to ``profile``: (rendition frames, crop windows [F, 4]).
     ``subject``: the track [F, 4] when it is made already (:func:`subject_track`: one for all of a clip's
     renditions), else made here from ``subject_box``."""

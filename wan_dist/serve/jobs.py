@@ -235,7 +235,8 @@ def claimable(job: Job, model: str, now: float) -> bool:
 
 def apply_claim(job: Job, worker: str, lease_s: float, now: float) -> Job:
     return _bump(job, now, status=JobStatus.IN_PROGRESS, attempts=job.attempts + 1, lease_owner=worker,
-                 lease_until=now + lease_s, retry_after=None, started_at=job.started_at if job.started_at is not None else now)
+                 lease_until=now + lease_s, retry_after=None,
+                 started_at=job.started_at if job.started_at is not None else now)
 
 
 def apply_renew(job: Job, worker: str, lease_s: float, now: float) -> Job:

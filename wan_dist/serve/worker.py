@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Callable
 
+from wan_dist.engine.dispatch import RetryPolicy
 from wan_dist.serve.jobs import Job, JobNotFound, JobStatus, JobStore, LeaseLost
 from wan_dist.serve.stores import open_store
 
@@ -194,8 +195,6 @@ class JobWorker:
                             timings={k: float(v) for k, v in result.timings.items()})
 
     def _retry_or_fail(self, job: Job, message: str) -> Job:
-        from wan_dist.engine.dispatch import RetryPolicy  # (lazily: the API process imports this module too)
-
         current = self.store.get(job.id)
         error = {"code": "render_failed", "message": message}
         delay = RetryPolicy(current.max_attempts, self.retry_backoff_s).delay(current.attempts)
