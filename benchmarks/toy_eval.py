@@ -3,6 +3,7 @@
     python benchmarks/toy_eval.py                          # the `toy` preset, 50 held-out prompts
     python benchmarks/toy_eval.py --model toy-i2v --grid outputs/benchmarks/toy_i2v_grid.png
     python benchmarks/toy_eval.py --oracle                 # the world's own renders: checks the evaluator
+    python benchmarks/toy_eval.py --vae                    # the world's renders through toy's VAE: the ceiling
     python benchmarks/toy_eval.py --count 8 --steps 4      # a fast subset (CI)
 
 Prompts are captions of scenes from the world's held-out split (``sample_scene(seed, split="heldout")``): the
@@ -15,6 +16,8 @@ Each prompt is rendered by the model (``load_pipeline(--model)``: a preset, fold
 preset's default size, frames and steps, seed ``--seed + i``; an image-conditioned model (i2v, ti2v) gets the
 scene's own first frame as its image. ``--oracle`` renders the world's own clip of the scene instead (no
 model): the measurements should then be right nearly always, which is what shows the evaluator is right.
+``--vae`` passes those clips through the model's VAE (encode, decode) and measures what comes back: what the
+VAE alone lets through, the best the model's experts can reach.
 
 Measured on the decoded uint8 frames with wan_dist.world.measure (``measure_clip``; a prompt that asks for a
 dolly passes the dolly's parallax, which frames alone cannot show): the main object's colour, shape and
@@ -153,6 +156,33 @@ class WorldRenderer:
         return render_clip(prompt.scene, height=height, width=width, num_frames=frames)
 
 
+class VAERoundTrip(WorldRenderer):
+    """The ceiling a model's VAE leaves its experts: the world's own clip of each scene, encoded to latents and
+    decoded by the VAE of ``load_pipeline(source)``. A perfect denoiser returns the clip's latents, so its render
+    can read no better than this."""
+
+    task = "vae"
+
+    def __init__(self, source: str, *, device: str, dtype: str):
+        import torch
+
+        from wan_dist import load_pipeline
+
+        self.pipe = load_pipeline(source, device=device, dtype=getattr(torch, dtype))
+        defaults = self.pipe.spec.defaults
+        super().__init__((defaults.height, defaults.width, defaults.num_frames))
+
+    def render(self, prompt: Prompt, image: np.ndarray | None, seed: int) -> np.ndarray:
+        import torch
+
+        clip = super().render(prompt, image, seed)
+        vae = self.pipe.vae
+        video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].to(self.pipe.device, self.pipe.dtype) / 127.5 - 1
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(video))[0].float().clamp(-1, 1)
+        return ((decoded.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
 class ModelRenderer:
     """A pipeline from ``load_pipeline(source)``, rendering at its preset's default size and steps."""
 
@@ -214,7 +244,8 @@ def summarise(results: list[ClipResult], renderer, *, model: str) -> dict:
     """The benchmark's row: accuracies with counts against the targets, stability, first-frame PSNR, times."""
     count = len(results)
     height, width, frames = renderer.size
-    row: dict = {"mode": "oracle" if isinstance(renderer, WorldRenderer) else "model",
+    mode = {"oracle": "oracle", "vae": "vae"}.get(renderer.task, "model")
+    row: dict = {"mode": mode,
                  "model": model, "task": renderer.task, "clips": count, "size": f"{width}x{height}x{frames}",
                  "steps": renderer.steps}
     for key in ATTRIBUTES:
@@ -303,6 +334,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toy", help="any load_pipeline source: preset, folder, URL, repo id")
     parser.add_argument("--oracle", action="store_true", help="measure the world's own renders (no model)")
+    parser.add_argument("--vae", action="store_true",
+                        help="measure the world's renders through --model's VAE (encode, decode): the experts' ceiling")
     parser.add_argument("--count", type=_positive, default=50, help="number of held-out prompts")
     parser.add_argument("--steps", type=_positive, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="render seed of prompt 0 (prompt i: seed + i)")
@@ -325,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"argument --grid: the grid is a PNG, name a .png file, got {args.grid!r}")
     if args.records is not None and not args.records.lower().endswith(".json"):
         parser.error(f"argument --records: name a .json file, got {args.records!r}")
+    if args.oracle and args.vae:
+        parser.error("argument --vae: not with --oracle (--vae measures the world's renders through a model's VAE)")
     if not args.oracle:
         from wan_dist.engine.sources import resolve_source
 
@@ -345,8 +380,9 @@ def _oracle_size(model: str) -> tuple[int, int, int]:
 def _report(row: dict, results: list[ClipResult]) -> str:
     """The row as a short table, with the machine and the misses."""
     info = machine()
-    what = ("oracle: the world's own renders" if row["mode"] == "oracle"
-            else f"{row['model']} ({row['task']}), {row['steps']} steps")
+    what = {"oracle": "oracle: the world's own renders",
+            "vae": f"the world's renders through {row['model']}'s VAE (encode, decode)"}.get(
+        row["mode"], f"{row['model']} ({row['task']}), {row['steps']} steps")
     lines = [f"{what}; {row['clips']} held-out prompts at {row['size']}; "
              f"{info['machine.cpu']}, {info['machine.cores']} cores, gpu {info['machine.gpu']}"]
     for key in ATTRIBUTES:
@@ -358,7 +394,7 @@ def _report(row: dict, results: list[ClipResult]) -> str:
     if row["first_frame_clips"]:
         lines.append(f"  first frame PSNR {row['first_frame_psnr_db']} dB (min {row['first_frame_psnr_min_db']}), "
                      f"target >= {FIRST_FRAME_TARGET_DB:.0f} dB: {'met' if row['first_frame_met'] else 'NOT met'}")
-    met = {True: "met", False: "NOT met", None: "not applicable (oracle, or not the default steps)"}[row["render_met"]]
+    met = {True: "met", False: "NOT met", None: "not applicable (no model steps, or not the default steps)"}[row["render_met"]]
     lines.append(f"  render {row['render_s_per_clip']} s/clip (median {row['render_s_median']}; target <= "
                  f"{RENDER_TARGET_S:.0f} s at the default steps on 2 CPU cores: {met}), "
                  f"measure {row['measure_s_per_clip']} s/clip, load {row['load1']}")
@@ -374,8 +410,12 @@ def run(args: argparse.Namespace) -> tuple[dict, list[ClipResult]]:
         import torch
 
         torch.set_num_threads(args.threads)
-    renderer = (WorldRenderer(_oracle_size(args.model)) if args.oracle
-                else ModelRenderer(args.model, device=args.device, dtype=args.dtype, steps=args.steps))
+    if args.oracle:
+        renderer = WorldRenderer(_oracle_size(args.model))
+    elif args.vae:
+        renderer = VAERoundTrip(args.model, device=args.device, dtype=args.dtype)
+    else:
+        renderer = ModelRenderer(args.model, device=args.device, dtype=args.dtype, steps=args.steps)
     prompts = eval_prompts(args.count, args.scene_seed)
     results = [evaluate_prompt(renderer, prompt, args.seed + prompt.index) for prompt in prompts]
     row = summarise(results, renderer, model=args.model)

@@ -79,6 +79,35 @@ def test_oracle_counts_what_measure_clip_reads_from_the_worlds_renders(tmp_path)
     assert returned["colour_hits"] == hits["colour"]
 
 
+def test_vae_mode_measures_the_worlds_clips_through_the_models_vae(tmp_path):
+    import torch
+
+    from wan_dist import load_pipeline
+
+    count, table = 3, tmp_path / "eval.csv"
+    toy_eval.main(["--vae", "--model", "toy", "--count", str(count), "--save-to", str(table)])
+    # Independently: each held-out scene's world clip, encoded and decoded by toy's VAE, measured.
+    vae = load_pipeline("toy", dtype=torch.float32).vae
+    hits, psnrs = collections.Counter(), []
+    for prompt in toy_eval.eval_prompts(count):
+        clip = render_clip(prompt.scene, height=64, width=64, num_frames=17)
+        video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            back = vae.decode(vae.encode(video))[0].clamp(-1, 1)
+        frames = ((back.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        assert not np.array_equal(frames, clip)  # the round trip is lossy: this is not the oracle
+        measured = measure_clip(frames, parallax=prompt.parallax)
+        for key in ATTRIBUTES:
+            hits[key] += getattr(measured, key) == prompt.expected[key]
+        psnrs.append(toy_eval.psnr_db(frames[0], first_frame(prompt.scene, 64, 64)))
+    row = _last_row(table)
+    assert (row["mode"], row["model"], row["clips"], row["steps"]) == ("vae", "toy", str(count), "")
+    for key in ATTRIBUTES:
+        assert int(row[f"{key}_hits"]) == hits[key], key
+    assert float(row["first_frame_psnr_db"]) == pytest.approx(np.mean(psnrs), abs=1e-3)
+    assert row["render_met"] == ""  # no denoising steps: the render-time target does not apply
+
+
 def test_background_change_and_psnr_read_known_differences():
     scene = sample_scene(3, camera="static", lighting="constant", motion="right", background="noise")
     frames = render_clip(scene, height=64, width=64, num_frames=9)
@@ -138,6 +167,7 @@ def test_image_to_video_model_reports_first_frame_psnr(tmp_path):
     (["--oracle", "--grid", "grid.jpg"], "--grid: the grid is a PNG"),
     (["--model", "no-such-model"], "--model: model: 'no-such-model' is neither a preset"),
     (["--dtype", "float64"], "--dtype: invalid choice"),
+    (["--oracle", "--vae"], "--vae: not with --oracle"),
 ])
 def test_a_bad_argument_stops_with_a_message_naming_it(argv, words, capsys, tmp_path):
     with pytest.raises(SystemExit) as stopped:
