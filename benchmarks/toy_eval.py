@@ -69,8 +69,9 @@ class Prompt:
     parallax: float  # what measure_clip needs to undo the asked camera move (a dolly's parallax)
 
 
-def eval_prompts(count: int, scene_seed: int = EVAL_SEED) -> list[Prompt]:
-    """The first ``count`` held-out prompts of ``scene_seed`` (see the module docstring)."""
+def eval_prompts(count: int, scene_seed: int = EVAL_SEED, split: str = "heldout") -> list[Prompt]:
+    """The first ``count`` prompts of ``scene_seed`` (see the module docstring); ``split="train"`` draws scenes
+    whose combinations the training captions do hold (seed 0 onwards is the default training run's data)."""
     from wan_dist.world import caption, sample_scene
     from wan_dist.world.scene import background_factor
     from wan_dist.world.vocab import CAMERA_DIRECTIONS
@@ -79,7 +80,7 @@ def eval_prompts(count: int, scene_seed: int = EVAL_SEED) -> list[Prompt]:
     for index in range(count):
         seed = scene_seed + index
         constraints = {"camera": "static", "lighting": "constant"} if index % STATIC_EVERY == 0 else {}
-        scene = sample_scene(seed, split="heldout", **constraints)
+        scene = sample_scene(seed, split=split, **constraints)
         static = scene.camera.move == "static" and scene.lighting == "constant"
         main = scene.main
         expected = {"colour": main.colour, "shape": main.shape, "motion": main.motion,
@@ -186,7 +187,8 @@ class VAERoundTrip(WorldRenderer):
 class ModelRenderer:
     """A pipeline from ``load_pipeline(source)``, rendering at its preset's default size and steps."""
 
-    def __init__(self, source: str, *, device: str, dtype: str, steps: int | None):
+    def __init__(self, source: str, *, device: str, dtype: str, steps: int | None, shift: float | None = None,
+                 guidance: tuple[float, float] | None = None):
         import torch
 
         from wan_dist import load_pipeline
@@ -198,11 +200,14 @@ class ModelRenderer:
         self.steps = steps or self.default_steps
         self.task = self.pipe.spec.task
         self.conditioned = self.task in ("i2v", "ti2v")
+        self.sampling = {"shift": shift}  # None: the preset's
+        if guidance is not None:
+            self.sampling |= {"guidance_scale": guidance[0], "guidance_scale_2": guidance[1]}
 
     def render(self, prompt: Prompt, image: np.ndarray | None, seed: int) -> np.ndarray:
         height, width, frames = self.size
         out = self.pipe.generate(prompt.text, image=image, height=height, width=width, num_frames=frames,
-                                 num_inference_steps=self.steps, seed=seed)
+                                 num_inference_steps=self.steps, seed=seed, **self.sampling)
         return np.asarray(out.frames[0])
 
 
@@ -338,8 +343,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="measure the world's renders through --model's VAE (encode, decode): the experts' ceiling")
     parser.add_argument("--count", type=_positive, default=50, help="number of held-out prompts")
     parser.add_argument("--steps", type=_positive, default=None, help="denoising steps (default: the preset's)")
+    parser.add_argument("--shift", type=float, default=None, help="sampling shift (default: the preset's)")
+    parser.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"),
+                        help="guidance scales of the high- and low-noise experts (default: the preset's)")
+    parser.add_argument("--split", default="heldout", choices=("heldout", "train"),
+                        help="train: scenes the training captions hold (does the model underfit or not generalise?)")
     parser.add_argument("--seed", type=int, default=0, help="render seed of prompt 0 (prompt i: seed + i)")
-    parser.add_argument("--scene-seed", type=int, default=EVAL_SEED, help="scene seed of prompt 0")
+    parser.add_argument("--scene-seed", type=int, default=None,
+                        help=f"scene seed of prompt 0 (default: {EVAL_SEED} held out, 0 for --split train)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's)")
@@ -415,8 +426,10 @@ def run(args: argparse.Namespace) -> tuple[dict, list[ClipResult]]:
     elif args.vae:
         renderer = VAERoundTrip(args.model, device=args.device, dtype=args.dtype)
     else:
-        renderer = ModelRenderer(args.model, device=args.device, dtype=args.dtype, steps=args.steps)
-    prompts = eval_prompts(args.count, args.scene_seed)
+        renderer = ModelRenderer(args.model, device=args.device, dtype=args.dtype, steps=args.steps,
+                                 shift=args.shift, guidance=args.guidance)
+    scene_seed = args.scene_seed if args.scene_seed is not None else (EVAL_SEED if args.split == "heldout" else 0)
+    prompts = eval_prompts(args.count, scene_seed, args.split)
     results = [evaluate_prompt(renderer, prompt, args.seed + prompt.index) for prompt in prompts]
     row = summarise(results, renderer, model=args.model)
     config = {key: value for key, value in vars(args).items() if key not in ("grid", "records")}

@@ -108,6 +108,28 @@ def test_vae_mode_measures_the_worlds_clips_through_the_models_vae(tmp_path):
     assert row["render_met"] == ""  # no denoising steps: the render-time target does not apply
 
 
+def test_train_split_prompts_and_sampling_settings_reach_the_render(tmp_path):
+    from wan_dist.models.presets import get_preset
+
+    prompts = toy_eval.eval_prompts(8, 0, "train")
+    assert [p.seed for p in prompts] == list(range(8))
+    assert not any(is_heldout(p.scene) for p in prompts)
+    assert all(is_heldout(p.scene) for p in toy_eval.eval_prompts(8))
+
+    def frames(*extra):
+        args = ["--model", "toy", "--count", "1", "--steps", "2", "--save-to", str(tmp_path / "eval.csv"), *extra]
+        return toy_eval.run(toy_eval.parse_args(args))[1][0].frames
+
+    defaults = get_preset("toy").defaults
+    plain = frames()
+    assert np.array_equal(frames("--shift", str(defaults.shift)), plain)  # the preset's own value: same render
+    assert not np.array_equal(frames("--shift", "1"), plain)
+    assert not np.array_equal(frames("--guidance", "1", "1"), plain)
+    row = _last_row(tmp_path / "eval.csv")
+    assert row["param.guidance"] == "[1.0, 1.0]" and row["param.split"] == "heldout"
+    assert len(frames("--split", "train")) == 17
+
+
 def test_background_change_and_psnr_read_known_differences():
     scene = sample_scene(3, camera="static", lighting="constant", motion="right", background="noise")
     frames = render_clip(scene, height=64, width=64, num_frames=9)
