@@ -308,3 +308,30 @@ def test_the_cli_composes_an_i2v_run(tmp_path, monkeypatch):
     config = train_config(cfg)
     assert (config.preset, config.stage) == ("toy-i2v", "experts")
     assert (config.out, config.vae_from) == (str(tmp_path / "runs/i2v"), str(tmp_path / "runs/toy/vae"))
+
+
+def test_vae_init_trains_on_from_a_trained_vae(tmp_path):
+    """vae_init starts the VAE stage from given weights (here the shipped toy's, named by its checkpoint folder):
+    after one step at a tiny learning rate the published VAE is those weights to within the step, where a run
+    without it is far from them."""
+    from diffusers import AutoencoderKLWan
+
+    from wan_dist.models.shipped import SHIPPED_DIR
+    from wan_dist.train import train
+
+    shipped = AutoencoderKLWan.from_pretrained(str(SHIPPED_DIR / "toy" / "vae"), torch_dtype=torch.float32).state_dict()
+
+    def published(out, **fields):
+        config = replace(small_config(out, expert_steps=1, stage="vae"), **fields)
+        train(replace(config, vae=replace(config.vae, steps=1, lr=1e-6)), local=True)
+        state = AutoencoderKLWan.from_pretrained(str(out / "vae"), torch_dtype=torch.float32).state_dict()
+        return max(float((state[key] - shipped[key]).abs().max()) for key in shipped)
+
+    assert published(tmp_path / "init", vae_init=str(SHIPPED_DIR / "toy")) < 1e-4
+    assert published(tmp_path / "fresh") > 1e-2
+    with pytest.raises(ValueError, match="TrainConfig.vae_init: not with vae_from"):
+        TrainConfig(out="x", vae_from="a", vae_init="b")
+    with pytest.raises(ValueError, match="vae_init: .* holds no diffusers VAE"):
+        train(replace(small_config(tmp_path / "bad", expert_steps=1, stage="vae"), vae_init=str(tmp_path)),
+              local=True)
+    assert not (tmp_path / "bad" / "data").exists()  # refused before any clip was made

@@ -35,10 +35,11 @@ def train_config(cfg: DictConfig):
     from wan_dist.config.train import train_config_from_dict
 
     fields = _run_fields(cfg)
-    if fields.get("vae_from"):
-        if "://" in str(fields["vae_from"]):
-            raise ValueError(f"vae_from: {fields['vae_from']!r} is a URL; give a local (or shared) folder")
-        fields["vae_from"] = _resolve_input("vae_from", fields["vae_from"])
+    for field in ("vae_from", "vae_init"):
+        if fields.get(field):
+            if "://" in str(fields[field]):
+                raise ValueError(f"{field}: {fields[field]!r} is a URL; give a local (or shared) folder")
+            fields[field] = _resolve_input(field, fields[field])
     return train_config_from_dict(fields)
 
 

@@ -134,6 +134,9 @@ class TrainConfig(WorkerConfig):
     ``vae_from``: a trained VAE to use instead of training one (its VAE stage is skipped): a diffusers
     ``vae/`` folder (e.g. another run's ``<out>/vae``) or a checkpoint folder holding one. It is copied to
     ``<out>/vae`` and must have the preset's VAE architecture (``toy`` and ``toy-i2v`` share theirs).
+    ``vae_init``: a trained VAE (the same kinds of folder) whose weights the VAE stage starts from instead of a
+    random init, to train it on (e.g. the shipped ``toy``'s on whole 17-frame clips); a resumed run continues from
+    its own checkpoint. Not with ``vae_from`` (which skips the stage).
     """
 
     out: str
@@ -146,6 +149,7 @@ class TrainConfig(WorkerConfig):
     vae_sample_posterior: bool = False
     vae_decoder_only: bool = False
     vae_from: str | None = None
+    vae_init: str | None = None
     data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
     vae: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=3e-4, batch_size=2))
     experts: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=2e-4, batch_size=8))
@@ -158,6 +162,8 @@ class TrainConfig(WorkerConfig):
         super().__post_init__()
         _require(self.vae_frames is None or (self.vae_frames >= 1 and self.vae_frames % 4 == 1), name, "vae_frames",
                  f"must be 1 + 4k (the VAE's causal chunks) or null, got {self.vae_frames}")
+        _require(not (self.vae_from and self.vae_init), name, "vae_init",
+                 "not with vae_from (vae_from uses a VAE as it is and skips the VAE stage; vae_init trains one on)")
 
 
 _NESTED = {"data": TrainDataConfig, "vae": OptimConfig, "experts": OptimConfig, "flow": FlowConfig}

@@ -49,7 +49,8 @@ def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: s
         with np.load(data_path) as archive:
             clips = archive["clips"]
         return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames, crop=config.vae_crop,
-                        sample_posterior=config.vae_sample_posterior, decoder_only=config.vae_decoder_only)
+                        sample_posterior=config.vae_sample_posterior, decoder_only=config.vae_decoder_only,
+                        init=vae_folder(config.vae_init, spec, field="vae_init") if config.vae_init else None)
     from safetensors.torch import load_file
 
     return ExpertStage(spec, tensors=load_file(data_path), optim=config.experts, flow_config=config.flow,
@@ -219,21 +220,28 @@ def _same_files(a: Path, b: Path) -> bool:
         filecmp.cmp(a / name, b / name, shallow=False) for name in names)
 
 
-def _adopt_vae(config: TrainConfig, spec: VariantSpec) -> dict[str, Any]:
-    """Copy the trained VAE ``config.vae_from`` names into ``<out>/vae`` (see TrainConfig.vae_from)."""
+def vae_folder(path: str | Path, spec: VariantSpec, *, field: str) -> Path:
+    """The diffusers VAE folder ``path`` names (itself, or the ``vae/`` of a checkpoint or run folder), checked
+    to hold ``spec``'s VAE architecture; errors name ``field``."""
     from wan_dist.models.vae import vae_config_from_diffusers
 
-    source = Path(config.vae_from)
+    source = Path(path)
     if not (source / "config.json").exists() and (source / "vae" / "config.json").exists():
         source = source / "vae"  # a checkpoint (diffusers layout) or a run folder
     if not (source / "config.json").exists():
-        raise ValueError(f"vae_from: {source} holds no diffusers VAE (config.json); give a run's <out>/vae folder")
+        raise ValueError(f"{field}: {source} holds no diffusers VAE (config.json); give a run's <out>/vae folder")
     theirs = vae_config_from_diffusers(source)
     differ = [f"{f.name} {getattr(theirs, f.name)!r} (needs {getattr(spec.vae, f.name)!r})"
               for f in fields(spec.vae) if f.name not in ("latents_mean", "latents_std")
               and getattr(theirs, f.name) != getattr(spec.vae, f.name)]
     if differ:
-        raise ValueError(f"vae_from: the VAE in {source} is not {spec.name}'s architecture: {', '.join(differ)}")
+        raise ValueError(f"{field}: the VAE in {source} is not {spec.name}'s architecture: {', '.join(differ)}")
+    return source
+
+
+def _adopt_vae(config: TrainConfig, spec: VariantSpec) -> dict[str, Any]:
+    """Copy the trained VAE ``config.vae_from`` names into ``<out>/vae`` (see TrainConfig.vae_from)."""
+    source = vae_folder(config.vae_from, spec, field="vae_from")
     target = Path(config.out) / "vae"
     if target.exists():
         if not _same_files(source, target):
@@ -254,8 +262,11 @@ def train(config: TrainConfig, *, local: bool = False) -> TrainResult:
     the VAE is copied from there instead of trained.
     """
     config = replace(config, out=os.path.abspath(config.out),
-                     vae_from=os.path.abspath(config.vae_from) if config.vae_from else None)
+                     vae_from=os.path.abspath(config.vae_from) if config.vae_from else None,
+                     vae_init=os.path.abspath(config.vae_init) if config.vae_init else None)
     spec = get_preset(config.preset)
+    if config.vae_init:
+        vae_folder(config.vae_init, spec, field="vae_init")  # a bad folder fails before any data is made
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _claim_folder(out, spec)

@@ -77,7 +77,7 @@ class VAEStage:
 
     def __init__(self, spec: VariantSpec, *, clips: np.ndarray, optim: OptimConfig, seed: int,
                  frames: int | None = None, crop: int | None = None, sample_posterior: bool = False,
-                 decoder_only: bool = False):
+                 decoder_only: bool = False, init: Path | None = None):
         self.clips = torch.from_numpy(np.ascontiguousarray(clips))
         if frames is not None and frames > self.clips.shape[1]:
             raise ValueError(f"vae_frames: {frames} is more than the clips' {self.clips.shape[1]} frames")
@@ -87,6 +87,11 @@ class VAEStage:
                              f"{self.clips.shape[2]}x{self.clips.shape[3]} frames")
         self.optim, self.frames, self.crop, self.sample_posterior = optim, frames, crop, sample_posterior
         self.modules = {"vae": init_vae(spec, seed=seed + 100)}
+        if init is not None:  # a trained VAE's weights (a resumed run then loads its own checkpoint over them)
+            from diffusers import AutoencoderKLWan
+
+            trained = AutoencoderKLWan.from_pretrained(str(init), torch_dtype=torch.float32)
+            self.modules["vae"].load_state_dict(trained.state_dict())
         self.decoder_only = decoder_only
         if decoder_only:  # the encoder's latents, their statistics and experts trained on them stay valid
             for part in ENCODER_PARTS:
