@@ -335,3 +335,26 @@ def test_vae_init_trains_on_from_a_trained_vae(tmp_path):
         train(replace(small_config(tmp_path / "bad", expert_steps=1, stage="vae"), vae_init=str(tmp_path)),
               local=True)
     assert not (tmp_path / "bad" / "data").exists()  # refused before any clip was made
+
+
+def test_a_decoder_only_run_from_vae_init_keeps_its_encoder_and_latent_statistics(tmp_path):
+    """The experts shipped with a VAE trained on its latents: a decoder trained on from it must leave the encoder
+    and the latents' normalisation exactly as they were, so the new decoder can replace the old one."""
+    from diffusers import AutoencoderKLWan
+
+    from wan_dist.models.shipped import SHIPPED_DIR
+    from wan_dist.models.vae import vae_config_from_diffusers
+    from wan_dist.train import train
+    from wan_dist.train.stages import ENCODER_PARTS
+
+    init = SHIPPED_DIR / "toy" / "vae"
+    config = replace(small_config(tmp_path, expert_steps=1, stage="vae"), vae_init=str(init), vae_decoder_only=True)
+    train(replace(config, vae=replace(config.vae, steps=2, lr=1e-2)), local=True)
+    before = AutoencoderKLWan.from_pretrained(str(init), torch_dtype=torch.float32).state_dict()
+    after = AutoencoderKLWan.from_pretrained(str(tmp_path / "vae"), torch_dtype=torch.float32).state_dict()
+    for key in before:
+        if key.split(".")[0] in ENCODER_PARTS:
+            assert torch.equal(after[key], before[key]), key
+    assert any(not torch.equal(after[key], before[key]) for key in before if key.startswith("decoder."))
+    ours, theirs = vae_config_from_diffusers(tmp_path / "vae"), vae_config_from_diffusers(init)
+    assert (ours.latents_mean, ours.latents_std) == (theirs.latents_mean, theirs.latents_std)

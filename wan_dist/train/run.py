@@ -133,18 +133,27 @@ def text_encoder_for(spec: VariantSpec, corpus: tuple[str, ...], folder: Path, *
 
 @torch.no_grad()
 def _finish_vae(config: TrainConfig, spec: VariantSpec) -> dict:
-    """Trained VAE -> measured latent statistics -> ``<out>/vae``; held-out PSNR into the summary."""
+    """Trained VAE -> measured latent statistics (vae_init's, decoder only) -> ``<out>/vae``; held-out PSNR into
+    the summary."""
     from wan_dist.models.vae import WanVAE, build_vae
 
     out = Path(config.out)
     state = torch.load(latest_checkpoint(out / "ray" / "vae") / STATE_FILE, map_location="cpu", weights_only=False)
     model = build_vae(spec.vae)
     model.load_state_dict(state["modules"]["vae"])
-    clips, _ = cached_clips(out, config.data, spec, split="train")
-    mu = torch.cat([model.encode(to_video(clips[i:i + 4])).latent_dist.mode() for i in range(0, min(len(clips), 64), 4)])
-    mean = mu.transpose(0, 1).flatten(1).mean(1)
-    std = mu.transpose(0, 1).flatten(1).std(1).clamp_min(1e-3)
-    vae_config = replace(spec.vae, latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()))
+    if config.vae_decoder_only and config.vae_init:
+        # the encoder is vae_init's: so are the latents, and the statistics experts trained on them use
+        from wan_dist.models.vae import vae_config_from_diffusers
+
+        init = vae_config_from_diffusers(vae_folder(config.vae_init, spec, field="vae_init"))
+        vae_config = replace(spec.vae, latents_mean=init.latents_mean, latents_std=init.latents_std)
+    else:
+        clips, _ = cached_clips(out, config.data, spec, split="train")
+        mu = torch.cat([model.encode(to_video(clips[i:i + 4])).latent_dist.mode()
+                        for i in range(0, min(len(clips), 64), 4)])
+        mean = mu.transpose(0, 1).flatten(1).mean(1)
+        std = mu.transpose(0, 1).flatten(1).std(1).clamp_min(1e-3)
+        vae_config = replace(spec.vae, latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()))
     model.register_to_config(latents_mean=list(vae_config.latents_mean), latents_std=list(vae_config.latents_std))
     model.save_pretrained(str(out / "vae"), safe_serialization=True)
     summary = json.loads((out / "vae_summary.json").read_text())
