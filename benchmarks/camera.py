@@ -27,7 +27,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from csv_rows import report_row
 
@@ -69,6 +69,7 @@ def _run(cfg: DictConfig) -> dict:
     defaults = pipe.spec.defaults
     asked = moves(cfg)
     camera_extra = {} if cfg.strength is None else {"strength": cfg.strength}
+    layers = {} if cfg.layers is None else {"layers": OmegaConf.to_container(cfg.layers)}
     hits, chance, measured = Counter(), Counter(), Counter()
     plain_s, camera_s, sheet = [], [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -84,7 +85,7 @@ def _run(cfg: DictConfig) -> dict:
             row = [plain[-1]]
             for name, (move, direction) in asked.items():
                 frames, seconds = _render(pipe, {**base, "camera": {"moves": [move], "mode": cfg.mode,
-                                                                     **camera_extra}})
+                                                                     **camera_extra}, **layers})
                 camera_s.append(seconds)
                 got = camera_motion(frames)
                 measured[(name, got)] += 1

@@ -251,6 +251,9 @@ def test_exact_mode_frames_every_pose_within_half_a_pixel():
     render, centres = _dots(W, H)
     frames, overscan, offset = virtual_camera(np.repeat(render[None], 9, 0), path)
     assert 1.0 < overscan < 1.5 and overscan == pytest.approx(required_overscan(path)[0])
+    # the engine hands over the crop its plan checked: the same frames, without searching for it again
+    assert np.array_equal(virtual_camera(np.repeat(render[None], 9, 0), path, overscan=overscan, offset=offset)[0],
+                          frames)
     from wan_dist.controls.warp import overscan_matrix
 
     crop = overscan_matrix(overscan, W, H, offset)

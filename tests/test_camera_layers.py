@@ -119,6 +119,43 @@ def test_disoccluded_background_is_inpainted_not_a_copy_of_the_foreground():
     assert red(plate.astype(np.uint8)).mean() < 0.005  # the plate has no subject left in it
 
 
+def _mapped(matrix: np.ndarray, point) -> np.ndarray:
+    moved = matrix @ np.array([point[0], point[1], 1.0])
+    return moved[:2] / moved[2]
+
+
+@pytest.mark.parametrize("box", [(0.25, 0.2, 0.6, 0.8), None])
+def test_exact_mode_splits_every_frame_into_layers_following_a_moving_subject(box):
+    """The exact mode over a render whose subject travels by itself (2 px a frame): each output frame puts the
+    disk where the render has it in that frame, moved by the pose at the foreground's depth, and the background
+    by the pose at depth 1. One set of layers from frame 0 would leave the disk behind; no layers would move it
+    by the background's travel."""
+    from wan_dist.controls.warp import overscan_matrix, virtual_camera
+
+    centres = [(64 + 2 * i, 64) for i in range(9)]
+    frames = np.stack([scene(centre=c, radius=16, smooth=box is None)[0] for c in centres])
+    spec = LayerSpec.from_dict({"parallax": 2.0, "motion_blur": 0.0, "foreground_box": None if box is None else list(box)})
+    path = CameraPath.from_dict({"moves": [{"type": "truck", "amount": 0.05, "easing": "linear"}],
+                                 "mode": "exact"}).sample(num_frames=9, fps=16, width=W, height=H, seed=0,
+                                                          pivot_depth=spec.foreground_depth)
+    out, scale, offset = virtual_camera(frames, path, layers=spec)
+    crop = overscan_matrix(scale, W, H, offset)
+    for i in (0, 4, 8):
+        want = _mapped(path.homography(i, spec.foreground_depth) @ crop, centres[i])
+        mask = red(out[i])
+        got = np.array([np.nonzero(mask)[1].mean(), np.nonzero(mask)[0].mean()])
+        assert np.abs(got - want).max() < 0.75, (i, got, want)
+        as_one_plane = _mapped(path.homography(i, 1.0) @ crop, centres[i])
+        assert i == 0 or abs(want[0] - as_one_plane[0]) > 2  # the test tells parallax from none
+    # the background, registered outside the disks, slides as the pose at depth 1 moves a point
+    keep = ~cv2.dilate((red(out[0]) | red(out[8])).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    keep[:, :W // 4] = keep[:, -W // 4:] = False
+    background = frame_motion(out[0], out[8], keep)[0]
+    centre = ((W - 1) / 2, (H - 1) / 2)
+    expected = _mapped(path.homography(8, 1.0) @ crop, centre)[0] - _mapped(path.homography(0, 1.0) @ crop, centre)[0]
+    assert background == pytest.approx(expected, abs=0.5)
+
+
 # ----------------------------------------------------------------------------- blur
 def _line_spread(frame: np.ndarray, columns: slice, rows: slice) -> float:
     """Variance (px^2) of the horizontal profile of the bright line inside ``columns`` x ``rows``."""

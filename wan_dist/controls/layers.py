@@ -9,7 +9,8 @@ A request's ``layers`` (INTERFACES.md) is ``{"parallax", "motion_blur", "foregro
   is blurred along its own motion over that share, so nearer (faster) layers blur more. Default 0.5.
 - ``foreground_box``: ``[x0, y0, x1, y1]`` fractions of the frame around the subject, GrabCut's starting
   rectangle; without it the image's spectral-residual saliency seeds GrabCut. Between frames of a video,
-  :func:`motion_mask` seeds it from what moved.
+  :func:`motion_mask` seeds it from what moved, and :func:`track_foreground` follows the subject from frame to
+  frame (the exact mode splits every frame of its render into layers).
 
 The background plate is the image with the foreground removed and the hole inpainted (OpenCV Telea), so a
 foreground sliding away uncovers plausible background instead of a copy of itself. Layers composite back to
@@ -27,8 +28,8 @@ import numpy as np
 
 from wan_dist.controls.camera import ControlError, SampledPath, _keys, _number
 
-__all__ = ["LayerSpec", "Layer", "saliency_map", "foreground_mask", "motion_mask", "split_layers", "warp_layer",
-           "render_layers", "DEFAULT_PARALLAX", "DEFAULT_MOTION_BLUR", "MAX_BLUR_SAMPLES"]
+__all__ = ["LayerSpec", "Layer", "saliency_map", "foreground_mask", "motion_mask", "track_foreground",
+           "split_layers", "warp_layer", "composite", "render_layers", "DEFAULT_PARALLAX", "DEFAULT_MOTION_BLUR", "MAX_BLUR_SAMPLES"]
 
 DEFAULT_PARALLAX = 2.0
 DEFAULT_MOTION_BLUR = 0.5
@@ -98,10 +99,17 @@ def saliency_map(image: np.ndarray) -> np.ndarray:
     return (saliency - low) / (high - low) if high > low else np.zeros((height, width), np.float32)
 
 
-def _grabcut(image: np.ndarray, mask: np.ndarray | None, rect: tuple[int, int, int, int] | None) -> np.ndarray:
-    """GrabCut's foreground [H, W] bool from a seed ``mask`` (GC_* labels) or a rectangle; fixed seed."""
+def _models() -> tuple[np.ndarray, np.ndarray]:
+    """Empty GrabCut colour models (background, foreground): OpenCV fills them in place."""
+    return np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+
+
+def _grabcut(image: np.ndarray, mask: np.ndarray | None, rect: tuple[int, int, int, int] | None,
+             models: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """GrabCut's foreground [H, W] bool from a seed ``mask`` (GC_* labels) or a rectangle; fixed seed.
+    ``models``: where the colour models it ends with are left (a later frame resumes from them)."""
     cv2.setRNGSeed(0)  # GrabCut's GMM initialisation draws from OpenCV's RNG: reproducible separations
-    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    background, foreground = models or _models()
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if rect is not None:
         mask = np.zeros(image.shape[:2], np.uint8)
@@ -111,14 +119,27 @@ def _grabcut(image: np.ndarray, mask: np.ndarray | None, rect: tuple[int, int, i
     return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
 
 
-def _seeded_cut(image: np.ndarray, seed: np.ndarray) -> np.ndarray:
+def _seeded_cut(image: np.ndarray, seed: np.ndarray, models=None) -> np.ndarray:
     """GrabCut from a rough foreground ``seed`` [H, W] bool; the frame's border is background for sure."""
     if not seed.any() or seed.all():
         return np.zeros(seed.shape, bool)
     labels = np.where(seed, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     ring = max(1, min(seed.shape) // 32)
     labels[:ring], labels[-ring:], labels[:, :ring], labels[:, -ring:] = (cv2.GC_BGD,) * 4
-    return _grabcut(image, labels, None)
+    return _grabcut(image, labels, None, models)
+
+
+def _resumed_cut(image: np.ndarray, previous: np.ndarray, models: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The foreground [H, W] bool of ``image``, the frame after one whose foreground was ``previous`` [H, W] bool:
+    one GrabCut iteration resumed from that frame's colour models (no re-initialisation: a tenth of a fresh
+    cut's time), the previous foreground probably foreground, its grown box probably background, the rest
+    background for sure."""
+    x0, y0, x1, y1 = _grown_box(previous)
+    labels = np.full(previous.shape, cv2.GC_BGD, np.uint8)
+    labels[y0:y1, x0:x1] = cv2.GC_PR_BGD
+    labels[previous] = cv2.GC_PR_FGD
+    cv2.grabCut(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), labels, None, *models, 1, cv2.GC_EVAL)
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
 
 def _soft(mask: np.ndarray) -> np.ndarray:
@@ -126,18 +147,20 @@ def _soft(mask: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.7)
 
 
-def foreground_mask(image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+def foreground_mask(image: np.ndarray, box: tuple[float, float, float, float] | None = None,
+                    models: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The foreground's alpha [H, W] float32 in [0, 1] of ``image`` [H, W, 3] uint8: GrabCut from ``box``
-    (fractions of the frame), else from the image's salient region (above Otsu's threshold of the saliency)."""
+    (fractions of the frame), else from the image's salient region (above Otsu's threshold of the saliency).
+    ``models``: GrabCut's colour models are left there."""
     height, width = image.shape[:2]
     if box is not None:
         x0, y0 = int(math.floor(box[0] * width)), int(math.floor(box[1] * height))
         x1, y1 = int(math.ceil(box[2] * width)), int(math.ceil(box[3] * height))
         rect = (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
-        return _soft(_grabcut(image, None, rect))
+        return _soft(_grabcut(image, None, rect, models))
     saliency = (saliency_map(image) * 255).astype(np.uint8)
     threshold, _ = cv2.threshold(saliency, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return _soft(_seeded_cut(image, saliency > threshold))
+    return _soft(_seeded_cut(image, saliency > threshold, models))
 
 
 def motion_mask(first: np.ndarray, second: np.ndarray, *, threshold: float = 12.0) -> np.ndarray:
@@ -147,6 +170,34 @@ def motion_mask(first: np.ndarray, second: np.ndarray, *, threshold: float = 12.
     moved = cv2.morphologyEx((difference > threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     moved = cv2.morphologyEx(moved, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     return _soft(_seeded_cut(second, moved.astype(bool)))
+
+
+def _grown_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The box (x0, y0, x1, y1 pixels, end exclusive) around ``mask`` [H, W] bool, not empty, grown by a
+    quarter of its size and 2 pixels on each side, inside the frame."""
+    ys, xs = np.nonzero(mask)
+    height, width = mask.shape
+    grow_x, grow_y = (xs.max() - xs.min() + 1) / 4 + 2, (ys.max() - ys.min() + 1) / 4 + 2
+    return (max(0, math.floor(xs.min() - grow_x)), max(0, math.floor(ys.min() - grow_y)),
+            min(width, math.ceil(xs.max() + 1 + grow_x)), min(height, math.ceil(ys.max() + 1 + grow_y)))
+
+
+def track_foreground(frames: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:
+    """The foreground's alpha [H, W] float32 in each frame of a clip [F, H, W, 3] uint8 made with the camera
+    still: frame 0's as :func:`foreground_mask` finds it (the spec's box, else saliency), each later frame's by
+    GrabCut resumed from the frame before (:func:`_resumed_cut`), so a subject that moves is followed; where
+    the foreground was lost, the search starts again as in frame 0."""
+    alphas: list[np.ndarray] = []
+    for frame in frames:
+        previous = alphas[-1] > 0.5 if alphas else None
+        alpha = None
+        if previous is not None and previous.any():
+            alpha = _soft(_resumed_cut(frame, previous, models))
+        if alpha is None or not (alpha > 0.5).any():
+            models = _models()
+            alpha = foreground_mask(frame, spec.foreground_box, models)
+        alphas.append(alpha)
+    return alphas
 
 
 def split_layers(image: np.ndarray, spec: LayerSpec, alpha: np.ndarray | None = None) -> list[Layer]:
@@ -200,14 +251,17 @@ def warp_layer(layer: Layer, path: SampledPath, t: float, shutter: float = 0.0,
     return np.clip(colour / len(times), 0.0, 255.0 * alpha[..., None]), alpha
 
 
+def composite(layers: list[Layer], path: SampledPath, t: float, *, motion_blur: float = 0.0,
+              view: np.ndarray | None = None) -> np.ndarray:
+    """Frame ``t`` [H, W, 3] uint8 of ``layers`` composited far to near, each warped by :func:`warp_layer`."""
+    canvas = np.zeros((path.height, path.width, 3), np.float32)
+    for layer in sorted(layers, key=lambda item: -item.depth):
+        colour, alpha = warp_layer(layer, path, t, motion_blur, view=view)
+        canvas = colour + (1.0 - alpha[..., None]) * canvas
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
 def render_layers(layers: list[Layer], path: SampledPath, *, motion_blur: float = 0.0) -> np.ndarray:
     """Frames [F, H, W, 3] uint8 of ``layers`` (far to near) moved along ``path``, each layer by the
     homography of its depth (parallax), blurred over ``motion_blur`` of a frame interval."""
-    frames = np.empty((path.num_frames, path.height, path.width, 3), np.uint8)
-    for index in range(path.num_frames):
-        canvas = np.zeros((path.height, path.width, 3), np.float32)
-        for layer in sorted(layers, key=lambda item: -item.depth):
-            colour, alpha = warp_layer(layer, path, index, motion_blur)
-            canvas = colour + (1.0 - alpha[..., None]) * canvas
-        frames[index] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    return frames
+    return np.stack([composite(layers, path, index, motion_blur=motion_blur) for index in range(path.num_frames)])

@@ -9,7 +9,8 @@
   neighbours, which a diffusion model reads as signal.
 - :func:`virtual_camera`: the exact mode. The render is the overscanned view (a field of view ``overscan``
   times wider than the output's); output frame ``i`` is the render's frame ``i`` seen through the path's pose
-  ``i`` (background plane), so framing follows the path to interpolation accuracy whatever the model drew.
+  ``i`` (background plane), so framing follows the path to interpolation accuracy whatever the model drew;
+  with ``layers``, each frame's own layers move by their depths (parallax).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import cv2
 import numpy as np
 
 from wan_dist.controls.camera import ControlError, SampledPath
-from wan_dist.controls.layers import Layer, LayerSpec, render_layers, split_layers, warp_layer
+from wan_dist.controls.layers import (Layer, LayerSpec, composite, render_layers, split_layers, track_foreground,
+                                      warp_layer)
 
 __all__ = ["warp_image", "proxy_clip", "warp_noise", "overscan_matrix", "required_overscan", "virtual_camera",
            "MAX_OVERSCAN"]
@@ -144,20 +146,31 @@ def required_overscan(path: SampledPath) -> tuple[float, tuple[float, float]]:
 
 
 def virtual_camera(frames: np.ndarray, path: SampledPath, *, overscan: float | None = None,
-                   motion_blur: float = 0.0) -> tuple[np.ndarray, float, tuple[float, float]]:
+                   offset: tuple[float, float] | None = None, motion_blur: float = 0.0,
+                   layers: LayerSpec | None = None) -> tuple[np.ndarray, float, tuple[float, float]]:
     """The exact mode's pass: (frames [F, H, W, 3] uint8, the overscan and crop offset used). ``frames`` is a render made with
     the camera still; output frame i is its frame i seen through pose i inside a crop ``overscan`` times smaller
     (default: :func:`required_overscan`; the crop is placed to centre the path's travel), blurred over
-    ``motion_blur`` of a frame interval."""
+    ``motion_blur`` of a frame interval. With ``layers`` every frame is split into its own background plate and
+    foreground (the subject followed from frame to frame: ``track_foreground``), each moved by the pose at its
+    depth: parallax over whatever the model drew, the subject where the render has it in that frame.
+    ``overscan`` with ``offset``: a crop already checked against the path (``required_overscan``'s search is
+    then skipped: it costs more than the warps at a small size)."""
     if frames.shape[0] != path.num_frames or frames.shape[1:3] != (path.height, path.width):
         raise ValueError(f"virtual_camera: frames {list(frames.shape)} do not match the path "
                          f"({path.num_frames} x {path.height} x {path.width})")
-    needed, offset = required_overscan(path)
-    if overscan is not None and overscan < needed - 1e-3:
-        raise ControlError("overscan", f"{overscan:g} is less than the {needed:.3f} this path needs")
-    scale = needed if overscan is None else overscan
+    if overscan is None or offset is None:
+        needed, offset = required_overscan(path)
+        if overscan is not None and overscan < needed - 1e-3:
+            raise ControlError("overscan", f"{overscan:g} is less than the {needed:.3f} this path needs")
+        overscan = needed if overscan is None else overscan
+    scale = overscan
     crop = overscan_matrix(scale, path.width, path.height, offset)
     out = np.empty_like(frames)
+    if layers is not None:
+        for index, (frame, alpha) in enumerate(zip(frames, track_foreground(frames, layers))):
+            out[index] = composite(split_layers(frame, layers, alpha), path, index, motion_blur=motion_blur, view=crop)
+        return out, scale, offset
     for index, frame in enumerate(frames):
         if motion_blur > 0:
             plane = Layer(colour=frame.astype(np.float32), alpha=np.ones(frame.shape[:2], np.float32), depth=1.0,

@@ -71,12 +71,13 @@ class CameraPlan:
         return torch.stack(rows)
 
     def post_pass(self, frames: np.ndarray) -> np.ndarray:
-        """Exact mode: decoded frames [B, F, H, W, 3] uint8 through the virtual camera; else as they are."""
+        """Exact mode: decoded frames [B, F, H, W, 3] uint8 through the virtual camera (each frame split into the
+        request's layers, if any: parallax); else as they are."""
         if not self.exact:
             return frames
         blur = self.layers.motion_blur if self.layers is not None else 0.0
-        return np.stack([virtual_camera(clip, self.sampled, overscan=self.overscan, motion_blur=blur)[0]
-                         for clip in frames])
+        return np.stack([virtual_camera(clip, self.sampled, overscan=self.overscan, offset=self.offset,
+                                        motion_blur=blur, layers=self.layers)[0] for clip in frames])
 
     def record(self) -> dict:
         """Plain data for the sidecar: what was asked, how it was applied, and the pose of every frame."""
