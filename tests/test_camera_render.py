@@ -18,6 +18,7 @@ import torch
 from wan_dist import load_pipeline
 from wan_dist.config import OutputConfig
 from wan_dist.controls.camera import CameraPath
+from wan_dist.controls.warp import virtual_camera
 from wan_dist.engine.camera import plan_camera
 from wan_dist.engine.request import RenderRequest, build_request
 from wan_dist.engine.render import generate_for, render
@@ -144,3 +145,34 @@ def test_bad_camera_values_fail_before_any_step(toy_i2v, image):
                     height=64, fps=16, seed=0)
     with pytest.raises(ValueError, match="^layers: parallax"):
         plan_camera({}, {"parallax": 20}, num_frames=17, width=64, height=64, fps=16, seed=0)
+
+
+def test_exact_mode_with_layers_moves_each_frames_layers_and_re_renders_from_its_sidecar(toy_i2v, image, tmp_path):
+    """The request's layers reach the exact mode's pass: the clip is the still render (the same request without a
+    camera, its prompt given the camera's words) through the virtual camera with those layers, which differs
+    from it without them; the sidecar records the layers and re-renders the clip exactly."""
+    from PIL import Image
+
+    from wan_dist.engine.camera import camera_prompt
+
+    picture = np.asarray(Image.open(image)).copy()  # a subject for the box: a red disk before the texture
+    ys, xs = np.mgrid[0:64, 0:64]
+    picture[(xs - 32) ** 2 + (ys - 32) ** 2 < 81] = (230, 30, 30)
+    subject = str(tmp_path / "subject.png")
+    Image.fromarray(picture).save(subject)
+    camera = {"moves": [{"type": "truck", "amount": 0.12, "easing": "linear"}], "mode": "exact", "overscan": 1.4}
+    layers = {"parallax": 3, "motion_blur": 0, "foreground_box": [0.25, 0.25, 0.75, 0.75]}
+    layered = _request(toy_i2v, subject, camera, name="layered", layers=layers)
+    out = generate_for(toy_i2v, layered)
+    still = build_request({"prompt": camera_prompt(layered.prompt, camera), "image": subject, "seed": 21,
+                           "num_inference_steps": STEPS}, spec=toy_i2v.spec).request
+    raw = generate_for(toy_i2v, still).frames[0]
+    plan = out.camera
+    expected = virtual_camera(raw, plan.sampled, overscan=1.4, offset=plan.offset, layers=plan.layers)[0]
+    assert np.array_equal(out.frames[0], expected)
+    assert not np.array_equal(expected, virtual_camera(raw, plan.sampled, overscan=1.4, offset=plan.offset)[0])
+    result = render(toy_i2v, layered, OutputConfig(uri=str(tmp_path), preset="ultrafast"))
+    sidecar = json.loads(read_bytes(result.sidecar_uri))
+    assert sidecar["camera_path"]["layers"]["parallax"] == 3
+    again = RenderRequest.from_sidecar(sidecar)
+    assert np.array_equal(generate_for(toy_i2v, again).frames[0], out.frames[0])
