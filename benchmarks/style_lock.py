@@ -12,6 +12,11 @@ controls.style.colour_drift: content that differs counts too) and grade drift (C
 colour to the input's, controls.style.grade_drift) without and with the lock and their reductions, the texture statistic (high-frequency energy ratio to the input), and
 the lock's extra time over the render without it (sum of seconds, same process, interleaved).
 One row per kind of input goes to ``save_to`` (benchmarks/csv_rows.py); a sheet of middle frames to ``grid``.
+
+``renders=world`` measures the colour transfer alone on synthetic graded clips with no model: the world's own clip
+of each scene through the grade, drifting away from it over the clip (:func:`_drifted`), without and with the
+lock's transfer (grid: input | last frame without | with); also the frame drift, pixel by pixel against the
+same frame before it drifted (the colour alone: against the input image, the subject's own motion counts too).
 """
 
 from __future__ import annotations
@@ -46,7 +51,82 @@ def _grade(name: str, image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
+def _drifted(clip: np.ndarray) -> np.ndarray:
+    """``clip`` [F, H, W, 3] uint8 losing its look as a model that drifts does: a cool cast and lifted blacks
+    creeping in linearly from none at frame 0 to all of it at the last frame."""
+    x = clip.astype(np.float32) / 255.0
+    cast = 0.1 + 0.8 * x * np.array([0.85, 0.95, 1.15], np.float32)
+    weight = np.linspace(0.0, 1.0, len(clip), dtype=np.float32)[:, None, None, None]
+    return np.clip(np.rint(((1 - weight) * x + weight * cast) * 255), 0, 255).astype(np.uint8)
+
+
+def _world_rows(cfg: DictConfig) -> tuple[list[dict], list[np.ndarray]]:
+    """``renders: world``: no model. The world's own clip of each held-out scene (a still camera, constant light),
+    every frame through the grade (a render that keeps the image's content and look), then :func:`_drifted`
+    (the look lost over the clip): drift without the lock, and with its colour transfer after decoding (the
+    latent pull needs a model), as the engine applies it (controls.style.colour_transfer at the lock's strength
+    and smoothing, 16 fps)."""
+    from wan_dist.controls.style import StyleLock, colour_drift, colour_transfer, grade_drift, high_frequency_ratio
+    from wan_dist.world import render_clip, sample_scene
+
+    lock = StyleLock.from_dict(float(cfg.strength))
+    rows, sheet = [], []
+    for grade in cfg.grades:
+        measured: dict[str, list[float]] = {key: [] for key in ("without", "with", "grade_without", "grade_with",
+                                                                "hf_without", "hf_with", "frame_without",
+                                                                "frame_with")}
+        for index in range(cfg.images):
+            scene = sample_scene(EVAL_SEED + index, split="heldout", camera="static", lighting="constant")
+            clip = render_clip(scene, height=cfg.size, width=cfg.size, num_frames=cfg.frames)
+            graded = np.stack([_grade(grade, frame) for frame in clip])
+            source, without = graded[0], _drifted(graded)
+            locked = colour_transfer(without, source, strength=lock.strength, fps=16.0, smoothing_s=lock.smoothing_s)
+            for frames, key in ((without, "without"), (locked, "with")):
+                # pixel by pixel against the same frame of the clip before it drifted: the colour alone, as the
+                # content (the subject moving) is the same in both
+                measured[f"frame_{key}"].append(statistics.mean(colour_drift(frames[i:i + 1], graded[i])
+                                                                for i in range(len(frames))))
+                measured[key].append(colour_drift(frames, source))
+                measured[f"grade_{key}"].append(grade_drift(frames, source))
+                measured[f"hf_{key}"].append(high_frequency_ratio(frames, source))
+            if index < cfg.grid_rows:
+                sheet.append(np.concatenate([source, without[-1], locked[-1]], axis=1))
+        frame_without, frame_with = statistics.mean(measured["frame_without"]), statistics.mean(measured["frame_with"])
+        rows.append({**_row(cfg, grade, measured, extra_time=None), "frame_drift_without": round(frame_without, 2),
+                     "frame_drift_with": round(frame_with, 2),
+                     "frame_drift_reduction": round(1 - frame_with / frame_without, 3)})
+    return rows, sheet
+
+
+def _row(cfg: DictConfig, grade: str, measured: dict, *, extra_time: float | None) -> dict:
+    without, with_lock = statistics.mean(measured["without"]), statistics.mean(measured["with"])
+    return {"input": grade, "images": cfg.images, "strength": cfg.strength,
+            "drift_without": round(without, 2), "drift_with": round(with_lock, 2),
+            "drift_reduction": round(1 - with_lock / without, 3),
+            "grade_drift_without": round(statistics.mean(measured["grade_without"]), 2),
+            "grade_drift_with": round(statistics.mean(measured["grade_with"]), 2),
+            "grade_drift_reduction": round(1 - statistics.mean(measured["grade_with"])
+                                           / statistics.mean(measured["grade_without"]), 3),
+            "hf_ratio_without": round(statistics.mean(measured["hf_without"]), 3),
+            "hf_ratio_with": round(statistics.mean(measured["hf_with"]), 3),
+            "extra_time": extra_time}
+
+
 def _run(cfg: DictConfig) -> list[dict]:
+    if cfg.renders == "world":
+        rows, sheet = _world_rows(cfg)
+    else:
+        rows, sheet = _model_rows(cfg)
+    if cfg.grid:
+        from PIL import Image
+
+        Path(cfg.grid).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(sheet, axis=0)).resize(
+            (3 * cfg.size * 2, len(sheet) * cfg.size * 2), Image.NEAREST).save(cfg.grid)
+    return rows
+
+
+def _model_rows(cfg: DictConfig) -> tuple[list[dict], list[np.ndarray]]:
     import torch
     from PIL import Image
 
@@ -87,22 +167,8 @@ def _run(cfg: DictConfig) -> list[dict]:
             if index < cfg.grid_rows:
                 middle = cfg.frames // 2
                 sheet.append(np.concatenate([source, outputs[False][middle], outputs[True][middle]], axis=1))
-        without, with_lock = statistics.mean(measured["without"]), statistics.mean(measured["with"])
-        rows.append({"input": grade, "images": cfg.images, "strength": cfg.strength,
-                     "drift_without": round(without, 2), "drift_with": round(with_lock, 2),
-                     "drift_reduction": round(1 - with_lock / without, 3),
-                     "grade_drift_without": round(statistics.mean(measured["grade_without"]), 2),
-                     "grade_drift_with": round(statistics.mean(measured["grade_with"]), 2),
-                     "grade_drift_reduction": round(1 - statistics.mean(measured["grade_with"])
-                                                    / statistics.mean(measured["grade_without"]), 3),
-                     "hf_ratio_without": round(statistics.mean(measured["hf_without"]), 3),
-                     "hf_ratio_with": round(statistics.mean(measured["hf_with"]), 3),
-                     "extra_time": round(measured["s_with"] / measured["s_without"] - 1, 4)})
-    if cfg.grid:
-        Path(cfg.grid).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(sheet, axis=0)).resize(
-            (3 * cfg.size * 2, len(sheet) * cfg.size * 2), Image.NEAREST).save(cfg.grid)
-    return rows
+        rows.append(_row(cfg, grade, measured, extra_time=round(measured["s_with"] / measured["s_without"] - 1, 4)))
+    return rows, sheet
 
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="bench_style_lock", version_base="1.3")

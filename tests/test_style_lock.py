@@ -199,3 +199,24 @@ def test_grade_drift_reads_the_grade_not_the_content():
     graded = _graded_clip(source, 3)
     assert grade_drift(moved, source) < 0.2 * colour_drift(moved, source)
     assert grade_drift(graded, source) > 5 * grade_drift(moved, source)
+
+
+def test_the_benchmarks_world_mode_measures_the_transfer_on_drifting_graded_clips():
+    """benchmarks/style_lock.py renders=world: the world's graded clips losing their look over time, without
+    and with the lock's transfer: the colour drift frame by frame falls by more than half, while the drift to
+    the input image keeps the subject's own motion (a floor no colour lock removes)."""
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import style_lock
+
+    cfg = OmegaConf.create({"renders": "world", "model": "toy-i2v", "grades": ["warm"], "images": 2, "size": 64,
+                            "frames": 17, "strength": 1.0, "grid": None, "grid_rows": 0})
+    (row,) = style_lock._run(cfg)
+    assert row["input"] == "warm" and row["extra_time"] is None
+    assert row["frame_drift_without"] > 2 and row["frame_drift_reduction"] >= 0.5
+    assert row["grade_drift_reduction"] >= 0.5
+    assert 0 < row["drift_reduction"] < row["frame_drift_reduction"]
