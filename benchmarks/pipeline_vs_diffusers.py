@@ -8,6 +8,7 @@ tensor-sized allocation is returned to the OS when freed and resident memory tra
 (otherwise malloc's free lists hide the peak of the second run behind the first's).
 
     python benchmarks/pipeline_vs_diffusers.py --preset small --steps 4 --repeats 3 --write
+    python benchmarks/pipeline_vs_diffusers.py --rows 20 --repeats 3     # equal work: no padding for either
 """
 
 from __future__ import annotations
@@ -37,28 +38,34 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("VmHWM not found")
 
 
-def _inputs(spec, height: int, width: int, frames: int):
+def _inputs(spec, height: int, width: int, frames: int, rows: int | None = None):
+    """Prompt and negative embeddings, initial latents. ``rows`` None: text_len rows, of which the first 20
+    (12 for the negative) are the prompt's and the rest zero padding, which diffusers attends and our DiT
+    compresses (exactly) to one slot; ``rows`` N: exactly N prompt rows each, no padding: equal work."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    context = torch.randn(1, spec.dit.text_len, spec.dit.text_dim, generator=generator)
-    context[:, 20:] = 0
-    negative = torch.randn(1, spec.dit.text_len, spec.dit.text_dim, generator=generator)
-    negative[:, 12:] = 0
+    length = rows or spec.dit.text_len
+    context = torch.randn(1, length, spec.dit.text_dim, generator=generator)
+    negative = torch.randn(1, length, spec.dit.text_dim, generator=generator)
+    if rows is None:
+        context[:, 20:] = 0
+        negative[:, 12:] = 0
     stride = spec.vae.spatial_stride
     latents = torch.randn(1, spec.vae.z_dim, (frames - 1) // 4 + 1, height // stride, width // stride,
                           generator=generator)
     return context, negative, latents
 
 
-def child(which: str, folder: str, steps: int, height: int, width: int, frames: int, threads: int, out: str) -> None:
+def child(which: str, folder: str, steps: int, height: int, width: int, frames: int, threads: int, out: str,
+          rows: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
     from wan_dist.models.checkpoint import detect_checkpoint
 
     spec = detect_checkpoint(folder).spec
-    context, negative, latents = _inputs(spec, height, width, frames)
+    context, negative, latents = _inputs(spec, height, width, frames, rows)
     kwargs = dict(height=height, width=width, num_frames=frames, num_inference_steps=steps, guidance_scale=4.0,
                   guidance_scale_2=3.0, prompt_embeds=context, negative_prompt_embeds=negative,
                   output_type="latent")
@@ -90,7 +97,8 @@ def _run_child(which: str, args, folder: str, tmp: str, index: int) -> dict:
     out = os.path.join(tmp, f"{which}-{index}.json")
     subprocess.run([sys.executable, __file__, "--child", which, "--folder", folder, "--steps", str(args.steps),
                     "--height", str(args.height), "--width", str(args.width), "--frames", str(args.frames),
-                    "--threads", str(args.threads), "--out", out], check=True,
+                    "--threads", str(args.threads), "--out", out, *(["--rows", str(args.rows)] if args.rows else [])],
+                   check=True,
                    env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"})
     return {**json.loads(Path(out).read_text()), "latents": out + ".pt"}
 
@@ -104,11 +112,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=None,
+                        help="prompt embeddings of exactly this many rows, no zero padding (equal work: the "
+                             "default's 512 rows, 20 of them the prompt's, favour our padding compression)")
     parser.add_argument("--write", action="store_true", help=f"append the table to {RESULTS.name}")
     parser.add_argument("--child"), parser.add_argument("--folder"), parser.add_argument("--out")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.folder, args.steps, args.height, args.width, args.frames, args.threads, args.out)
+        child(args.child, args.folder, args.steps, args.height, args.width, args.frames, args.threads, args.out,
+              args.rows)
         return
 
     import torch
@@ -129,7 +141,9 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; torch {torch.__version__}"
     lines = [
         f"### Pipeline vs diffusers WanPipeline: preset `{args.preset}`, {args.width}x{args.height}x{args.frames}, "
-        f"{args.steps} steps, CFG, fp32, {args.threads} threads ({time.strftime('%Y-%m-%d')})",
+        f"{args.steps} steps, CFG, fp32, {args.threads} threads, "
+        f"{f'{args.rows}-row prompts, no padding' if args.rows else 'prompts padded to text_len'} "
+        f"({time.strftime('%Y-%m-%d')})",
         f"Machine: {machine}. Best of {args.repeats} alternating runs, each in its own process.",
         "",
         "| | wall (s) | speed vs diffusers | peak RSS during generate (MiB) | memory vs diffusers |",
