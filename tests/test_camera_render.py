@@ -119,6 +119,12 @@ def test_guided_i2v_starts_part_way_from_the_proxy_clip(toy_i2v, image):
     assert torch.allclose(proxy[0, :, 0], pixels, atol=1 / 127)  # the proxy starts at the image
     expected = noise_to(toy_i2v.vae.encode(proxy), noise, float(full_schedule.sigmas[3]))
     assert torch.allclose(prepared.latents, expected, atol=1e-5)
+    # the image's condition, encoded in one VAE batch with the proxy, is what it is encoded alone
+    from wan_dist.engine.images import i2v_image_latents
+    from wan_dist.sampling.denoise import ImageToVideo
+
+    alone = ImageToVideo.from_image_latents(i2v_image_latents(toy_i2v.vae, pixels[None], settings.num_frames))
+    assert torch.allclose(prepared.conditioning.condition, alone.condition, atol=1e-5)
     seen = []
     toy_i2v.denoise(prepared, callback=lambda index, total, *_: seen.append((index, total)))
     assert seen == [(0, 3), (1, 3), (2, 3)]

@@ -144,21 +144,32 @@ class WanPipeline:
             return reference_schedule(settings.num_inference_steps, settings.shift, solver=settings.solver)
         return diffusers_schedule(settings.num_inference_steps, settings.shift, solver=settings.solver)
 
-    def _conditioning(self, settings: RenderSettings, image, latent_shape, batch: int):
+    def _conditioning(self, settings: RenderSettings, image, latent_shape, batch: int,
+                      proxy: torch.Tensor | None = None):
+        """(the task's conditioning, ``proxy``'s latents or None). ``proxy``: a camera's proxy clip [B, 3, F, H, W]
+        to encode too; an I2V condition video has its shape, so both go through the VAE as one batch (on CPU at
+        toy size one call of two clips costs about what one clip does)."""
         z, f, h, w = latent_shape
         if self.spec.task == "t2v":
-            return TextToVideo()
+            return TextToVideo(), None if proxy is None else self.vae.encode(proxy.to(self.device))
         if self.spec.task == "i2v":
             pixels = prepare_image(image, width=settings.width, height=settings.height, mode="i2v", batch=batch)
-            image_latents = i2v_image_latents(self.vae, pixels, settings.num_frames)
-            return ImageToVideo.from_image_latents(image_latents, temporal_stride=self.vae.temporal_stride)
+            if proxy is None:
+                image_latents, proxy_latents = i2v_image_latents(self.vae, pixels, settings.num_frames), None
+            else:
+                video = cond.i2v_condition_video(pixels, settings.num_frames)
+                both = self.vae.encode(torch.cat([video, proxy.to(video)]).to(self.device))
+                image_latents, proxy_latents = both[:len(video)], both[len(video):]
+            return (ImageToVideo.from_image_latents(image_latents, temporal_stride=self.vae.temporal_stride),
+                    proxy_latents)
+        proxy_latents = None if proxy is None else self.vae.encode(proxy.to(self.device))
         if image is None:  # text-only TI2V: every token gets t (diffusers' expand_timesteps)
             return FirstFrameToVideo(mask=torch.ones(1, 1, f, h, w, device=self.device), image_latents=None,
-                                     patch_size=self.spec.dit.patch_size)
+                                     patch_size=self.spec.dit.patch_size), proxy_latents
         pixels = prepare_image(image, width=settings.width, height=settings.height, mode="ti2v", batch=batch)
         image_latents = self.vae.encode(pixels.unsqueeze(2).to(self.device))
         mask = cond.ti2v_first_frame_mask((1, 1, f, h, w), device=self.device)
-        return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size)
+        return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size), proxy_latents
 
     # -- LoRAs, diffusers' spelling (engine/loras.py) ------------------------------------------------
     @property
@@ -311,13 +322,15 @@ class WanPipeline:
                                 spatial_stride=self.vae.spatial_stride)
             plan.timings["noise_warp_s"] = time.perf_counter() - tick
         latents = latents[rows].to(self.device, torch.float32)
-        tick = time.perf_counter()
-        conditioning = self._conditioning(settings, image, shape, latents.shape[0])
-        timings["image_encode_s"] = time.perf_counter() - tick
         schedule, steps = self.step_plan(settings)
+        proxy = None
         if plan is not None and plan.uses_proxy(self.spec.task, image is not None):
-            schedule, steps, latents = self._start_from_proxy(plan, settings, image, latents, schedule, rows,
-                                                              encode=not handoff)
+            schedule, steps, proxy = self._start_from_proxy(plan, settings, image, schedule, rows, encode=not handoff)
+        tick = time.perf_counter()
+        conditioning, proxy_latents = self._conditioning(settings, image, shape, latents.shape[0], proxy)
+        timings["image_encode_s"] = time.perf_counter() - tick  # with the proxy clip's encode, if any
+        if proxy_latents is not None:
+            latents = noise_to(proxy_latents.to(latents.dtype), latents, float(schedule.sigmas[0]))
         if plan is not None:  # what the camera cost, beside the other phases (and in the sidecar's camera_path)
             timings.update({f"camera_{name}": seconds for name, seconds in plan.timings.items()})
         return PreparedRender(settings=settings, context=context[rows], negative_context=negative_context[rows],
@@ -325,26 +338,27 @@ class WanPipeline:
                               schedule=schedule, steps=steps, timings=timings, started=started, camera=plan,
                               loras=lora_records, style=style_pull(style_lock, conditioning))
 
-    def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, noise: torch.Tensor, schedule,
-                          rows: slice, *, encode: bool = True):
-        """SDEdit from the proxy clip: its VAE latents noised to step ``start_step(strength)``, the schedule
-        and step plan from there on; (schedule, steps, latents). ``encode`` False: only the plan (``noise``
-        is a trajectory already under way)."""
+    def _start_from_proxy(self, plan: CameraPlan, settings: RenderSettings, image, schedule, rows: slice, *,
+                          encode: bool = True):
+        """SDEdit from the proxy clip: the schedule and step plan from step ``start_step(strength)`` on, and the
+        proxy clip [B, 3, F, H, W] whose VAE latents, noised to that step, start the render (:meth:`prepare`
+        encodes it with the image's condition); (schedule, steps, proxy or None). ``encode`` False: only the
+        plan (the latents are a trajectory already under way)."""
         tick = time.perf_counter()
         start = start_step(schedule.num_steps, plan.path.strength)
         if start == 0:  # strength high enough that no step is skipped: the proxy would be drowned anyway
-            return schedule, self.step_plan(settings)[1], noise
+            return schedule, self.step_plan(settings)[1], None
         tail = tail_schedule(schedule, start)
         steps = plan_steps(tail.timesteps, boundary_ratio=settings.boundary_ratio,
                            guidance_scale=settings.guidance_scale, guidance_scale_2=settings.guidance_scale_2)
         plan.start_step = start
         if not encode:
-            return tail, steps, noise
+            return tail, steps, None
         pixels = prepare_image(image, width=settings.width, height=settings.height, mode=self.spec.task,
                                batch=settings.batch_size)[rows]
-        clean = self.vae.encode(plan.proxy_video(pixels).to(self.device)).to(noise.dtype)
-        plan.timings["proxy_s"] = time.perf_counter() - tick
-        return tail, steps, noise_to(clean, noise, float(tail.sigmas[0]))
+        proxy = plan.proxy_video(pixels)
+        plan.timings["proxy_s"] = time.perf_counter() - tick  # the clip; its encode is in image_encode_s
+        return tail, steps, proxy
 
     @torch.no_grad()
     def denoise(self, prepared: "PreparedRender", latents: torch.Tensor | None = None, *,
