@@ -36,7 +36,7 @@ def _run(cfg: DictConfig) -> dict:
     from wan_dist.batch.runner import run_batch
     from wan_dist.config import BatchConfig, OutputConfig
 
-    out = Path(cfg.output) / f"{cfg.preset}-{cfg.rows}"
+    out = Path(cfg.scratch) / f"{cfg.preset}-{cfg.rows}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     rows = [{"id": f"row-{i:03d}", "model": cfg.preset, "prompt": f"benchmark scene {i}: waves on a shore",

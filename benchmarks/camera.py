@@ -65,7 +65,7 @@ def _run(cfg: DictConfig) -> dict:
     from wan_dist.world.measure import camera_motion
 
     torch.set_num_threads(cfg.threads)
-    pipe = load_pipeline(cfg.model, dtype=torch.float32)
+    pipe = load_pipeline(cfg.preset, dtype=torch.float32)
     defaults = pipe.spec.defaults
     asked = moves(cfg)
     camera_extra = {} if cfg.strength is None else {"strength": cfg.strength}

@@ -77,7 +77,7 @@ async def _load(cfg: DictConfig, base_url: str) -> dict:
     """Warm up, then ``creates`` creates from ``clients`` concurrent clients; latencies and answers."""
     import httpx
 
-    path = f"/v1/models/{cfg.model}/jobs"
+    path = f"/v1/models/{cfg.preset}/jobs"
     limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -174,7 +174,7 @@ def _run(cfg: DictConfig) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     store = f"sqlite:///{out / 'jobs.db'}"
-    settings = ServeSettings(models=(cfg.model,), store=store, output=str(out / "clips"),
+    settings = ServeSettings(models=(cfg.preset,), store=store, output=str(out / "clips"),
                              auth=AuthSettings(api_keys=(API_KEY,)),
                              limits=LimitSettings(rate_per_s=1e6, burst=10**6, max_active_per_key=10**6,
                                                   max_queue_per_model=10**6))
@@ -209,7 +209,7 @@ def _run(cfg: DictConfig) -> dict:
         raise SystemExit(f"no create succeeded: {dict(result['statuses'])} {dict(result['errors'])}")
     non_2xx = {code: n for code, n in sorted(result["statuses"].items()) if not 200 <= code < 300}
     return {
-        "model": cfg.model, "clients": cfg.clients, "creates": cfg.creates,
+        "model": cfg.preset, "clients": cfg.clients, "creates": cfg.creates,
         "api_max_ongoing_requests": cfg.api_max_ongoing_requests or "default",
         "size": f"{cfg.width}x{cfg.height}x{cfg.num_frames}", "steps": cfg.steps,
         "warmup": f"{cfg.warmup} ({';'.join(f'{c}:{n}' for c, n in sorted(result['warm_statuses'].items()))})",

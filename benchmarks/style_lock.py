@@ -137,7 +137,7 @@ def _model_rows(cfg: DictConfig) -> tuple[list[dict], list[np.ndarray]]:
     from wan_dist.world import caption, render_clip, sample_scene
 
     torch.set_num_threads(cfg.threads)
-    pipe = load_pipeline(cfg.model, dtype=torch.float32)
+    pipe = load_pipeline(cfg.preset, dtype=torch.float32)
     rows, sheet = [], []
     for grade in cfg.grades:
         measured = {"without": [], "with": [], "grade_without": [], "grade_with": [], "hf_without": [], "hf_with": [],

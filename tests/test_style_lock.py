@@ -213,7 +213,7 @@ def test_the_benchmarks_world_mode_measures_the_transfer_on_drifting_graded_clip
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import style_lock
 
-    cfg = OmegaConf.create({"renders": "world", "model": "toy-i2v", "grades": ["warm"], "images": 2, "size": 64,
+    cfg = OmegaConf.create({"renders": "world", "preset": "toy-i2v", "grades": ["warm"], "images": 2, "size": 64,
                             "frames": 17, "strength": 1.0, "grid": None, "grid_rows": 0})
     (row,) = style_lock._run(cfg)
     assert row["input"] == "warm" and row["extra_time"] is None
