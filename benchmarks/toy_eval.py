@@ -176,12 +176,13 @@ class VAERoundTrip(WorldRenderer):
     def render(self, prompt: Prompt, image: np.ndarray | None, seed: int) -> np.ndarray:
         import torch
 
-        clip = super().render(prompt, image, seed)
-        vae = self.pipe.vae
-        video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].to(self.pipe.device, self.pipe.dtype) / 127.5 - 1
+        from wan_dist.train.data import to_video
+        from wan_dist.video import frames_from_video_tensor
+
+        video = to_video(super().render(prompt, image, seed)[None]).to(self.pipe.device, self.pipe.dtype)
         with torch.no_grad():
-            decoded = vae.decode(vae.encode(video))[0].float().clamp(-1, 1)
-        return ((decoded.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            decoded = self.pipe.vae.decode(self.pipe.vae.encode(video))[0]
+        return frames_from_video_tensor(decoded, layout="CFHW")
 
 
 class ModelRenderer:

@@ -188,6 +188,7 @@ def track_foreground(frames: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:
     GrabCut resumed from the frame before (:func:`_resumed_cut`), so a subject that moves is followed; where
     the foreground was lost, the search starts again as in frame 0."""
     alphas: list[np.ndarray] = []
+    models = _models()
     for frame in frames:
         previous = alphas[-1] > 0.5 if alphas else None
         alpha = None

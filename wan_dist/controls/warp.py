@@ -164,13 +164,12 @@ def virtual_camera(frames: np.ndarray, path: SampledPath, *, overscan: float | N
         if overscan is not None and overscan < needed - 1e-3:
             raise ControlError("overscan", f"{overscan:g} is less than the {needed:.3f} this path needs")
         overscan = needed if overscan is None else overscan
-    scale = overscan
-    crop = overscan_matrix(scale, path.width, path.height, offset)
+    crop = overscan_matrix(overscan, path.width, path.height, offset)
     out = np.empty_like(frames)
     if layers is not None:
         for index, (frame, alpha) in enumerate(zip(frames, track_foreground(frames, layers))):
             out[index] = composite(split_layers(frame, layers, alpha), path, index, motion_blur=motion_blur, view=crop)
-        return out, scale, offset
+        return out, overscan, offset
     for index, frame in enumerate(frames):
         if motion_blur > 0:
             plane = Layer(colour=frame.astype(np.float32), alpha=np.ones(frame.shape[:2], np.float32), depth=1.0,
@@ -179,4 +178,4 @@ def virtual_camera(frames: np.ndarray, path: SampledPath, *, overscan: float | N
             out[index] = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
         else:
             out[index] = warp_image(frame, path.homography(index) @ crop)
-    return out, scale, offset
+    return out, overscan, offset

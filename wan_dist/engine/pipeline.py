@@ -149,27 +149,27 @@ class WanPipeline:
         """(the task's conditioning, ``proxy``'s latents or None). ``proxy``: a camera's proxy clip [B, 3, F, H, W]
         to encode too; an I2V condition video has its shape, so both go through the VAE as one batch (on CPU at
         toy size one call of two clips costs about what one clip does)."""
+        if proxy is not None and self.spec.task != "i2v":  # TI2V encodes one frame: the proxy goes alone
+            return self._conditioning(settings, image, latent_shape, batch)[0], self.vae.encode(proxy.to(self.device))
         z, f, h, w = latent_shape
         if self.spec.task == "t2v":
-            return TextToVideo(), None if proxy is None else self.vae.encode(proxy.to(self.device))
+            return TextToVideo(), None
         if self.spec.task == "i2v":
             pixels = prepare_image(image, width=settings.width, height=settings.height, mode="i2v", batch=batch)
             if proxy is None:
-                image_latents, proxy_latents = i2v_image_latents(self.vae, pixels, settings.num_frames), None
-            else:
-                video = cond.i2v_condition_video(pixels, settings.num_frames)
-                both = self.vae.encode(torch.cat([video, proxy.to(video)]).to(self.device))
-                image_latents, proxy_latents = both[:len(video)], both[len(video):]
-            return (ImageToVideo.from_image_latents(image_latents, temporal_stride=self.vae.temporal_stride),
-                    proxy_latents)
-        proxy_latents = None if proxy is None else self.vae.encode(proxy.to(self.device))
+                return (ImageToVideo.from_image_latents(i2v_image_latents(self.vae, pixels, settings.num_frames),
+                                                        temporal_stride=self.vae.temporal_stride), None)
+            video = cond.i2v_condition_video(pixels, settings.num_frames)
+            both = self.vae.encode(torch.cat([video, proxy.to(video)]).to(self.device))
+            return (ImageToVideo.from_image_latents(both[:len(video)], temporal_stride=self.vae.temporal_stride),
+                    both[len(video):])
         if image is None:  # text-only TI2V: every token gets t (diffusers' expand_timesteps)
             return FirstFrameToVideo(mask=torch.ones(1, 1, f, h, w, device=self.device), image_latents=None,
-                                     patch_size=self.spec.dit.patch_size), proxy_latents
+                                     patch_size=self.spec.dit.patch_size), None
         pixels = prepare_image(image, width=settings.width, height=settings.height, mode="ti2v", batch=batch)
         image_latents = self.vae.encode(pixels.unsqueeze(2).to(self.device))
         mask = cond.ti2v_first_frame_mask((1, 1, f, h, w), device=self.device)
-        return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size), proxy_latents
+        return FirstFrameToVideo(mask=mask, image_latents=image_latents, patch_size=self.spec.dit.patch_size), None
 
     # -- LoRAs, diffusers' spelling (engine/loras.py) ------------------------------------------------
     @property

@@ -50,7 +50,7 @@ def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: s
             clips = archive["clips"]
         return VAEStage(spec, clips=clips, optim=config.vae, seed=config.seed, frames=config.vae_frames, crop=config.vae_crop,
                         sample_posterior=config.vae_sample_posterior, decoder_only=config.vae_decoder_only,
-                        init=vae_folder(config.vae_init, spec, field="vae_init") if config.vae_init else None)
+                        init=Path(config.vae_init) if config.vae_init else None)
     from safetensors.torch import load_file
 
     return ExpertStage(spec, tensors=load_file(data_path), optim=config.experts, flow_config=config.flow,
@@ -145,7 +145,7 @@ def _finish_vae(config: TrainConfig, spec: VariantSpec) -> dict:
         # the encoder is vae_init's: so are the latents, and the statistics experts trained on them use
         from wan_dist.models.vae import vae_config_from_diffusers
 
-        init = vae_config_from_diffusers(vae_folder(config.vae_init, spec, field="vae_init"))
+        init = vae_config_from_diffusers(Path(config.vae_init))
         vae_config = replace(spec.vae, latents_mean=init.latents_mean, latents_std=init.latents_std)
     else:
         clips, _ = cached_clips(out, config.data, spec, split="train")
@@ -270,12 +270,12 @@ def train(config: TrainConfig, *, local: bool = False) -> TrainResult:
     Ray must be initialised (the CLI joins ``RAY_ADDRESS`` or starts a local one). With ``config.vae_from``
     the VAE is copied from there instead of trained.
     """
+    spec = get_preset(config.preset)
+    # vae_init resolved to its checked VAE folder once, here: a bad folder fails before any data is made
     config = replace(config, out=os.path.abspath(config.out),
                      vae_from=os.path.abspath(config.vae_from) if config.vae_from else None,
-                     vae_init=os.path.abspath(config.vae_init) if config.vae_init else None)
-    spec = get_preset(config.preset)
-    if config.vae_init:
-        vae_folder(config.vae_init, spec, field="vae_init")  # a bad folder fails before any data is made
+                     vae_init=str(vae_folder(os.path.abspath(config.vae_init), spec, field="vae_init"))
+                     if config.vae_init else None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _claim_folder(out, spec)
