@@ -153,10 +153,13 @@ def test_four_ranks_match_single_process(world4, name):
     _check(*world4, name, dim=64)
 
 
-def test_deepspeed_ulysses_backend_matches_single_process(checkpoint_factory):
-    """deepspeed's DistributedAttention as the Ulysses backend (its first use builds a CPU extension)."""
+def test_deepspeed_ulysses_backend_matches_single_process(checkpoint_factory, tmp_path, monkeypatch):
+    """deepspeed's DistributedAttention as the Ulysses backend, on gloo without compiling deepspeed's shared-memory
+    all-reduce (an op this path never calls; building it cost ~45 s on 2 cores)."""
     pytest.importorskip("deepspeed")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # the ranks inherit it
     layouts = {"ulysses2_deepspeed": dict(ulysses=2, ulysses_backend="deepspeed")}
     cases = _cases(checkpoint_factory, layouts, heads=None)
     results = run_local_group(rank_program, 2, cases, timeout_s=900, collective_timeout_s=600)
     _check(cases, results, "ulysses2_deepspeed", dim=32)
+    assert not (tmp_path / "extensions").exists() or not any((tmp_path / "extensions").iterdir())

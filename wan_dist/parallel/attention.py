@@ -190,6 +190,10 @@ def make_deepspeed_attention(mesh: ParallelMesh, inner: AttentionFn) -> Attentio
         raise ValueError("ParallelConfig.ulysses_backend='deepspeed' needs the deepspeed package "
                          f"(pip install deepspeed; DS_BUILD_OPS=0 on CPU): {error}") from error
     if not ds_comm.is_initialized():
+        # On CPU deepspeed's comm backend compiles its shared-memory all-reduce (~45 s on 2 cores) when first
+        # initialised; it serves deepspeed's inference_all_reduce only, never the all-to-alls used here.
+        if torch.distributed.get_backend() == "gloo":
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     ulysses = mesh.axis("ulysses")
     layer = DistributedAttention(inner, ulysses.group, scatter_idx=2, gather_idx=1)
