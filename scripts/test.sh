@@ -21,7 +21,12 @@ if ! .venv/bin/lint-imports --no-logo; then
   echo "import contracts broken (lint-imports, see pyproject.toml [tool.importlinter]): failing" >&2
   exit 1
 fi
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two pytest workers (pytest-xdist), one a core of the 2-core machines CI and a first try run on: about a third of
+# a one-process run leaves a core idle (one test's numpy on one core, Ray and Serve starting, a subprocess loading).
+# --dist loadfile keeps a module's tests on one worker, so its module fixtures (a Serve app, a Ray head, a render
+# group) start once. WAN_DIST_TEST_WORKERS=0 runs everything in this process (pdb, -s, a quieter machine).
+workers="${WAN_DIST_TEST_WORKERS:-2}"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
