@@ -234,10 +234,11 @@ class GroupSpec:
     cluster has them, see :meth:`for_cluster`). ``threads_per_rank``: torch threads of each rank process.
     ``dtype``: "auto" (float32 on CPU, bfloat16 on GPU) or a dtype name. ``step_hook``:
     ``"package.module:name"`` of a step-control factory run for every render (wan_dist.engine.control), "" none.
-    ``memory_limit_mb``: the private memory (heap and anonymous mappings: ``RLIMIT_DATA``) each CPU rank process
-    may hold, 0 for none. A render that would pass it fails with an allocation error (retried and failed like any
-    render failure) instead of the kernel's OOM killer taking other processes of the node; not with GPUs (the
-    CUDA driver's own mappings count against it).
+    ``memory_limit_mb``: the private memory (heap and anonymous mappings) each rank process may hold, 0 for none,
+    so that a render past it fails alone (retried and failed like any render failure) instead of the kernel's OOM
+    killer taking other processes of the node. CPU ranks: ``RLIMIT_DATA``, an allocation past it fails. GPU ranks:
+    the CUDA driver's own mappings would count against that limit, so a watch of the resident private memory
+    (engine.memory_watch) ends the rank past it and its group is rebuilt.
     """
 
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
@@ -259,8 +260,6 @@ class GroupSpec:
                  f"must be >= 1, got {self.threads_per_rank}")
         _require(int(self.memory_limit_mb) >= 0, name, "memory_limit_mb",
                  f"must be >= 0 (0: no limit), got {self.memory_limit_mb}")
-        _require(not (self.memory_limit_mb and self.use_gpus), name, "memory_limit_mb",
-                 "limits CPU ranks: with use_gpus the CUDA driver's own mappings would count against it")
 
     @property
     def world_size(self) -> int:

@@ -140,7 +140,11 @@ class RankWorker:
         import torch.distributed as dist
 
         torch.set_num_threads(threads)
-        if memory_limit_mb:  # GroupSpec.memory_limit_mb: this process's private memory, heap and anonymous maps
+        if memory_limit_mb and backend == "nccl":  # GroupSpec.memory_limit_mb of a GPU rank: a watch of its RSS
+            from wan_dist.engine.memory_watch import watch_memory
+
+            watch_memory(memory_limit_mb)
+        elif memory_limit_mb:  # of a CPU rank: this process's private memory, heap and anonymous maps
             import resource
 
             _, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -253,7 +257,7 @@ class RenderGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if self.config.use_gpus is None:  # GPUs when the cluster has them (GroupSpec.for_cluster)
-            self.config = self.config.for_cluster(ray.cluster_resources())  # checks memory_limit_mb against it
+            self.config = self.config.for_cluster(ray.cluster_resources())
         config = self.config
         if config.source in EMBEDDED_PRESETS:  # written once here, not raced by every rank (local Ray only)
             with _RESOLVE_LOCK:
