@@ -239,9 +239,12 @@ def test_i2v_loss_falls_resume_continues_and_the_checkpoint_renders_from_an_imag
     assert frames.shape == (1, 5, 32, 32, 3) and frames.dtype.name == "uint8"
 
 
-def test_i2v_training_input_is_what_the_pipeline_feeds_the_dit_for_that_first_frame(tmp_path, toy_vae):
+def test_i2v_training_input_and_text_are_what_the_pipeline_feeds_the_dit_for_that_first_frame(tmp_path, toy_vae):
     """The trainer's assembled DiT input for clip i equals the input the pipeline gives the DiT when it renders
-    from clip i's first frame with the trainer's noised latents as its starting latents (a forward hook)."""
+    clip i's caption from its first frame with the trainer's noised latents as its starting latents (a forward
+    hook), and the trainer's text context gives the DiT's output that the pipeline's context gave (the
+    pipeline pads a prompt to text_len rows, as Wan's model does; the trainer must too, or a caption meets
+    another number of padding rows in training than when rendered)."""
     from safetensors.torch import load_file
 
     from wan_dist import load_pipeline
@@ -259,18 +262,27 @@ def test_i2v_training_input_is_what_the_pipeline_feeds_the_dit_for_that_first_fr
                         flow_config=FlowConfig(cfg_dropout=0.0), seed=0)
     batch = stage.batch(0, StepDraws(seed=0, step=0, rank=0, fixed=True))
     assert batch.index.tolist() == [0, 1, 2, 3] and batch.model_input.shape == (4, 36, 2, 4, 4)
-    clips, _ = cached_clips(out, SMALL_DATA, spec, split="train")
+    assert batch.context.shape[1] == spec.dit.text_len
+    clips, captions = cached_clips(out, SMALL_DATA, spec, split="train")
 
     pipe = load_pipeline(result.model, dtype=torch.float32)
+    expert = pipe.experts[0]
     seen = []
-    hook = pipe.experts[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    hook = expert.register_forward_hook(lambda module, args, output: seen.append((args[0].clone(), args[1].clone(),
+                                                                                  output.clone())))
     try:
         for clip in range(4):
             seen.clear()
-            pipe.generate("", image=clips[clip][0], latents=batch.model_input[clip:clip + 1, :16].clone(),
+            pipe.generate(captions[clip], image=clips[clip][0], latents=batch.model_input[clip:clip + 1, :16].clone(),
                           height=32, width=32, num_frames=5, num_inference_steps=1, guidance_scale=1.0, seed=0,
                           output_type="latent")
-            torch.testing.assert_close(seen[0], batch.model_input[clip:clip + 1], rtol=0, atol=1e-5)
+            model_input, timestep, output = seen[0]
+            torch.testing.assert_close(model_input, batch.model_input[clip:clip + 1], rtol=0, atol=1e-5)
+            with torch.no_grad():
+                trained_text = expert(model_input, timestep, batch.context[clip:clip + 1])
+                unpadded = expert(model_input, timestep, batch.context[clip:clip + 1, :stage.context.shape[1]])
+            torch.testing.assert_close(trained_text, output, rtol=0, atol=1e-5)
+            assert (unpadded - output).abs().max() > 1e-4  # the rows' count matters, so the check above can fail
     finally:
         hook.remove()
     condition = batch.model_input[:, 20:]

@@ -137,7 +137,7 @@ class ExpertBatch:
     index: torch.Tensor  # [B] clip ids
     model_input: torch.Tensor
     timestep: torch.Tensor  # [B] fp32
-    context: torch.Tensor  # [B, L, text_dim]
+    context: torch.Tensor  # [B, text_len, text_dim]: zero past each caption, as the pipeline gives the DiT
     target: torch.Tensor  # [B, 16, f, h, w] velocity noise - x0
     weights: torch.Tensor | None  # [B] loss weights (None: 1)
 
@@ -175,6 +175,13 @@ class ExpertStage:
         drop = torch.rand(context.shape[0], generator=generator) < self.flow.cfg_dropout
         return torch.where(drop[:, None, None], self.empty.expand_as(context), context)
 
+    def _padded(self, context: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [B, text_len, C] with zero rows: the cache keeps the longest caption's L rows, and the
+        DiT attends every row it is given, so without this a caption would meet ~L - length padding rows in
+        training and text_len - length when rendered (the pipeline pads to text_len, as Wan's model does).
+        The DiT compresses the padding into one slot (models/text_context.py), so the rows cost nothing."""
+        return torch.nn.functional.pad(context, (0, 0, 0, self.spec.dit.text_len - context.shape[1]))
+
     def conditioning(self, index: torch.Tensor):
         """The denoising loop's conditioning of clips ``index``: TextToVideo, or ImageToVideo of their
         first frames."""
@@ -190,7 +197,7 @@ class ExpertStage:
         generator = draws.generator(expert)
         index = batch_indices(len(self.latents), self.optim.batch_size, generator=None if draws.fixed else generator)
         x0 = self.latents[index]
-        context = self._caption_dropout(self.context[index], generator)
+        context = self._padded(self._caption_dropout(self.context[index], generator))
         picked, sigma, timestep = flow.sample_timesteps(self.ids[expert], self.sigmas, self.timesteps, len(index),
                                                         generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
