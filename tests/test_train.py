@@ -156,6 +156,41 @@ def test_loss_falls_resume_continues_and_the_checkpoint_loads(tmp_path):
     assert frames.shape == (1, 5, 32, 32, 3) and frames.dtype.name == "uint8"
 
 
+def _ema_config(out, vae_from, *, steps: int) -> TrainConfig:
+    config = replace(small_config(out, expert_steps=steps, stage="experts"), vae_from=str(vae_from), keep_checkpoints=8)
+    return replace(config, experts=replace(config.experts, ema_decay=0.2, checkpoint_every=1))
+
+
+def test_ema_is_the_moving_average_of_each_steps_weights_resumes_and_is_what_gets_published(tmp_path, toy_vae):
+    from wan_dist import load_pipeline
+    from wan_dist.train import train
+    from wan_dist.train.loop import STATE_FILE
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    train(_ema_config(out, toy_vae, steps=2), local=True)
+    result = train(_ema_config(out, toy_vae, steps=4), local=True)  # resumes at step 2, averager included
+    states = [torch.load(out / "ray" / "experts" / f"checkpoint_local_{n:08d}" / STATE_FILE, weights_only=False)
+              for n in (1, 2, 3, 4)]
+    # the average, derived here from every step's weights: e_1 = w_1; e_n = d_n e_(n-1) + (1 - d_n) w_n with
+    # d_n = min(ema_decay, n / (9 + n)) (diffusers' warm-up): 2/11, then the cap 0.2
+    for expert in ("expert0", "expert1"):
+        weights = [state["modules"][expert] for state in states]
+        average = dict(weights[0])
+        for n, w in enumerate(weights[1:], start=2):
+            d = min(0.2, n / (9 + n))
+            average = {k: d * average[k] + (1 - d) * w[k] for k in w}
+        for k, tensor in states[-1]["ema_modules"][expert].items():
+            torch.testing.assert_close(tensor, average[k], msg=k)
+        assert any((states[-1]["ema_modules"][expert][k] - weights[-1][k]).abs().max() > 1e-6 for k in weights[-1])
+
+    loaded = dict(load_pipeline(result.model, dtype=torch.float32).experts[1].named_parameters())
+    for name, tensor in states[-1]["ema_modules"]["expert1"].items():
+        torch.testing.assert_close(loaded[name], tensor, msg=name)  # the average is published, not the weights
+    with pytest.raises(ValueError, match="OptimConfig.ema_decay"):
+        OptimConfig(steps=1, ema_decay=1.0)
+
+
 @pytest.mark.slow
 def test_ray_train_resumes_a_local_run_from_its_step(tmp_path, ray_local):
     from wan_dist.train import train

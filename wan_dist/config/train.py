@@ -82,9 +82,13 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0  # 0: off
     checkpoint_every: int = 100
+    # 0: off. Else checkpoints also hold an exponential moving average of the weights (diffusers' EMAModel:
+    # decay min(ema_decay, (1 + n) / (10 + n)) at update n), and the average is what a run publishes
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         name = "OptimConfig"
+        _require(0 <= self.ema_decay < 1, name, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         for f in ("steps", "warmup_steps"):
             _require(int(getattr(self, f)) >= 0, name, f, f"must be >= 0, got {getattr(self, f)}")
         for f in ("batch_size", "checkpoint_every"):

@@ -3,6 +3,8 @@
 A stage resumes from its newest checkpoint under ``<out>/ray/<stage>/`` (modules, optimizer, step and
 loss history), whether Ray wrote it or a local run did, so a rerun with the same output folder continues
 where the last one stopped. Rank 0 shows a tqdm bar (loss, ETA), writes checkpoints and the loss curve.
+With ``ema_decay`` a checkpoint also holds the moving average of the weights (``ema``: the averager's state,
+``ema_modules``: the averaged state dicts); :func:`trained_modules` gives what a run publishes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from wan_dist.config.train import OptimConfig
 from wan_dist.train.plots import write_loss_curve
 from wan_dist.train.stages import StepDraws
 
-__all__ = ["latest_checkpoint", "run_steps", "LocalSession", "RaySession", "STATE_FILE"]
+__all__ = ["latest_checkpoint", "run_steps", "trained_modules", "LocalSession", "RaySession", "STATE_FILE"]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -92,23 +94,61 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
-def _restore(resume: Path | None, modules: dict, optimizer: torch.optim.Optimizer) -> tuple[int, list]:
+def trained_modules(state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """A checkpoint state's weights to publish: the moving average where the run kept one, else the weights."""
+    return state.get("ema_modules") or state["modules"]
+
+
+def _restore(resume: Path | None, modules: dict, optimizer: torch.optim.Optimizer) -> tuple[int, list, dict]:
     if resume is None:
-        return 0, []
+        return 0, [], {}
     state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
     for name, module in modules.items():
         _unwrap(module).load_state_dict(state["modules"][name])
     optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), list(state["history"])
+    return int(state["step"]), list(state["history"]), state.get("ema") or {}
 
 
-def _checkpoint(session, stage_name: str, step: int, modules: dict, optimizer, history: list, plot: Path) -> None:
+def _trained(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters a stage trains (frozen ones, e.g. a decoder-only run's encoder, are not averaged)."""
+    return [(name, p) for name, p in _unwrap(module).named_parameters() if p.requires_grad]
+
+
+def _averagers(modules: dict, decay: float, saved: dict) -> dict:
+    """One diffusers EMAModel per module (none when ``decay`` is 0), resumed from ``saved`` where it holds
+    the module's, else starting from the module's current weights (a run that turns the average on later)."""
+    if not decay:
+        return {}
+    from diffusers.training_utils import EMAModel
+
+    averagers = {}
+    for name, module in modules.items():
+        averager = EMAModel([p for _, p in _trained(module)], decay=decay)
+        if name in saved:
+            averager.load_state_dict(saved[name])
+        averagers[name] = averager
+    return averagers
+
+
+def _averaged_state(module: torch.nn.Module, averager) -> dict[str, torch.Tensor]:
+    state = dict(_unwrap(module).state_dict())
+    for (name, _), shadow in zip(_trained(module), averager.shadow_params):
+        state[name] = shadow.detach().clone()
+    return state
+
+
+def _checkpoint(session, stage_name: str, step: int, modules: dict, optimizer, history: list, plot: Path,
+                averagers: dict) -> None:
     metrics = {"step": step, "loss": history[-1][1] if history else math.nan}
     with tempfile.TemporaryDirectory(prefix=f"{stage_name}-ckpt-") as tmp:
         folder = Path(tmp)
         if session.rank == 0:
             state = {"step": step, "optimizer": optimizer.state_dict(), "history": history,
                      "modules": {name: _unwrap(m).state_dict() for name, m in modules.items()}}
+            if averagers:
+                state["ema"] = {name: averager.state_dict() for name, averager in averagers.items()}
+                state["ema_modules"] = {name: _averaged_state(modules[name], averager)
+                                        for name, averager in averagers.items()}
             torch.save(state, folder / STATE_FILE)
             (folder / META_FILE).write_text(json.dumps({"step": step, "stage": stage_name}))
             write_loss_curve(history, plot, title=f"{stage_name} loss")
@@ -135,7 +175,8 @@ def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | N
     # (vae_decoder_only) resumes the optimizer state of one that trained it all, and the other way round
     params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    step, history = _restore(resume, modules, optimizer)
+    step, history, saved_averages = _restore(resume, modules, optimizer)
+    averagers = _averagers(modules, optim.ema_decay, saved_averages)
     bar = tqdm(total=optim.steps, initial=step, desc=stage.name, disable=not progress or session.rank != 0,
                mininterval=1.0, dynamic_ncols=True)
     started, first = time.perf_counter(), step
@@ -150,6 +191,8 @@ def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | N
             for module in modules.values():  # per module: one expert's gradients never scale another's
                 torch.nn.utils.clip_grad_norm_(module.parameters(), optim.grad_clip)
         optimizer.step()
+        for name, averager in averagers.items():
+            averager.step([p for _, p in _trained(modules[name])])
         step += 1
         history.append((step, float(loss.detach()), metrics))
         bar.set_postfix(loss=f"{history[-1][1]:.4f}", refresh=False)
@@ -157,7 +200,7 @@ def run_steps(stage, session, *, optim: OptimConfig, seed: int, resume: Path | N
         if on_step is not None:
             on_step(step, float(loss))
         if step % optim.checkpoint_every == 0 or step == optim.steps:
-            _checkpoint(session, stage.name, step, modules, optimizer, history, plot)
+            _checkpoint(session, stage.name, step, modules, optimizer, history, plot, averagers)
     bar.close()
     elapsed = time.perf_counter() - started
     return {"step": step, "start_step": first, "history": history,

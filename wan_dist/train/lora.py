@@ -262,16 +262,17 @@ def _ray_worker(payload: dict) -> None:
 def _write_files(config: LoraTrainConfig, out: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
-    from wan_dist.train.loop import STATE_FILE, latest_checkpoint
+    from wan_dist.train.loop import STATE_FILE, latest_checkpoint, trained_modules
 
-    state = torch.load(latest_checkpoint(out / "ray" / "lora") / STATE_FILE, map_location="cpu", weights_only=False)
+    state = trained_modules(torch.load(latest_checkpoint(out / "ray" / "lora") / STATE_FILE, map_location="cpu",
+                                       weights_only=False))
     folder = out / "lora"
     folder.mkdir(exist_ok=True)
     files = {}
     for e, word in enumerate(("high", "low")):
-        if _MODULE[e] not in state["modules"]:
+        if _MODULE[e] not in state:
             continue
-        tensors, header = lora_file_tensors(state["modules"][_MODULE[e]], rank=config.rank, alpha=config.alpha)
+        tensors, header = lora_file_tensors(state[_MODULE[e]], rank=config.rank, alpha=config.alpha)
         path = folder / LORA_FILES[e]
         staging = path.with_suffix(".tmp")
         save_file(tensors, str(staging), metadata=header)

@@ -29,7 +29,7 @@ import torch
 from wan_dist.config.train import TrainConfig, train_config_from_dict
 from wan_dist.models.presets import VariantSpec, get_preset
 from wan_dist.train.data import cached_clips, cached_latents, clips_path, latents_path, to_video, tokenizer_corpus
-from wan_dist.train.loop import STATE_FILE, LocalSession, RaySession, latest_checkpoint, run_steps
+from wan_dist.train.loop import STATE_FILE, LocalSession, RaySession, latest_checkpoint, run_steps, trained_modules
 from wan_dist.train.stages import ENCODER_PARTS, ExpertStage, VAEStage
 
 __all__ = ["train", "TrainResult", "text_encoder_for", "run_workers"]
@@ -140,7 +140,7 @@ def _finish_vae(config: TrainConfig, spec: VariantSpec) -> dict:
     out = Path(config.out)
     state = torch.load(latest_checkpoint(out / "ray" / "vae") / STATE_FILE, map_location="cpu", weights_only=False)
     model = build_vae(spec.vae)
-    model.load_state_dict(state["modules"]["vae"])
+    model.load_state_dict(trained_modules(state)["vae"])
     if config.vae_decoder_only and config.vae_init:
         # the encoder is vae_init's: so are the latents, and the statistics experts trained on them use
         from wan_dist.models.vae import vae_config_from_diffusers
@@ -203,7 +203,7 @@ def _publish(config: TrainConfig, spec: VariantSpec, vae, encoder, corpus) -> Pa
     out = Path(config.out)
     state = torch.load(latest_checkpoint(out / "ray" / "experts") / STATE_FILE, map_location="cpu",
                        weights_only=False)
-    experts = tuple(state["modules"][f"expert{e}"] for e in range(2 if spec.two_experts else 1))
+    experts = tuple(trained_modules(state)[f"expert{e}"] for e in range(2 if spec.two_experts else 1))
     parts = TrainedParts(experts=experts, vae=vae.model, text_encoder=encoder.model, tokenizer_corpus=corpus)
     return write_checkpoint(replace(spec, vae=vae.config), out / "model", parts, layout="diffusers")
 
