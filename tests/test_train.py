@@ -191,6 +191,42 @@ def test_ema_is_the_moving_average_of_each_steps_weights_resumes_and_is_what_get
         OptimConfig(steps=1, ema_decay=1.0)
 
 
+def test_train_text_trains_the_text_encoder_with_the_experts_and_publishes_its_average(tmp_path, toy_vae):
+    from wan_dist import load_pipeline
+    from wan_dist.models.presets import get_preset
+    from wan_dist.models.text_encoder import embed_tokens
+    from wan_dist.train import train
+    from wan_dist.train.data import cached_clips
+    from wan_dist.train.loop import trained_modules
+    from wan_dist.train.run import text_encoder_for
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    config = replace(_ema_config(out, toy_vae, steps=4), train_text=True)
+    result = train(config, local=True)
+    state = _history(out)
+    frozen = text_encoder_for(get_preset("toy"), (), out / "data" / "tokenizer", seed=config.seed)
+    trained = trained_modules(state)["text_encoder"]
+    assert set(trained) == set(frozen.model.state_dict())
+    assert any((trained[k] - v).abs().max() > 1e-6 for k, v in frozen.model.state_dict().items())  # it learned
+    # the tied embedding is averaged under both of its names
+    torch.testing.assert_close(trained["shared.weight"], trained["encoder.embed_tokens.weight"], rtol=0, atol=0)
+
+    pipe = load_pipeline(result.model, dtype=torch.float32)
+    loaded = pipe.text_encoder.model.state_dict()
+    for name, tensor in trained.items():
+        torch.testing.assert_close(loaded[name], tensor, msg=name)  # published: the trained (averaged) encoder
+    _, captions = cached_clips(out, SMALL_DATA, get_preset("toy"), split="train")
+    ids, mask = pipe.text_encoder.tokenize(captions[:2])
+    frozen.model.load_state_dict(trained)
+    torch.testing.assert_close(pipe.encode_prompt(captions[:2]).float(), embed_tokens(frozen.model, ids, mask))
+
+    plain = tmp_path / "plain"
+    train(_ema_config(plain, toy_vae, steps=2), local=True)
+    with pytest.raises(ValueError, match="resume: .* has no 'text_encoder' weights"):
+        train(replace(_ema_config(plain, toy_vae, steps=4), train_text=True), local=True)
+
+
 @pytest.mark.slow
 def test_ray_train_resumes_a_local_run_from_its_step(tmp_path, ray_local):
     from wan_dist.train import train

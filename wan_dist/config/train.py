@@ -141,6 +141,8 @@ class TrainConfig(WorkerConfig):
     ``vae_init``: a trained VAE (the same kinds of folder) whose weights the VAE stage starts from instead of a
     random init, to train it on (e.g. the shipped ``toy``'s on whole 17-frame clips); a resumed run continues from
     its own checkpoint. Not with ``vae_from`` (which skips the stage).
+    ``train_text``: train the text encoder with the experts (from the run's frozen random one; the experts'
+    optimizer and learning rate), and publish it; off, it stays frozen random and captions are encoded once.
     """
 
     out: str
@@ -154,6 +156,7 @@ class TrainConfig(WorkerConfig):
     vae_decoder_only: bool = False
     vae_from: str | None = None
     vae_init: str | None = None
+    train_text: bool = False
     data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
     vae: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=3e-4, batch_size=2))
     experts: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(steps=1000, lr=2e-4, batch_size=8))

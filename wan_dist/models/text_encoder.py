@@ -24,7 +24,7 @@ try:  # the reference and diffusers use `regex`; its \s is Unicode White_Space
 except ImportError:  # pragma: no cover - regex ships with transformers
     import re as _re
 
-__all__ = ["clean_prompt", "build_text_encoder", "umt5_config", "TextEncoder"]
+__all__ = ["clean_prompt", "build_text_encoder", "umt5_config", "TextEncoder", "embed_tokens"]
 
 
 def clean_prompt(text: str) -> str:
@@ -93,12 +93,17 @@ class TextEncoder:
         zeros after, as the reference trims and the DiT's cross-attention expects.
         """
         input_ids, mask = self.tokenize(prompts)
-        model_device = next(self.model.parameters()).device
-        hidden = self.model(input_ids=input_ids.to(model_device),
-                            attention_mask=mask.to(model_device)).last_hidden_state
-        hidden = hidden.to(device=device or model_device, dtype=dtype or hidden.dtype)
-        seq_lens = mask.gt(0).sum(dim=1).to(hidden.device)
-        positions = torch.arange(self.text_len, device=hidden.device)
-        keep = positions[None, :] < seq_lens[:, None]  # [B, text_len]
-        # torch.where (not multiplication) so rows past the true length are exactly 0, even if inf/nan.
-        return torch.where(keep[..., None], hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device))
+        return embed_tokens(self.model, input_ids, mask, device=device, dtype=dtype)
+
+
+def embed_tokens(model, input_ids: torch.Tensor, mask: torch.Tensor, *, device=None, dtype=None) -> torch.Tensor:
+    """``model``'s embeddings of tokenised prompts (:meth:`TextEncoder.tokenize`): [B, T, d_model], rows past
+    each true length exactly 0. Differentiable (a trainer of the text encoder calls it with grad enabled)."""
+    model_device = next(model.parameters()).device
+    hidden = model(input_ids=input_ids.to(model_device), attention_mask=mask.to(model_device)).last_hidden_state
+    hidden = hidden.to(device=device or model_device, dtype=dtype or hidden.dtype)
+    seq_lens = mask.gt(0).sum(dim=1).to(hidden.device)
+    positions = torch.arange(input_ids.shape[1], device=hidden.device)
+    keep = positions[None, :] < seq_lens[:, None]  # [B, T]
+    # torch.where (not multiplication) so rows past the true length are exactly 0, even if inf/nan.
+    return torch.where(keep[..., None], hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device))

@@ -104,6 +104,9 @@ def _restore(resume: Path | None, modules: dict, optimizer: torch.optim.Optimize
         return 0, [], {}
     state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
     for name, module in modules.items():
+        if name not in state["modules"]:
+            raise ValueError(f"resume: the checkpoint {resume} has no {name!r} weights: a run cannot change what it "
+                             "trains midway (e.g. train_text); give it a new out folder")
         _unwrap(module).load_state_dict(state["modules"][name])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"]), list(state["history"]), state.get("ema") or {}
@@ -131,10 +134,11 @@ def _averagers(modules: dict, decay: float, saved: dict) -> dict:
 
 
 def _averaged_state(module: torch.nn.Module, averager) -> dict[str, torch.Tensor]:
-    state = dict(_unwrap(module).state_dict())
-    for (name, _), shadow in zip(_trained(module), averager.shadow_params):
-        state[name] = shadow.detach().clone()
-    return state
+    """The module's state dict with the averaged values of its trained parameters, under every key that
+    names one (a tied parameter, as T5's shared embedding, appears under two)."""
+    average = {id(p): shadow for (_, p), shadow in zip(_trained(module), averager.shadow_params)}
+    return {key: average.get(id(value), value).detach().clone()
+            for key, value in _unwrap(module).state_dict(keep_vars=True).items()}
 
 
 def _checkpoint(session, stage_name: str, step: int, modules: dict, optimizer, history: list, plot: Path,

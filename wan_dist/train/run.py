@@ -54,7 +54,20 @@ def _build_stage(kind: str, config: TrainConfig, spec: VariantSpec, data_path: s
     from safetensors.torch import load_file
 
     return ExpertStage(spec, tensors=load_file(data_path), optim=config.experts, flow_config=config.flow,
-                       seed=config.seed)
+                       seed=config.seed, text=_caption_tokens(config, spec) if config.train_text else None)
+
+
+def _caption_tokens(config: TrainConfig, spec: VariantSpec):
+    """train_text: the run's text encoder (frozen random until now) and its training captions, tokenised."""
+    from wan_dist.train.stages import CaptionTokens
+
+    out = Path(config.out)
+    _, captions = cached_clips(out, config.data, spec, split="train")
+    encoder = text_encoder_for(spec, tokenizer_corpus(captions), out / "data" / "tokenizer", seed=config.seed)
+    input_ids, mask = encoder.tokenize(list(captions))
+    empty_ids, empty_mask = encoder.tokenize([""])
+    return CaptionTokens(encoder=encoder.model, input_ids=input_ids, mask=mask, empty_ids=empty_ids,
+                         empty_mask=empty_mask)
 
 
 def _stage_steps(kind: str, config: TrainConfig, session, data_path: str, resume: Path | None) -> dict:
@@ -203,7 +216,10 @@ def _publish(config: TrainConfig, spec: VariantSpec, vae, encoder, corpus) -> Pa
     out = Path(config.out)
     state = torch.load(latest_checkpoint(out / "ray" / "experts") / STATE_FILE, map_location="cpu",
                        weights_only=False)
-    experts = tuple(trained_modules(state)[f"expert{e}"] for e in range(2 if spec.two_experts else 1))
+    trained = trained_modules(state)
+    experts = tuple(trained[f"expert{e}"] for e in range(2 if spec.two_experts else 1))
+    if "text_encoder" in trained:  # train_text: the encoder the experts learned with
+        encoder.model.load_state_dict(trained["text_encoder"])
     parts = TrainedParts(experts=experts, vae=vae.model, text_encoder=encoder.model, tokenizer_corpus=corpus)
     return write_checkpoint(replace(spec, vae=vae.config), out / "model", parts, layout="diffusers")
 

@@ -20,7 +20,7 @@ from wan_dist.models.presets import VariantSpec
 from wan_dist.train import flow
 from wan_dist.train.data import batch_indices, to_video
 
-__all__ = ["StepDraws", "VAEStage", "ExpertStage", "ExpertBatch", "init_dit", "init_vae"]
+__all__ = ["StepDraws", "VAEStage", "ExpertStage", "ExpertBatch", "CaptionTokens", "init_dit", "init_vae"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +127,18 @@ class VAEStage:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CaptionTokens:
+    """What a stage that trains the text encoder encodes every step (train_text): the encoder to train, each
+    clip's caption tokens and the empty prompt's (for CFG dropout), as :meth:`TextEncoder.tokenize` gives them."""
+
+    encoder: torch.nn.Module  # transformers UMT5EncoderModel
+    input_ids: torch.Tensor  # int64 [N, text_len]
+    mask: torch.Tensor  # int64 [N, text_len]
+    empty_ids: torch.Tensor  # int64 [1, text_len]
+    empty_mask: torch.Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExpertBatch:
     """One expert's inputs and target for a step.
 
@@ -154,7 +166,8 @@ class ExpertStage:
     name = "experts"
 
     def __init__(self, spec: VariantSpec, *, tensors: dict[str, torch.Tensor], optim: OptimConfig,
-                 flow_config: FlowConfig, seed: int, experts: tuple[torch.nn.Module, ...] | None = None):
+                 flow_config: FlowConfig, seed: int, experts: tuple[torch.nn.Module, ...] | None = None,
+                 text: CaptionTokens | None = None):
         if spec.task not in ("t2v", "i2v"):
             raise ValueError(f"preset: {spec.name} is a {spec.task} model; the trainer knows t2v and i2v")
         if spec.task == "i2v" and "image_latents" not in tensors:
@@ -170,6 +183,10 @@ class ExpertStage:
         self.weights = flow.bell_weights(self.timesteps) if flow_config.loss_weighting == "bell" else None
         # ``experts``: given modules (a LoRA trains on a base model's) instead of freshly initialised ones
         self.modules = {f"expert{e}": experts[e] if experts else init_dit(spec, seed=seed + e) for e in range(count)}
+        # train_text: captions are encoded every step by the encoder being trained, not read from the cache
+        self.text = text
+        if text is not None:
+            self.modules["text_encoder"] = text.encoder.train().requires_grad_(True)
 
     def _caption_dropout(self, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         drop = torch.rand(context.shape[0], generator=generator) < self.flow.cfg_dropout
@@ -192,12 +209,27 @@ class ExpertStage:
         return ImageToVideo.from_image_latents(self.image_latents[index],
                                                temporal_stride=self.spec.vae.temporal_stride)
 
-    def batch(self, expert: int, draws: StepDraws) -> ExpertBatch:
-        """Expert ``expert``'s clips, timesteps, noise and inputs of the step ``draws`` names."""
+    def _encoded_captions(self, index: torch.Tensor, generator: torch.Generator, encoder) -> torch.Tensor:
+        """train_text: the clips' captions (the empty prompt where dropped) through ``encoder``, with grad."""
+        from wan_dist.models.text_encoder import embed_tokens
+
+        text = self.text
+        drop = (torch.rand(len(index), generator=generator) < self.flow.cfg_dropout)[:, None]
+        ids = torch.where(drop, text.empty_ids, text.input_ids[index])
+        mask = torch.where(drop, text.empty_mask, text.mask[index])
+        return embed_tokens(encoder, ids, mask, dtype=torch.float32)
+
+    def batch(self, expert: int, draws: StepDraws, *, text_encoder: torch.nn.Module | None = None) -> ExpertBatch:
+        """Expert ``expert``'s clips, timesteps, noise and inputs of the step ``draws`` names (with train_text,
+        ``text_encoder``, the module being trained, encodes the captions)."""
         generator = draws.generator(expert)
         index = batch_indices(len(self.latents), self.optim.batch_size, generator=None if draws.fixed else generator)
         x0 = self.latents[index]
-        context = self._padded(self._caption_dropout(self.context[index], generator))
+        if self.text is None:
+            context = self._caption_dropout(self.context[index], generator)
+        else:
+            context = self._encoded_captions(index, generator, text_encoder or self.modules["text_encoder"])
+        context = self._padded(context)
         picked, sigma, timestep = flow.sample_timesteps(self.ids[expert], self.sigmas, self.timesteps, len(index),
                                                         generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
@@ -209,7 +241,7 @@ class ExpertStage:
     def loss(self, modules: dict[str, torch.nn.Module], draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
         total, metrics = 0.0, {}
         for expert in range(len(self.ids)):
-            batch = self.batch(expert, draws)
+            batch = self.batch(expert, draws, text_encoder=modules.get("text_encoder"))
             prediction = modules[f"expert{expert}"](batch.model_input, batch.timestep, batch.context)
             loss = flow.flow_loss(prediction, batch.target, batch.weights)
             total = total + loss
