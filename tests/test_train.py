@@ -219,7 +219,20 @@ def test_train_text_trains_the_text_encoder_with_the_experts_and_publishes_its_a
     _, captions = cached_clips(out, SMALL_DATA, get_preset("toy"), split="train")
     ids, mask = pipe.text_encoder.tokenize(captions[:2])
     frozen.model.load_state_dict(trained)
-    torch.testing.assert_close(pipe.encode_prompt(captions[:2]).float(), embed_tokens(frozen.model, ids, mask))
+    rendered = pipe.encode_prompt(captions[:2]).float()
+    torch.testing.assert_close(rendered, embed_tokens(frozen.model, ids, mask))
+    # the trainer's context of those captions (tokens cut to the longest caption, then padded) is the pipeline's
+    from safetensors.torch import load_file
+
+    from wan_dist.train.run import _caption_tokens
+    from wan_dist.train.stages import ExpertStage, StepDraws
+
+    [cache] = (out / "data").glob("latents-*.safetensors")
+    stage = ExpertStage(get_preset("toy"), tensors=load_file(str(cache)), optim=config.experts, flow_config=config.flow,
+                        seed=0, text=_caption_tokens(config, get_preset("toy")))
+    batch = stage.batch(0, StepDraws(seed=0, step=0, rank=0, fixed=True), text_encoder=frozen.model)
+    assert batch.index.tolist() == [0, 1]
+    torch.testing.assert_close(batch.context, rendered, rtol=0, atol=1e-5)
 
     plain = tmp_path / "plain"
     train(_ema_config(plain, toy_vae, steps=2), local=True)

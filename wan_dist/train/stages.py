@@ -217,7 +217,10 @@ class ExpertStage:
         drop = (torch.rand(len(index), generator=generator) < self.flow.cfg_dropout)[:, None]
         ids = torch.where(drop, text.empty_ids, text.input_ids[index])
         mask = torch.where(drop, text.empty_mask, text.mask[index])
-        return embed_tokens(encoder, ids, mask, dtype=torch.float32)
+        # only the batch's longest caption's tokens: the rest are masked padding, whose rows come out 0 anyway
+        # (the encoder runs on text_len = 512 tokens otherwise, six times the DiT's 80)
+        keep = int(mask.sum(dim=1).max())
+        return embed_tokens(encoder, ids[:, :keep], mask[:, :keep], dtype=torch.float32)
 
     def batch(self, expert: int, draws: StepDraws, *, text_encoder: torch.nn.Module | None = None) -> ExpertBatch:
         """Expert ``expert``'s clips, timesteps, noise and inputs of the step ``draws`` names (with train_text,
