@@ -6,8 +6,10 @@ environment variables returned by :func:`s3_environment`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -28,9 +30,36 @@ class S3Server:
             self._server.stop()
 
 
+_PUT_LOCK = threading.Lock()
+
+
+def _atomic_conditional_puts() -> None:
+    """Make moto's PutObject atomic, as S3's is. S3 applies a conditional write (If-Match / If-None-Match)
+    atomically (a concurrent one gets 409 or 412); moto 5.2 checks the condition, then writes later, unlocked,
+    in one thread per request, so two writers racing with the same ETag can both succeed and one update is
+    lost (seen: 58 of 60 increments in tests/test_storage_conditional.py). Serialising moto's PutObject
+    handler restores the guarantee the code under test relies on; nothing else about the server changes."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+    if getattr(original, "atomic", False):
+        return
+
+    @functools.wraps(original)
+    def put_object(self):
+        with _PUT_LOCK:
+            return original(self)
+
+    put_object.atomic = True
+    S3Response.put_object = put_object
+
+
 def start_s3_server() -> S3Server:
-    """Start ``ThreadedMotoServer(ip_address="127.0.0.1", port=0)`` and return its endpoint."""
+    """Start ``ThreadedMotoServer(ip_address="127.0.0.1", port=0)`` (PutObject made atomic, as S3's is) and
+    return its endpoint."""
     from moto.server import ThreadedMotoServer
+
+    _atomic_conditional_puts()
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
