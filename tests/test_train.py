@@ -191,6 +191,39 @@ def test_ema_is_the_moving_average_of_each_steps_weights_resumes_and_is_what_get
         OptimConfig(steps=1, ema_decay=1.0)
 
 
+def test_the_latent_cache_of_one_tokenizer_is_not_read_with_another(tmp_path, toy_vae):
+    """A run given another tokenizer (e.g. the shipped toy's, copied into <out>/data/tokenizer to share its text
+    encoder) encodes its captions again: the cached contexts are keyed by the tokenizer's files."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from wan_dist.models.presets import get_preset
+    from wan_dist.train import train
+    from wan_dist.train.data import cached_clips
+    from wan_dist.train.run import text_encoder_for
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    config = _ema_config(out, toy_vae, steps=1)
+    train(config, local=True)
+    [first] = (out / "data").glob("latents-*.safetensors")
+    folder = out / "data" / "tokenizer"
+    shipped = Path(__file__).parents[1] / "wan_dist" / "weights" / "toy" / "tokenizer"
+    assert (folder / "tokenizer.json").read_bytes() != (shipped / "tokenizer.json").read_bytes()
+    shutil.rmtree(folder)
+    shutil.copytree(shipped, folder)
+    train(replace(config, experts=replace(config.experts, steps=2)), local=True)
+    [second] = set((out / "data").glob("latents-*.safetensors")) - {first}
+    _, captions = cached_clips(out, SMALL_DATA, get_preset("toy"), split="train")
+    encoder = text_encoder_for(get_preset("toy"), (), folder, seed=config.seed)
+    context = load_file(str(second))["context"]
+    expected = encoder.encode(captions, dtype=torch.float32)[:, :context.shape[1]]
+    torch.testing.assert_close(context, expected)  # the new tokenizer's contexts
+    assert not torch.equal(load_file(str(first))["context"][:, :8], context[:, :8])
+
+
 def test_train_text_trains_the_text_encoder_with_the_experts_and_publishes_its_average(tmp_path, toy_vae):
     from wan_dist import load_pipeline
     from wan_dist.models.presets import get_preset

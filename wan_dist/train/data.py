@@ -18,8 +18,8 @@ import torch
 from wan_dist.config.train import TrainDataConfig
 from wan_dist.models.presets import VariantSpec
 
-__all__ = ["clip_size", "make_clips", "clips_path", "cached_clips", "latents_path", "to_video", "tokenizer_corpus", "cached_latents",
-           "batch_indices"]
+__all__ = ["clip_size", "make_clips", "folder_digest", "clips_path", "cached_clips", "latents_path", "to_video",
+           "tokenizer_corpus", "cached_latents", "batch_indices"]
 
 _SEED_STRIDE = 1_000_003  # clip seeds of different data seeds never overlap for < 1e6 clips
 
@@ -46,6 +46,12 @@ def make_clips(data: TrainDataConfig, spec: VariantSpec, *, split: str, count: i
 
 def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def folder_digest(folder: Path) -> str:
+    """A digest of the files under ``folder`` (names and bytes): a cache made with another tokenizer misses."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return _digest({str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
 
 
 def clips_path(out: Path, data: TrainDataConfig, spec: VariantSpec, *, split: str) -> Path:

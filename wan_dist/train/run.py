@@ -28,7 +28,8 @@ import torch
 
 from wan_dist.config.train import TrainConfig, train_config_from_dict
 from wan_dist.models.presets import VariantSpec, get_preset
-from wan_dist.train.data import cached_clips, cached_latents, clips_path, latents_path, to_video, tokenizer_corpus
+from wan_dist.train.data import (cached_clips, cached_latents, clips_path, folder_digest, latents_path, to_video,
+                                 tokenizer_corpus)
 from wan_dist.train.loop import STATE_FILE, LocalSession, RaySession, latest_checkpoint, run_steps, trained_modules
 from wan_dist.train.stages import ENCODER_PARTS, ExpertStage, VAEStage
 
@@ -203,7 +204,8 @@ def _experts_data(config: TrainConfig, spec: VariantSpec) -> tuple[str, Any, tup
     # the latents depend on the encoder only: a decoder fine-tuned later (vae_decoder_only) keeps this cache
     vae_digest = sum(float(p.double().sum()) for part in ENCODER_PARTS for p in getattr(vae.model, part).parameters())
     key = {"vae": vae_digest, "stats": list(vae.config.latents_mean), "text_seed": config.seed,
-           "clips": [len(clips), *clips.shape[1:]], "data": asdict(config.data)}
+           "tokenizer": folder_digest(out / "data" / "tokenizer"), "clips": [len(clips), *clips.shape[1:]],
+           "data": asdict(config.data)}
     image_condition = spec.task == "i2v"
     cached_latents(out, key=key, vae=vae, text_encoder=encoder, clips=clips, captions=captions,
                    image_condition=image_condition)

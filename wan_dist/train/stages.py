@@ -188,9 +188,18 @@ class ExpertStage:
         if text is not None:
             self.modules["text_encoder"] = text.encoder.train().requires_grad_(True)
 
-    def _caption_dropout(self, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        drop = torch.rand(context.shape[0], generator=generator) < self.flow.cfg_dropout
-        return torch.where(drop[:, None, None], self.empty.expand_as(context), context)
+    def _dropped(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """CFG dropout: [count] bool, True where a clip's caption is replaced by the empty prompt."""
+        return torch.rand(count, generator=generator) < self.flow.cfg_dropout
+
+    def _captions(self, index: torch.Tensor, generator: torch.Generator, encoder) -> torch.Tensor:
+        """The clips' caption contexts [B, L, C], the empty prompt's where dropped: from the latent cache, or
+        with train_text encoded by ``encoder`` (with grad)."""
+        drop = self._dropped(len(index), generator)
+        if self.text is None:
+            context = self.context[index]
+            return torch.where(drop[:, None, None], self.empty.expand_as(context), context)
+        return self._encoded_captions(index, drop, encoder)
 
     def _padded(self, context: torch.Tensor) -> torch.Tensor:
         """[B, L, C] -> [B, text_len, C] with zero rows: the cache keeps the longest caption's L rows, and the
@@ -209,12 +218,11 @@ class ExpertStage:
         return ImageToVideo.from_image_latents(self.image_latents[index],
                                                temporal_stride=self.spec.vae.temporal_stride)
 
-    def _encoded_captions(self, index: torch.Tensor, generator: torch.Generator, encoder) -> torch.Tensor:
-        """train_text: the clips' captions (the empty prompt where dropped) through ``encoder``, with grad."""
+    def _encoded_captions(self, index: torch.Tensor, drop: torch.Tensor, encoder) -> torch.Tensor:
+        """train_text: the clips' captions (the empty prompt where ``drop``) through ``encoder``, with grad."""
         from wan_dist.models.text_encoder import embed_tokens
 
-        text = self.text
-        drop = (torch.rand(len(index), generator=generator) < self.flow.cfg_dropout)[:, None]
+        text, drop = self.text, drop[:, None]
         ids = torch.where(drop, text.empty_ids, text.input_ids[index])
         mask = torch.where(drop, text.empty_mask, text.mask[index])
         # only the batch's longest caption's tokens: the rest are masked padding, whose rows come out 0 anyway
@@ -228,11 +236,8 @@ class ExpertStage:
         generator = draws.generator(expert)
         index = batch_indices(len(self.latents), self.optim.batch_size, generator=None if draws.fixed else generator)
         x0 = self.latents[index]
-        if self.text is None:
-            context = self._caption_dropout(self.context[index], generator)
-        else:
-            context = self._encoded_captions(index, generator, text_encoder or self.modules["text_encoder"])
-        context = self._padded(context)
+        encoder = None if self.text is None else text_encoder or self.modules["text_encoder"]
+        context = self._padded(self._captions(index, generator, encoder))
         picked, sigma, timestep = flow.sample_timesteps(self.ids[expert], self.sigmas, self.timesteps, len(index),
                                                         generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
