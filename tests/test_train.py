@@ -402,6 +402,24 @@ def test_i2v_training_input_and_text_are_what_the_pipeline_feeds_the_dit_for_tha
             assert (unpadded - output).abs().max() > 1e-4  # the rows' count matters, so the check above can fail
     finally:
         hook.remove()
+    # A request without a negative prompt gets the caption CFG dropout trains on (the empty one), so guidance's
+    # unconditional branch is the one the experts learned; the reference's Chinese default is not that.
+    from wan_dist.models.presets import DEFAULT_NEGATIVE_PROMPT
+
+    dropped = ExpertStage(spec, tensors=load_file(str(cache)), optim=OptimConfig(steps=1, batch_size=4),
+                          flow_config=FlowConfig(cfg_dropout=1.0), seed=0).batch(0, StepDraws(seed=0, step=0, rank=0,
+                                                                                              fixed=True))
+    settings = pipe.resolve(captions[0], image=clips[0][0], height=32, width=32, num_frames=5)
+    assert settings.negative_prompts == ("",)
+    reference = pipe.resolve(captions[0], DEFAULT_NEGATIVE_PROMPT, image=clips[0][0], height=32, width=32,
+                             num_frames=5)
+    model_input, timestep = dropped.model_input[:1], dropped.timestep[:1]
+    with torch.no_grad():
+        unconditional = expert(model_input, timestep, dropped.context[:1])
+        default = expert(model_input, timestep, pipe.text_contexts(settings)[1])
+        wan_default = expert(model_input, timestep, pipe.text_contexts(reference)[1])
+    torch.testing.assert_close(default, unconditional, rtol=0, atol=1e-5)
+    assert (wan_default - unconditional).abs().max() > 1e-4
     condition = batch.model_input[:, 20:]
     assert (condition[0] - condition[1]).abs().max() > 1e-2  # each clip carries its own first frame
     assert torch.equal(batch.model_input[:, 16:20, 0], torch.ones(4, 4, 4, 4))  # the mask: frame 0 given

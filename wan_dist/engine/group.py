@@ -210,11 +210,10 @@ class RankWorker:
         cache = self.pipe.prompt_cache
         if cache is None or not self.program.encodes_text:
             return
-        from wan_dist.engine.settings import DEFAULT_NEGATIVE_PROMPT
-
+        negative = request.negative_prompt
         try:
             cache.prefetch([request.prompt])
-            cache.prefetch([request.negative_prompt or DEFAULT_NEGATIVE_PROMPT])
+            cache.prefetch([self.pipe.spec.defaults.negative_prompt if negative is None else negative])
         except Exception:  # noqa: BLE001
             log.warning("rank %d: prefetching a prompt failed", self.rank, exc_info=True)
 

@@ -120,7 +120,8 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an 
 
 REQUEST_FIELDS: tuple[RequestField, ...] = (
     RequestField("prompt", str, "what to render", max_length=MAX_PROMPT_CHARS),
-    RequestField("negative_prompt", str, "what to steer away from (default: the reference's)",
+    RequestField("negative_prompt", str,
+                 "what to steer away from (default: the model's; the reference's for Wan, empty for toy)",
                  max_length=MAX_PROMPT_CHARS),
     RequestField("image", str, "input image (i2v / ti2v): a path or URL"),
     RequestField("width", int, "pixels; a multiple of the VAE stride x patch (16 or 32)", low=1, high=4096),

@@ -8,18 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from wan_dist.models.presets import VariantSpec
+from wan_dist.models.presets import DEFAULT_NEGATIVE_PROMPT, VariantSpec
 from wan_dist.sampling.step_cache import CACHE_MODES, DEFAULT_RETENTION, DEFAULT_THRESHOLDS
 
 __all__ = ["RenderSettings", "resolve_settings", "frames_for_duration", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS",
            "SCHEDULES", "RECIPES"]
 
-# The reference's default negative prompt (Wan 2.2 shared config).
-DEFAULT_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
 SOLVERS = ("unipc", "dpm++", "euler")
 SCHEDULES = ("reference", "diffusers")
 # Sampling recipes: defaults for the fields a request leaves out (a field given beside the recipe wins).
@@ -145,7 +139,7 @@ def resolve_settings(spec: VariantSpec, *, layout: str, prompt, negative_prompt,
             _fail("prompt", "give a prompt or prompt_embeds")
         prompts = [""] * batch
     batch = len(prompts)
-    negatives = _as_list(negative_prompt, "negative_prompt", batch) or [DEFAULT_NEGATIVE_PROMPT] * batch
+    negatives = _as_list(negative_prompt, "negative_prompt", batch) or [d.negative_prompt] * batch
     if spec.task == "i2v" and not has_image:
         _fail("image", f"the {spec.task} variant {spec.name} needs an input image")
     multiple = spec.vae.spatial_stride * spec.dit.patch_size[1]

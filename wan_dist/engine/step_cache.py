@@ -111,6 +111,7 @@ def calibrate(pipe, prompts: Sequence[str] = DEFAULT_PROMPTS, *, seed: int = 0, 
     calibration = {"prompts": list(prompts), "seed": seed, "checkpoint": pipe.info.checkpoint_id,
                    **{k: getattr(resolved, k) for k in ("height", "width", "num_frames", "num_inference_steps",
                                                         "shift", "schedule", "solver", "guidance_scale",
-                                                        "guidance_scale_2", "boundary_ratio")}}
+                                                        "guidance_scale_2", "boundary_ratio")},
+                   "negative_prompt": resolved.negative_prompts[0]}
     return fit_profile(records, variant=pipe.spec.name, num_experts=len(pipe.experts), max_skips=max_skips,
                        fingerprint=fingerprint(pipe.info), calibration=calibration)

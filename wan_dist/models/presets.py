@@ -12,7 +12,7 @@ from typing import Literal
 from wan_dist.config import DiTConfig, TextEncoderConfig, VAEConfig
 
 __all__ = ["VariantSpec", "SamplingDefaults", "PRESETS", "RELEASED", "get_preset", "public_model_name",
-           "variant_name", "WAN21_LATENTS_MEAN",
+           "variant_name", "DEFAULT_NEGATIVE_PROMPT", "WAN21_LATENTS_MEAN",
            "WAN21_LATENTS_STD", "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD"]
 
 # Per-channel latent statistics published with the Wan 2.1 VAE (z=16) and the Wan 2.2 VAE (z=48).
@@ -43,6 +43,13 @@ WAN22_LATENTS_STD = (
 
 Task = Literal["t2v", "i2v", "ti2v"]
 
+# The reference's default negative prompt (Wan 2.2 shared config).
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingDefaults:
@@ -59,6 +66,8 @@ class SamplingDefaults:
     height: int
     sizes: tuple[tuple[int, int], ...]  # allowed (width, height)
     diffusers_shift: float  # flow_shift that diffusers' converted repos ship
+    # What a request without a negative prompt gets: classifier-free guidance steers away from it.
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +174,10 @@ def _toy_dit(in_channels: int, num_layers: int = 6) -> DiTConfig:
 
 def _toy_defaults(base: SamplingDefaults) -> SamplingDefaults:
     # diffusers_shift = shift: we publish the toy model in the diffusers layout and sample it as it was trained.
+    # The negative prompt is the empty one, the caption the trainer's CFG dropout puts in (wan_dist/train): the
+    # reference's Chinese one is outside the toy's vocabulary, an unconditional branch the experts never learned.
     return replace(base, num_inference_steps=20, num_frames=17, fps=16, width=64, height=64, sizes=((64, 64),),
-                   diffusers_shift=base.shift)
+                   diffusers_shift=base.shift, negative_prompt="")
 
 
 TOY = VariantSpec(name="toy", task="t2v", dit=_toy_dit(16), vae=_TOY_VAE21, text_encoder=_TOY_TEXT,
