@@ -78,7 +78,8 @@ def _run(cfg: DictConfig) -> dict:
             scene = sample_scene(seed, split="heldout", camera="static", lighting="constant")
             image = Path(folder, f"{index}.png")
             Image.fromarray(first_frame(scene, defaults.height, defaults.width)).save(image)
-            base = {"prompt": caption(scene, rng=seed), "image": str(image), "seed": index}
+            base = {"prompt": caption(scene, rng=seed), "image": str(image), "seed": index,
+                    **OmegaConf.to_container(cfg.request)}
             plain, seconds = _render(pipe, base)
             plain_s.append(seconds)
             still = camera_motion(plain)
