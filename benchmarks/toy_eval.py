@@ -342,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--oracle", action="store_true", help="measure the world's own renders (no model)")
     parser.add_argument("--vae", action="store_true",
                         help="measure the world's renders through --model's VAE (encode, decode): the experts' ceiling")
-    parser.add_argument("--count", type=_positive, default=50, help="number of held-out prompts")
+    parser.add_argument("--count", type=_positive, default=50, help="number of prompts")
     parser.add_argument("--steps", type=_positive, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--shift", type=float, default=None, help="sampling shift (default: the preset's)")
     parser.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"),
@@ -389,13 +389,14 @@ def _oracle_size(model: str) -> tuple[int, int, int]:
     return (spec.defaults.height, spec.defaults.width, spec.defaults.num_frames) if spec else DEFAULT_SIZE
 
 
-def _report(row: dict, results: list[ClipResult]) -> str:
+def _report(row: dict, results: list[ClipResult], *, split: str = "heldout") -> str:
     """The row as a short table, with the machine and the misses."""
     info = machine()
     what = {"oracle": "oracle: the world's own renders",
             "vae": f"the world's renders through {row['model']}'s VAE (encode, decode)"}.get(
         row["mode"], f"{row['model']} ({row['task']}), {row['steps']} steps")
-    lines = [f"{what}; {row['clips']} held-out prompts at {row['size']}; "
+    prompts = "held-out prompts" if split == "heldout" else "prompts of the training split"
+    lines = [f"{what}; {row['clips']} {prompts} at {row['size']}; "
              f"{info['machine.cpu']}, {info['machine.cores']} cores, gpu {info['machine.gpu']}"]
     for key in ATTRIBUTES:
         lines.append(f"  {key:<8} {row[f'{key}_hits']:>4}/{row['clips']:<4} {100 * row[f'{key}_accuracy']:6.1f}%  "
@@ -435,7 +436,7 @@ def run(args: argparse.Namespace) -> tuple[dict, list[ClipResult]]:
     row = summarise(results, renderer, model=args.model)
     config = {key: value for key, value in vars(args).items() if key not in ("grid", "records")}
     path = save_row(row, config=config, save_to=args.save_to)
-    print(_report(row, results))
+    print(_report(row, results, split=args.split))
     print(f"row appended to {path}")
     if args.grid:
         print(f"grid written to {save_grid(results, args.grid, rows=args.grid_rows)}")

@@ -184,9 +184,10 @@ TOY = VariantSpec(name="toy", task="t2v", dit=_toy_dit(16), vae=_TOY_VAE21, text
                   two_experts=True, defaults=_toy_defaults(T2V_A14B.defaults))
 # toy-i2v's experts have 3 layers (1.89 M parameters, toy's 3.36 M): both models' shipped weights in half
 # precision must fit 30 MB together, and keeping a given first frame is the easier task.
-# Guidance 1.0 (no classifier-free guidance; a negative prompt then has no effect): measured on the shipped
-# weights (benchmarks/RESULTS.md, 50 held-out prompts), I2V-A14B's 3.5 washes the given frame out (first frame
-# 19.7 dB, colour 74%, shape 74%) where 1.0 keeps it (22.9 dB, 86%, 86%); 1.5-3 fall in between.
+# Guidance 1.0 (no classifier-free guidance: one DiT forward per step). Measured on the shipped weights
+# (benchmarks/RESULTS.md, 50 held-out prompts): I2V-A14B's 3.5 with the reference's negative prompt washed the
+# given frame out (first frame 19.7 dB, colour 74%); with the empty negative prompt (the toy's default, above)
+# 3.5 keeps it (22.6 dB, 84%) as 1.0 does (22.9 dB, 86%), at twice the compute.
 TOY_I2V = VariantSpec(name="toy-i2v", task="i2v", dit=_toy_dit(36, num_layers=3), vae=_TOY_VAE21, text_encoder=_TOY_TEXT,
                       two_experts=True, defaults=replace(_toy_defaults(I2V_A14B.defaults), guidance_scale=1.0,
                                                          guidance_scale_2=1.0))
