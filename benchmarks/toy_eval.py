@@ -189,7 +189,7 @@ class ModelRenderer:
     """A pipeline from ``load_pipeline(source)``, rendering at its preset's default size and steps."""
 
     def __init__(self, source: str, *, device: str, dtype: str, steps: int | None, shift: float | None = None,
-                 guidance: tuple[float, float] | None = None):
+                 guidance: tuple[float, float] | None = None, negative_prompt: str | None = None):
         import torch
 
         from wan_dist import load_pipeline
@@ -204,6 +204,11 @@ class ModelRenderer:
         self.sampling = {"shift": shift}  # None: the preset's
         if guidance is not None:
             self.sampling |= {"guidance_scale": guidance[0], "guidance_scale_2": guidance[1]}
+        if negative_prompt is not None:  # else the preset's (toy: the empty prompt)
+            from wan_dist.models.presets import DEFAULT_NEGATIVE_PROMPT
+
+            reference = negative_prompt == "reference"
+            self.sampling["negative_prompt"] = DEFAULT_NEGATIVE_PROMPT if reference else negative_prompt
 
     def render(self, prompt: Prompt, image: np.ndarray | None, seed: int) -> np.ndarray:
         height, width, frames = self.size
@@ -347,6 +352,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shift", type=float, default=None, help="sampling shift (default: the preset's)")
     parser.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"),
                         help="guidance scales of the high- and low-noise experts (default: the preset's)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="the renders' negative prompt (default: the preset's; 'reference': Wan 2.2's default)")
     parser.add_argument("--split", default="heldout", choices=("heldout", "train"),
                         help="train: scenes the training captions hold (does the model underfit or not generalise?)")
     parser.add_argument("--seed", type=int, default=0, help="render seed of prompt 0 (prompt i: seed + i)")
@@ -429,7 +436,7 @@ def run(args: argparse.Namespace) -> tuple[dict, list[ClipResult]]:
         renderer = VAERoundTrip(args.model, device=args.device, dtype=args.dtype)
     else:
         renderer = ModelRenderer(args.model, device=args.device, dtype=args.dtype, steps=args.steps,
-                                 shift=args.shift, guidance=args.guidance)
+                                 shift=args.shift, guidance=args.guidance, negative_prompt=args.negative_prompt)
     scene_seed = args.scene_seed if args.scene_seed is not None else (EVAL_SEED if args.split == "heldout" else 0)
     prompts = eval_prompts(args.count, scene_seed, args.split)
     results = [evaluate_prompt(renderer, prompt, args.seed + prompt.index) for prompt in prompts]

@@ -127,6 +127,9 @@ def test_train_split_prompts_and_sampling_settings_reach_the_render(tmp_path):
     assert not np.array_equal(frames("--guidance", "1", "1"), plain)
     row = _last_row(tmp_path / "eval.csv")
     assert row["param.guidance"] == "[1.0, 1.0]" and row["param.split"] == "heldout"
+    assert np.array_equal(frames("--negative-prompt", defaults.negative_prompt), plain)  # the preset's own
+    assert not np.array_equal(frames("--negative-prompt", "reference"), plain)  # Wan 2.2's default
+    assert _last_row(tmp_path / "eval.csv")["param.negative_prompt"] == "reference"
     assert len(frames("--split", "train")) == 17
 
 
