@@ -188,6 +188,23 @@ def test_corpus_covers_every_option_and_keeps_the_main_object_in_view(corpus):
         assert values == set(vocabulary()[key]), key
 
 
+def test_a_blob_that_unmixes_to_nothing_is_read_from_its_own_pixels():
+    """A blob whose inside has its surroundings' colour (the coverage unmixing finds no object colour) is shaped
+    by its own pixels, not by a NaN centroid (which read every such blob as a square)."""
+    import warnings
+
+    from wan_dist.world.measure import _outline_harmonics, _shape_from
+
+    frame = np.full((64, 64, 3), 90, dtype=np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 30) ** 2 + (xx - 34) ** 2 <= 12 ** 2
+    block = (abs(yy - 30) <= 11) & (abs(xx - 34) <= 11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN arithmetic warns
+        assert _shape_from(_outline_harmonics(frame, disc)) == "circle"
+        assert _shape_from(_outline_harmonics(frame, block)) == "square"
+
+
 def test_measure_single_frames_and_empty_frames():
     for colour, shape in (("purple", "triangle"), ("white", "circle"), ("green", "square")):
         scene = sample_scene(2, colour=colour, shape=shape, motion="still", num_objects=1)

@@ -119,7 +119,9 @@ def _coverage(frame: np.ndarray, blob: np.ndarray) -> np.ndarray:
     outside = np.median(pixels[ring], axis=0) if ring.any() else np.zeros(3)
     direction = inside - outside
     alpha = ((pixels - outside) * direction).sum(-1) / max(float((direction * direction).sum()), 1e-6)
-    return np.where(_grow(blob, 2), np.clip(alpha, 0.0, 1.0), 0.0)
+    coverage = np.where(_grow(blob, 2), np.clip(alpha, 0.0, 1.0), 0.0)
+    # a blob whose inside matches its surroundings (a model's faint smear) unmixes to nothing: its own pixels then
+    return coverage if coverage.sum() > 0 else blob.astype(np.float64)
 
 
 def _radial_profile(alpha: np.ndarray, count: int = 64) -> tuple[np.ndarray, float, float]:
