@@ -24,6 +24,7 @@ from typing import Any
 from wan_dist.config import GroupSpec, OutputConfig
 from wan_dist.engine.control import StopRender
 from wan_dist.engine.rank_calls import ModelRecord, RankCall, Render
+from wan_dist.engine.settings import negative_prompts
 from wan_dist.engine.sources import EMBEDDED_PRESETS, resolve_source
 
 __all__ = ["GroupConfig", "GroupCall", "RenderGroup", "RenderGroupFailed", "RequestFailed", "RankWorker"]
@@ -210,10 +211,9 @@ class RankWorker:
         cache = self.pipe.prompt_cache
         if cache is None or not self.program.encodes_text:
             return
-        negative = request.negative_prompt
         try:
             cache.prefetch([request.prompt])
-            cache.prefetch([self.pipe.spec.defaults.negative_prompt if negative is None else negative])
+            cache.prefetch(negative_prompts(self.pipe.spec, request.negative_prompt, 1))
         except Exception:  # noqa: BLE001
             log.warning("rank %d: prefetching a prompt failed", self.rank, exc_info=True)
 

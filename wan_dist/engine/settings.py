@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from wan_dist.models.presets import DEFAULT_NEGATIVE_PROMPT, VariantSpec
+from wan_dist.models.presets import VariantSpec
 from wan_dist.sampling.step_cache import CACHE_MODES, DEFAULT_RETENTION, DEFAULT_THRESHOLDS
 
-__all__ = ["RenderSettings", "resolve_settings", "frames_for_duration", "DEFAULT_NEGATIVE_PROMPT", "SOLVERS",
+__all__ = ["RenderSettings", "resolve_settings", "negative_prompts", "frames_for_duration", "SOLVERS",
            "SCHEDULES", "RECIPES"]
 
 SOLVERS = ("unipc", "dpm++", "euler")
@@ -91,6 +91,12 @@ def _as_list(value, name: str, batch: int | None) -> list[str] | None:
     return items
 
 
+def negative_prompts(spec: VariantSpec, negative_prompt: str | list[str] | None, batch: int) -> list[str]:
+    """A render's ``batch`` negative prompts: the given ones, or the model's default
+    (``SamplingDefaults.negative_prompt``: the reference's for Wan, the empty prompt for toy)."""
+    return _as_list(negative_prompt, "negative_prompt", batch) or [spec.defaults.negative_prompt] * batch
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
         _fail(name, f"must be a positive integer, got {value!r}")
@@ -139,7 +145,7 @@ def resolve_settings(spec: VariantSpec, *, layout: str, prompt, negative_prompt,
             _fail("prompt", "give a prompt or prompt_embeds")
         prompts = [""] * batch
     batch = len(prompts)
-    negatives = _as_list(negative_prompt, "negative_prompt", batch) or [d.negative_prompt] * batch
+    negatives = negative_prompts(spec, negative_prompt, batch)
     if spec.task == "i2v" and not has_image:
         _fail("image", f"the {spec.task} variant {spec.name} needs an input image")
     multiple = spec.vae.spatial_stride * spec.dit.patch_size[1]

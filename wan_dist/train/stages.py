@@ -188,14 +188,10 @@ class ExpertStage:
         if text is not None:
             self.modules["text_encoder"] = text.encoder.train().requires_grad_(True)
 
-    def _dropped(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """CFG dropout: [count] bool, True where a clip's caption is replaced by the empty prompt."""
-        return torch.rand(count, generator=generator) < self.flow.cfg_dropout
-
     def _captions(self, index: torch.Tensor, generator: torch.Generator, encoder) -> torch.Tensor:
-        """The clips' caption contexts [B, L, C], the empty prompt's where dropped: from the latent cache, or
-        with train_text encoded by ``encoder`` (with grad)."""
-        drop = self._dropped(len(index), generator)
+        """The clips' caption contexts [B, L, C], the empty prompt's where CFG dropout drops a caption: from the
+        latent cache, or with train_text encoded by ``encoder`` (with grad)."""
+        drop = torch.rand(len(index), generator=generator) < self.flow.cfg_dropout
         if self.text is None:
             context = self.context[index]
             return torch.where(drop[:, None, None], self.empty.expand_as(context), context)
